@@ -1,0 +1,63 @@
+# priorlab: the whole set-up of a fresh machine is `make run` (serve) and `make test` (tests).
+# Every target installs what it needs first: venv + pinned wheels, Debian packages, generated
+# protobuf code, exported models.
+
+PYTHON_SYS ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+# Debian packages: redis-server (Restore job bus), libb64-0d (perf_analyzer from tritonclient 2.44).
+APT_PACKAGES := redis-server libb64-0d
+PROTOS := $(wildcard protos/priorlab/v1/*.proto)
+MODEL_INPUTS := $(wildcard colorizers/*.py colorizers/checkpoints/* export/*.py) contract/__init__.py
+
+.PHONY: run test check bench deps apt protos models clean
+
+run: deps protos models
+	$(PY) -m service.stack
+
+# pytest exits 5 when it ran no test; make fails on it like on any other failure.
+test: deps protos models
+	$(PY) -m pytest -q
+
+check: deps protos
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy contract colorizers export service tests
+
+deps: $(VENV)/.installed apt
+
+$(VENV)/.installed: requirements.lock
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	touch $@
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+protos: service/pb/priorlab/v1/.generated
+
+service/pb/priorlab/v1/.generated: $(PROTOS) $(VENV)/.installed
+	rm -rf service/pb/priorlab
+	$(PY) -m grpc_tools.protoc -I protos --python_out=service/pb --grpc_python_out=service/pb \
+	  --pyi_out=service/pb $(PROTOS)
+	# protoc imports siblings as `priorlab.v1`; make them package-relative to service.pb.
+	sed -i 's/^from priorlab\.v1 import/from service.pb.priorlab.v1 import/' service/pb/priorlab/v1/*.py service/pb/priorlab/v1/*.pyi
+	touch service/pb/priorlab/__init__.py service/pb/priorlab/v1/__init__.py $@
+
+models: model_repository/.exported
+
+model_repository/.exported: $(MODEL_INPUTS) $(VENV)/.installed
+	$(PY) -m export --repository model_repository
+	touch $@
+
+bench: deps protos models
+	$(PY) -m bench
+
+clean:
+	rm -rf service/pb/priorlab model_repository/*/[0-9]* model_repository/.exported .run

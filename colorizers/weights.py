@@ -1,0 +1,116 @@
+"""Weights registry: every checkpoint the project knows, identified by SHA-256.
+
+A checkpoint file is accepted only if its hash is registered here, so what Triton serves is
+always named exactly (the authors' release, one of our trained checkpoints, or a seeded random
+initialisation that is reported as untrained). Nothing is downloaded: the authors' files are
+supplied by the user (`--weights FILE`), ours ship in `colorizers/checkpoints/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from colorizers.eccv16 import ECCVGenerator
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a weights file is. `sha256` is None only for a seeded random initialisation."""
+
+    name: str
+    arch: str
+    width: float
+    trained: bool
+    description: str
+    sha256: str | None = None
+    filename: str | None = None  # shipped file in CHECKPOINTS_DIR, or None (user-supplied)
+    seed: int | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        """The network this checkpoint belongs to, at the right width (weights not loaded)."""
+        if self.arch == "eccv16":
+            return ECCVGenerator(width=self.width)
+        raise ValueError(f"unknown architecture {self.arch!r} for checkpoint {self.name!r}")
+
+
+REGISTRY: dict[str, Checkpoint] = {
+    c.name: c
+    for c in (
+        Checkpoint(
+            name="eccv16-official",
+            arch="eccv16",
+            width=1.0,
+            trained=True,
+            description="authors' release colorization_release_v2-9b330a0b.pth (BSD-2-Clause), user-supplied",
+            sha256="9b330a0bae53f4ded77b1e23defbf78beaa09c10ebc4c4999e8e4f4a160b93f9",
+        ),
+        Checkpoint(
+            name="eccv16-w0.25-random",
+            arch="eccv16",
+            width=0.25,
+            trained=False,
+            description="UNTRAINED: seeded random initialisation, width 1/4 (pipeline checks only)",
+            seed=0,
+        ),
+    )
+}
+
+DEFAULT = {"eccv16": "eccv16-w0.25-random"}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def identify(path: Path) -> Checkpoint:
+    """The registered checkpoint whose SHA-256 equals this file's; refuses unknown files."""
+    digest = sha256_of(path)
+    for checkpoint in REGISTRY.values():
+        if checkpoint.sha256 == digest:
+            return checkpoint
+    raise ValueError(f"{path} (sha256 {digest}) is not a registered checkpoint; known: {sorted(REGISTRY)}")
+
+
+def load(checkpoint: Checkpoint, path: Path | None = None) -> nn.Module:
+    """Build the network and load its weights (fp16 files are widened to fp32), in eval mode."""
+    model = checkpoint.build()
+    if checkpoint.sha256 is None:
+        if checkpoint.seed is None:
+            raise ValueError(f"checkpoint {checkpoint.name!r} has neither a file nor a seed")
+        torch.manual_seed(checkpoint.seed)
+        model = checkpoint.build()
+        return model.eval()
+    if path is None:
+        if checkpoint.filename is None:
+            raise ValueError(f"checkpoint {checkpoint.name!r} is user-supplied: pass its file")
+        path = CHECKPOINTS_DIR / checkpoint.filename
+    digest = sha256_of(path)
+    if digest != checkpoint.sha256:
+        raise ValueError(f"{path} has sha256 {digest}, expected {checkpoint.sha256} for {checkpoint.name!r}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    reference = model.state_dict()
+    state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def resolve(arch: str, weights: Path | None = None) -> tuple[Checkpoint, nn.Module]:
+    """`--weights FILE` if given (must be registered), else the project's default for `arch`."""
+    checkpoint = identify(weights) if weights is not None else REGISTRY[DEFAULT[arch]]
+    if checkpoint.arch != arch:
+        raise ValueError(f"{weights} is a {checkpoint.arch} checkpoint, not {arch}")
+    return checkpoint, load(checkpoint, weights)

@@ -1,0 +1,104 @@
+"""The tensor contract shared by export (writes it) and the gateway (reads it).
+
+Stdlib only: the gateway imports this without torch, and export imports it without grpc.
+Everything a Triton request or an ONNX graph must agree on lives here: model names, tensor
+names, dtypes, shapes (batch dimension excluded, as in `config.pbtxt`), size rules and the
+normalisation constants of richzhang/colorization `colorizers/base_color.py`.
+
+The ab bin tables (`assets/`) are part of the contract too: the 313-logit head and the
+gateway's annealed-mean decoder must use the same row order (a-major, `pts_in_hull.npy`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Lab normalisation the networks apply internally: they see (L - 50) / 100 and ab / 110.
+L_CENT = 50.0
+L_NORM = 100.0
+AB_NORM = 110.0
+
+# ECCV16 annealed mean: f_T(z) ∝ exp(log z / T). 0.38 = 1 / 2.606, the Caffe deploy logit scale.
+ANNEALED_T_DEFAULT = 0.38
+
+NUM_AB_BINS = 313  # in-gamut bins of the 10-unit ab grid (pts_in_hull.npy)
+NUM_AB_GRID_BINS = 529  # the full 23 x 23 grid (pts_grid.npy), SIGGRAPH17's class head
+
+# Working resolution: the square the colour is predicted at (upstream demo: 256).
+WORKING_SIZE_DEFAULT = 256
+WORKING_SIZE_MIN = 64
+WORKING_SIZE_MAX = 1024
+WORKING_SIZE_MULTIPLE = 8  # three stride-2 stages; SIGGRAPH17's shortcuts need it too
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor; `dims` excludes the batch dimension, -1 marks a dynamic one."""
+
+    name: str
+    dtype: str  # Triton's name: FP32, FP16, UINT8
+    dims: tuple[int, ...]
+    stride: int = 1  # input H / this tensor's H, for the dynamic spatial dims
+
+    def shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
+        """Concrete shape for an input of `height` x `width` (channels first)."""
+        return (batch, self.dims[0], height // self.stride, width // self.stride)
+
+    @property
+    def numpy_dtype(self) -> str:
+        return _NUMPY_DTYPES[self.dtype]
+
+
+_NUMPY_DTYPES = {"FP32": "float32", "FP16": "float16", "UINT8": "uint8", "INT32": "int32"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What Triton serves under `name`, and how its spatial dims relate to the input's."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+
+    def input(self, name: str) -> TensorSpec:
+        return _by_name(self.inputs, name, self.name)
+
+    def output(self, name: str) -> TensorSpec:
+        return _by_name(self.outputs, name, self.name)
+
+
+def _by_name(specs: tuple[TensorSpec, ...], name: str, model: str) -> TensorSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"model {model!r} has no tensor {name!r}; it has {[s.name for s in specs]}")
+
+
+# ECCV16: L in [0, 100] -> 313 logits at H/4 (FP16 out: half the bytes, decoded in the gateway).
+ECCV16 = ModelSpec(
+    name="eccv16",
+    inputs=(TensorSpec("L", "FP32", (1, -1, -1)),),
+    outputs=(TensorSpec("logits", "FP16", (NUM_AB_BINS, -1, -1), stride=4),),
+    max_batch_size=8,
+)
+
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (ECCV16,)}
+DEFAULT_MODEL = ECCV16.name
+
+# Parameters that export writes into config.pbtxt and the gateway reads back, so a response can
+# say exactly which checkpoint produced it (an untrained one is reported as such).
+PARAM_CHECKPOINT = "checkpoint"
+PARAM_CHECKPOINT_SHA256 = "checkpoint_sha256"
+PARAM_TRAINED = "trained"
+
+
+def asset_path(name: str) -> Path:
+    """Path of a vendored data file (see assets/README.md for origin and licence)."""
+    path = ASSETS / name
+    if not path.is_file():
+        raise FileNotFoundError(f"no vendored asset {name!r} in {ASSETS}")
+    return path

@@ -1,0 +1,132 @@
+"""PyTorch colorizer -> ONNX with the contract's tensor names, dynamic N/H/W, parity-checked.
+
+The graph is exported once in fp32 (so parity against PyTorch can be gated at 1e-4), then its
+outputs are cast to the contract's dtype (FP16 logits: half the bytes on the wire, and the
+annealed mean does not need more precision, see reference/serving.md §2.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+from torch.export import Dim
+
+from contract import ModelSpec
+
+_ONNX_DTYPES = {"FP32": TensorProto.FLOAT, "FP16": TensorProto.FLOAT16}
+OPSET = 18
+
+
+class _LogitsHead(nn.Module):
+    """Exposes `model.logits` as `forward`: the served graph stops before the decode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(lightness)  # type: ignore[operator]
+
+
+def graph_module(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """The module whose forward is exactly the served graph (inputs/outputs of `spec`)."""
+    if spec.name == "eccv16":
+        return _LogitsHead(model).eval()
+    raise ValueError(f"no export graph for model {spec.name!r}")
+
+
+def to_onnx_fp32(module: nn.Module, spec: ModelSpec, example: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
+    """Export `module` (fp32 in and out) with the contract's names and dynamic N, H, W.
+
+    torch.export (dynamo) is the maintained exporter; it takes seconds rather than the legacy
+    tracer's fraction of one, and gives the same parity (reference/serving.md §2.1).
+    """
+    batch = Dim("N", min=1, max=64)
+    dynamic: list[dict[int, Dim]] = []
+    for tensor in spec.inputs:
+        axes = {0: batch}
+        axes.update({i: Dim(f"{tensor.name}_{i}", min=8, max=4096) for i, d in enumerate(tensor.dims, 1) if d == -1})
+        dynamic.append(axes)
+    program = torch.onnx.export(
+        module,
+        example,
+        input_names=[t.name for t in spec.inputs],
+        output_names=[t.name for t in spec.outputs],
+        dynamic_shapes=tuple(dynamic),
+        opset_version=OPSET,
+        dynamo=True,
+        verbose=False,
+    )
+    if program is None:
+        raise RuntimeError(f"torch.onnx.export returned no program for {spec.name}")
+    return program.model_proto
+
+
+def cast_outputs(model: onnx.ModelProto, spec: ModelSpec) -> onnx.ModelProto:
+    """Append a Cast to each output whose contract dtype differs from the traced fp32."""
+    graph = model.graph
+    for out in graph.output:
+        target = _ONNX_DTYPES[spec.output(out.name).dtype]
+        if out.type.tensor_type.elem_type == target:
+            continue
+        inner = f"{out.name}_fp32"
+        for node in graph.node:
+            node.output[:] = [inner if o == out.name else o for o in node.output]
+        graph.node.append(helper.make_node("Cast", [inner], [out.name], to=target, name=f"cast_{out.name}"))
+        out.type.tensor_type.elem_type = target
+    onnx.checker.check_model(model)
+    return model
+
+
+@dataclass(frozen=True)
+class Parity:
+    shape: tuple[int, ...]
+    max_abs_diff: float
+
+
+def check_parity(
+    model: onnx.ModelProto, module: nn.Module, inputs: tuple[torch.Tensor, ...], *, atol: float
+) -> list[Parity]:
+    """Run ORT and PyTorch on the same inputs; raise if any output differs by more than atol."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=True)}
+    got = session.run(None, feeds)
+    with torch.no_grad():
+        want = module(*inputs)
+    wants = want if isinstance(want, tuple) else (want,)
+    results = []
+    for g, w in zip(got, wants, strict=True):
+        diff = float(np.max(np.abs(g.astype(np.float32) - w.numpy())))
+        if not diff <= atol:
+            raise ValueError(f"ONNX/PyTorch parity failed at {tuple(inputs[0].shape)}: max |diff| {diff} > {atol}")
+        results.append(Parity(tuple(inputs[0].shape), diff))
+    return results
+
+
+def example_inputs(spec: ModelSpec, batch: int, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Deterministic inputs in each tensor's natural range (L in [0, 100])."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = []
+    for tensor in spec.inputs:
+        channels = tensor.dims[0]
+        x = torch.rand(batch, channels, height, width, generator=generator)
+        tensors.append(x * 100 if tensor.name == "L" else x)
+    return tuple(tensors)
+
+
+def export_model(model: nn.Module, spec: ModelSpec, *, parity_sizes: tuple[tuple[int, int], ...]) -> tuple[
+    onnx.ModelProto, list[Parity]
+]:
+    """Export, gate fp32 parity (atol 1e-4) at every size, then cast outputs to the contract."""
+    module = graph_module(model.eval(), spec)
+    fp32 = to_onnx_fp32(module, spec, example_inputs(spec, 1, *parity_sizes[0]))
+    parity: list[Parity] = []
+    for i, (h, w) in enumerate(parity_sizes):
+        parity += check_parity(fp32, module, example_inputs(spec, 1 + i, h, w, seed=i), atol=1e-4)
+    return cast_outputs(fp32, spec), parity

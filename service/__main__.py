@@ -1,0 +1,39 @@
+"""`python -m service`: run the gateway alone, configured by `PRIORLAB_*` (see service.settings).
+
+Used where Triton runs elsewhere (the Dockerfile's gateway target). For the whole embedded
+stack on one machine, `make run` uses `python -m service.stack`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from service.server import create_server
+from service.settings import Settings
+from service.triton import TritonBackend
+
+
+async def serve(settings: Settings) -> None:
+    backend = TritonBackend(
+        settings.triton_url, shared_memory=settings.triton_shared_memory, slots=settings.max_concurrent_colorize
+    )
+    gateway = await create_server(settings, backend)
+    print(f"priorlab gateway on {settings.host}:{gateway.port} (Triton {settings.triton_url})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await gateway.stop()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(serve(Settings.from_env(os.environ)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Gateway settings: one frozen dataclass, built once in the entry point from `PRIORLAB_*`.
+
+Nothing reads the environment at import time; tests build `Settings(...)` directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 = pick a free port
+    triton_url: str = "127.0.0.1:8001"
+    # System shared memory for tensors: only when Triton shares this host's /dev/shm.
+    triton_shared_memory: bool = False
+    # Explicit request limits (documented in the README).
+    max_message_bytes: int = 64 << 20
+    max_pixels: int = 50_000_000
+    max_concurrent_colorize: int = 16  # = shared-memory slots when shm is on
+    triton_timeout_s: float = 30.0  # upper bound when the client sent no deadline
+    health_poll_s: float = 2.0
+    metrics_port: int = 0  # 0 = no Prometheus endpoint
+    redis_url: str = ""  # empty = no Restore service
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], prefix: str = "PRIORLAB_") -> Settings:
+        """Cast each `PRIORLAB_<FIELD>` that is set; a bad value names its variable."""
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            key = prefix + f.name.upper()
+            if key not in environ:
+                continue
+            raw = environ[key]
+            kind = type(getattr(cls, f.name))
+            try:
+                if kind is bool:
+                    if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                        raise ValueError(raw)
+                    values[f.name] = raw.lower() in ("1", "true", "yes")
+                else:
+                    values[f.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{key}={raw!r} is not a valid {kind.__name__}") from None
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from colorizers import weights
+from colorizers.eccv16 import ECCVGenerator
+
+
+def test_every_registered_checkpoint_names_its_architecture() -> None:
+    for checkpoint in weights.REGISTRY.values():
+        assert isinstance(checkpoint.build(), ECCVGenerator)
+        assert checkpoint.sha256 is not None or checkpoint.seed is not None
+
+
+def test_untrained_default_is_reported_as_untrained() -> None:
+    default = weights.REGISTRY[weights.DEFAULT["eccv16"]]
+    if default.trained:
+        assert default.sha256 is not None and default.filename is not None
+    else:
+        assert "UNTRAINED" in default.description
+
+
+def test_seeded_random_init_is_reproducible() -> None:
+    checkpoint = weights.REGISTRY["eccv16-w0.25-random"]
+    a, b = weights.load(checkpoint), weights.load(checkpoint)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_unregistered_file_is_refused_with_its_hash(tmp_path: Path) -> None:
+    path = tmp_path / "mystery.pth"
+    torch.save(ECCVGenerator(width=0.125).state_dict(), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match=digest):
+        weights.identify(path)
+
+
+def test_registered_file_round_trips_in_fp16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = ECCVGenerator(width=0.125).eval()
+    path = tmp_path / "ckpt.pth"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, path)
+    entry = weights.Checkpoint(
+        name="test-ckpt", arch="eccv16", width=0.125, trained=True, description="test",
+        sha256=weights.sha256_of(path),
+    )
+    monkeypatch.setitem(weights.REGISTRY, entry.name, entry)
+    checkpoint, loaded = weights.resolve("eccv16", path)
+    assert checkpoint is entry
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value.half().to(value.dtype), atol=0, rtol=0)
+
+
+def test_tampered_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pth"
+    path.write_bytes(b"not the registered bytes")
+    entry = weights.Checkpoint(name="x", arch="eccv16", width=0.125, trained=True, description="x", sha256="0" * 64)
+    with pytest.raises(ValueError, match="expected 0000"):
+        weights.load(entry, path)

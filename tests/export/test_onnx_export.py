@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from colorizers import weights
+from colorizers.eccv16 import ECCVGenerator
+from contract import ECCV16, MODELS
+from export.__main__ import export_to_repository
+from export.onnx_export import check_parity, export_model, graph_module, to_onnx_fp32
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def small_model() -> ECCVGenerator:
+    torch.manual_seed(1)
+    model = ECCVGenerator(width=0.125)
+    # Non-trivial BN statistics, so a wrong BN export would show.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(small_model: ECCVGenerator) -> tuple[onnx.ModelProto, list]:
+    return export_model(small_model, ECCV16, parity_sizes=((256, 256), (96, 160)))
+
+
+def test_tensor_names_and_dtypes_come_from_the_contract(exported: tuple[onnx.ModelProto, list]) -> None:
+    model, _ = exported
+    assert [i.name for i in model.graph.input] == ["L"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_fp32_parity_at_two_sizes(exported: tuple[onnx.ModelProto, list]) -> None:
+    _, parity = exported
+    assert [p.shape for p in parity] == [(1, 1, 256, 256), (2, 1, 96, 160)]
+    assert all(p.max_abs_diff <= 1e-4 for p in parity)
+
+
+@pytest.mark.parametrize(("n", "h", "w"), [(1, 64, 64), (3, 128, 72)])
+def test_dynamic_batch_and_size_fp16_logits(
+    exported: tuple[onnx.ModelProto, list], small_model: ECCVGenerator, n: int, h: int, w: int
+) -> None:
+    session = ort.InferenceSession(exported[0].SerializeToString(), providers=["CPUExecutionProvider"])
+    lightness = torch.rand(n, 1, h, w) * 100
+    (got,) = session.run(None, {"L": lightness.numpy()})
+    assert got.dtype == np.float16 and got.shape == (n, 313, h // 4, w // 4)
+    with torch.no_grad():
+        want = small_model.logits(lightness).numpy()
+    np.testing.assert_allclose(got.astype(np.float32), want, atol=1e-2, rtol=1e-2)
+
+
+def test_parity_gate_fails_on_a_different_network(small_model: ECCVGenerator) -> None:
+    module = graph_module(small_model, ECCV16)
+    fp32 = to_onnx_fp32(module, ECCV16, (torch.rand(1, 1, 64, 64) * 100,))
+    other = graph_module(ECCVGenerator(width=0.125).eval(), ECCV16)
+    with pytest.raises(ValueError, match="parity failed"):
+        check_parity(fp32, other, (torch.rand(1, 1, 64, 64) * 100,), atol=1e-4)
+
+
+def test_repository_layout_and_configs(tmp_path: Path) -> None:
+    version_dir = export_to_repository("eccv16", tmp_path)
+    assert sorted(p.name for p in version_dir.iterdir()) == ["model.onnx", "model.py"]
+    cpu = (tmp_path / "eccv16" / "configs" / "cpu.pbtxt").read_text()
+    gpu = (tmp_path / "eccv16" / "configs" / "gpu.pbtxt").read_text()
+    assert 'backend: "python"' in cpu and "KIND_CPU" in cpu and "timeout_action: REJECT" in cpu
+    assert '"ORT_ALLOW_SPINNING" value: { string_value: "0" }' in cpu and "model_warmup" in cpu
+    assert 'backend: "onnxruntime"' in gpu and 'name: "tensorrt"' in gpu and '"precision_mode" value: "FP16"' in gpu
+    default = weights.REGISTRY[weights.DEFAULT["eccv16"]]
+    assert f'"checkpoint" value: {{ string_value: "{default.name}" }}' in cpu
+    assert "input.1" not in cpu + gpu
+
+
+def test_committed_configs_are_what_export_writes(tmp_path: Path) -> None:
+    # The configs in git are reviewed in diffs; they must not drift from the generator.
+    repo = Path(__file__).resolve().parents[2] / "model_repository"
+    for name in MODELS:
+        export_to_repository(name, tmp_path)
+        for config in ("cpu.pbtxt", "gpu.pbtxt"):
+            committed = (repo / name / "configs" / config).read_text()
+            assert committed == (tmp_path / name / "configs" / config).read_text(), f"{name}/{config} drifted"
+
+
+def test_tensorrt_plan_says_why_it_cannot_run_without_a_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    from export import tensorrt_plan
+
+    if tensorrt_plan._why_not_here() is None:
+        pytest.skip("this host can build TensorRT plans")
+    assert tensorrt_plan.main([]) == 2
+    err = capsys.readouterr().err
+    assert "cannot build a TensorRT plan on this host" in err and ("tensorrt" in err or "CUDA" in err)

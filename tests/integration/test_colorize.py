@@ -1,0 +1,159 @@
+"""Colorize end to end: real tritonserver + real gateway process, the make-run stack."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
+from skimage import color
+from torch.nn import functional as F
+
+from contract import ECCV16, asset_path
+from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc
+from service.triton import TritonBackend
+from service.triton_launcher import TritonServer, free_port
+from tests.conftest import MODEL_REPOSITORY
+from tests.integration.conftest import GatewayProcess
+
+pytestmark = pytest.mark.triton
+
+
+def call(gateway: GatewayProcess, request: colorize_pb2.ColorizeRequest, timeout: float = 60) -> colorize_pb2.ColorizeResponse:
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    with grpc.insecure_channel(gateway.target, options=options) as channel:
+        return colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=timeout)
+
+
+def reference_ab(rgb: np.ndarray, temperature: float, size: int = 256) -> np.ndarray:
+    """Independent oracle: skimage L, PIL bicubic resize, ORT on the served ONNX, float64 decode."""
+    lightness = color.rgb2lab(rgb)[..., 0].astype(np.float32)
+    working = np.asarray(Image.fromarray(lightness, mode="F").resize((size, size), Image.Resampling.BICUBIC))
+    session = ort.InferenceSession(str(MODEL_REPOSITORY / "eccv16" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"L": working[None, None].astype(np.float32)})
+    z = logits.astype(np.float64)[0]
+    z = np.exp(z - z.max(axis=0))
+    z /= z.sum(axis=0)
+    annealed = np.exp(np.log(z) / temperature)
+    annealed /= annealed.sum(axis=0)
+    ab = np.einsum("qhw,qc->chw", annealed, np.load(asset_path("pts_in_hull.npy")).astype(np.float64))
+    full = F.interpolate(torch.from_numpy(ab)[None], size=rgb.shape[:2], mode="bilinear", align_corners=False)
+    return full[0].numpy().transpose(1, 2, 0)
+
+
+def test_golden_photo_keeps_size_and_l_and_has_the_served_models_ab(gateway: GatewayProcess, shared_data: Path) -> None:
+    data = (shared_data / "colorization" / "golden" / "ansel_adams3.jpg").read_bytes()
+    response = call(gateway, colorize_pb2.ColorizeRequest(image=data))
+    source = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    out = np.asarray(Image.open(io.BytesIO(response.image)).convert("RGB"))
+    assert out.shape == source.shape == (675, 900, 3)
+    lab_in, lab_out = color.rgb2lab(source), color.rgb2lab(out)
+    expected = reference_ab(source, 0.38)
+    # Where the predicted colour is inside the sRGB gamut, nothing was clamped: L is the input's
+    # and ab is the model's, up to uint8 rounding of the output.
+    rgb_expected = color.lab2rgb(np.dstack([lab_in[..., 0], expected]))
+    inside = np.all((rgb_expected > 0.01) & (rgb_expected < 0.99), axis=2)
+    assert inside.mean() > 0.5
+    assert np.abs(lab_out[..., 0] - lab_in[..., 0])[inside].max() <= 1.0
+    ab_error = np.abs(lab_out[..., 1:] - expected)[inside]
+    assert np.median(ab_error) <= 0.5 and np.quantile(ab_error, 0.99) <= 2.5
+    assert response.model == "eccv16" and response.model_version == "1"
+    assert response.checkpoint and response.timings.triton_ms > 0 and response.timings.total_ms >= response.timings.triton_ms
+
+
+def test_temperature_changes_the_colour(gateway: GatewayProcess, shared_data: Path) -> None:
+    data = (shared_data / "colorization" / "golden" / "ansel_adams3.jpg").read_bytes()
+    cool = np.asarray(Image.open(io.BytesIO(call(gateway, colorize_pb2.ColorizeRequest(image=data, temperature=1.0)).image)))
+    hot = np.asarray(Image.open(io.BytesIO(call(gateway, colorize_pb2.ColorizeRequest(image=data, temperature=0.1)).image)))
+    assert np.abs(cool.astype(int) - hot.astype(int)).mean() > 0.5
+
+
+def test_health_and_reflection(gateway: GatewayProcess) -> None:
+    with grpc.insecure_channel(gateway.target) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="priorlab.v1.Colorizer"), timeout=5
+        ).status
+        responses = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        services = {s.name for r in responses for s in r.list_services_response.service}
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    assert {"priorlab.v1.Colorizer", "grpc.health.v1.Health"} <= services
+
+
+def test_bad_image_is_invalid_argument_and_the_server_keeps_serving(gateway: GatewayProcess, shared_data: Path) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        call(gateway, colorize_pb2.ColorizeRequest(image=b"\x89PNG\r\n\x1a\n garbage"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    data = (shared_data / "colorization" / "golden" / "ansel_adams3.jpg").read_bytes()
+    assert call(gateway, colorize_pb2.ColorizeRequest(image=data, working_size=128)).width == 900
+
+
+def test_plain_grpc_and_shared_memory_give_the_same_logits(triton_server: TritonServer) -> None:
+    lightness = (np.random.default_rng(0).random((1, 1, 128, 96)) * 100).astype(np.float32)
+
+    async def both() -> tuple[np.ndarray, np.ndarray]:
+        plain = TritonBackend(triton_server.grpc_url, shared_memory=False)
+        shared = TritonBackend(triton_server.grpc_url, shared_memory=True, slots=2)
+        try:
+            a = await plain.infer(ECCV16, {"L": lightness}, timeout_s=30)
+            b = await shared.infer(ECCV16, {"L": lightness}, timeout_s=30)
+            # A larger request grows the slot's regions.
+            big = np.repeat(np.repeat(lightness, 2, axis=2), 2, axis=3)
+            c = await shared.infer(ECCV16, {"L": big}, timeout_s=30)
+            assert c["logits"].shape == (1, 313, 64, 48)
+            return a["logits"], b["logits"]
+        finally:
+            await plain.close()
+            await shared.close()
+
+    a, b = asyncio.run(both())
+    assert a.shape == (1, 313, 32, 24) and a.dtype == np.float16
+    np.testing.assert_array_equal(a, b)
+
+
+def test_triton_down_is_unavailable(gateway_factory: Callable[..., GatewayProcess], shared_data: Path) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    gateway = gateway_factory(nowhere, shared_memory=False, wait_serving=False)
+    with grpc.insecure_channel(gateway.target) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    data = (shared_data / "colorization" / "golden" / "ansel_adams3.jpg").read_bytes()
+    with pytest.raises(grpc.RpcError) as info:
+        call(gateway, colorize_pb2.ColorizeRequest(image=data), timeout=20)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.skipif(
+    not os.environ.get("PRIORLAB_ECCV16_OFFICIAL"),
+    reason="golden comparison needs the authors' checkpoint: set PRIORLAB_ECCV16_OFFICIAL=/path/to/"
+    "colorization_release_v2-9b330a0b.pth (not downloadable here; never shipped)",
+)
+def test_official_checkpoint_reproduces_the_golden_output(
+    tmp_path: Path, shared_data: Path, gateway_factory: Callable[..., GatewayProcess]
+) -> None:
+    from export.__main__ import export_to_repository
+
+    export_to_repository("eccv16", tmp_path / "repo", weights_file=Path(os.environ["PRIORLAB_ECCV16_OFFICIAL"]))
+    triton = TritonServer.start(tmp_path / "repo", tmp_path / "triton")
+    try:
+        gateway = gateway_factory(triton.grpc_url, shared_memory=True)
+        data = (shared_data / "colorization" / "golden" / "ansel_adams3.jpg").read_bytes()
+        # Upstream's PyTorch forward is the plain softmax mean (T=1), see colorization.md §1.2.
+        response = call(gateway, colorize_pb2.ColorizeRequest(image=data, temperature=1.0))
+        out = np.asarray(Image.open(io.BytesIO(response.image)).convert("RGB")).astype(float)
+        golden = np.asarray(Image.open(shared_data / "colorization" / "golden" / "saved_eccv16.png").convert("RGB")).astype(float)
+        assert response.checkpoint == "eccv16-official"
+        assert np.abs(out - golden).mean() < 3.0
+    finally:
+        triton.stop()

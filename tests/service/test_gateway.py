@@ -1,0 +1,213 @@
+"""Gateway logic against an in-memory backend: validation, error mapping, deadlines, recombination."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+from skimage import color
+
+from contract import ECCV16, ModelSpec, asset_path
+from service.errors import DeadlineExceeded, PriorlabError, ResourceExhausted, Unavailable
+from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc
+from service.server import create_server
+from service.settings import Settings
+from service.triton import ModelInfo
+
+TARGET_AB = (30, -40)  # a bin centre of the 10-unit grid, in gamut for mid L
+
+
+@dataclass
+class FakeBackend:
+    """Predicts one ab bin everywhere; records what it was asked; can be told to fail."""
+
+    error: PriorlabError | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    is_ready: bool = True
+
+    async def infer(self, spec: ModelSpec, inputs: dict[str, np.ndarray], *, timeout_s: float) -> dict[str, np.ndarray]:
+        self.calls.append({"inputs": inputs, "timeout_s": timeout_s})
+        if self.error is not None:
+            raise self.error
+        n, _, h, w = inputs["L"].shape
+        bins = np.load(asset_path("pts_in_hull.npy"))
+        target = int(np.flatnonzero((bins == TARGET_AB).all(axis=1))[0])
+        logits = np.zeros((n, 313, h // 4, w // 4), np.float16)
+        logits[:, target] = 30.0
+        return {"logits": logits}
+
+    async def model_info(self, spec: ModelSpec) -> ModelInfo:
+        return ModelInfo(spec.name, "1", "fake-checkpoint", trained=False)
+
+    async def ready(self, spec: ModelSpec) -> bool:
+        return self.is_ready
+
+    async def close(self) -> None:
+        pass
+
+
+def run_gateway(backend: FakeBackend, body: Callable[[grpc.aio.Channel], Awaitable[Any]], **settings: Any) -> Any:
+    async def main() -> Any:
+        gateway = await create_server(Settings(port=0, health_poll_s=0.05, **settings), backend)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+                return await body(channel)
+        finally:
+            await gateway.stop(0)
+
+    return asyncio.run(main())
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def gray_gradient(height: int = 60, width: int = 90) -> np.ndarray:
+    row = np.linspace(80, 200, width).astype(np.uint8)
+    return np.repeat(row[None, :], height, axis=0)
+
+
+def colorize(backend: FakeBackend, request: colorize_pb2.ColorizeRequest, timeout: float | None = 10) -> Any:
+    async def body(channel: grpc.aio.Channel) -> Any:
+        return await colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=timeout)
+
+    return run_gateway(backend, body)
+
+
+def test_output_keeps_size_and_l_and_takes_the_predicted_ab() -> None:
+    gray = gray_gradient()
+    response = colorize(FakeBackend(), colorize_pb2.ColorizeRequest(image=png(gray)))
+    out = np.asarray(Image.open(io.BytesIO(response.image)).convert("RGB"))
+    assert out.shape == (60, 90, 3) and (response.width, response.height) == (90, 60)
+    lab_in = color.rgb2lab(np.repeat(gray[..., None], 3, axis=2))
+    lab_out = color.rgb2lab(out)
+    assert np.abs(lab_out[..., 0] - lab_in[..., 0]).max() <= 1.0
+    np.testing.assert_allclose(np.median(lab_out[..., 1:], axis=(0, 1)), TARGET_AB, atol=2.0)
+    assert response.checkpoint == "fake-checkpoint" and not response.trained
+    assert response.model == "eccv16" and response.model_version == "1"
+    assert response.temperature == pytest.approx(0.38) and response.working_size == 256
+
+
+def test_working_size_and_l_range_reach_the_backend() -> None:
+    backend = FakeBackend()
+    colorize(backend, colorize_pb2.ColorizeRequest(image=png(gray_gradient()), working_size=128))
+    (call,) = backend.calls
+    lightness = call["inputs"]["L"]
+    assert lightness.shape == (1, 1, 128, 128) and lightness.dtype == np.float32
+    assert 30 < lightness.min() < lightness.max() < 85
+
+
+def test_alpha_is_preserved() -> None:
+    rgba = np.dstack([gray_gradient()] * 3 + [np.tile(np.arange(90, dtype=np.uint8), (60, 1))])
+    response = colorize(FakeBackend(), colorize_pb2.ColorizeRequest(image=png(rgba)))
+    out = np.asarray(Image.open(io.BytesIO(response.image)))
+    assert out.shape == (60, 90, 4)
+    np.testing.assert_array_equal(out[..., 3], rgba[..., 3])
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "code", "needle"),
+    [
+        ({"image": b"not an image"}, grpc.StatusCode.INVALID_ARGUMENT, "image"),
+        ({"image": b""}, grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+        ({"temperature": 1.5}, grpc.StatusCode.INVALID_ARGUMENT, "1.5"),
+        ({"temperature": 0.0}, grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+        ({"working_size": 100}, grpc.StatusCode.INVALID_ARGUMENT, "100"),
+        ({"working_size": 2048}, grpc.StatusCode.INVALID_ARGUMENT, "2048"),
+        ({"quality": 101}, grpc.StatusCode.INVALID_ARGUMENT, "101"),
+        ({"model": "dalle"}, grpc.StatusCode.NOT_FOUND, "dalle"),
+    ],
+)
+def test_bad_requests_name_the_offending_value(request_kwargs: dict[str, Any], code: grpc.StatusCode, needle: str) -> None:
+    request = colorize_pb2.ColorizeRequest(**{"image": png(gray_gradient()), **request_kwargs})
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        colorize(FakeBackend(), request)
+    assert info.value.code() == code
+    assert needle in (info.value.details() or "")
+
+
+def test_too_many_pixels_is_invalid_argument_with_the_limit() -> None:
+    request = colorize_pb2.ColorizeRequest(image=png(gray_gradient(60, 90)))
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        return await colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=10)
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        run_gateway(FakeBackend(), body, max_pixels=1000)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "5400" in (info.value.details() or "") and "1000" in (info.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (Unavailable("Triton is down"), grpc.StatusCode.UNAVAILABLE),
+        (ResourceExhausted("queue is full"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (DeadlineExceeded("too slow"), grpc.StatusCode.DEADLINE_EXCEEDED),
+    ],
+)
+def test_backend_errors_map_to_status_codes(error: PriorlabError, code: grpc.StatusCode) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        colorize(FakeBackend(error=error), colorize_pb2.ColorizeRequest(image=png(gray_gradient())))
+    assert info.value.code() == code
+    assert str(error) in (info.value.details() or "")
+
+
+def test_client_deadline_is_propagated_to_triton() -> None:
+    backend = FakeBackend()
+    colorize(backend, colorize_pb2.ColorizeRequest(image=png(gray_gradient())), timeout=2.0)
+    (call,) = backend.calls
+    assert 0 < call["timeout_s"] <= 2.0
+
+
+def test_health_follows_backend_readiness() -> None:
+    backend = FakeBackend(is_ready=False)
+
+    async def body(channel: grpc.aio.Channel) -> list[int]:
+        stub = health_pb2_grpc.HealthStub(channel)
+        service = "priorlab.v1.Colorizer"
+        statuses = []
+        await asyncio.sleep(0.2)
+        statuses.append((await stub.Check(health_pb2.HealthCheckRequest(service=service))).status)
+        backend.is_ready = True
+        await asyncio.sleep(0.2)
+        statuses.append((await stub.Check(health_pb2.HealthCheckRequest(service=service))).status)
+        return statuses
+
+    assert run_gateway(backend, body) == [
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+        health_pb2.HealthCheckResponse.SERVING,
+    ]
+
+
+def test_jpeg_and_webp_outputs() -> None:
+    for fmt, magic in ((colorize_pb2.IMAGE_FORMAT_JPEG, b"\xff\xd8"), (colorize_pb2.IMAGE_FORMAT_WEBP, b"RIFF")):
+        response = colorize(FakeBackend(), colorize_pb2.ColorizeRequest(image=png(gray_gradient()), output_format=fmt, quality=80))
+        assert response.image.startswith(magic) and response.format == fmt
+
+
+def test_unexpected_errors_become_internal(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = FakeBackend()
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(backend, "infer", broken)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        colorize(backend, colorize_pb2.ColorizeRequest(image=png(gray_gradient())))
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (info.value.details() or "")
+
+
+def test_contract_spec_is_what_the_fake_serves() -> None:
+    assert ECCV16.output("logits").shape(1, 256, 256) == (1, 313, 64, 64)
