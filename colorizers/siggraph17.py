@@ -27,7 +27,9 @@ def _scaled(channels: int, width: float) -> int:
 
 
 def _conv(channels_in: int, channels: int, *, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(channels_in, channels, kernel_size=3, stride=1, padding=dilation, dilation=dilation, bias=True)
+    return nn.Conv2d(
+        channels_in, channels, kernel_size=3, stride=1, padding=dilation, dilation=dilation, bias=True
+    )
 
 
 def _block(channels_in: int, channels: int, convs: int, *, dilation: int = 1) -> nn.Sequential:
@@ -40,7 +42,9 @@ def _block(channels_in: int, channels: int, convs: int, *, dilation: int = 1) ->
 
 
 def _up(channels_in: int, channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.ConvTranspose2d(channels_in, channels, kernel_size=4, stride=2, padding=1, bias=True))
+    return nn.Sequential(
+        nn.ConvTranspose2d(channels_in, channels, kernel_size=4, stride=2, padding=1, bias=True)
+    )
 
 
 def _short(channels_in: int, channels: int) -> nn.Sequential:
@@ -67,7 +71,12 @@ class SIGGRAPHGenerator(nn.Module):
         self.model8up = _up(c512, c256)  # H/8 -> H/4
         self.model3short8 = _short(c256, c256)
         self.model8 = nn.Sequential(
-            nn.ReLU(True), _conv(c256, c256), nn.ReLU(True), _conv(c256, c256), nn.ReLU(True), nn.BatchNorm2d(c256)
+            nn.ReLU(True),
+            _conv(c256, c256),
+            nn.ReLU(True),
+            _conv(c256, c256),
+            nn.ReLU(True),
+            nn.BatchNorm2d(c256),
         )
         self.model9up = _up(c256, c128)  # H/4 -> H/2
         self.model2short9 = _short(c128, c128)
@@ -82,9 +91,7 @@ class SIGGRAPHGenerator(nn.Module):
         self, lightness: torch.Tensor, ab_hint: torch.Tensor, hint_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (ab (N,2,H,W) in Lab units, 529 class logits (N,529,H/4,W/4))."""
-        x = torch.cat(
-            ((lightness - L_CENT) / L_NORM, ab_hint / AB_NORM, hint_mask - self.mask_offset), dim=1
-        )
+        x = torch.cat(((lightness - L_CENT) / L_NORM, ab_hint / AB_NORM, hint_mask - self.mask_offset), dim=1)
         conv1_2 = self.model1(x)
         conv2_2 = self.model2(conv1_2[:, :, ::2, ::2])
         conv3_3 = self.model3(conv2_2[:, :, ::2, ::2])
@@ -96,7 +103,10 @@ class SIGGRAPHGenerator(nn.Module):
         return self.model_out(conv10_2) * AB_NORM, self.model_class(conv8_3)
 
     def forward(
-        self, lightness: torch.Tensor, ab_hint: torch.Tensor | None = None, hint_mask: torch.Tensor | None = None
+        self,
+        lightness: torch.Tensor,
+        ab_hint: torch.Tensor | None = None,
+        hint_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Upstream's forward: ab at full resolution; no hints = automatic mode."""
         n, _, h, w = lightness.shape

@@ -25,7 +25,9 @@ log = logging.getLogger("export")
 PARITY_SIZES = ((256, 256), (96, 160))  # square working size, and a non-square one
 
 
-def export_to_repository(model_name: str, repository: Path, *, version: int = 1, weights_file: Path | None = None) -> Path:
+def export_to_repository(
+    model_name: str, repository: Path, *, version: int = 1, weights_file: Path | None = None
+) -> Path:
     spec = MODELS[model_name]
     checkpoint, model = weights.resolve(model_name, weights_file)
     log.info("exporting %s from checkpoint %s (trained=%s)", model_name, checkpoint.name, checkpoint.trained)

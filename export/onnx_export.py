@@ -51,7 +51,9 @@ def to_onnx_fp32(module: nn.Module, spec: ModelSpec, example: tuple[torch.Tensor
     dynamic: list[dict[int, Dim]] = []
     for tensor in spec.inputs:
         axes = {0: batch}
-        axes.update({i: Dim(f"{tensor.name}_{i}", min=8, max=4096) for i, d in enumerate(tensor.dims, 1) if d == -1})
+        axes.update(
+            {i: Dim(f"{tensor.name}_{i}", min=8, max=4096) for i, d in enumerate(tensor.dims, 1) if d == -1}
+        )
         dynamic.append(axes)
     program = torch.onnx.export(
         module,
@@ -104,12 +106,16 @@ def check_parity(
     for g, w in zip(got, wants, strict=True):
         diff = float(np.max(np.abs(g.astype(np.float32) - w.numpy())))
         if not diff <= atol:
-            raise ValueError(f"ONNX/PyTorch parity failed at {tuple(inputs[0].shape)}: max |diff| {diff} > {atol}")
+            raise ValueError(
+                f"ONNX/PyTorch parity failed at {tuple(inputs[0].shape)}: max |diff| {diff} > {atol}"
+            )
         results.append(Parity(tuple(inputs[0].shape), diff))
     return results
 
 
-def example_inputs(spec: ModelSpec, batch: int, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def example_inputs(
+    spec: ModelSpec, batch: int, height: int, width: int, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
     """Deterministic inputs in each tensor's natural range (L in [0, 100])."""
     generator = torch.Generator().manual_seed(seed)
     tensors = []
@@ -120,9 +126,9 @@ def example_inputs(spec: ModelSpec, batch: int, height: int, width: int, seed: i
     return tuple(tensors)
 
 
-def export_model(model: nn.Module, spec: ModelSpec, *, parity_sizes: tuple[tuple[int, int], ...]) -> tuple[
-    onnx.ModelProto, list[Parity]
-]:
+def export_model(
+    model: nn.Module, spec: ModelSpec, *, parity_sizes: tuple[tuple[int, int], ...]
+) -> tuple[onnx.ModelProto, list[Parity]]:
     """Export, gate fp32 parity (atol 1e-4) at every size, then cast outputs to the contract."""
     module = graph_module(model.eval(), spec)
     fp32 = to_onnx_fp32(module, spec, example_inputs(spec, 1, *parity_sizes[0]))

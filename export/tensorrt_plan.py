@@ -19,7 +19,9 @@ def _why_not_here() -> str | None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return "the `tensorrt` Python package is not installed (it ships with NVIDIA's Triton/TensorRT images)"
+        return (
+            "the `tensorrt` Python package is not installed (it ships with NVIDIA's Triton/TensorRT images)"
+        )
     try:
         import torch
 
@@ -67,13 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     reason = _why_not_here()
     if reason is not None:
-        print(f"cannot build a TensorRT plan on this host: {reason}. Run this on a GPU host "
-              f"(e.g. inside the Dockerfile's triton image); CPU hosts serve configs/cpu.pbtxt instead.",
-              file=sys.stderr)
+        print(
+            f"cannot build a TensorRT plan on this host: {reason}. Run this on a GPU host "
+            f"(e.g. inside the Dockerfile's triton image); CPU hosts serve configs/cpu.pbtxt instead.",
+            file=sys.stderr,
+        )
         return 2
     version_dir = args.repository / args.model / str(args.version)
-    build_plan(version_dir / "model.onnx", version_dir / "model.plan", args.model, MODELS[args.model].max_batch_size)
-    print(f"wrote {version_dir / 'model.plan'}; serve it with platform: \"tensorrt_plan\"")
+    build_plan(
+        version_dir / "model.onnx", version_dir / "model.plan", args.model, MODELS[args.model].max_batch_size
+    )
+    print(f'wrote {version_dir / "model.plan"}; serve it with platform: "tensorrt_plan"')
     return 0
 
 

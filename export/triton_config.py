@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from contract import WORKING_SIZE_DEFAULT, WORKING_SIZE_MAX, WORKING_SIZE_MIN, WORKING_SIZE_MULTIPLE, ModelSpec
+from contract import (
+    WORKING_SIZE_DEFAULT,
+    WORKING_SIZE_MAX,
+    WORKING_SIZE_MIN,
+    WORKING_SIZE_MULTIPLE,
+    ModelSpec,
+)
 
 # Backpressure: a full queue is refused at once (the gateway maps it to RESOURCE_EXHAUSTED)
 # instead of growing latency without bound.
@@ -52,8 +58,12 @@ def _warmup(spec: ModelSpec, size: int) -> str:
 
 def cpu_config(spec: ModelSpec, params: Mapping[str, str]) -> str:
     """Python backend + onnxruntime on CPU, ORT spinning off, dynamic batching, bounded queue."""
-    backend_params = {"ORT_ALLOW_SPINNING": "0", "ORT_INTRA_OP_THREADS": "0",
-                      "SPATIAL_MULTIPLE": str(WORKING_SIZE_MULTIPLE), **params}
+    backend_params = {
+        "ORT_ALLOW_SPINNING": "0",
+        "ORT_INTRA_OP_THREADS": "0",
+        "SPATIAL_MULTIPLE": str(WORKING_SIZE_MULTIPLE),
+        **params,
+    }
     return (
         f"# Written by `python -m export` from contract.{spec.name.upper()}; do not edit by hand.\n"
         f'name: "{spec.name}"\nbackend: "python"\nmax_batch_size: {spec.max_batch_size}\n'
@@ -68,6 +78,7 @@ def cpu_config(spec: ModelSpec, params: Mapping[str, str]) -> str:
 
 def gpu_config(spec: ModelSpec, params: Mapping[str, str]) -> str:
     """Native onnxruntime backend with the TensorRT accelerator in FP16, engine cache, profiles."""
+
     def shapes(size: int, batch: int) -> str:
         return ",".join(f"{t.name}:{batch}x{t.dims[0]}x{size}x{size}" for t in spec.inputs)
 

@@ -61,14 +61,16 @@ class TritonPythonModel:
             groups.setdefault(tuple(a.shape[1:] for a in arrays), []).append(i)
         for members in groups.values():
             feeds = {
-                name: np.concatenate([batches[i][k] for i in members])
-                for k, name in enumerate(self.inputs)
+                name: np.concatenate([batches[i][k] for i in members]) for k, name in enumerate(self.inputs)
             }
             results = self.session.run(self.outputs, feeds)
             start = 0
             for i in members:
                 n = batches[i][0].shape[0]
-                tensors = [pb_utils.Tensor(name, r[start : start + n]) for name, r in zip(self.outputs, results, strict=True)]
+                tensors = [
+                    pb_utils.Tensor(name, r[start : start + n])
+                    for name, r in zip(self.outputs, results, strict=True)
+                ]
                 responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
                 start += n
         return responses

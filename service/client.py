@@ -10,8 +10,12 @@ import grpc
 
 from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc
 
-_FORMATS = {".png": colorize_pb2.IMAGE_FORMAT_PNG, ".jpg": colorize_pb2.IMAGE_FORMAT_JPEG,
-            ".jpeg": colorize_pb2.IMAGE_FORMAT_JPEG, ".webp": colorize_pb2.IMAGE_FORMAT_WEBP}
+_FORMATS = {
+    ".png": colorize_pb2.IMAGE_FORMAT_PNG,
+    ".jpg": colorize_pb2.IMAGE_FORMAT_JPEG,
+    ".jpeg": colorize_pb2.IMAGE_FORMAT_JPEG,
+    ".webp": colorize_pb2.IMAGE_FORMAT_WEBP,
+}
 
 
 def colorize(args: argparse.Namespace) -> int:
@@ -20,13 +24,18 @@ def colorize(args: argparse.Namespace) -> int:
         print(f"output must end in one of {sorted(_FORMATS)}, got {args.output.name}", file=sys.stderr)
         return 2
     request = colorize_pb2.ColorizeRequest(
-        image=args.input.read_bytes(), model=args.model, working_size=args.working_size,
-        output_format=_FORMATS[suffix], quality=args.quality,
+        image=args.input.read_bytes(),
+        model=args.model,
+        working_size=args.working_size,
+        output_format=_FORMATS[suffix],
+        quality=args.quality,
     )
     if args.temperature is not None:
         request.temperature = args.temperature
-    with grpc.insecure_channel(args.target, options=[("grpc.max_receive_message_length", 64 << 20),
-                                                     ("grpc.max_send_message_length", 64 << 20)]) as channel:
+    with grpc.insecure_channel(
+        args.target,
+        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+    ) as channel:
         try:
             response = colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=args.timeout)
         except grpc.RpcError as e:
@@ -36,8 +45,9 @@ def colorize(args: argparse.Namespace) -> int:
     t = response.timings
     print(
         f"{args.output} {response.width}x{response.height} model={response.model} v{response.model_version} "
-        f"checkpoint={response.checkpoint}{'' if response.trained else ' (UNTRAINED)'} T={response.temperature:.2f} "
-        f"decode {t.decode_ms:.1f} ms, triton {t.triton_ms:.1f} ms, post {t.postprocess_ms:.1f} ms, total {t.total_ms:.1f} ms"
+        f"checkpoint={response.checkpoint}{'' if response.trained else ' (UNTRAINED)'} "
+        f"T={response.temperature:.2f}\n  decode {t.decode_ms:.1f} ms, triton {t.triton_ms:.1f} ms, "
+        f"post {t.postprocess_ms:.1f} ms, total {t.total_ms:.1f} ms"
     )
     return 0
 

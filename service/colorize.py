@@ -55,19 +55,20 @@ class _Prepared:
     alpha: np.ndarray | None
 
 
-def prepare(image: bytes, working_size: int, max_pixels: int) -> _Prepared:
+def prepare(image: bytes, working_size: int, *, max_pixels: int, max_bytes: int) -> _Prepared:
     """Decode, validate, convert to L at full resolution and at the working size."""
-    decoded = codec.decode(image, max_pixels=max_pixels)
-    lightness = lab.srgb_to_l(decoded.rgb)
-    working = ab_decode.resize_plane(lightness, working_size, working_size)
-    return _Prepared(lightness, working[None, None].astype(np.float32, copy=False), decoded.alpha)
+    decoded = codec.decode(image, max_pixels=max_pixels, max_bytes=max_bytes)
+    # A gray image needs one table lookup per pixel, not a colour conversion.
+    lightness = lab.gray_to_l(decoded.pixels) if decoded.is_gray else lab.srgb_to_l(decoded.pixels)
+    working = ab_decode.resize_l(lightness, (working_size, working_size))
+    return _Prepared(lightness, working[None, None], decoded.alpha)
 
 
 def finish(prepared: _Prepared, ab_small: np.ndarray, options: ColorizeOptions) -> bytes:
     """(2, h, w) ab -> bilinear to full resolution -> with the original L -> sRGB -> bytes."""
     height, width = prepared.lightness.shape
-    ab = ab_decode.upsample_bilinear(ab_small, height, width)
-    rgb = lab.lab_to_srgb_uint8(prepared.lightness, ab)
+    a, b = ab_decode.resize_ab(ab_small, (height, width))
+    rgb = lab.lab_planes_to_srgb_uint8(prepared.lightness, a, b)
     return codec.encode(rgb, prepared.alpha, options.output_format, options.quality)
 
 
@@ -84,7 +85,13 @@ class ColorizePipeline:
             self._metrics.in_flight.inc()
             try:
                 start = time.perf_counter()
-                prepared = await asyncio.to_thread(prepare, image, options.working_size, self._settings.max_pixels)
+                prepared = await asyncio.to_thread(
+                    prepare,
+                    image,
+                    options.working_size,
+                    max_pixels=self._settings.max_pixels,
+                    max_bytes=self._settings.max_message_bytes,
+                )
                 decoded_at = time.perf_counter()
                 info = await self._backend.model_info(spec)
                 outputs = await self._backend.infer(
@@ -101,8 +108,11 @@ class ColorizePipeline:
             postprocess_ms=(done - inferred_at) * 1e3,
             total_ms=(done - start) * 1e3,
         )
-        for stage, ms in (("decode", timings.decode_ms), ("triton", timings.triton_ms),
-                          ("postprocess", timings.postprocess_ms)):
+        for stage, ms in (
+            ("decode", timings.decode_ms),
+            ("triton", timings.triton_ms),
+            ("postprocess", timings.postprocess_ms),
+        ):
             self._metrics.stage_seconds.labels(stage).observe(ms / 1e3)
         height, width = prepared.lightness.shape
         return ColorizeResult(encoded, width, height, info, options, timings)

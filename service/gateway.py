@@ -24,8 +24,11 @@ _FORMATS = {
     colorize_pb2.IMAGE_FORMAT_JPEG: "JPEG",
     colorize_pb2.IMAGE_FORMAT_WEBP: "WEBP",
 }
-_FORMAT_ENUM = {"PNG": colorize_pb2.IMAGE_FORMAT_PNG, "JPEG": colorize_pb2.IMAGE_FORMAT_JPEG,
-                "WEBP": colorize_pb2.IMAGE_FORMAT_WEBP}
+_FORMAT_ENUM = {
+    "PNG": colorize_pb2.IMAGE_FORMAT_PNG,
+    "JPEG": colorize_pb2.IMAGE_FORMAT_JPEG,
+    "WEBP": colorize_pb2.IMAGE_FORMAT_WEBP,
+}
 QUALITY_DEFAULT = 90
 
 
@@ -51,8 +54,11 @@ def colorize_options(request: colorize_pb2.ColorizeRequest) -> ColorizeOptions:
     if not request.image:
         raise InvalidArgument("image is empty")
     return ColorizeOptions(
-        model=model, temperature=float(temperature), working_size=size,
-        output_format=_FORMATS[request.output_format], quality=quality,
+        model=model,
+        temperature=float(temperature),
+        working_size=size,
+        output_format=_FORMATS[request.output_format],
+        quality=quality,
     )
 
 
@@ -87,6 +93,10 @@ class ColorizerServicer(colorize_pb2_grpc.ColorizerServicer):
     ) -> colorize_pb2.ColorizeResponse:
         options = colorize_options(request)
         remaining = context.time_remaining()
-        timeout_s = self._settings.triton_timeout_s if remaining is None else min(remaining, self._settings.triton_timeout_s)
+        timeout_s = (
+            self._settings.triton_timeout_s
+            if remaining is None
+            else min(remaining, self._settings.triton_timeout_s)
+        )
         result = await self._pipeline.colorize(request.image, options, timeout_s=timeout_s)
         return colorize_response(result)

@@ -15,7 +15,14 @@ from grpc_reflection.v1alpha import reflection
 
 from contract import MODELS
 from service.colorize import ColorizePipeline
-from service.errors import DeadlineExceeded, InvalidArgument, NotFound, PriorlabError, ResourceExhausted, Unavailable
+from service.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PriorlabError,
+    ResourceExhausted,
+    Unavailable,
+)
 from service.gateway import ColorizerServicer
 from service.metrics import Metrics
 from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc
@@ -38,7 +45,7 @@ STATUS_CODES: dict[type[PriorlabError], grpc.StatusCode] = {
 def status_code(error: PriorlabError) -> grpc.StatusCode:
     for kind in type(error).__mro__:
         if kind in STATUS_CODES:
-            return STATUS_CODES[kind]  # type: ignore[index]
+            return STATUS_CODES[kind]
     return grpc.StatusCode.INTERNAL
 
 
@@ -112,8 +119,13 @@ class GatewayServer:
     """A started gateway: `port`, and `stop()` that drains, flips health and closes Triton."""
 
     def __init__(
-        self, server: grpc.aio.Server, port: int, backend: InferenceBackend, tasks: list[asyncio.Task[None]],
-        health_servicer: health.aio.HealthServicer, metrics: Metrics,
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        backend: InferenceBackend,
+        tasks: list[asyncio.Task[None]],
+        health_servicer: health.aio.HealthServicer,
+        metrics: Metrics,
     ) -> None:
         self.server, self.port, self.metrics = server, port, metrics
         self._backend, self._tasks, self._health = backend, tasks, health_servicer
@@ -146,7 +158,11 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (COLORIZER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            COLORIZER_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")

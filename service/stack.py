@@ -27,14 +27,17 @@ async def run(settings: Settings, repository: Path, workdir: Path) -> None:
     triton = TritonServer.start(repository, workdir / "triton")
     try:
         settings = dataclasses.replace(settings, triton_url=triton.grpc_url, triton_shared_memory=True)
-        backend = TritonBackend(settings.triton_url, shared_memory=True, slots=settings.max_concurrent_colorize)
+        backend = TritonBackend(
+            settings.triton_url, shared_memory=True, slots=settings.max_concurrent_colorize
+        )
         gateway = await create_server(settings, backend)
         print(
             f"\npriorlab is up (Ctrl-C stops it):\n"
             f"  gateway gRPC   {settings.host}:{gateway.port}   (priorlab.v1.Colorizer, health, reflection)\n"
             f"  Triton gRPC    {triton.grpc_url}   HTTP 127.0.0.1:{triton.http_port}"
             f"   metrics 127.0.0.1:{triton.metrics_port}   (pid {triton.pid})\n"
-            f"  try: .venv/bin/python -m service.client colorize IMAGE OUT.png --target {settings.host}:{gateway.port}\n",
+            f"  try: .venv/bin/python -m service.client --target {settings.host}:{gateway.port}"
+            " colorize IMAGE OUT.png\n",
             flush=True,
         )
         stop = asyncio.Event()

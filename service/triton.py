@@ -128,7 +128,10 @@ class TritonBackend:
         arrays = [np.ascontiguousarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs]
         batch, _, height, width = arrays[0].shape
         out_shapes = [t.shape(batch, height, width) for t in spec.outputs]
-        out_sizes = [int(np.prod(s)) * np.dtype(t.numpy_dtype).itemsize for s, t in zip(out_shapes, spec.outputs, strict=True)]
+        out_sizes = [
+            int(np.prod(s)) * np.dtype(t.numpy_dtype).itemsize
+            for s, t in zip(out_shapes, spec.outputs, strict=True)
+        ]
         try:
             if not self._shared_memory:
                 return await self._infer_plain(spec, arrays, timeout_s)
@@ -157,13 +160,21 @@ class TritonBackend:
         if slot.in_bytes < in_bytes:
             await self._drop(slot, "in")
             slot.in_bytes = _round_up(in_bytes)
-            slot.in_handle = shm.create_shared_memory_region(f"{slot.key}_in", f"/{slot.key}_in", slot.in_bytes)
-            await self._client.register_system_shared_memory(f"{slot.key}_in", f"/{slot.key}_in", slot.in_bytes)
+            slot.in_handle = shm.create_shared_memory_region(
+                f"{slot.key}_in", f"/{slot.key}_in", slot.in_bytes
+            )
+            await self._client.register_system_shared_memory(
+                f"{slot.key}_in", f"/{slot.key}_in", slot.in_bytes
+            )
         if slot.out_bytes < out_bytes:
             await self._drop(slot, "out")
             slot.out_bytes = _round_up(out_bytes)
-            slot.out_handle = shm.create_shared_memory_region(f"{slot.key}_out", f"/{slot.key}_out", slot.out_bytes)
-            await self._client.register_system_shared_memory(f"{slot.key}_out", f"/{slot.key}_out", slot.out_bytes)
+            slot.out_handle = shm.create_shared_memory_region(
+                f"{slot.key}_out", f"/{slot.key}_out", slot.out_bytes
+            )
+            await self._client.register_system_shared_memory(
+                f"{slot.key}_out", f"/{slot.key}_out", slot.out_bytes
+            )
 
     async def _drop(self, slot: _Slot, side: str) -> None:
         handle = slot.in_handle if side == "in" else slot.out_handle

@@ -11,15 +11,31 @@ from contract import asset_path
 # The official state_dict (richzhang/colorization colorizers/eccv16.py @4f6009ed), from
 # reference/colorization.md §1.2: key -> shape, for every one of the 82 entries.
 _CONV = {
-    "model1.0": (64, 1, 3, 3), "model1.2": (64, 64, 3, 3),
-    "model2.0": (128, 64, 3, 3), "model2.2": (128, 128, 3, 3),
-    "model3.0": (256, 128, 3, 3), "model3.2": (256, 256, 3, 3), "model3.4": (256, 256, 3, 3),
-    "model4.0": (512, 256, 3, 3), "model4.2": (512, 512, 3, 3), "model4.4": (512, 512, 3, 3),
+    "model1.0": (64, 1, 3, 3),
+    "model1.2": (64, 64, 3, 3),
+    "model2.0": (128, 64, 3, 3),
+    "model2.2": (128, 128, 3, 3),
+    "model3.0": (256, 128, 3, 3),
+    "model3.2": (256, 256, 3, 3),
+    "model3.4": (256, 256, 3, 3),
+    "model4.0": (512, 256, 3, 3),
+    "model4.2": (512, 512, 3, 3),
+    "model4.4": (512, 512, 3, 3),
     **{f"model{b}.{i}": (512, 512, 3, 3) for b in (5, 6, 7) for i in (0, 2, 4)},
-    "model8.0": (512, 256, 4, 4), "model8.2": (256, 256, 3, 3), "model8.4": (256, 256, 3, 3),
+    "model8.0": (512, 256, 4, 4),
+    "model8.2": (256, 256, 3, 3),
+    "model8.4": (256, 256, 3, 3),
     "model8.6": (313, 256, 1, 1),
 }
-_BN = {"model1.4": 64, "model2.4": 128, "model3.6": 256, "model4.6": 512, "model5.6": 512, "model6.6": 512, "model7.6": 512}
+_BN = {
+    "model1.4": 64,
+    "model2.4": 128,
+    "model3.6": 256,
+    "model4.6": 512,
+    "model5.6": 512,
+    "model6.6": 512,
+    "model7.6": 512,
+}
 
 
 def official_table() -> dict[str, tuple[int, ...]]:
@@ -93,3 +109,23 @@ def test_width_scales_hidden_channels_only() -> None:
 def test_bad_width_is_refused(width: float) -> None:
     with pytest.raises(ValueError, match=str(width)):
         ECCVGenerator(width=width)
+
+
+def test_gateway_decode_at_t1_equals_the_models_own_forward() -> None:
+    # The gateway's numpy decode (annealed mean at T=1 + bilinear x4) must reproduce upstream's
+    # PyTorch forward (softmax mean -> model_out -> upsample4 -> x110) on the same logits.
+    from service.ab_decode import annealed_mean, resize_ab
+
+    torch.manual_seed(3)
+    model = eccv16(width=0.125).eval()
+    with torch.no_grad():
+        head = model.model8[6]
+        assert isinstance(head, torch.nn.Conv2d)
+        head.weight.mul_(50)  # peaked logits, like a trained net's, not a fresh init's
+    lightness = torch.rand(1, 1, 96, 128) * 100
+    with torch.no_grad():
+        logits = model.logits(lightness).numpy()
+        expected = model(lightness).numpy()[0]
+    assert logits.std() > 0.5
+    got = resize_ab(annealed_mean(logits, 1.0)[0], (96, 128))
+    np.testing.assert_allclose(got, expected, atol=2e-3)

@@ -7,20 +7,42 @@ from colorizers.siggraph17 import SIGGRAPHGenerator, siggraph17
 
 # reference/colorization.md §1.3: the official key table (weights with shapes; BN blocks have 5 entries).
 _CONV = {
-    "model1.0": (64, 4, 3, 3), "model1.2": (64, 64, 3, 3),
-    "model2.0": (128, 64, 3, 3), "model2.2": (128, 128, 3, 3),
-    "model3.0": (256, 128, 3, 3), "model3.2": (256, 256, 3, 3), "model3.4": (256, 256, 3, 3),
-    "model4.0": (512, 256, 3, 3), "model4.2": (512, 512, 3, 3), "model4.4": (512, 512, 3, 3),
+    "model1.0": (64, 4, 3, 3),
+    "model1.2": (64, 64, 3, 3),
+    "model2.0": (128, 64, 3, 3),
+    "model2.2": (128, 128, 3, 3),
+    "model3.0": (256, 128, 3, 3),
+    "model3.2": (256, 256, 3, 3),
+    "model3.4": (256, 256, 3, 3),
+    "model4.0": (512, 256, 3, 3),
+    "model4.2": (512, 512, 3, 3),
+    "model4.4": (512, 512, 3, 3),
     **{f"model{b}.{i}": (512, 512, 3, 3) for b in (5, 6, 7) for i in (0, 2, 4)},
-    "model8up.0": (512, 256, 4, 4), "model3short8.0": (256, 256, 3, 3),
-    "model8.1": (256, 256, 3, 3), "model8.3": (256, 256, 3, 3),
-    "model9up.0": (256, 128, 4, 4), "model2short9.0": (128, 128, 3, 3), "model9.1": (128, 128, 3, 3),
-    "model10up.0": (128, 128, 4, 4), "model1short10.0": (128, 64, 3, 3), "model10.1": (128, 128, 3, 3),
-    "model_class.0": (529, 256, 1, 1), "model_out.0": (2, 128, 1, 1),
+    "model8up.0": (512, 256, 4, 4),
+    "model3short8.0": (256, 256, 3, 3),
+    "model8.1": (256, 256, 3, 3),
+    "model8.3": (256, 256, 3, 3),
+    "model9up.0": (256, 128, 4, 4),
+    "model2short9.0": (128, 128, 3, 3),
+    "model9.1": (128, 128, 3, 3),
+    "model10up.0": (128, 128, 4, 4),
+    "model1short10.0": (128, 64, 3, 3),
+    "model10.1": (128, 128, 3, 3),
+    "model_class.0": (529, 256, 1, 1),
+    "model_out.0": (2, 128, 1, 1),
 }
 _TRANSPOSED = {"model8up.0", "model9up.0", "model10up.0"}
-_BN = {"model1.4": 64, "model2.4": 128, "model3.6": 256, "model4.6": 512, "model5.6": 512,
-       "model6.6": 512, "model7.6": 512, "model8.5": 256, "model9.3": 128}
+_BN = {
+    "model1.4": 64,
+    "model2.4": 128,
+    "model3.6": 256,
+    "model4.6": 512,
+    "model5.6": 512,
+    "model6.6": 512,
+    "model7.6": 512,
+    "model8.5": 256,
+    "model9.3": 128,
+}
 
 
 def official_table() -> dict[str, tuple[int, ...]]:

@@ -44,7 +44,11 @@ def test_registered_file_round_trips_in_fp16(tmp_path: Path, monkeypatch: pytest
     path = tmp_path / "ckpt.pth"
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, path)
     entry = weights.Checkpoint(
-        name="test-ckpt", arch="eccv16", width=0.125, trained=True, description="test",
+        name="test-ckpt",
+        arch="eccv16",
+        width=0.125,
+        trained=True,
+        description="test",
         sha256=weights.sha256_of(path),
     )
     monkeypatch.setitem(weights.REGISTRY, entry.name, entry)
@@ -57,6 +61,8 @@ def test_registered_file_round_trips_in_fp16(tmp_path: Path, monkeypatch: pytest
 def test_tampered_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pth"
     path.write_bytes(b"not the registered bytes")
-    entry = weights.Checkpoint(name="x", arch="eccv16", width=0.125, trained=True, description="x", sha256="0" * 64)
+    entry = weights.Checkpoint(
+        name="x", arch="eccv16", width=0.125, trained=True, description="x", sha256="0" * 64
+    )
     with pytest.raises(ValueError, match="expected 0000"):
         weights.load(entry, path)

@@ -23,7 +23,7 @@ def small_model() -> ECCVGenerator:
     model = ECCVGenerator(width=0.125)
     # Non-trivial BN statistics, so a wrong BN export would show.
     for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
+        if isinstance(m, torch.nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     return model.eval()
@@ -76,7 +76,11 @@ def test_repository_layout_and_configs(tmp_path: Path) -> None:
     gpu = (tmp_path / "eccv16" / "configs" / "gpu.pbtxt").read_text()
     assert 'backend: "python"' in cpu and "KIND_CPU" in cpu and "timeout_action: REJECT" in cpu
     assert '"ORT_ALLOW_SPINNING" value: { string_value: "0" }' in cpu and "model_warmup" in cpu
-    assert 'backend: "onnxruntime"' in gpu and 'name: "tensorrt"' in gpu and '"precision_mode" value: "FP16"' in gpu
+    assert (
+        'backend: "onnxruntime"' in gpu
+        and 'name: "tensorrt"' in gpu
+        and '"precision_mode" value: "FP16"' in gpu
+    )
     default = weights.REGISTRY[weights.DEFAULT["eccv16"]]
     assert f'"checkpoint" value: {{ string_value: "{default.name}" }}' in cpu
     assert "input.1" not in cpu + gpu

@@ -36,7 +36,9 @@ class GatewayProcess:
                 self.process.wait()
 
 
-def start_gateway(triton_url: str, tmp: Path, *, shared_memory: bool, wait_serving: bool = True) -> GatewayProcess:
+def start_gateway(
+    triton_url: str, tmp: Path, *, shared_memory: bool, wait_serving: bool = True
+) -> GatewayProcess:
     port = free_port()
     env = {
         **os.environ,
@@ -48,7 +50,9 @@ def start_gateway(triton_url: str, tmp: Path, *, shared_memory: bool, wait_servi
     }
     log = tmp / f"gateway-{port}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     gateway = GatewayProcess(process, f"127.0.0.1:{port}", log)
     deadline = time.monotonic() + 60
     want = health_pb2.HealthCheckResponse.SERVING if wait_serving else None
@@ -57,7 +61,11 @@ def start_gateway(triton_url: str, tmp: Path, *, shared_memory: bool, wait_servi
             raise RuntimeError(f"gateway exited {process.returncode}: {log.read_text()}")
         try:
             with grpc.insecure_channel(gateway.target) as channel:
-                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                status = (
+                    health_pb2_grpc.HealthStub(channel)
+                    .Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    .status
+                )
             if want is None or status == want:
                 return gateway
         except grpc.RpcError:

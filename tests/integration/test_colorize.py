@@ -29,7 +29,9 @@ from tests.integration.conftest import GatewayProcess
 pytestmark = pytest.mark.triton
 
 
-def call(gateway: GatewayProcess, request: colorize_pb2.ColorizeRequest, timeout: float = 60) -> colorize_pb2.ColorizeResponse:
+def call(
+    gateway: GatewayProcess, request: colorize_pb2.ColorizeRequest, timeout: float = 60
+) -> colorize_pb2.ColorizeResponse:
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     with grpc.insecure_channel(gateway.target, options=options) as channel:
         return colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=timeout)
@@ -39,7 +41,9 @@ def reference_ab(rgb: np.ndarray, temperature: float, size: int = 256) -> np.nda
     """Independent oracle: skimage L, PIL bicubic resize, ORT on the served ONNX, float64 decode."""
     lightness = color.rgb2lab(rgb)[..., 0].astype(np.float32)
     working = np.asarray(Image.fromarray(lightness, mode="F").resize((size, size), Image.Resampling.BICUBIC))
-    session = ort.InferenceSession(str(MODEL_REPOSITORY / "eccv16" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(MODEL_REPOSITORY / "eccv16" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     (logits,) = session.run(None, {"L": working[None, None].astype(np.float32)})
     z = logits.astype(np.float64)[0]
     z = np.exp(z - z.max(axis=0))
@@ -51,38 +55,59 @@ def reference_ab(rgb: np.ndarray, temperature: float, size: int = 256) -> np.nda
     return full[0].numpy().transpose(1, 2, 0)
 
 
-def test_golden_photo_keeps_size_and_l_and_has_the_served_models_ab(gateway: GatewayProcess, shared_data: Path) -> None:
-    data = (shared_data / "colorization" / "golden" / "ansel_adams3.jpg").read_bytes()
-    response = call(gateway, colorize_pb2.ColorizeRequest(image=data))
-    source = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+def assert_served_ab(
+    response: colorize_pb2.ColorizeResponse, source: np.ndarray, temperature: float, size: int = 256
+) -> None:
+    """L is the input's and ab the served model's wherever the predicted colour is in gamut."""
     out = np.asarray(Image.open(io.BytesIO(response.image)).convert("RGB"))
-    assert out.shape == source.shape == (675, 900, 3)
+    assert out.shape == source.shape
     lab_in, lab_out = color.rgb2lab(source), color.rgb2lab(out)
-    expected = reference_ab(source, 0.38)
-    # Where the predicted colour is inside the sRGB gamut, nothing was clamped: L is the input's
-    # and ab is the model's, up to uint8 rounding of the output.
+    expected = reference_ab(source, temperature, size)
+    # Out of gamut, Lab -> sRGB clamps and both L and ab move; inside, only uint8 rounding does.
     rgb_expected = color.lab2rgb(np.dstack([lab_in[..., 0], expected]))
     inside = np.all((rgb_expected > 0.01) & (rgb_expected < 0.99), axis=2)
     assert inside.mean() > 0.5
     assert np.abs(lab_out[..., 0] - lab_in[..., 0])[inside].max() <= 1.0
     ab_error = np.abs(lab_out[..., 1:] - expected)[inside]
     assert np.median(ab_error) <= 0.5 and np.quantile(ab_error, 0.99) <= 2.5
-    assert response.model == "eccv16" and response.model_version == "1"
-    assert response.checkpoint and response.timings.triton_ms > 0 and response.timings.total_ms >= response.timings.triton_ms
 
 
-def test_temperature_changes_the_colour(gateway: GatewayProcess, shared_data: Path) -> None:
+def test_golden_photo_keeps_size_and_l_and_has_the_served_models_ab(
+    gateway: GatewayProcess, shared_data: Path
+) -> None:
     data = (shared_data / "colorization" / "golden" / "ansel_adams3.jpg").read_bytes()
-    cool = np.asarray(Image.open(io.BytesIO(call(gateway, colorize_pb2.ColorizeRequest(image=data, temperature=1.0)).image)))
-    hot = np.asarray(Image.open(io.BytesIO(call(gateway, colorize_pb2.ColorizeRequest(image=data, temperature=0.1)).image)))
-    assert np.abs(cool.astype(int) - hot.astype(int)).mean() > 0.5
+    response = call(gateway, colorize_pb2.ColorizeRequest(image=data))
+    source = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert source.shape == (675, 900, 3) and (response.width, response.height) == (900, 675)
+    assert_served_ab(response, source, 0.38)
+    assert response.model == "eccv16" and response.model_version == "1"
+    assert (
+        response.checkpoint
+        and response.timings.triton_ms > 0
+        and response.timings.total_ms >= response.timings.triton_ms
+    )
+
+
+@pytest.mark.parametrize("temperature", [0.1, 1.0])
+def test_temperature_is_applied(gateway: GatewayProcess, shared_data: Path, temperature: float) -> None:
+    data = (shared_data / "colorization" / "golden" / "ansel_adams3.jpg").read_bytes()
+    response = call(
+        gateway, colorize_pb2.ColorizeRequest(image=data, temperature=temperature, working_size=128)
+    )
+    assert response.temperature == pytest.approx(temperature)
+    source = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    # The two temperatures predict visibly different ab, so matching each one's oracle is a real check.
+    assert np.abs(reference_ab(source, 0.1, 128) - reference_ab(source, 1.0, 128)).mean() > 1.0
+    assert_served_ab(response, source, temperature, 128)
 
 
 def test_health_and_reflection(gateway: GatewayProcess) -> None:
     with grpc.insecure_channel(gateway.target) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="priorlab.v1.Colorizer"), timeout=5
-        ).status
+        status = (
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(service="priorlab.v1.Colorizer"), timeout=5)
+            .status
+        )
         responses = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
         )
@@ -91,7 +116,9 @@ def test_health_and_reflection(gateway: GatewayProcess) -> None:
     assert {"priorlab.v1.Colorizer", "grpc.health.v1.Health"} <= services
 
 
-def test_bad_image_is_invalid_argument_and_the_server_keeps_serving(gateway: GatewayProcess, shared_data: Path) -> None:
+def test_bad_image_is_invalid_argument_and_the_server_keeps_serving(
+    gateway: GatewayProcess, shared_data: Path
+) -> None:
     with pytest.raises(grpc.RpcError) as info:
         call(gateway, colorize_pb2.ColorizeRequest(image=b"\x89PNG\r\n\x1a\n garbage"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -122,7 +149,9 @@ def test_plain_grpc_and_shared_memory_give_the_same_logits(triton_server: Triton
     np.testing.assert_array_equal(a, b)
 
 
-def test_triton_down_is_unavailable(gateway_factory: Callable[..., GatewayProcess], shared_data: Path) -> None:
+def test_triton_down_is_unavailable(
+    gateway_factory: Callable[..., GatewayProcess], shared_data: Path
+) -> None:
     nowhere = f"127.0.0.1:{free_port()}"
     gateway = gateway_factory(nowhere, shared_memory=False, wait_serving=False)
     with grpc.insecure_channel(gateway.target) as channel:
@@ -144,7 +173,9 @@ def test_official_checkpoint_reproduces_the_golden_output(
 ) -> None:
     from export.__main__ import export_to_repository
 
-    export_to_repository("eccv16", tmp_path / "repo", weights_file=Path(os.environ["PRIORLAB_ECCV16_OFFICIAL"]))
+    export_to_repository(
+        "eccv16", tmp_path / "repo", weights_file=Path(os.environ["PRIORLAB_ECCV16_OFFICIAL"])
+    )
     triton = TritonServer.start(tmp_path / "repo", tmp_path / "triton")
     try:
         gateway = gateway_factory(triton.grpc_url, shared_memory=True)
@@ -152,7 +183,9 @@ def test_official_checkpoint_reproduces_the_golden_output(
         # Upstream's PyTorch forward is the plain softmax mean (T=1), see colorization.md §1.2.
         response = call(gateway, colorize_pb2.ColorizeRequest(image=data, temperature=1.0))
         out = np.asarray(Image.open(io.BytesIO(response.image)).convert("RGB")).astype(float)
-        golden = np.asarray(Image.open(shared_data / "colorization" / "golden" / "saved_eccv16.png").convert("RGB")).astype(float)
+        golden = np.asarray(
+            Image.open(shared_data / "colorization" / "golden" / "saved_eccv16.png").convert("RGB")
+        ).astype(float)
         assert response.checkpoint == "eccv16-official"
         assert np.abs(out - golden).mean() < 3.0
     finally:

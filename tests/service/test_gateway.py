@@ -33,7 +33,9 @@ class FakeBackend:
     calls: list[dict[str, Any]] = field(default_factory=list)
     is_ready: bool = True
 
-    async def infer(self, spec: ModelSpec, inputs: dict[str, np.ndarray], *, timeout_s: float) -> dict[str, np.ndarray]:
+    async def infer(
+        self, spec: ModelSpec, inputs: dict[str, np.ndarray], *, timeout_s: float
+    ) -> dict[str, np.ndarray]:
         self.calls.append({"inputs": inputs, "timeout_s": timeout_s})
         if self.error is not None:
             raise self.error
@@ -54,7 +56,9 @@ class FakeBackend:
         pass
 
 
-def run_gateway(backend: FakeBackend, body: Callable[[grpc.aio.Channel], Awaitable[Any]], **settings: Any) -> Any:
+def run_gateway(
+    backend: FakeBackend, body: Callable[[grpc.aio.Channel], Awaitable[Any]], **settings: Any
+) -> Any:
     async def main() -> Any:
         gateway = await create_server(Settings(port=0, health_poll_s=0.05, **settings), backend)
         try:
@@ -128,7 +132,9 @@ def test_alpha_is_preserved() -> None:
         ({"model": "dalle"}, grpc.StatusCode.NOT_FOUND, "dalle"),
     ],
 )
-def test_bad_requests_name_the_offending_value(request_kwargs: dict[str, Any], code: grpc.StatusCode, needle: str) -> None:
+def test_bad_requests_name_the_offending_value(
+    request_kwargs: dict[str, Any], code: grpc.StatusCode, needle: str
+) -> None:
     request = colorize_pb2.ColorizeRequest(**{"image": png(gray_gradient()), **request_kwargs})
     with pytest.raises(grpc.aio.AioRpcError) as info:
         colorize(FakeBackend(), request)
@@ -191,8 +197,14 @@ def test_health_follows_backend_readiness() -> None:
 
 
 def test_jpeg_and_webp_outputs() -> None:
-    for fmt, magic in ((colorize_pb2.IMAGE_FORMAT_JPEG, b"\xff\xd8"), (colorize_pb2.IMAGE_FORMAT_WEBP, b"RIFF")):
-        response = colorize(FakeBackend(), colorize_pb2.ColorizeRequest(image=png(gray_gradient()), output_format=fmt, quality=80))
+    for fmt, magic in (
+        (colorize_pb2.IMAGE_FORMAT_JPEG, b"\xff\xd8"),
+        (colorize_pb2.IMAGE_FORMAT_WEBP, b"RIFF"),
+    ):
+        response = colorize(
+            FakeBackend(),
+            colorize_pb2.ColorizeRequest(image=png(gray_gradient()), output_format=fmt, quality=80),
+        )
         assert response.image.startswith(magic) and response.format == fmt
 
 

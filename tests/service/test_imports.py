@@ -8,8 +8,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_MODULES = [
-    "service.server", "service.gateway", "service.colorize", "service.triton", "service.stack",
-    "service.client", "service.lab", "service.codec", "service.ab_decode", "service.__main__",
+    "service.server",
+    "service.gateway",
+    "service.colorize",
+    "service.triton",
+    "service.stack",
+    "service.client",
+    "service.lab",
+    "service.codec",
+    "service.ab_decode",
+    "service.__main__",
 ]
 
 
@@ -20,7 +28,9 @@ def test_gateway_modules_do_not_import_torch() -> None:
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'colorizers', 'export'))\n"
         "print(','.join(bad))\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""
 
 
@@ -30,5 +40,7 @@ def test_contract_is_stdlib_only() -> None:
         "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
         "print(','.join(sorted(new - set(sys.stdlib_module_names) - {'contract'})))\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""

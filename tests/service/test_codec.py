@@ -1,0 +1,286 @@
+"""service.codec: formats, modes, orientation, alpha, limits and malformed input."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from PIL import Image
+
+from service import codec
+from service.errors import InvalidArgument
+
+LIMITS: dict[str, int] = {"max_pixels": 10_000_000, "max_bytes": 10 << 20}
+
+
+def _smooth_rgb(height: int = 48, width: int = 64) -> NDArray[np.uint8]:
+    """Gradients compress well in lossy formats, so their round trip stays close."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack(
+        [x * 255 // (width - 1), y * 255 // (height - 1), (x + y) * 255 // (width + height - 2)], -1
+    ).astype(np.uint8)
+
+
+def _save(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A valid PNG header for an RGB image, then the start of an unfinished pixel stream (one row, no
+    end): a decoder that went past the header would fail on the missing rows."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    stream = zlib.compressobj()
+    first_row = stream.compress(bytes(1 + 3 * min(width, 1000))) + stream.flush(zlib.Z_SYNC_FLUSH)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", first_row)
+
+
+class TestDecodeFormats:
+    @pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF"])
+    def test_lossless_rgb_round_trip(self, fmt: str) -> None:
+        rgb = _smooth_rgb()
+        decoded = codec.decode(_save(Image.fromarray(rgb), fmt), **LIMITS)
+        assert decoded.format == fmt and not decoded.is_gray and decoded.bit_depth == 8
+        assert decoded.alpha is None
+        np.testing.assert_array_equal(decoded.pixels, rgb)
+
+    @pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+    def test_lossy_rgb_round_trip(self, fmt: str) -> None:
+        rgb = _smooth_rgb()
+        decoded = codec.decode(_save(Image.fromarray(rgb), fmt, quality=95), **LIMITS)
+        assert (
+            decoded.format == fmt and decoded.pixels.shape == rgb.shape and decoded.pixels.dtype == np.uint8
+        )
+        assert np.abs(decoded.pixels.astype(int) - rgb).mean() < 3
+
+    @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "TIFF"])
+    def test_grayscale_stays_one_plane(self, fmt: str) -> None:
+        gray = _smooth_rgb()[..., 0]
+        decoded = codec.decode(_save(Image.fromarray(gray), fmt), **LIMITS)
+        if fmt == "WEBP":  # WebP stores colour only; a gray picture comes back as RGB with R = G = B
+            assert decoded.pixels.shape == (*gray.shape, 3)
+            return
+        assert decoded.is_gray and decoded.pixels.shape == gray.shape and decoded.size == gray.shape
+        assert np.abs(decoded.pixels.astype(int) - gray).max() <= (8 if fmt == "JPEG" else 0)
+
+    @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+    def test_16_bit_gray_keeps_16_bits(self, fmt: str) -> None:
+        gray = (np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)
+        decoded = codec.decode(_save(Image.fromarray(gray), fmt), **LIMITS)
+        assert decoded.bit_depth == 16 and decoded.is_gray and decoded.pixels.dtype == np.uint16
+        np.testing.assert_array_equal(decoded.pixels, gray)
+
+    def test_big_endian_16_bit_tiff(self) -> None:
+        gray = np.array([[0, 1, 256], [40000, 65535, 7]], np.uint16)
+        image = Image.frombytes("I;16B", (3, 2), gray.astype(">u2").tobytes())
+        decoded = codec.decode(_save(image, "TIFF"), **LIMITS)
+        assert decoded.pixels.dtype == np.uint16  # native byte order
+        np.testing.assert_array_equal(decoded.pixels, gray)
+
+    def test_32_bit_integer_tiff_is_clipped_to_16_bits(self) -> None:
+        values = np.array([[-5, 0, 1000], [65535, 70000, 3]], np.int32)
+        decoded = codec.decode(_save(Image.fromarray(values), "TIFF"), **LIMITS)
+        np.testing.assert_array_equal(decoded.pixels, np.clip(values, 0, 65535))
+
+    def test_float_tiff_is_refused(self) -> None:
+        data = _save(Image.fromarray(np.zeros((4, 4), np.float32)), "TIFF")
+        with pytest.raises(InvalidArgument, match="'F'"):
+            codec.decode(data, **LIMITS)
+
+    def test_bilevel_becomes_gray(self) -> None:
+        bits = (np.indices((8, 8)).sum(0) % 2).astype(bool)
+        decoded = codec.decode(_save(Image.fromarray(bits), "PNG"), **LIMITS)
+        np.testing.assert_array_equal(decoded.pixels, bits * 255)
+
+    def test_cmyk_jpeg_becomes_rgb(self) -> None:
+        decoded = codec.decode(_save(Image.fromarray(_smooth_rgb()).convert("CMYK"), "JPEG"), **LIMITS)
+        assert decoded.pixels.shape == (48, 64, 3) and decoded.alpha is None
+
+
+class TestDecodeAlphaAndPalette:
+    def test_rgba_png_keeps_alpha(self) -> None:
+        rgb = _smooth_rgb()
+        alpha = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))
+        decoded = codec.decode(_save(Image.fromarray(np.dstack([rgb, alpha])), "PNG"), **LIMITS)
+        np.testing.assert_array_equal(decoded.pixels, rgb)
+        assert decoded.alpha is not None
+        np.testing.assert_array_equal(decoded.alpha, alpha)
+
+    def test_gray_alpha_png(self) -> None:
+        la = np.dstack([_smooth_rgb()[..., 0], np.full((48, 64), 128, np.uint8)])
+        decoded = codec.decode(_save(Image.fromarray(la, mode="LA"), "PNG"), **LIMITS)
+        assert decoded.is_gray and decoded.alpha is not None
+        np.testing.assert_array_equal(decoded.pixels, la[..., 0])
+        np.testing.assert_array_equal(decoded.alpha, la[..., 1])
+
+    def test_palette_png(self) -> None:
+        image = Image.fromarray(_smooth_rgb()).quantize(colors=16)
+        decoded = codec.decode(_save(image, "PNG"), **LIMITS)
+        assert decoded.alpha is None
+        np.testing.assert_array_equal(decoded.pixels, np.asarray(image.convert("RGB")))
+
+    def test_palette_transparency_becomes_alpha(self) -> None:
+        image = Image.fromarray(_smooth_rgb()).quantize(colors=16)
+        image.info["transparency"] = 0
+        decoded = codec.decode(_save(image, "PNG", transparency=0), **LIMITS)
+        assert decoded.alpha is not None
+        np.testing.assert_array_equal(decoded.alpha == 0, np.asarray(image) == 0)
+
+    def test_arrays_are_read_only(self) -> None:
+        decoded = codec.decode(_save(Image.fromarray(_smooth_rgb()), "PNG"), **LIMITS)
+        with pytest.raises(ValueError, match="read-only"):
+            decoded.pixels[0, 0, 0] = 1
+
+
+class TestExifOrientation:
+    @staticmethod
+    def _jpeg_with_orientation(rgb: NDArray[np.uint8], orientation: int) -> bytes:
+        exif = Image.Exif()
+        exif[0x0112] = orientation  # Orientation tag
+        return _save(Image.fromarray(rgb), "JPEG", quality=95, exif=exif.tobytes())
+
+    def test_rotate_90_cw(self) -> None:
+        # Stored 20 high x 40 wide, left half red, right half blue. Orientation 6 = display rotated 90°
+        # clockwise: 40 high x 20 wide, the left half on top.
+        rgb = np.zeros((20, 40, 3), np.uint8)
+        rgb[:, :20, 0] = 255
+        rgb[:, 20:, 2] = 255
+        decoded = codec.decode(self._jpeg_with_orientation(rgb, 6), **LIMITS)
+        assert decoded.size == (40, 20)
+        top, bottom = decoded.pixels[:16].astype(int), decoded.pixels[24:].astype(int)
+        assert top[..., 0].mean() > 200 and top[..., 2].mean() < 50
+        assert bottom[..., 2].mean() > 200 and bottom[..., 0].mean() < 50
+
+    def test_rotate_180(self) -> None:
+        rgb = np.zeros((20, 40, 3), np.uint8)
+        rgb[:10] = 255  # white top half
+        decoded = codec.decode(self._jpeg_with_orientation(rgb, 3), **LIMITS)
+        assert decoded.size == (20, 40)
+        assert decoded.pixels[:8].mean() < 30 and decoded.pixels[12:].mean() > 220
+
+    def test_upright_is_unchanged(self) -> None:
+        rgb = _smooth_rgb()
+        decoded = codec.decode(self._jpeg_with_orientation(rgb, 1), **LIMITS)
+        assert decoded.size == (48, 64)
+
+
+class TestDecodeLimitsAndErrors:
+    def test_too_many_pixels_names_count_and_limit(self) -> None:
+        data = _save(Image.fromarray(_smooth_rgb(100, 120)), "PNG")
+        with pytest.raises(InvalidArgument, match=r"120x100 = 12000 pixels, over the limit of 11999 pixels"):
+            codec.decode(data, max_pixels=11_999, max_bytes=1 << 20)
+        assert codec.decode(data, max_pixels=12_000, max_bytes=1 << 20).size == (100, 120)
+
+    @pytest.mark.parametrize(("width", "height"), [(5000, 4000), (20000, 5000)])
+    def test_pixel_limit_is_checked_from_the_header(self, width: int, height: int) -> None:
+        # No pixel data follows the header: decoding anything would fail as truncated instead.
+        with pytest.raises(InvalidArgument, match=f"{width}x{height} = {width * height} pixels"):
+            codec.decode(_png_header_only(width, height), **LIMITS)
+
+    def test_header_only_png_fails_when_decoded(self) -> None:
+        # The fixture above really lacks its pixels: under the limit it is refused as truncated.
+        with pytest.raises(InvalidArgument, match="PNG image is truncated or corrupt"):
+            codec.decode(_png_header_only(300, 200), **LIMITS)
+
+    def test_decompression_bomb_past_pils_own_limit(self) -> None:
+        with pytest.raises(InvalidArgument, match=r"1000000000 pixels.*limit is 10000000"):
+            codec.decode(_png_header_only(40000, 25000), **LIMITS)
+
+    def test_too_many_bytes(self) -> None:
+        data = _save(Image.fromarray(_smooth_rgb()), "PNG")
+        with pytest.raises(InvalidArgument, match=f"{len(data)} bytes, over the limit of 100 bytes"):
+            codec.decode(data, max_pixels=10**6, max_bytes=100)
+
+    def test_empty(self) -> None:
+        with pytest.raises(InvalidArgument, match="empty"):
+            codec.decode(b"", **LIMITS)
+
+    @pytest.mark.parametrize("data", [b"garbage bytes, not an image", b"GIF89a" + bytes(100)])
+    def test_not_an_accepted_format(self, data: bytes) -> None:
+        with pytest.raises(InvalidArgument, match="not a valid file of one of PNG, JPEG, WEBP, BMP, TIFF"):
+            codec.decode(data, **LIMITS)
+
+    def test_real_gif_is_refused(self) -> None:
+        with pytest.raises(InvalidArgument, match="not a valid file of one of"):
+            codec.decode(_save(Image.fromarray(_smooth_rgb()), "GIF"), **LIMITS)
+
+    @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "TIFF"])
+    @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9])
+    def test_truncated(self, fmt: str, keep: float) -> None:
+        rng = np.random.default_rng(0)  # noise: large files, so every cut lands inside the pixel data
+        data = _save(Image.fromarray(rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)), fmt)
+        with pytest.raises(InvalidArgument):
+            codec.decode(data[: int(len(data) * keep)], **LIMITS)
+
+    def test_corrupt_pixel_data(self) -> None:
+        data = bytearray(_save(Image.fromarray(_smooth_rgb()), "PNG"))
+        data[60:200] = bytes(140)  # zero the compressed stream, keep the header
+        with pytest.raises(InvalidArgument, match="PNG image is truncated or corrupt"):
+            codec.decode(bytes(data), **LIMITS)
+
+
+class TestEncode:
+    @pytest.mark.parametrize(
+        ("fmt", "tolerance"), [("PNG", 0), ("png", 0), ("JPEG", 3), ("jpg", 3), ("WEBP", 3)]
+    )
+    def test_round_trip(self, fmt: str, tolerance: float) -> None:
+        rgb = _smooth_rgb()
+        decoded = codec.decode(codec.encode(rgb, None, fmt, quality=95), **LIMITS)
+        assert decoded.format == {"PNG": "PNG", "JPG": "JPEG"}.get(fmt.upper(), fmt.upper())
+        assert decoded.alpha is None
+        assert np.abs(decoded.pixels.astype(int) - rgb).mean() <= tolerance
+
+    @pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+    def test_alpha_is_preserved(self, fmt: str) -> None:
+        rgb = _smooth_rgb()
+        alpha = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))
+        decoded = codec.decode(codec.encode(rgb, alpha, fmt, quality=95), **LIMITS)
+        assert decoded.alpha is not None
+        np.testing.assert_array_equal(decoded.alpha, alpha)  # WebP keeps alpha lossless by default
+
+    def test_16_bit_alpha_is_scaled(self) -> None:
+        alpha = np.array([[0, 255, 511], [65535, 128, 32896]], np.uint16)  # 255 -> 1, 511 -> 2: rounded
+        decoded = codec.decode(codec.encode(np.zeros((2, 3, 3), np.uint8), alpha, "PNG"), **LIMITS)
+        assert decoded.alpha is not None
+        np.testing.assert_array_equal(decoded.alpha, np.round(alpha / 257.0))
+
+    def test_jpeg_composites_alpha_over_white(self) -> None:
+        rgb = np.zeros((32, 32, 3), np.uint8)  # black
+        alpha = np.zeros((32, 32), np.uint8)
+        alpha[:, 16:] = 255  # left transparent, right opaque
+        decoded = codec.decode(codec.encode(rgb, alpha, "JPEG", quality=95), **LIMITS)
+        assert decoded.alpha is None
+        assert decoded.pixels[:, :12].mean() > 245 and decoded.pixels[:, 20:].mean() < 10
+
+    def test_jpeg_half_alpha_is_blended(self) -> None:
+        rgb = np.zeros((16, 16, 3), np.uint8)
+        decoded = codec.decode(codec.encode(rgb, np.full((16, 16), 128, np.uint8), "JPEG", 100), **LIMITS)
+        assert abs(decoded.pixels.mean() - 127) < 2
+
+    @pytest.mark.parametrize("fmt", ["GIF", "TIFF", ""])
+    def test_unknown_format(self, fmt: str) -> None:
+        with pytest.raises(InvalidArgument, match=f"one of PNG, JPEG, WEBP, got {fmt!r}"):
+            codec.encode(_smooth_rgb(), None, fmt)
+
+    @pytest.mark.parametrize("quality", [0, 101, -5])
+    def test_quality_out_of_range(self, quality: int) -> None:
+        with pytest.raises(InvalidArgument, match=f"1..100, got {quality}"):
+            codec.encode(_smooth_rgb(), None, "JPEG", quality)
+
+    def test_webp_size_limit_is_invalid_argument(self) -> None:
+        with pytest.raises(InvalidArgument, match="17000x1 image as WEBP"):
+            codec.encode(np.zeros((1, 17000, 3), np.uint8), None, "WEBP")
+
+    def test_rejects_non_uint8(self) -> None:
+        with pytest.raises(ValueError, match="uint8"):
+            codec.encode(np.zeros((4, 4, 3), np.float32), None, "PNG")

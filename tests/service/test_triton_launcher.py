@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.triton_launcher import TritonServer, free_port
+from tests.conftest import MODEL_REPOSITORY
+
+pytestmark = pytest.mark.triton
+
+
+def test_a_second_server_gets_its_own_ports_and_shm_prefix_and_stops_by_pid(
+    triton_server: TritonServer, tmp_path: Path
+) -> None:
+    second = TritonServer.start(MODEL_REPOSITORY, tmp_path)
+    try:
+        assert second.is_ready() and triton_server.is_ready()
+        assert {second.grpc_port, second.http_port} & {
+            triton_server.grpc_port,
+            triton_server.http_port,
+        } == set()
+        assert second.shm_prefix != triton_server.shm_prefix
+        assert list(Path("/dev/shm").glob(f"{second.shm_prefix}*")), (
+            "the Python backend stub uses its own prefix"
+        )
+    finally:
+        second.stop()
+    assert second.process.poll() is not None
+    assert not list(Path("/dev/shm").glob(f"{second.shm_prefix}*"))
+    assert triton_server.is_ready()
+
+
+def test_a_broken_repository_fails_fast_with_the_log(tmp_path: Path) -> None:
+    broken = tmp_path / "repo" / "eccv16"
+    (broken / "1").mkdir(parents=True)
+    (broken / "config.pbtxt").write_text('name: "eccv16"\nbackend: "no_such_backend"\nmax_batch_size: 1\n')
+    with pytest.raises(RuntimeError, match="tritonserver exited"):
+        TritonServer.start(tmp_path / "repo", tmp_path / "work", config_name="missing", ready_timeout_s=60)
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
