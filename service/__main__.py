@@ -18,7 +18,9 @@ from service.triton import TritonBackend
 
 async def serve(settings: Settings) -> None:
     backend = TritonBackend(
-        settings.triton_url, shared_memory=settings.triton_shared_memory, slots=settings.max_concurrent_colorize
+        settings.triton_url,
+        shared_memory=settings.triton_shared_memory,
+        slots=settings.max_concurrent_colorize,
     )
     gateway = await create_server(settings, backend)
     print(f"priorlab gateway on {settings.host}:{gateway.port} (Triton {settings.triton_url})", flush=True)

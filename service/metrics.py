@@ -15,18 +15,28 @@ class Metrics:
 
     def __post_init__(self) -> None:
         self.handled = Counter(
-            "grpc_server_handled_total", "RPCs completed, by method and status code",
-            ("grpc_method", "grpc_code"), registry=self.registry,
+            "grpc_server_handled_total",
+            "RPCs completed, by method and status code",
+            ("grpc_method", "grpc_code"),
+            registry=self.registry,
         )
         self.handling_seconds = Histogram(
-            "grpc_server_handling_seconds", "RPC latency inside the gateway", ("grpc_method",),
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "grpc_server_handling_seconds",
+            "RPC latency inside the gateway",
+            ("grpc_method",),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.stage_seconds = Histogram(
-            "priorlab_stage_seconds", "Time per pipeline stage (decode, triton, postprocess)", ("stage",),
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "priorlab_stage_seconds",
+            "Time per pipeline stage (decode, triton, postprocess)",
+            ("stage",),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
-        self.in_flight = Gauge("priorlab_colorize_in_flight", "Colorize requests in progress", registry=self.registry)
+        self.in_flight = Gauge(
+            "priorlab_colorize_in_flight", "Colorize requests in progress", registry=self.registry
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -39,7 +39,9 @@ def _pytriton_dir() -> Path:
     site = Path(sysconfig.get_paths()["purelib"])
     root = site / "pytriton" / "tritonserver"
     if not (root / "bin" / "tritonserver").is_file():
-        raise FileNotFoundError(f"no tritonserver in {root}: is nvidia-pytriton installed in this environment?")
+        raise FileNotFoundError(
+            f"no tritonserver in {root}: is nvidia-pytriton installed in this environment?"
+        )
     return root
 
 
@@ -78,7 +80,9 @@ class TritonServer:
         shutil.rmtree(backends, ignore_errors=True)
         shutil.copytree(root / "backends", backends)
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        shutil.copy2(root / "python_backend_stubs" / version / "triton_python_backend_stub", backends / "python")
+        shutil.copy2(
+            root / "python_backend_stubs" / version / "triton_python_backend_stub", backends / "python"
+        )
 
         site = Path(sysconfig.get_paths()["purelib"])
         libdir = sysconfig.get_config_var("LIBDIR") or ""
@@ -109,7 +113,9 @@ class TritonServer:
         ]
         log_path = workdir / "triton.log"
         with log_path.open("wb") as log_file:
-            process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         server = cls(process, grpc_port, http_port, metrics_port, shm_prefix, workdir)
         try:
             server.wait_ready(ready_timeout_s)
