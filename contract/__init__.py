@@ -43,8 +43,15 @@ class TensorSpec:
     dims: tuple[int, ...]
     stride: int = 1  # input H / this tensor's H, for the dynamic spatial dims
 
+    @property
+    def spatial(self) -> bool:
+        """An image-like tensor (C, H, W), as opposed to a per-item vector such as T."""
+        return len(self.dims) == 3
+
     def shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
         """Concrete shape for an input of `height` x `width` (channels first)."""
+        if not self.spatial:
+            return (batch, *self.dims)
         return (batch, self.dims[0], height // self.stride, width // self.stride)
 
     @property
@@ -86,7 +93,22 @@ ECCV16 = ModelSpec(
     max_batch_size=8,
 )
 
-MODELS: dict[str, ModelSpec] = {m.name: m for m in (ECCV16,)}
+# The same network with the annealed mean in the graph (T per item as an input): 2 ab planes
+# instead of 313 logits cross the wire, 156x fewer bytes. For a Triton that does not share this
+# host's /dev/shm; the gateway-side decode of ECCV16 stays the reference (reference/serving.md §2.5).
+ECCV16_AB = ModelSpec(
+    name="eccv16_ab",
+    inputs=(TensorSpec("L", "FP32", (1, -1, -1)), TensorSpec("T", "FP32", (1,))),
+    outputs=(TensorSpec("ab", "FP16", (2, -1, -1), stride=4),),
+    max_batch_size=8,
+)
+
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (ECCV16, ECCV16_AB)}
+# Which network each served model exports (its checkpoint comes from colorizers.weights).
+ARCHITECTURE = {ECCV16.name: "eccv16", ECCV16_AB.name: "eccv16"}
+# Models a client names in a request; the others are deployment variants of these.
+PUBLIC_MODELS = (ECCV16.name,)
+DECODED_VARIANT = {ECCV16.name: ECCV16_AB.name}
 DEFAULT_MODEL = ECCV16.name
 
 # Parameters that export writes into config.pbtxt and the gateway reads back, so a response can

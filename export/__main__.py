@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 
 from colorizers import weights
-from contract import MODELS, PARAM_CHECKPOINT, PARAM_CHECKPOINT_SHA256, PARAM_TRAINED
+from contract import ARCHITECTURE, MODELS, PARAM_CHECKPOINT, PARAM_CHECKPOINT_SHA256, PARAM_TRAINED
 from export.onnx_export import export_model
 from export.triton_config import cpu_config, gpu_config
 
@@ -29,7 +29,7 @@ def export_to_repository(
     model_name: str, repository: Path, *, version: int = 1, weights_file: Path | None = None
 ) -> Path:
     spec = MODELS[model_name]
-    checkpoint, model = weights.resolve(model_name, weights_file)
+    checkpoint, model = weights.resolve(ARCHITECTURE[model_name], weights_file)
     log.info("exporting %s from checkpoint %s (trained=%s)", model_name, checkpoint.name, checkpoint.trained)
     onnx_model, parity = export_model(model, spec, parity_sizes=PARITY_SIZES)
     for p in parity:
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     log.setLevel(logging.INFO)
     models = args.model or sorted(MODELS)
-    if args.weights is not None and len(models) != 1:
-        parser.error("--weights needs exactly one --model")
+    if args.weights is not None and len({ARCHITECTURE[m] for m in models}) != 1:
+        parser.error("--weights belongs to one architecture: name its --model(s)")
     for name in models:
         path = export_to_repository(name, args.repository, version=args.version, weights_file=args.weights)
         print(f"wrote {path}")

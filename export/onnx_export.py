@@ -7,6 +7,7 @@ annealed mean does not need more precision, see reference/serving.md §2.3).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ from onnx import TensorProto, helper
 from torch import nn
 from torch.export import Dim
 
-from contract import ModelSpec
+from contract import AB_NORM, ModelSpec
 
 _ONNX_DTYPES = {"FP32": TensorProto.FLOAT, "FP16": TensorProto.FLOAT16}
 OPSET = 18
@@ -34,10 +35,29 @@ class _LogitsHead(nn.Module):
         return self.model.logits(lightness)  # type: ignore[operator]
 
 
+class _AnnealedMeanHead(nn.Module):
+    """logits -> softmax(logits / T) -> expectation over the bin centres, in Lab units.
+
+    softmax(log z / T) of z = softmax(logits) equals softmax(logits / T): the annealed mean
+    f_T(z) ∝ exp(log z / T) without computing z first.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, lightness: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        logits = self.model.logits(lightness)  # type: ignore[operator]
+        probs = torch.softmax(logits / temperature.reshape(-1, 1, 1, 1), dim=1)
+        return self.model.model_out(probs) * AB_NORM  # type: ignore[operator]
+
+
 def graph_module(model: nn.Module, spec: ModelSpec) -> nn.Module:
     """The module whose forward is exactly the served graph (inputs/outputs of `spec`)."""
     if spec.name == "eccv16":
         return _LogitsHead(model).eval()
+    if spec.name == "eccv16_ab":
+        return _AnnealedMeanHead(model).eval()
     raise ValueError(f"no export graph for model {spec.name!r}")
 
 
@@ -48,23 +68,24 @@ def to_onnx_fp32(module: nn.Module, spec: ModelSpec, example: tuple[torch.Tensor
     tracer's fraction of one, and gives the same parity (reference/serving.md §2.1).
     """
     batch = Dim("N", min=1, max=64)
+    height, width = Dim("H", min=8, max=4096), Dim("W", min=8, max=4096)
     dynamic: list[dict[int, Dim]] = []
     for tensor in spec.inputs:
-        axes = {0: batch}
-        axes.update(
-            {i: Dim(f"{tensor.name}_{i}", min=8, max=4096) for i, d in enumerate(tensor.dims, 1) if d == -1}
+        # Spatial inputs share H and W (the graph adds or concatenates them).
+        dynamic.append({0: batch, 2: height, 3: width} if tensor.spatial else {0: batch})
+    with warnings.catch_warnings():
+        # Raised when two inputs share the batch Dim (L and T): the shared name is what we want.
+        warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
+        program = torch.onnx.export(
+            module,
+            example,
+            input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs],
+            dynamic_shapes=tuple(dynamic),
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
         )
-        dynamic.append(axes)
-    program = torch.onnx.export(
-        module,
-        example,
-        input_names=[t.name for t in spec.inputs],
-        output_names=[t.name for t in spec.outputs],
-        dynamic_shapes=tuple(dynamic),
-        opset_version=OPSET,
-        dynamo=True,
-        verbose=False,
-    )
     if program is None:
         raise RuntimeError(f"torch.onnx.export returned no program for {spec.name}")
     return program.model_proto
@@ -120,9 +141,12 @@ def example_inputs(
     generator = torch.Generator().manual_seed(seed)
     tensors = []
     for tensor in spec.inputs:
-        channels = tensor.dims[0]
-        x = torch.rand(batch, channels, height, width, generator=generator)
-        tensors.append(x * 100 if tensor.name == "L" else x)
+        x = torch.rand(tensor.shape(batch, height, width), generator=generator)
+        if tensor.name == "L":
+            x = x * 100
+        elif tensor.name == "T":
+            x = 0.1 + 0.9 * x  # the valid (0, 1] range, away from the argmax limit
+        tensors.append(x)
     return tuple(tensors)
 
 

@@ -15,6 +15,7 @@ from contract import (
     WORKING_SIZE_MIN,
     WORKING_SIZE_MULTIPLE,
     ModelSpec,
+    TensorSpec,
 )
 
 # Backpressure: a full queue is refused at once (the gateway maps it to RESOURCE_EXHAUSTED)
@@ -48,9 +49,13 @@ def _batching() -> str:
 
 
 def _warmup(spec: ModelSpec, size: int) -> str:
+    def dims(t: TensorSpec) -> str:
+        return ", ".join(str(d) for d in t.shape(1, size, size)[1:])
+
+    # T = 1 (not zero data): the annealed mean divides by it.
     inputs = "".join(
         f'    inputs {{ key: "{t.name}" value: {{ data_type: TYPE_{t.dtype}'
-        f" dims: [ {t.dims[0]}, {size}, {size} ] zero_data: true }} }}\n"
+        f" dims: [ {dims(t)} ] {'zero_data: true' if t.spatial else 'random_data: true'} }} }}\n"
         for t in spec.inputs
     )
     return f'model_warmup [ {{\n  name: "w{size}" batch_size: 1 count: 1\n{inputs}}} ]\n'
@@ -80,7 +85,9 @@ def gpu_config(spec: ModelSpec, params: Mapping[str, str]) -> str:
     """Native onnxruntime backend with the TensorRT accelerator in FP16, engine cache, profiles."""
 
     def shapes(size: int, batch: int) -> str:
-        return ",".join(f"{t.name}:{batch}x{t.dims[0]}x{size}x{size}" for t in spec.inputs)
+        return ",".join(
+            f"{t.name}:{'x'.join(str(d) for d in t.shape(batch, size, size))}" for t in spec.inputs
+        )
 
     trt = {
         "precision_mode": "FP16",

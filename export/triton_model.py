@@ -33,6 +33,8 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.inputs = [t["name"] for t in config["input"]]
+        # Image-like inputs (C, H, W) must agree on H and W; per-item vectors (T) have one dim.
+        self.spatial = [len(t["dims"]) == 3 for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
         self.multiple = int(params.get("SPATIAL_MULTIPLE", "1"))
 
@@ -40,8 +42,8 @@ class TritonPythonModel:
         height, width = arrays[0].shape[-2:]
         if height % self.multiple or width % self.multiple:
             return f"spatial size {height}x{width} is not a multiple of {self.multiple}"
-        for name, a in zip(self.inputs, arrays, strict=True):
-            if a.ndim != 4 or a.shape[-2:] != (height, width):
+        for name, a, spatial in zip(self.inputs, arrays, self.spatial, strict=True):
+            if spatial and (a.ndim != 4 or a.shape[-2:] != (height, width)):
                 return f"input {name} has shape {list(a.shape)}; expected [N, C, {height}, {width}]"
         return None
 

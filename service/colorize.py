@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from contract import MODELS
+from contract import DECODED_VARIANT, MODELS, PUBLIC_MODELS, ModelSpec
 from service import ab_decode, codec, lab
 from service.metrics import Metrics
 from service.settings import Settings
@@ -72,6 +72,15 @@ def finish(prepared: _Prepared, ab_small: np.ndarray, options: ColorizeOptions) 
     return codec.encode(rgb, prepared.alpha, options.output_format, options.quality)
 
 
+def served_model(model: str, settings: Settings) -> ModelSpec:
+    """The Triton model that serves a public model name under this deployment's decode placement."""
+    return MODELS[DECODED_VARIANT[model]] if settings.decode_in_triton else MODELS[model]
+
+
+def served_models(settings: Settings) -> list[ModelSpec]:
+    return [served_model(name, settings) for name in PUBLIC_MODELS]
+
+
 class ColorizePipeline:
     def __init__(self, backend: InferenceBackend, settings: Settings, metrics: Metrics) -> None:
         self._backend = backend
@@ -80,7 +89,7 @@ class ColorizePipeline:
         self._limit = asyncio.Semaphore(settings.max_concurrent_colorize)
 
     async def colorize(self, image: bytes, options: ColorizeOptions, *, timeout_s: float) -> ColorizeResult:
-        spec = MODELS[options.model]
+        spec = served_model(options.model, self._settings)
         async with self._limit:
             self._metrics.in_flight.inc()
             try:
@@ -94,8 +103,11 @@ class ColorizePipeline:
                 )
                 decoded_at = time.perf_counter()
                 info = await self._backend.model_info(spec)
+                inputs = {"L": prepared.working}
+                if "T" in {t.name for t in spec.inputs}:
+                    inputs["T"] = np.full((1, 1), options.temperature, np.float32)
                 outputs = await self._backend.infer(
-                    spec, {"L": prepared.working}, timeout_s=max(0.001, timeout_s - (decoded_at - start))
+                    spec, inputs, timeout_s=max(0.001, timeout_s - (decoded_at - start))
                 )
                 inferred_at = time.perf_counter()
                 encoded = await asyncio.to_thread(self._postprocess, prepared, outputs, options)
@@ -119,5 +131,8 @@ class ColorizePipeline:
 
     @staticmethod
     def _postprocess(prepared: _Prepared, outputs: dict[str, np.ndarray], options: ColorizeOptions) -> bytes:
-        ab_small = ab_decode.annealed_mean(outputs["logits"], options.temperature)[0]
+        if "ab" in outputs:  # decoded in the graph
+            ab_small = outputs["ab"][0].astype(np.float32)
+        else:
+            ab_small = ab_decode.annealed_mean(outputs["logits"], options.temperature)[0]
         return finish(prepared, ab_small, options)

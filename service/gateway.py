@@ -7,7 +7,7 @@ import grpc
 from contract import (
     ANNEALED_T_DEFAULT,
     DEFAULT_MODEL,
-    MODELS,
+    PUBLIC_MODELS,
     WORKING_SIZE_DEFAULT,
     WORKING_SIZE_MAX,
     WORKING_SIZE_MIN,
@@ -35,8 +35,8 @@ QUALITY_DEFAULT = 90
 def colorize_options(request: colorize_pb2.ColorizeRequest) -> ColorizeOptions:
     """Validate a request's options and fill the documented defaults; errors name the field."""
     model = request.model or DEFAULT_MODEL
-    if model not in MODELS:
-        raise NotFound(f"model {model!r} is not served; known models: {sorted(MODELS)}")
+    if model not in PUBLIC_MODELS:
+        raise NotFound(f"model {model!r} is not served; known models: {sorted(PUBLIC_MODELS)}")
     temperature = request.temperature if request.HasField("temperature") else ANNEALED_T_DEFAULT
     if not 0 < temperature <= 1:
         raise InvalidArgument(f"temperature must be in (0, 1], got {temperature}")

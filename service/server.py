@@ -13,8 +13,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from contract import MODELS
-from service.colorize import ColorizePipeline
+from contract import ModelSpec
+from service.colorize import ColorizePipeline, served_models
 from service.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -102,13 +102,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def _watch_health(
-    backend: InferenceBackend, servicer: health.aio.HealthServicer, period_s: float
+    backend: InferenceBackend, servicer: health.aio.HealthServicer, models: list[ModelSpec], period_s: float
 ) -> None:
-    """Colorizer is SERVING while Triton and every contract model are ready."""
+    """Colorizer is SERVING while Triton and every model this gateway calls are ready."""
     serving = health_pb2.HealthCheckResponse.SERVING
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     while True:
-        ready = all([await backend.ready(spec) for spec in MODELS.values()])
+        ready = all([await backend.ready(spec) for spec in models])
         status = serving if ready else not_serving
         await servicer.set(COLORIZER_SERVICE, status)
         await servicer.set("", status)
@@ -171,6 +171,10 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
     await server.start()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, settings.host)
-    tasks = [asyncio.create_task(_watch_health(backend, health_servicer, settings.health_poll_s))]
+    tasks = [
+        asyncio.create_task(
+            _watch_health(backend, health_servicer, served_models(settings), settings.health_poll_s)
+        )
+    ]
     log.info("gateway listening on %s:%d (Triton %s)", settings.host, port, settings.triton_url)
     return GatewayServer(server, port, backend, tasks, health_servicer, metrics)

@@ -16,6 +16,9 @@ class Settings:
     triton_url: str = "127.0.0.1:8001"
     # System shared memory for tensors: only when Triton shares this host's /dev/shm.
     triton_shared_memory: bool = False
+    # Annealed mean in the Triton graph (returns 2 ab planes) instead of in the gateway (313 FP16
+    # logits). Pays when Triton is remote; co-located with shared memory, the gateway decode wins.
+    decode_in_triton: bool = False
     # Explicit request limits (documented in the README).
     max_message_bytes: int = 64 << 20
     max_pixels: int = 50_000_000

@@ -104,3 +104,28 @@ def test_tensorrt_plan_says_why_it_cannot_run_without_a_gpu(capsys: pytest.Captu
     assert tensorrt_plan.main([]) == 2
     err = capsys.readouterr().err
     assert "cannot build a TensorRT plan on this host" in err and ("tensorrt" in err or "CUDA" in err)
+
+
+def test_graph_side_annealed_mean_equals_the_gateway_decode(small_model: ECCVGenerator) -> None:
+    # eccv16_ab decodes in the graph; the gateway's numpy decode of eccv16's logits is the reference.
+    from contract import ECCV16_AB
+    from service.ab_decode import annealed_mean
+
+    with torch.no_grad():
+        sharp = ECCVGenerator(width=0.125).eval()
+        sharp.load_state_dict(small_model.state_dict())
+        sharp_head = sharp.model8[6]
+        assert isinstance(sharp_head, torch.nn.Conv2d)
+        sharp_head.weight.mul_(30)  # peaked logits, so T matters
+    decoded, _ = export_model(sharp, ECCV16_AB, parity_sizes=((64, 64),))
+    logits_graph, _ = export_model(sharp, ECCV16, parity_sizes=((64, 64),))
+    lightness = (torch.rand(2, 1, 64, 96) * 100).numpy()
+    temperature = np.array([[0.2], [0.9]], np.float32)
+    (ab,) = ort.InferenceSession(decoded.SerializeToString()).run(None, {"L": lightness, "T": temperature})
+    (logits,) = ort.InferenceSession(logits_graph.SerializeToString()).run(None, {"L": lightness})
+    assert ab.dtype == np.float16 and ab.shape == (2, 2, 16, 24)
+    for i, t in enumerate(temperature[:, 0]):
+        reference = annealed_mean(logits[i : i + 1], float(t))[0]
+        # FP16 on both sides (logits vs ab), ab in Lab units within ±110.
+        np.testing.assert_allclose(ab[i].astype(np.float32), reference, atol=0.25)
+    assert np.abs(ab[0].astype(np.float32) - ab[1].astype(np.float32)).max() > 1.0

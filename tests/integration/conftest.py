@@ -37,7 +37,12 @@ class GatewayProcess:
 
 
 def start_gateway(
-    triton_url: str, tmp: Path, *, shared_memory: bool, wait_serving: bool = True
+    triton_url: str,
+    tmp: Path,
+    *,
+    shared_memory: bool,
+    wait_serving: bool = True,
+    decode_in_triton: bool = False,
 ) -> GatewayProcess:
     port = free_port()
     env = {
@@ -47,6 +52,7 @@ def start_gateway(
         "PRIORLAB_TRITON_URL": triton_url,
         "PRIORLAB_TRITON_SHARED_MEMORY": "1" if shared_memory else "0",
         "PRIORLAB_HEALTH_POLL_S": "0.2",
+        "PRIORLAB_DECODE_IN_TRITON": "1" if decode_in_triton else "0",
     }
     log = tmp / f"gateway-{port}.log"
     with log.open("wb") as out:

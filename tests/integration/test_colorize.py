@@ -101,6 +101,22 @@ def test_temperature_is_applied(gateway: GatewayProcess, shared_data: Path, temp
     assert_served_ab(response, source, temperature, 128)
 
 
+def test_decode_in_triton_gives_the_same_image(
+    gateway: GatewayProcess,
+    triton_server: TritonServer,
+    gateway_factory: Callable[..., GatewayProcess],
+    shared_data: Path,
+) -> None:
+    remote_style = gateway_factory(triton_server.grpc_url, shared_memory=False, decode_in_triton=True)
+    data = (shared_data / "colorization" / "golden" / "ansel_adams3.jpg").read_bytes()
+    request = colorize_pb2.ColorizeRequest(image=data, temperature=0.2, working_size=128)
+    in_gateway = np.asarray(Image.open(io.BytesIO(call(gateway, request).image))).astype(int)
+    in_graph = np.asarray(Image.open(io.BytesIO(call(remote_style, request).image))).astype(int)
+    # FP16 ab from the graph vs FP16 logits decoded in float32: at most a level or two apart.
+    difference = np.abs(in_gateway - in_graph)
+    assert difference.max() <= 3 and difference.mean() < 0.5
+
+
 def test_health_and_reflection(gateway: GatewayProcess) -> None:
     with grpc.insecure_channel(gateway.target) as channel:
         status = (
