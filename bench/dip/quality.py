@@ -1,0 +1,394 @@
+"""DIP engine quality against the reference numbers (dip.md §2, §5), through the library API.
+
+Sections (`--only a,b`; all by default):
+
+* denoise   F16 256² centre crop, σ=25 (reference noise: np.random.seed(0), clipped), 500 iterations:
+            EMA PSNR at 100/200/300/500 vs the reference's 16.73/21.42/24.30/27.11 dB.
+* autostop  128² crops of F16, zebra, kate at σ=25 and σ=50, AutoStop (variance rule, discrepancy off)
+            up to the task budget: PSNR of the returned iterate vs the best iterate seen (goal: within
+            0.5 dB), plus where the discrepancy rule (MSE <= σ²) would have stopped. Plot: autostop.png.
+* inpaint   kate.png + kate_mask.png, centre crop: PSNR vs the masked input.
+* sr        Set5 butterfly (and --sr-images) x4 from a PIL-Lanczos LR: Y-channel PSNR (authors' protocol,
+            4 px border) vs bicubic.
+* jpeg      F16 256² crop, JPEG quality 10: PSNR vs the JPEG.
+
+    .venv/bin/python bench/dip/quality.py --quick                       # smoke test, ~1-2 min
+    .venv/bin/python bench/dip/quality.py --only denoise                # ~6-8 min on 2 quiet cores
+    .venv/bin/python bench/dip/quality.py --only autostop               # ~40-70 min
+    .venv/bin/python bench/dip/quality.py --only inpaint,sr,jpeg --max-iterations 1500
+
+Writes bench/results/dip/quality.{json,md}, autostop.png and the restored images (--quick: under quick/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from service.restore.engine import restore  # noqa: E402
+from service.restore.request import (  # noqa: E402
+    AutoStop,
+    DenoiseTask,
+    FixedIterations,
+    InpaintTask,
+    JpegTask,
+    Stopping,
+    SuperResolveTask,
+    Task,
+)
+from service.restore.result import Progress, RestoreResult  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+REF_DENOISE_EMA = {100: 16.73, 200: 21.42, 300: 24.30, 500: 27.11}  # dip.md §5, reference code on CPU
+Image_ = NDArray[np.float32]
+
+
+def load(path: Path) -> Image_:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+
+
+def centre_crop(img: NDArray[Any], size: int) -> NDArray[Any]:
+    h, w = img.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return img[top : top + size, left : left + size]
+
+
+def psnr(a: NDArray[Any], b: NDArray[Any]) -> float:
+    return float(10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+def psnr_y(a: Image_, b: Image_, border: int = 4) -> float:
+    """Authors' SR protocol: Y of YCrCb scaled to [16, 235]/255, peak 1, `border` px shaved."""
+
+    def y(x: Image_) -> NDArray[np.float64]:
+        full = x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+        return (16.0 + 219.0 * full.astype(np.float64)) / 255.0
+
+    s = slice(border, -border)
+    return psnr(y(a)[s, s], y(b)[s, s])
+
+
+def reference_noisy(img: Image_, sigma: float) -> Image_:
+    # The reference get_noisy_image on a CHW array after np.random.seed(0) (dip.md §5: noisy PSNR 20.33 dB).
+    rs = np.random.RandomState(0)
+    chw = img.transpose(2, 0, 1)
+    noisy = np.clip(chw + rs.normal(scale=sigma, size=chw.shape), 0, 1).astype(np.float32)
+    return np.ascontiguousarray(noisy.transpose(1, 2, 0))
+
+
+def save(img: Image_, path: Path) -> None:
+    Image.fromarray(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+def run_traced(
+    img: Image_, task: Task, stopping: Stopping, gt: Image_, metric: Callable[[Image_, Image_], float] = psnr
+) -> tuple[RestoreResult, list[float]]:
+    """Restore, recording the metric of the current iterate (EMA where used) at every iteration."""
+    trace: list[float] = []
+
+    def on_progress(p: Progress) -> None:
+        if p.preview is not None:
+            trace.append(metric(p.preview, gt))
+        if p.iteration % 100 == 0:
+            print(
+                f"  it {p.iteration}/{p.max_iterations} loss {p.loss:.5f} metric {trace[-1]:.2f}", flush=True
+            )
+
+    result = restore(img, task, stopping=stopping, on_progress=on_progress, progress_every=1, preview=True)
+    return result, trace
+
+
+def section_denoise(args: argparse.Namespace) -> dict[str, Any]:
+    size = 256 if not args.quick else 64  # 256: the size of the reference trace
+    gt = centre_crop(load(DATA / "dip/denoising/F16_GT.png"), size)
+    noisy = reference_noisy(gt, 25 / 255)
+    n = max(REF_DENOISE_EMA) if not args.quick else 20
+    result, trace = run_traced(noisy, DenoiseTask(sigma=25 / 255), FixedIterations(n), gt)
+    at = (
+        {k: trace[k - 1] for k in REF_DENOISE_EMA if k <= n}
+        if not args.quick
+        else {10: trace[9], 20: trace[19]}
+    )
+    save(result.image, args.out / "denoise_f16.png")
+    return {
+        "noisy_psnr": psnr(noisy, gt),
+        "ema_psnr": at,
+        "reference_ema_psnr": REF_DENOISE_EMA,
+        "pass": all(at[k] >= REF_DENOISE_EMA[k] for k in at if k in REF_DENOISE_EMA),
+        "s_per_iter": result.elapsed_s / result.iterations_run,
+        "crop": size,
+    }
+
+
+def section_autostop(args: argparse.Namespace) -> dict[str, Any]:
+    images = {
+        "F16": DATA / "dip/denoising/F16_GT.png",
+        "zebra": DATA / "dip/sr/zebra_GT.png",
+        "kate": DATA / "dip/inpainting/kate.png",
+    }
+    size = 128 if not args.quick else 48
+    sigmas = (25, 50) if not args.quick else (25,)
+    if args.quick:
+        images = {"F16": images["F16"]}
+    runs = []
+    for name, path in images.items():
+        gt = centre_crop(load(path), size)
+        for sigma255 in sigmas:
+            sigma = sigma255 / 255
+            rng = np.random.default_rng(sigma255)
+            noisy = np.clip(gt + rng.normal(0, sigma, gt.shape), 0, 1).astype(np.float32)
+            policy = AutoStop(discrepancy=False, max_iterations=args.max_iterations)
+            if args.quick:
+                policy = AutoStop(discrepancy=False, warmup=5, patience=10, max_iterations=40)
+            print(f"autostop {name} sigma {sigma255}", flush=True)
+            result, trace = run_traced(noisy, DenoiseTask(sigma=sigma), policy, gt)
+            best = int(np.argmax(trace)) + 1
+            below = np.nonzero(result.losses <= sigma**2)[0]
+            disc = int(below[0]) + 1 if below.size else None
+            runs.append(
+                {
+                    "image": name,
+                    "sigma": sigma255,
+                    "noisy_psnr": psnr(noisy, gt),
+                    "returned_iteration": result.iteration,
+                    "returned_psnr": trace[result.iteration - 1] if result.iteration else None,
+                    "best_iteration": best,
+                    "best_psnr": trace[best - 1],
+                    "gap_db": trace[best - 1] - trace[result.iteration - 1] if result.iteration else None,
+                    "stopped_at": result.iterations_run,
+                    "stop_reason": str(result.stop_reason),
+                    "discrepancy_iteration": disc,
+                    "discrepancy_psnr": trace[disc - 1] if disc else None,
+                    "psnr_trace": trace,
+                    "loss_trace": result.losses.tolist(),
+                }
+            )
+    _plot_autostop(runs, args.out / "autostop.png")
+    gaps = [r["gap_db"] for r in runs if r["gap_db"] is not None]
+    return {"runs": runs, "max_gap_db": max(gaps), "pass": max(gaps) <= 0.5, "crop": size}
+
+
+def _plot_autostop(runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(runs))
+    rows = -(-len(runs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, runs, strict=False):
+        its = np.arange(1, len(r["psnr_trace"]) + 1)
+        ax.plot(its, r["psnr_trace"], label="PSNR (EMA iterate)", color="tab:blue")
+        ax.axvline(r["returned_iteration"], color="tab:green", ls="--", label="returned (ES-EMV)")
+        ax.axvline(r["stopped_at"], color="tab:red", ls=":", label="stopped")
+        ax.axvline(r["best_iteration"], color="tab:gray", ls="-.", lw=0.8, label="best seen")
+        if r["discrepancy_iteration"]:
+            ax.axvline(r["discrepancy_iteration"], color="tab:orange", ls="--", lw=0.8, label="MSE <= σ²")
+        ax.set_title(f"{r['image']} σ={r['sigma']}: gap {r['gap_db']:.2f} dB")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("PSNR dB")
+        loss_ax = ax.twinx()
+        loss_ax.semilogy(its, r["loss_trace"], color="tab:purple", alpha=0.4, lw=0.7)
+        loss_ax.set_ylabel("loss (MSE to noisy)")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _stopping(args: argparse.Namespace) -> Stopping:
+    if args.quick:
+        return FixedIterations(10)
+    return AutoStop(max_iterations=args.max_iterations)
+
+
+def section_inpaint(args: argparse.Namespace) -> dict[str, Any]:
+    size = args.size if not args.quick else 128  # the 64² centre of kate's mask is all known
+    gt = centre_crop(load(DATA / "dip/inpainting/kate.png"), size)
+    known = centre_crop(
+        np.asarray(Image.open(DATA / "dip/inpainting/kate_mask.png").convert("L")) >= 128, size
+    )
+    masked = gt * known[..., None]
+    result = restore(masked, InpaintTask(mask=~known), stopping=_stopping(args))
+    save(result.image, args.out / "inpaint_kate.png")
+    out = {"masked_psnr": psnr(masked, gt), "dip_psnr": psnr(result.image, gt), "crop": size}
+    return out | _meta(result) | {"pass": out["dip_psnr"] > out["masked_psnr"]}
+
+
+def section_sr(args: argparse.Namespace) -> dict[str, Any]:
+    rows = []
+    for name in args.sr_images.split(","):
+        hr = load(DATA / "eval" / name)
+        if args.quick:
+            hr = centre_crop(hr, 64)
+        h, w = (hr.shape[0] // 4) * 4, (hr.shape[1] // 4) * 4
+        hr = hr[:h, :w]
+        hr_pil = Image.fromarray(np.round(hr * 255).astype(np.uint8))
+        lr = np.asarray(hr_pil.resize((w // 4, h // 4), Image.Resampling.LANCZOS), np.float32) / 255
+        bicubic = Image.fromarray(np.round(lr * 255).astype(np.uint8)).resize(
+            (w, h), Image.Resampling.BICUBIC
+        )
+        bic = np.asarray(bicubic, np.float32) / 255
+        result = restore(lr, SuperResolveTask(4), stopping=_stopping(args))
+        save(result.image, args.out / f"sr4_{Path(name).stem}.png")
+        row = {"image": name, "bicubic_psnr_y": psnr_y(bic, hr), "dip_psnr_y": psnr_y(result.image, hr)}
+        rows.append(row | _meta(result))
+    return {"rows": rows, "pass": all(r["dip_psnr_y"] > r["bicubic_psnr_y"] for r in rows)}
+
+
+def section_jpeg(args: argparse.Namespace) -> dict[str, Any]:
+    size = args.size if not args.quick else 64
+    gt = centre_crop(load(DATA / "dip/denoising/F16_GT.png"), size)
+    buf = BytesIO()
+    Image.fromarray(np.round(gt * 255).astype(np.uint8)).save(buf, format="JPEG", quality=10)
+    jpeg = np.asarray(Image.open(buf).convert("RGB"), np.float32) / 255
+    result = restore(jpeg, JpegTask(), stopping=_stopping(args))
+    save(result.image, args.out / "jpeg_f16.png")
+    out = {"jpeg_psnr": psnr(jpeg, gt), "dip_psnr": psnr(result.image, gt), "quality": 10, "crop": size}
+    return out | _meta(result) | {"pass": out["dip_psnr"] > out["jpeg_psnr"]}
+
+
+def _meta(result: RestoreResult) -> dict[str, Any]:
+    return {
+        "iteration": result.iteration,
+        "iterations_run": result.iterations_run,
+        "stop_reason": str(result.stop_reason),
+        "elapsed_s": round(result.elapsed_s, 1),
+    }
+
+
+def _markdown(res: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = ["# DIP engine quality", "", f"Generated by `bench/dip/quality.py` {meta}.", ""]
+    if "denoise" in res:
+        d = res["denoise"]
+        lines += [
+            f"## Denoising, F16 {d['crop']}² centre crop, σ=25 (noisy input {d['noisy_psnr']:.2f} dB; "
+            "reference 20.33 at 256²)",
+            "",
+            "| iteration | EMA PSNR (ours) | reference (dip.md §5) |",
+            "|---|---|---|",
+        ]
+        for k, v in d["ema_psnr"].items():
+            lines.append(f"| {k} | **{v:.2f}** | {REF_DENOISE_EMA.get(int(k), float('nan')):.2f} |")
+        lines += ["", f"All >= reference: **{d['pass']}**.", ""]
+    if "autostop" in res:
+        a = res["autostop"]
+        lines += [
+            f"## Automatic stop (ES-EMV, patience 1000), {a['crop']}² crops",
+            "",
+            "| image | σ | noisy | returned it / PSNR | best it / PSNR | gap dB | stopped at "
+            "| MSE<=σ² it / PSNR |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in a["runs"]:
+            disc = (
+                f"{r['discrepancy_iteration']} / {r['discrepancy_psnr']:.2f}"
+                if r["discrepancy_iteration"]
+                else "-"
+            )
+            lines.append(
+                f"| {r['image']} | {r['sigma']} | {r['noisy_psnr']:.2f} | {r['returned_iteration']} / "
+                f"{r['returned_psnr']:.2f} | {r['best_iteration']} / {r['best_psnr']:.2f} | "
+                f"**{r['gap_db']:.2f}** | "
+                f"{r['stopped_at']} ({r['stop_reason']}) | {disc} |"
+            )
+        lines += [
+            "",
+            f"Max gap {a['max_gap_db']:.2f} dB; within 0.5 dB: **{a['pass']}**. Plot: autostop.png.",
+            "",
+        ]
+    for key, title, base in (
+        ("inpaint", "Inpainting, kate", "masked_psnr"),
+        ("jpeg", "JPEG q=10, F16", "jpeg_psnr"),
+    ):
+        if key in res:
+            r = res[key]
+            lines += [
+                f"## {title} ({r['crop']}² crop)",
+                "",
+                "| input PSNR | DIP PSNR | iterate / run | stop |",
+                "|---|---|---|---|",
+                f"| {r[base]:.2f} | **{r['dip_psnr']:.2f}** | {r['iteration']} / {r['iterations_run']} | "
+                f"{r['stop_reason']} |",
+                "",
+            ]
+    if "sr" in res:
+        lines += [
+            "## Super-resolution x4 (Y PSNR, 4 px border)",
+            "",
+            "| image | bicubic | DIP | iterate / run |",
+        ]
+        lines.append("|---|---|---|---|")
+        for r in res["sr"]["rows"]:
+            lines.append(
+                f"| {r['image']} | {r['bicubic_psnr_y']:.2f} | **{r['dip_psnr_y']:.2f}** | "
+                f"{r['iteration']} / {r['iterations_run']} |"
+            )
+        lines += [
+            "",
+            "Paper (recomputed, dip.md §2.1): butterfly DIP 26.23 dB (full image, 2000 iterations).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "denoise": section_denoise,
+    "autostop": section_autostop,
+    "inpaint": section_inpaint,
+    "sr": section_sr,
+    "jpeg": section_jpeg,
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny crops and a few iterations: a smoke test")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {list(SECTIONS)}")
+    p.add_argument("--size", type=int, default=256, help="crop side for denoise/inpaint/jpeg")
+    p.add_argument(
+        "--max-iterations", type=int, default=None, help="cap AutoStop runs (default: task budget)"
+    )
+    p.add_argument("--sr-images", default="set5/butterfly.png", help="comma list under shared/data/eval")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dip")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.quick:  # keep smoke-test outputs away from the real tables and images
+        args.out = args.out / "quick"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "quality"
+    json_path = args.out / f"{stem}.json"
+    res: dict[str, Any] = json.loads(json_path.read_text()) if json_path.exists() else {}
+    for name in args.only.split(","):
+        if name not in SECTIONS:
+            raise SystemExit(f"unknown section {name!r}; choose from {list(SECTIONS)}")
+        t = time.monotonic()
+        print(f"== {name}", flush=True)
+        res[name] = SECTIONS[name](args) | {"wall_s": round(time.monotonic() - t, 1)}
+        # Sections accumulate across invocations, so they can be run one at a time.
+        json_path.write_text(json.dumps(res, indent=1))
+        print(f"   {name}: pass={res[name].get('pass')} in {res[name]['wall_s']} s", flush=True)
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": args.threads}
+    (args.out / f"{stem}.md").write_text(_markdown(res, meta))
+    print(f"wrote {json_path} and {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

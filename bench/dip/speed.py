@@ -1,0 +1,236 @@
+"""DIP engine speed: s/iteration, peak RSS, achieved GFLOP/s vs sgemm, per task network and speed trick.
+
+    .venv/bin/python bench/dip/speed.py          # full: 256², 5 warm-up + 20 timed iterations per config
+    .venv/bin/python bench/dip/speed.py --quick  # smoke test: 64², 1 + 3 iterations, 2 tasks x 2 variants
+
+Each (task, variant) runs in a fresh subprocess (so peak RSS is its own) through the real engine
+(`restore(..., FixedIterations)`), timing iterations with the progress hook. The sgemm reference is a
+2048³ fp32 `torch.mm` measured in this run with the same thread count. Compare medians, and only trust runs
+whose cpu/wall is close to the thread count (dip.md §5: the machine is shared; the reference code ran
+0.88 s/iteration at 256² on 2 threads). Writes bench/results/dip/speed.{json,md} (--quick: under quick/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from service.restore.engine import restore  # noqa: E402
+from service.restore.problem import make_problem  # noqa: E402
+from service.restore.recipes import recipe_for  # noqa: E402
+from service.restore.request import (  # noqa: E402
+    DenoiseTask,
+    EngineOptions,
+    FixedIterations,
+    InpaintTask,
+    JpegTask,
+    SuperResolveTask,
+    Task,
+)
+from service.restore.skip import skip  # noqa: E402
+
+REFERENCE_S_PER_ITER = 0.88  # dip.md §5, reference code, 256², 2 threads
+VARIANTS: dict[str, EngineOptions] = {
+    "reference_loop": EngineOptions(fused_updates=False),  # temporaries for noise and EMA, like the notebooks
+    "fused": EngineOptions(fused_updates=True),
+    "channels_last": EngineOptions(fused_updates=True, channels_last=True),
+    "compile": EngineOptions(fused_updates=True, compile=True),
+    "compile_channels_last": EngineOptions(fused_updates=True, compile=True, channels_last=True),
+}
+TASKS = ["denoise", "jpeg", "sr4", "inpaint"]
+
+
+def _task(name: str, size: int) -> tuple[Task, tuple[int, int]]:
+    """The task and its input size for a `size`² network output."""
+    if name == "denoise":
+        return DenoiseTask(sigma=25 / 255), (size, size)
+    if name == "jpeg":
+        return JpegTask(), (size, size)
+    if name == "sr4":
+        return SuperResolveTask(4), (size // 4, size // 4)
+    if name == "inpaint":
+        mask = np.zeros((size, size), bool)
+        mask[::7] = True
+        return InpaintTask(mask), (size, size)
+    raise ValueError(f"unknown task {name!r}; choose from {TASKS}")
+
+
+def _flops_per_iteration(task: Task, hw: tuple[int, int], channels: int = 3) -> float:
+    """Forward + backward FLOPs of one iteration, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    recipe = recipe_for(task, channels)
+    img = np.full((*hw, channels), 0.5, np.float32)
+    problem = make_problem(img, task, recipe.net, torch.device("cpu"))
+    net = skip(recipe.net)
+    z = torch.rand(1, recipe.net.in_channels, *problem.out_size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        problem.loss(net(z)).backward()
+    return float(counter.get_total_flops())
+
+
+def _sgemm_gflops(n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    torch.mm(a, b)  # warm-up
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def run_one(task_name: str, variant: str, size: int, warmup: int, timed: int) -> dict[str, Any]:
+    """One config in this process: per-iteration wall and CPU times through the engine."""
+    task, hw = _task(task_name, size)
+    img = np.random.default_rng(0).random((*hw, 3)).astype(np.float32)
+    stamps: list[tuple[float, float]] = []
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    restore(
+        img,
+        task,
+        stopping=FixedIterations(warmup + timed),
+        on_progress=lambda p: stamps.append((time.perf_counter(), time.process_time())),
+        progress_every=1,
+        options=VARIANTS[variant],
+        device="cpu",
+    )
+    total = time.perf_counter() - t0
+    walls = [b[0] - a[0] for a, b in zip(stamps[warmup - 1 :], stamps[warmup:], strict=False)]
+    cpus = [b[1] - a[1] for a, b in zip(stamps[warmup - 1 :], stamps[warmup:], strict=False)]
+    flops = _flops_per_iteration(task, hw)
+    median = statistics.median(walls)
+    return {
+        "task": task_name,
+        "variant": variant,
+        "size": size,
+        "s_per_iter_median": median,
+        "s_per_iter_p10": float(np.percentile(walls, 10)),
+        "s_per_iter_p90": float(np.percentile(walls, 90)),
+        "cpu_per_wall": sum(cpus) / sum(walls),
+        "first_iteration_s": stamps[0][0] - t0,  # setup + compile + first step
+        "total_s": total,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_mib": rss_before,
+        "gflop_per_iter": flops / 1e9,
+        "achieved_gflops": flops / median / 1e9,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# DIP engine speed (CPU)",
+        "",
+        f"Generated by `bench/dip/speed.py` on {meta['date']}: torch {meta['torch']}, "
+        f"{meta['threads']} threads, "
+        f"{meta['size']}² network output, {meta['warmup']} warm-up + {meta['timed']} timed iterations, "
+        f"load average before/after {meta['load_before']} / {meta['load_after']}.",
+        f"sgemm (2048³ fp32 torch.mm, same run): **{meta['sgemm_gflops']:.0f} GFLOP/s** "
+        f"(before {meta['sgemm_before']:.0f}, after {meta['sgemm_after']:.0f}). "
+        f"Reference code: {REFERENCE_S_PER_ITER} s/iteration at 256² (dip.md §5).",
+        "",
+        "| task | variant | s/iter (median) | p10-p90 | cpu/wall | GFLOP/iter | GFLOP/s | % sgemm "
+        "| peak RSS MiB | first iter s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['task']} | {r['variant']} | **{r['s_per_iter_median']:.3f}** | "
+            f"{r['s_per_iter_p10']:.3f}-{r['s_per_iter_p90']:.3f} | {r['cpu_per_wall']:.2f} | "
+            f"{r['gflop_per_iter']:.1f} | {r['achieved_gflops']:.0f} | "
+            f"{100 * r['achieved_gflops'] / meta['sgemm_gflops']:.0f}% | {r['peak_rss_mib']:.0f} | "
+            f"{r['first_iteration_s']:.1f} |"
+        )
+    lines += ["", "Fastest variant per task (median s/iteration):", ""]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        best = min((r for r in rows if r["task"] == task), key=lambda r: r["s_per_iter_median"])
+        lines.append(f"* {task}: `{best['variant']}` {best['s_per_iter_median']:.3f} s")
+    lines += [
+        "",
+        "cpu/wall well below the thread count means another process took the cores: rerun when quiet.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--quick", action="store_true", help="64², 1 + 3 iterations, 2 tasks x 2 variants: a smoke test"
+    )
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--timed", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dip")
+    p.add_argument("--one", nargs=2, metavar=("TASK", "VARIANT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.size, args.warmup, args.timed = 64, 1, 3
+        if args.variants == ",".join(VARIANTS):
+            args.variants = "reference_loop,fused"
+        if args.tasks == ",".join(TASKS):
+            args.tasks = "denoise,jpeg"
+    if args.one:
+        print(json.dumps(run_one(args.one[0], args.one[1], args.size, args.warmup, args.timed)))
+        return 0
+
+    load_before = os.getloadavg()[0]
+    sgemm_before = _sgemm_gflops()
+    rows = []
+    for task in args.tasks.split(","):
+        for variant in args.variants.split(","):
+            cmd = [sys.executable, __file__, "--one", task, variant, "--size", str(args.size)]
+            cmd += ["--warmup", str(args.warmup), "--timed", str(args.timed), "--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            speed = f"{row['s_per_iter_median']:.3f} s/iter cpu/wall {row['cpu_per_wall']:.2f}"
+            print(f"{task:8s} {variant:22s} {speed}", flush=True)
+    sgemm_after = _sgemm_gflops()
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "size": args.size,
+        "warmup": args.warmup,
+        "timed": args.timed,
+        "sgemm_gflops": max(sgemm_before, sgemm_after),
+        "sgemm_before": sgemm_before,
+        "sgemm_after": sgemm_after,
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "quick": args.quick,
+    }
+    if args.quick:  # keep smoke-test outputs away from the real table
+        args.out = args.out / "quick"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "speed"
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (args.out / f"{stem}.md").write_text(_markdown(rows, meta))
+    print(f"wrote {args.out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Automatic early stopping for DIP: the blind running-variance rule and the discrepancy rule.
+
+Running variance (Wang, Li, Zhuang, Chen, Liang, Sun, "Early Stopping for Deep Image Prior",
+arXiv 2112.06074; code sun-umn/Early_Stopping_for_DIP @ 877d994d, see dip.md §3): the outputs' variance
+over recent iterations dips near the PSNR peak, before the network starts fitting the noise.
+
+* ES-EMV (`rule="emv"`): δ = x_t − ema; ema ← ema + α·δ; emv ← (1−α)(emv + α·mean(δ²)). O(N) memory.
+  (ESDIP clips the ema to [0, 1]; our outputs come out of a sigmoid, so the convex update never leaves it.)
+* ES-WMV (`rule="wmv"`): mean over the last W outputs of mean((x_i − x̄)²), from a ring buffer of W frames
+  with a float64 running sum and per-frame sums of squares, so each update is O(N), not O(W·N).
+
+Either way: after the warm-up, keep the iterate with the smallest statistic; stop once no new minimum came
+for `patience` iterations. With σ known, the discrepancy principle (Morozov) stops at the first iteration
+whose data-fit MSE is <= tau·σ².
+
+All bookkeeping stays on the device (`torch.where`, a device-side iteration counter), so `update` never
+waits for the accelerator; only `decide` reads scalars back, and the engine calls it every `sync_every`
+iterations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from service.restore.request import AutoStop
+from service.restore.result import StopReason
+
+
+class _ExponentialVariance:
+    """ES-EMV statistic."""
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self.ema: torch.Tensor | None = None
+        self.emv: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ema is None or self.emv is None:
+            self.ema = x.detach().clone()
+            self.emv = torch.zeros((), dtype=torch.float32, device=x.device)
+            return self.emv
+        delta = x - self.ema
+        self.ema.add_(delta, alpha=self.alpha)
+        self.emv = (1.0 - self.alpha) * (self.emv + self.alpha * delta.square().mean())
+        return self.emv
+
+
+class _WindowVariance:
+    """ES-WMV statistic over the last `window` outputs."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.count = 0
+        self.frames: torch.Tensor | None = None  # (W, *x.shape) ring buffer
+        self.sq: torch.Tensor | None = None  # (W,) float64 sum of squares per frame
+        self.total: torch.Tensor | None = None  # (*x.shape) float64 sum of the frames in the window
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
+        if self.frames is None or self.sq is None or self.total is None:
+            self.frames = torch.empty((self.window, *x.shape), dtype=x.dtype, device=x.device)
+            self.sq = torch.zeros(self.window, dtype=torch.float64, device=x.device)
+            self.total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+        slot = self.count % self.window
+        if self.count >= self.window:
+            self.total.sub_(self.frames[slot])
+        self.frames[slot].copy_(x)
+        x64 = x.double()
+        self.total.add_(x64)
+        self.sq[slot] = x64.square().sum()
+        self.count += 1
+        n = min(self.count, self.window)
+        numel = x.numel()
+        # mean_i ||x_i - mean||² / N  =  (Σ_i ||x_i||²) / (n N)  -  ||Σ_i x_i / n||² / N
+        var = self.sq.sum() / (n * numel) - (self.total / n).square().sum() / numel
+        return var.float()
+
+
+class EarlyStopper:
+    """Applies an `AutoStop` policy to a run; `sigma` (in [0, 1] units) enables the discrepancy rule."""
+
+    def __init__(self, policy: AutoStop, sigma: float | None, device: torch.device) -> None:
+        self.policy = policy
+        self.stat: _ExponentialVariance | _WindowVariance = (
+            _ExponentialVariance(policy.alpha) if policy.rule == "emv" else _WindowVariance(policy.window)
+        )
+        # ES-WMV only has a full window after `window` outputs.
+        self.start = max(policy.warmup, policy.window) if policy.rule == "wmv" else policy.warmup
+        self.threshold = policy.tau * sigma**2 if (policy.discrepancy and sigma is not None) else None
+        self.counter = torch.zeros((), dtype=torch.long, device=device)
+        self.best_stat = torch.full((), math.inf, device=device)
+        self.best_iter = torch.zeros((), dtype=torch.long, device=device)
+        self.best_image: torch.Tensor | None = None
+        self.hit_iter = torch.zeros((), dtype=torch.long, device=device)  # 0: not reached yet
+        self.hit_image: torch.Tensor | None = None
+        self.tracking = False
+
+    def update(
+        self, iteration: int, raw: torch.Tensor, product: torch.Tensor, loss: torch.Tensor
+    ) -> torch.Tensor:
+        """Feed iteration `iteration` (1-based): the raw output drives the statistic, `product` (the EMA
+        where the task uses one) is what gets kept. Returns the statistic as a device scalar."""
+        self.counter.add_(1)
+        stat = self.stat.update(raw)
+        if iteration > self.start:
+            improved = stat < self.best_stat
+            self.best_stat = torch.where(improved, stat, self.best_stat)
+            self.best_iter = torch.where(improved, self.counter, self.best_iter)
+            if self.best_image is None:
+                self.best_image = product.detach().clone()  # the first tracked iterate always improves
+            else:
+                self.best_image.copy_(torch.where(improved, product, self.best_image))
+            self.tracking = True
+        if self.threshold is not None:
+            hit = (loss.detach() <= self.threshold) & (self.hit_iter == 0)
+            self.hit_iter = torch.where(hit, self.counter, self.hit_iter)
+            if self.hit_image is None:
+                self.hit_image = torch.zeros_like(product)
+            self.hit_image.copy_(torch.where(hit, product, self.hit_image))
+        return stat
+
+    def decide(self, iteration: int) -> StopReason | None:
+        """Whether to stop after `iteration` (reads device scalars: one host sync)."""
+        if self.threshold is not None and int(self.hit_iter) > 0:
+            return StopReason.DISCREPANCY
+        if self.tracking and iteration - int(self.best_iter) >= self.policy.patience:
+            return StopReason.PLATEAU
+        return None
+
+    def choice(self) -> tuple[int, torch.Tensor] | None:
+        """The iterate the rule returns now, as (iteration, image), or None before the warm-up ends."""
+        if self.threshold is not None and self.hit_image is not None and int(self.hit_iter) > 0:
+            return int(self.hit_iter), self.hit_image
+        if self.best_image is not None:
+            return int(self.best_iter), self.best_image
+        return None

@@ -1,0 +1,120 @@
+"""Tests for service.restore.early_stop on synthetic output sequences with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from service.restore.early_stop import EarlyStopper
+from service.restore.request import AutoStop
+from service.restore.result import StopReason
+
+CPU = torch.device("cpu")
+
+
+def _u_curve_outputs(n: int, valley: int, seed: int = 0) -> list[torch.Tensor]:
+    """Outputs that jitter around a fixed image with an amplitude that is smallest at `valley`."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, 16, 16, generator=gen)
+    outs = []
+    for t in range(1, n + 1):
+        amp = 0.02 + 0.2 * abs(t - valley) / valley
+        outs.append(base + amp * torch.randn(base.shape, generator=gen))
+    return outs
+
+
+def _run(
+    stopper: EarlyStopper, outs: list[torch.Tensor], losses: list[float]
+) -> tuple[StopReason | None, int]:
+    for t, (x, loss) in enumerate(zip(outs, losses, strict=True), start=1):
+        stopper.update(t, x, x, torch.tensor(loss))
+        reason = stopper.decide(t)
+        if reason is not None:
+            return reason, t
+    return None, len(outs)
+
+
+class TestPlateau:
+    @pytest.mark.parametrize("rule", ["emv", "wmv"])
+    def test_stops_after_patience_and_returns_the_valley(self, rule: str) -> None:
+        outs = _u_curve_outputs(900, valley=300)
+        policy = AutoStop(rule=rule, patience=200, window=20, warmup=50)  # type: ignore[arg-type]
+        stopper = EarlyStopper(policy, sigma=None, device=CPU)
+        reason, stopped_at = _run(stopper, outs, [1.0] * len(outs))
+        choice = stopper.choice()
+        assert reason is StopReason.PLATEAU and choice is not None
+        best, image = choice
+        assert stopped_at == best + 200
+        # Both statistics lag the true valley a little (EMV by ~1/alpha, WMV by ~window/2).
+        assert 295 <= best <= 330, best
+        torch.testing.assert_close(image, outs[best - 1])
+
+    def test_no_stop_while_still_improving(self) -> None:
+        outs = _u_curve_outputs(400, valley=1000)  # amplitude keeps shrinking
+        # warmup 100 (the default) lets the EMV, which starts at 0, settle first.
+        stopper = EarlyStopper(AutoStop(patience=50, warmup=100), sigma=None, device=CPU)
+        reason, _ = _run(stopper, outs, [1.0] * len(outs))
+        assert reason is None
+        choice = stopper.choice()
+        assert choice is not None and choice[0] >= 350
+
+    def test_nothing_chosen_during_warmup(self) -> None:
+        stopper = EarlyStopper(AutoStop(warmup=100), sigma=None, device=CPU)
+        reason, _ = _run(stopper, _u_curve_outputs(50, valley=25), [1.0] * 50)
+        assert reason is None and stopper.choice() is None
+
+
+class TestStatistics:
+    def test_emv_matches_recursion(self) -> None:
+        outs = _u_curve_outputs(40, valley=20)
+        stopper = EarlyStopper(AutoStop(rule="emv", alpha=0.1), sigma=None, device=CPU)
+        xs = [o.double().numpy() for o in outs]
+        ema, emv = xs[0].copy(), 0.0
+        for t, (o, x) in enumerate(zip(outs, xs, strict=True), start=1):
+            got = float(stopper.update(t, o, o, torch.tensor(1.0)))
+            if t > 1:
+                delta = x - ema
+                ema = ema + 0.1 * delta
+                emv = 0.9 * (emv + 0.1 * float(np.mean(delta**2)))
+            assert got == pytest.approx(emv, rel=1e-5, abs=1e-12)
+
+    def test_wmv_matches_brute_force_window(self) -> None:
+        outs = _u_curve_outputs(37, valley=20)
+        w = 8
+        stopper = EarlyStopper(AutoStop(rule="wmv", window=w), sigma=None, device=CPU)
+        for t, o in enumerate(outs, start=1):
+            got = float(stopper.update(t, o, o, torch.tensor(1.0)))
+            window = np.stack([x.double().numpy() for x in outs[max(0, t - w) : t]])
+            want = float(np.mean((window - window.mean(axis=0)) ** 2))
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-10)
+
+
+class TestDiscrepancy:
+    def test_stops_at_first_loss_below_sigma_squared(self) -> None:
+        sigma = 0.1
+        losses = list(np.linspace(0.05, 0.0, 100))  # crosses 0.01 between index 79 and 80
+        first = int(np.argmax(np.array(losses) <= sigma**2)) + 1
+        outs = [torch.full((1, 1, 4, 4), float(t)) for t in range(1, 101)]
+        stopper = EarlyStopper(AutoStop(), sigma=sigma, device=CPU)
+        reason, stopped_at = _run(stopper, outs, losses)
+        choice = stopper.choice()
+        assert reason is StopReason.DISCREPANCY and stopped_at == first and choice is not None
+        assert choice[0] == first
+        assert float(choice[1].mean()) == first  # the image of that very iteration
+
+    def test_tau_scales_threshold(self) -> None:
+        losses = list(np.linspace(0.05, 0.0, 100))
+        outs = [torch.zeros(1, 1, 4, 4)] * 100
+        stopper = EarlyStopper(AutoStop(tau=2.0), sigma=0.1, device=CPU)
+        _, stopped_at = _run(stopper, outs, losses)
+        assert stopped_at == int(np.argmax(np.array(losses) <= 0.02)) + 1
+
+    def test_blind_or_disabled_never_uses_loss(self) -> None:
+        losses = [0.0] * 20
+        outs = [torch.zeros(1, 1, 4, 4)] * 20
+        for stopper in (
+            EarlyStopper(AutoStop(warmup=1000), sigma=None, device=CPU),
+            EarlyStopper(AutoStop(warmup=1000, discrepancy=False), sigma=0.1, device=CPU),
+        ):
+            assert _run(stopper, outs, losses) == (None, 20)
