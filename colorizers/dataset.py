@@ -1,0 +1,65 @@
+"""Reading the data cache that `python -m colorizers.data` writes: Lab images, random and centre crops."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE = REPO / ".cache" / "colorize-data"
+SPLITS = ("train", "val")
+
+
+class LabImages:
+    """The images of one split of a cache, memory-mapped. Crops are (3, S, S) float32 Lab."""
+
+    def __init__(self, cache: Path, split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        path = cache / f"{split}.lab.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"no {path}: build the cache with `python -m colorizers.data`")
+        self.lab = np.load(path, mmap_mode="r")
+        self.index = np.load(cache / f"{split}.index.npy")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def image(self, i: int) -> NDArray[np.float32]:
+        offset, h, w = (int(v) for v in self.index[i])
+        return (
+            np.asarray(self.lab[offset : offset + h * w], dtype=np.float32)
+            .reshape(h, w, 3)
+            .transpose(2, 0, 1)
+        )
+
+    def random_crop(self, rng: np.random.Generator, size: int) -> NDArray[np.float32]:
+        """A random `size` x `size` crop of a random image, mirrored with probability 1/2."""
+        offset, h, w = (int(v) for v in self.index[rng.integers(len(self.index))])
+        if min(h, w) < size:
+            raise ValueError(
+                f"crop {size} is larger than a stored image ({h} x {w}); rebuild with a larger short side"
+            )
+        y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+        rows = self.lab[offset : offset + h * w].reshape(h, w, 3)[y : y + size, x : x + size]
+        crop = np.asarray(rows, dtype=np.float32).transpose(2, 0, 1)
+        return crop[:, :, ::-1].copy() if rng.random() < 0.5 else crop
+
+    def centre_crop(self, i: int, size: int) -> NDArray[np.float32]:
+        image = self.image(i)
+        _, h, w = image.shape
+        size = min(size, h, w)
+        y, x = (h - size) // 2, (w - size) // 2
+        return np.ascontiguousarray(image[:, y : y + size, x : x + size])
+
+    def batch(self, rng: np.random.Generator, size: int, count: int) -> torch.Tensor:
+        """(count, 3, size, size) random training crops."""
+        return torch.from_numpy(np.stack([self.random_crop(rng, size) for _ in range(count)]))
+
+
+def manifest_sha256(cache: Path) -> str:
+    return hashlib.sha256((cache / "manifest.tsv").read_bytes()).hexdigest()
