@@ -11,7 +11,7 @@ APT_PACKAGES := redis-server libb64-0d
 PROTOS := $(wildcard protos/priorlab/v1/*.proto)
 MODEL_INPUTS := $(wildcard colorizers/*.py colorizers/checkpoints/* export/*.py) contract/__init__.py
 
-.PHONY: run test check bench deps apt protos models clean
+.PHONY: run test check bench data deps apt protos models clean
 
 run: deps protos models
 	$(PY) -m service.stack
@@ -55,6 +55,10 @@ models: model_repository/.exported
 model_repository/.exported: $(MODEL_INPUTS) $(VENV)/.installed
 	$(PY) -m export --repository model_repository
 	touch $@
+
+# Training photos into .cache/colorize-data (never committed); see colorizers/MODEL_CARD.md.
+data: deps
+	$(PY) -m colorizers.data
 
 bench: deps protos models
 	$(PY) -m bench
