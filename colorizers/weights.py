@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from colorizers.eccv16 import ECCVGenerator
+from colorizers.siggraph17 import SIGGRAPHGenerator
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"
 
@@ -38,6 +39,9 @@ class Checkpoint:
         """The network this checkpoint belongs to, at the right width (weights not loaded)."""
         if self.arch == "eccv16":
             return ECCVGenerator(width=self.width)
+        if self.arch == "siggraph17":
+            # The mask convention belongs to the weights: 0/1 (authors' release) or centred (0.5).
+            return SIGGRAPHGenerator(width=self.width, mask_offset=float(self.meta.get("mask_offset", "0")))
         raise ValueError(f"unknown architecture {self.arch!r} for checkpoint {self.name!r}")
 
 
@@ -53,6 +57,15 @@ REGISTRY: dict[str, Checkpoint] = {
             sha256="9b330a0bae53f4ded77b1e23defbf78beaa09c10ebc4c4999e8e4f4a160b93f9",
         ),
         Checkpoint(
+            name="siggraph17-w0.25-random",
+            arch="siggraph17",
+            width=0.25,
+            trained=False,
+            description="UNTRAINED: seeded random initialisation, width 1/4 (pipeline checks only)",
+            seed=0,
+            meta={"mask_offset": "0.5"},
+        ),
+        Checkpoint(
             name="eccv16-w0.25-random",
             arch="eccv16",
             width=0.25,
@@ -63,7 +76,7 @@ REGISTRY: dict[str, Checkpoint] = {
     )
 }
 
-DEFAULT = {"eccv16": "eccv16-w0.25-random"}
+DEFAULT = {"eccv16": "eccv16-w0.25-random", "siggraph17": "siggraph17-w0.25-random"}
 
 
 def sha256_of(path: Path) -> str:
@@ -85,13 +98,12 @@ def identify(path: Path) -> Checkpoint:
 
 def load(checkpoint: Checkpoint, path: Path | None = None) -> nn.Module:
     """Build the network and load its weights (fp16 files are widened to fp32), in eval mode."""
-    model = checkpoint.build()
     if checkpoint.sha256 is None:
         if checkpoint.seed is None:
             raise ValueError(f"checkpoint {checkpoint.name!r} has neither a file nor a seed")
         torch.manual_seed(checkpoint.seed)
-        model = checkpoint.build()
-        return model.eval()
+        return checkpoint.build().eval()
+    model = checkpoint.build()
     if path is None:
         if checkpoint.filename is None:
             raise ValueError(f"checkpoint {checkpoint.name!r} is user-supplied: pass its file")

@@ -103,12 +103,30 @@ ECCV16_AB = ModelSpec(
     max_batch_size=8,
 )
 
-MODELS: dict[str, ModelSpec] = {m.name: m for m in (ECCV16, ECCV16_AB)}
+# SIGGRAPH17: L, ab hints (Lab units, 0 where none) and a 0/1 hint mask -> ab at full resolution and
+# 529 logits at H/4 over the a-major 23x23 grid (colour suggestions). H, W multiples of 8. The graph
+# applies the checkpoint's own mask convention, so the gateway always sends 0/1.
+SIGGRAPH17 = ModelSpec(
+    name="siggraph17",
+    inputs=(
+        TensorSpec("L", "FP32", (1, -1, -1)),
+        TensorSpec("ab_hint", "FP32", (2, -1, -1)),
+        TensorSpec("hint_mask", "FP32", (1, -1, -1)),
+    ),
+    outputs=(
+        TensorSpec("ab", "FP16", (2, -1, -1)),
+        TensorSpec("logits", "FP16", (NUM_AB_GRID_BINS, -1, -1), stride=4),
+    ),
+    max_batch_size=8,
+)
+
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (ECCV16, ECCV16_AB, SIGGRAPH17)}
 # Which network each served model exports (its checkpoint comes from colorizers.weights).
-ARCHITECTURE = {ECCV16.name: "eccv16", ECCV16_AB.name: "eccv16"}
+ARCHITECTURE = {ECCV16.name: "eccv16", ECCV16_AB.name: "eccv16", SIGGRAPH17.name: "siggraph17"}
 # Models a client names in a request; the others are deployment variants of these.
-PUBLIC_MODELS = (ECCV16.name,)
-DECODED_VARIANT = {ECCV16.name: ECCV16_AB.name}
+PUBLIC_MODELS = (ECCV16.name, SIGGRAPH17.name)
+HINT_MODEL = SIGGRAPH17.name  # the model that takes colour hints and suggests colours
+DECODED_VARIANT = {ECCV16.name: ECCV16_AB.name, SIGGRAPH17.name: SIGGRAPH17.name}
 DEFAULT_MODEL = ECCV16.name
 
 # Parameters that export writes into config.pbtxt and the gateway reads back, so a response can

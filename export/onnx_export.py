@@ -52,12 +52,27 @@ class _AnnealedMeanHead(nn.Module):
         return self.model.model_out(probs) * AB_NORM  # type: ignore[operator]
 
 
+class _BothHeads(nn.Module):
+    """SIGGRAPH17: regression ab and the 529-class logits (colour suggestions) in one graph."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, lightness: torch.Tensor, ab_hint: torch.Tensor, hint_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_both(lightness, ab_hint, hint_mask)  # type: ignore[operator]
+
+
 def graph_module(model: nn.Module, spec: ModelSpec) -> nn.Module:
     """The module whose forward is exactly the served graph (inputs/outputs of `spec`)."""
     if spec.name == "eccv16":
         return _LogitsHead(model).eval()
     if spec.name == "eccv16_ab":
         return _AnnealedMeanHead(model).eval()
+    if spec.name == "siggraph17":
+        return _BothHeads(model).eval()
     raise ValueError(f"no export graph for model {spec.name!r}")
 
 
@@ -146,6 +161,10 @@ def example_inputs(
             x = x * 100
         elif tensor.name == "T":
             x = 0.1 + 0.9 * x  # the valid (0, 1] range, away from the argmax limit
+        elif tensor.name == "hint_mask":
+            x = (x > 0.95).float()  # a few hinted pixels
+        elif tensor.name == "ab_hint":
+            x = (x - 0.5) * 120
         tensors.append(x)
     return tuple(tensors)
 

@@ -4,6 +4,9 @@ Colour is predicted on a working-size square of L and recombined with the input'
 full-resolution L (DeOldify#17, InstColorization#4: the output keeps the input's resolution and
 detail). The CPU-heavy numpy stages run in worker threads (numpy releases the GIL), so the event
 loop keeps serving other requests while one is being decoded or encoded.
+
+Models: eccv16 (313 logits, annealed mean here or, deployed as eccv16_ab, in the graph) and
+siggraph17 (colour hints; regression ab, plus 529 logits for colour suggestions).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from contract import DECODED_VARIANT, MODELS, PUBLIC_MODELS, ModelSpec
-from service import ab_decode, codec, lab
+from contract import DECODED_VARIANT, HINT_MODEL, MODELS, PUBLIC_MODELS, ModelSpec
+from service import ab_decode, codec, hints, lab, suggest
+from service.errors import InvalidArgument
 from service.metrics import Metrics
 from service.settings import Settings
 from service.triton import InferenceBackend, ModelInfo
@@ -28,6 +32,7 @@ class ColorizeOptions:
     working_size: int
     output_format: str  # PNG, JPEG, WEBP
     quality: int
+    hints: tuple[hints.Hint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,19 +54,35 @@ class ColorizeResult:
 
 
 @dataclass(frozen=True)
+class SuggestedColor:
+    rgb: tuple[int, int, int]
+    ab: tuple[float, float]
+    confidence: float
+
+
+@dataclass(frozen=True)
 class _Prepared:
     lightness: np.ndarray  # (H, W) float32 L in [0, 100], full resolution
-    working: np.ndarray  # (1, 1, S, S) float32 L at the working size
+    inputs: dict[str, np.ndarray]  # the Triton request, at the working size
     alpha: np.ndarray | None
 
 
-def prepare(image: bytes, working_size: int, *, max_pixels: int, max_bytes: int) -> _Prepared:
-    """Decode, validate, convert to L at full resolution and at the working size."""
+def prepare(
+    image: bytes, spec: ModelSpec, options: ColorizeOptions, *, max_pixels: int, max_bytes: int
+) -> _Prepared:
+    """Decode and validate; L at full resolution, and the model's inputs at the working size."""
     decoded = codec.decode(image, max_pixels=max_pixels, max_bytes=max_bytes)
     # A gray image needs one table lookup per pixel, not a colour conversion.
     lightness = lab.gray_to_l(decoded.pixels) if decoded.is_gray else lab.srgb_to_l(decoded.pixels)
-    working = ab_decode.resize_l(lightness, (working_size, working_size))
-    return _Prepared(lightness, working[None, None], decoded.alpha)
+    size = options.working_size
+    inputs = {"L": ab_decode.resize_l(lightness, (size, size))[None, None]}
+    names = {t.name for t in spec.inputs}
+    if "T" in names:
+        inputs["T"] = np.full((1, 1), options.temperature, np.float32)
+    if "ab_hint" in names:
+        height, width = lightness.shape
+        inputs["ab_hint"], inputs["hint_mask"] = hints.hint_tensors(options.hints, height, width, size)
+    return _Prepared(lightness, inputs, decoded.alpha)
 
 
 def finish(prepared: _Prepared, ab_small: np.ndarray, options: ColorizeOptions) -> bytes:
@@ -70,6 +91,14 @@ def finish(prepared: _Prepared, ab_small: np.ndarray, options: ColorizeOptions) 
     a, b = ab_decode.resize_ab(ab_small, (height, width))
     rgb = lab.lab_planes_to_srgb_uint8(prepared.lightness, a, b)
     return codec.encode(rgb, prepared.alpha, options.output_format, options.quality)
+
+
+def postprocess(prepared: _Prepared, outputs: dict[str, np.ndarray], options: ColorizeOptions) -> bytes:
+    if "ab" in outputs:  # decoded in the graph (eccv16_ab) or regressed (siggraph17)
+        ab_small = outputs["ab"][0].astype(np.float32)
+    else:
+        ab_small = ab_decode.annealed_mean(outputs["logits"], options.temperature)[0]
+    return finish(prepared, ab_small, options)
 
 
 def served_model(model: str, settings: Settings) -> ModelSpec:
@@ -81,6 +110,24 @@ def served_models(settings: Settings) -> list[ModelSpec]:
     return [served_model(name, settings) for name in PUBLIC_MODELS]
 
 
+def suggestions_at(
+    prepared: _Prepared, logits: np.ndarray, x: int, y: int, size: int, k: int, seed: int
+) -> list[SuggestedColor]:
+    """Suggestions for input pixel (x, y) from the (529, S/4, S/4) logits, in sRGB at that pixel's L."""
+    height, width = prepared.lightness.shape
+    if not (0 <= x < width and 0 <= y < height):
+        raise InvalidArgument(f"point (x={x}, y={y}) is outside the {width}x{height} image")
+    row, col = hints.to_working(x, y, height, width, size)
+    stride = size // logits.shape[-1]
+    found = suggest.suggest(logits[:, row // stride, col // stride], k, seed)
+    lightness = float(prepared.lightness[y, x])
+    colours = lab.lab_to_srgb_uint8(np.array([[lightness, *s.ab] for s in found], np.float32))
+    return [
+        SuggestedColor((int(c[0]), int(c[1]), int(c[2])), s.ab, s.confidence)
+        for s, c in zip(found, colours, strict=True)
+    ]
+
+
 class ColorizePipeline:
     def __init__(self, backend: InferenceBackend, settings: Settings, metrics: Metrics) -> None:
         self._backend = backend
@@ -88,29 +135,26 @@ class ColorizePipeline:
         self._metrics = metrics
         self._limit = asyncio.Semaphore(settings.max_concurrent_colorize)
 
+    async def _prepare(self, image: bytes, spec: ModelSpec, options: ColorizeOptions) -> _Prepared:
+        return await asyncio.to_thread(
+            prepare, image, spec, options,
+            max_pixels=self._settings.max_pixels, max_bytes=self._settings.max_message_bytes,
+        )  # fmt: skip
+
     async def colorize(self, image: bytes, options: ColorizeOptions, *, timeout_s: float) -> ColorizeResult:
         spec = served_model(options.model, self._settings)
         async with self._limit:
             self._metrics.in_flight.inc()
             try:
                 start = time.perf_counter()
-                prepared = await asyncio.to_thread(
-                    prepare,
-                    image,
-                    options.working_size,
-                    max_pixels=self._settings.max_pixels,
-                    max_bytes=self._settings.max_message_bytes,
-                )
+                prepared = await self._prepare(image, spec, options)
                 decoded_at = time.perf_counter()
                 info = await self._backend.model_info(spec)
-                inputs = {"L": prepared.working}
-                if "T" in {t.name for t in spec.inputs}:
-                    inputs["T"] = np.full((1, 1), options.temperature, np.float32)
                 outputs = await self._backend.infer(
-                    spec, inputs, timeout_s=max(0.001, timeout_s - (decoded_at - start))
+                    spec, prepared.inputs, timeout_s=max(0.001, timeout_s - (decoded_at - start))
                 )
                 inferred_at = time.perf_counter()
-                encoded = await asyncio.to_thread(self._postprocess, prepared, outputs, options)
+                encoded = await asyncio.to_thread(postprocess, prepared, outputs, options)
                 done = time.perf_counter()
             finally:
                 self._metrics.in_flight.dec()
@@ -129,10 +173,15 @@ class ColorizePipeline:
         height, width = prepared.lightness.shape
         return ColorizeResult(encoded, width, height, info, options, timings)
 
-    @staticmethod
-    def _postprocess(prepared: _Prepared, outputs: dict[str, np.ndarray], options: ColorizeOptions) -> bytes:
-        if "ab" in outputs:  # decoded in the graph
-            ab_small = outputs["ab"][0].astype(np.float32)
-        else:
-            ab_small = ab_decode.annealed_mean(outputs["logits"], options.temperature)[0]
-        return finish(prepared, ab_small, options)
+    async def suggest_colors(
+        self, image: bytes, options: ColorizeOptions, *, x: int, y: int, k: int, seed: int, timeout_s: float
+    ) -> tuple[list[SuggestedColor], ModelInfo]:
+        spec = MODELS[HINT_MODEL]
+        async with self._limit:
+            prepared = await self._prepare(image, spec, options)
+            info = await self._backend.model_info(spec)
+            outputs = await self._backend.infer(spec, prepared.inputs, timeout_s=timeout_s)
+            found = await asyncio.to_thread(
+                suggestions_at, prepared, outputs["logits"][0], x, y, options.working_size, k, seed
+            )
+        return found, info

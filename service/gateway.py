@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
 from contract import (
     ANNEALED_T_DEFAULT,
     DEFAULT_MODEL,
+    HINT_MODEL,
     PUBLIC_MODELS,
     WORKING_SIZE_DEFAULT,
     WORKING_SIZE_MAX,
     WORKING_SIZE_MIN,
     WORKING_SIZE_MULTIPLE,
 )
-from service.colorize import ColorizeOptions, ColorizePipeline, ColorizeResult
+from service.colorize import ColorizeOptions, ColorizePipeline, ColorizeResult, SuggestedColor
 from service.errors import InvalidArgument, NotFound
+from service.hints import MAX_HINTS, Hint
 from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc
 from service.settings import Settings
+from service.triton import ModelInfo
 
 _FORMATS = {
     colorize_pb2.IMAGE_FORMAT_UNSPECIFIED: "PNG",
@@ -30,22 +35,44 @@ _FORMAT_ENUM = {
     "WEBP": colorize_pb2.IMAGE_FORMAT_WEBP,
 }
 QUALITY_DEFAULT = 90
+SUGGESTIONS_DEFAULT = 5
+SUGGESTIONS_MAX = 16
 
 
-def colorize_options(request: colorize_pb2.ColorizeRequest) -> ColorizeOptions:
-    """Validate a request's options and fill the documented defaults; errors name the field."""
-    model = request.model or DEFAULT_MODEL
-    if model not in PUBLIC_MODELS:
-        raise NotFound(f"model {model!r} is not served; known models: {sorted(PUBLIC_MODELS)}")
-    temperature = request.temperature if request.HasField("temperature") else ANNEALED_T_DEFAULT
-    if not 0 < temperature <= 1:
-        raise InvalidArgument(f"temperature must be in (0, 1], got {temperature}")
-    size = request.working_size or WORKING_SIZE_DEFAULT
+def _hints(messages: Sequence[colorize_pb2.ColorHint]) -> tuple[Hint, ...]:
+    """Proto hints -> domain hints; bounds are checked once the image's size is known."""
+    if len(messages) > MAX_HINTS:
+        raise InvalidArgument(f"{len(messages)} hints given; at most {MAX_HINTS} are accepted")
+    found = []
+    for i, h in enumerate(messages):
+        if not h.HasField("color"):
+            raise InvalidArgument(f"hint {i} at (x={h.x}, y={h.y}) has no color")
+        found.append(Hint(h.x, h.y, (h.color.r, h.color.g, h.color.b), h.patch_size or 1))
+    return tuple(found)
+
+
+def _working_size(requested: int) -> int:
+    size = requested or WORKING_SIZE_DEFAULT
     if not WORKING_SIZE_MIN <= size <= WORKING_SIZE_MAX or size % WORKING_SIZE_MULTIPLE:
         raise InvalidArgument(
             f"working_size must be a multiple of {WORKING_SIZE_MULTIPLE} in "
             f"[{WORKING_SIZE_MIN}, {WORKING_SIZE_MAX}], got {size}"
         )
+    return size
+
+
+def colorize_options(request: colorize_pb2.ColorizeRequest) -> ColorizeOptions:
+    """Validate a request's options and fill the documented defaults; errors name the field."""
+    hints = _hints(request.hints)
+    model = request.model or (HINT_MODEL if hints else DEFAULT_MODEL)
+    if model not in PUBLIC_MODELS:
+        raise NotFound(f"model {model!r} is not served; known models: {sorted(PUBLIC_MODELS)}")
+    if hints and model != HINT_MODEL:
+        raise InvalidArgument(f"model {model!r} takes no colour hints; {HINT_MODEL!r} does")
+    temperature = request.temperature if request.HasField("temperature") else ANNEALED_T_DEFAULT
+    if not 0 < temperature <= 1:
+        raise InvalidArgument(f"temperature must be in (0, 1], got {temperature}")
+    size = _working_size(request.working_size)
     if request.output_format not in _FORMATS:
         raise InvalidArgument(f"output_format {request.output_format} is not one of {sorted(_FORMATS)}")
     quality = request.quality or QUALITY_DEFAULT
@@ -59,6 +86,7 @@ def colorize_options(request: colorize_pb2.ColorizeRequest) -> ColorizeOptions:
         working_size=size,
         output_format=_FORMATS[request.output_format],
         quality=quality,
+        hints=hints,
     )
 
 
@@ -83,6 +111,37 @@ def colorize_response(result: ColorizeResult) -> colorize_pb2.ColorizeResponse:
     )
 
 
+def suggest_options(request: colorize_pb2.SuggestColorsRequest) -> tuple[ColorizeOptions, int]:
+    if not request.image:
+        raise InvalidArgument("image is empty")
+    k = request.k or SUGGESTIONS_DEFAULT
+    if not 1 <= k <= SUGGESTIONS_MAX:
+        raise InvalidArgument(f"k must be in [1, {SUGGESTIONS_MAX}], got {k}")
+    options = ColorizeOptions(
+        model=HINT_MODEL, temperature=ANNEALED_T_DEFAULT, working_size=_working_size(request.working_size),
+        output_format="PNG", quality=QUALITY_DEFAULT, hints=_hints(request.hints),
+    )  # fmt: skip
+    return options, k
+
+
+def suggest_response(found: list[SuggestedColor], info: ModelInfo) -> colorize_pb2.SuggestColorsResponse:
+    return colorize_pb2.SuggestColorsResponse(
+        colors=[
+            colorize_pb2.SuggestedColor(
+                color=colorize_pb2.Rgb(r=s.rgb[0], g=s.rgb[1], b=s.rgb[2]),
+                a=s.ab[0],
+                b=s.ab[1],
+                confidence=s.confidence,
+            )
+            for s in found
+        ],
+        model=info.name,
+        model_version=info.version,
+        checkpoint=info.checkpoint,
+        trained=info.trained,
+    )
+
+
 class ColorizerServicer(colorize_pb2_grpc.ColorizerServicer):
     def __init__(self, pipeline: ColorizePipeline, settings: Settings) -> None:
         self._pipeline = pipeline
@@ -92,11 +151,21 @@ class ColorizerServicer(colorize_pb2_grpc.ColorizerServicer):
         self, request: colorize_pb2.ColorizeRequest, context: grpc.aio.ServicerContext
     ) -> colorize_pb2.ColorizeResponse:
         options = colorize_options(request)
-        remaining = context.time_remaining()
-        timeout_s = (
-            self._settings.triton_timeout_s
-            if remaining is None
-            else min(remaining, self._settings.triton_timeout_s)
-        )
-        result = await self._pipeline.colorize(request.image, options, timeout_s=timeout_s)
+        result = await self._pipeline.colorize(request.image, options, timeout_s=self._timeout(context))
         return colorize_response(result)
+
+    async def SuggestColors(  # noqa: N802 (the proto's method name)
+        self, request: colorize_pb2.SuggestColorsRequest, context: grpc.aio.ServicerContext
+    ) -> colorize_pb2.SuggestColorsResponse:
+        options, k = suggest_options(request)
+        found, info = await self._pipeline.suggest_colors(
+            request.image, options, x=request.x, y=request.y, k=k, seed=request.seed,
+            timeout_s=self._timeout(context),
+        )  # fmt: skip
+        return suggest_response(found, info)
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        """The client's remaining deadline, capped; propagated to Triton."""
+        remaining = context.time_remaining()
+        cap = self._settings.triton_timeout_s
+        return cap if remaining is None else min(remaining, cap)

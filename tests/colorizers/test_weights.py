@@ -8,16 +8,27 @@ import torch
 
 from colorizers import weights
 from colorizers.eccv16 import ECCVGenerator
+from colorizers.siggraph17 import SIGGRAPHGenerator
 
 
 def test_every_registered_checkpoint_names_its_architecture() -> None:
+    networks = {"eccv16": ECCVGenerator, "siggraph17": SIGGRAPHGenerator}
     for checkpoint in weights.REGISTRY.values():
-        assert isinstance(checkpoint.build(), ECCVGenerator)
+        assert isinstance(checkpoint.build(), networks[checkpoint.arch])
         assert checkpoint.sha256 is not None or checkpoint.seed is not None
 
 
-def test_untrained_default_is_reported_as_untrained() -> None:
-    default = weights.REGISTRY[weights.DEFAULT["eccv16"]]
+def test_siggraph17_mask_convention_comes_from_the_checkpoint() -> None:
+    for checkpoint in weights.REGISTRY.values():
+        if checkpoint.arch == "siggraph17":
+            model = checkpoint.build()
+            assert isinstance(model, SIGGRAPHGenerator)
+            assert model.mask_offset == float(checkpoint.meta["mask_offset"])
+
+
+@pytest.mark.parametrize("arch", ["eccv16", "siggraph17"])
+def test_untrained_default_is_reported_as_untrained(arch: str) -> None:
+    default = weights.REGISTRY[weights.DEFAULT[arch]]
     if default.trained:
         assert default.sha256 is not None and default.filename is not None
     else:

@@ -40,6 +40,12 @@ class FakeBackend:
         if self.error is not None:
             raise self.error
         n, _, h, w = inputs["L"].shape
+        if "hint_mask" in inputs:  # SIGGRAPH17: hinted colour where the mask is set, else TARGET_AB
+            mask = inputs["hint_mask"]
+            ab = np.where(mask > 0, inputs["ab_hint"], np.array(TARGET_AB, np.float32)[None, :, None, None])
+            grid = np.zeros((n, 529, h // 4, w // 4), np.float16)
+            grid[:, 23 * (40 + 110) // 10 + (-20 + 110) // 10] = 50.0
+            return {"ab": ab.astype(np.float16), "logits": grid}
         bins = np.load(asset_path("pts_in_hull.npy"))
         target = int(np.flatnonzero((bins == TARGET_AB).all(axis=1))[0])
         logits = np.zeros((n, 313, h // 4, w // 4), np.float16)
@@ -223,3 +229,74 @@ def test_unexpected_errors_become_internal(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_contract_spec_is_what_the_fake_serves() -> None:
     assert ECCV16.output("logits").shape(1, 256, 256) == (1, 313, 64, 64)
+
+
+def test_hints_select_siggraph17_and_their_colour_lands_at_their_location() -> None:
+    backend = FakeBackend()
+    gray = gray_gradient(64, 64)
+    hint = colorize_pb2.ColorHint(x=40, y=20, color=colorize_pb2.Rgb(r=30, g=160, b=60), patch_size=9)
+    response = colorize(backend, colorize_pb2.ColorizeRequest(image=png(gray), hints=[hint], working_size=64))
+    assert response.model == "siggraph17"
+    (call,) = backend.calls
+    assert call["inputs"]["hint_mask"].sum() == 81
+    out = color.rgb2lab(np.asarray(Image.open(io.BytesIO(response.image)).convert("RGB")))
+    hinted = color.rgb2lab(np.array([[[30, 160, 60]]], np.uint8))[0, 0, 1:]
+    np.testing.assert_allclose(out[20, 40, 1:], hinted, atol=3.0)
+    np.testing.assert_allclose(out[60, 5, 1:], TARGET_AB, atol=3.0)
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "needle"),
+    [
+        (
+            {"hints": [colorize_pb2.ColorHint(x=90, y=0, color=colorize_pb2.Rgb(r=1))]},
+            "hint 0 at (x=90, y=0)",
+        ),
+        ({"hints": [colorize_pb2.ColorHint(x=1, y=1)]}, "hint 0 at (x=1, y=1) has no color"),
+        ({"hints": [colorize_pb2.ColorHint(x=1, y=1, color=colorize_pb2.Rgb(g=300))]}, "(0, 300, 0)"),
+        (
+            {"hints": [colorize_pb2.ColorHint(x=1, y=1, color=colorize_pb2.Rgb())], "model": "eccv16"},
+            "eccv16",
+        ),
+    ],
+)
+def test_bad_hints_are_invalid_argument(request_kwargs: dict[str, Any], needle: str) -> None:
+    request = colorize_pb2.ColorizeRequest(image=png(gray_gradient()), **request_kwargs)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        colorize(FakeBackend(), request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in (info.value.details() or "")
+
+
+def suggest_colors(backend: FakeBackend, request: colorize_pb2.SuggestColorsRequest) -> Any:
+    async def body(channel: grpc.aio.Channel) -> Any:
+        return await colorize_pb2_grpc.ColorizerStub(channel).SuggestColors(request, timeout=10)
+
+    return run_gateway(backend, body)
+
+
+def test_suggest_colors_returns_the_distributions_mode_at_the_pixels_lightness() -> None:
+    gray = gray_gradient(64, 96)
+    response = suggest_colors(
+        FakeBackend(), colorize_pb2.SuggestColorsRequest(image=png(gray), x=10, y=30, seed=3)
+    )
+    assert response.model == "siggraph17" and response.checkpoint == "fake-checkpoint"
+    top = response.colors[0]
+    # Logit 50 against 0 softens to ~98% on the bin: the top cluster sits on it.
+    assert top.a == pytest.approx(40.0, abs=0.5) and top.b == pytest.approx(-20.0, abs=0.5)
+    assert top.confidence > 0.9
+    lightness = color.rgb2lab(np.repeat(gray[..., None], 3, axis=2))[30, 10, 0]
+    expected = np.round(255 * color.lab2rgb(np.array([[[lightness, top.a, top.b]]]))[0, 0]).astype(int)
+    np.testing.assert_allclose([top.color.r, top.color.g, top.color.b], expected, atol=1)
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "needle"),
+    [({"x": 96, "y": 0}, "point (x=96, y=0)"), ({"k": 17}, "17"), ({"working_size": 12}, "12")],
+)
+def test_bad_suggest_requests_are_invalid_argument(request_kwargs: dict[str, Any], needle: str) -> None:
+    request = colorize_pb2.SuggestColorsRequest(image=png(gray_gradient(64, 96)), **request_kwargs)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        suggest_colors(FakeBackend(), request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in (info.value.details() or "")

@@ -1,0 +1,96 @@
+"""User-guided colorization (SIGGRAPH17) through real Triton + gateway: hints and suggestions."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import color
+
+from colorizers import weights
+from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc
+from tests.integration.conftest import GatewayProcess
+
+pytestmark = pytest.mark.triton
+
+SERVED = weights.REGISTRY[weights.DEFAULT["siggraph17"]]
+
+
+def photo(shared_data: Path) -> bytes:
+    return (shared_data / "colorization" / "golden" / "ansel_adams3.jpg").read_bytes()
+
+
+def stub(gateway: GatewayProcess) -> tuple[grpc.Channel, colorize_pb2_grpc.ColorizerStub]:
+    channel = grpc.insecure_channel(gateway.target, options=[("grpc.max_receive_message_length", 64 << 20)])
+    return channel, colorize_pb2_grpc.ColorizerStub(channel)
+
+
+def test_colorize_with_hints_runs_siggraph17_at_full_resolution(
+    gateway: GatewayProcess, shared_data: Path
+) -> None:
+    hints = [
+        colorize_pb2.ColorHint(x=450, y=100, color=colorize_pb2.Rgb(r=40, g=90, b=220), patch_size=5),
+        colorize_pb2.ColorHint(x=100, y=600, color=colorize_pb2.Rgb(r=40, g=160, b=50), patch_size=3),
+    ]
+    channel, colorizer = stub(gateway)
+    with channel:
+        guided = colorizer.Colorize(
+            colorize_pb2.ColorizeRequest(image=photo(shared_data), hints=hints), timeout=60
+        )
+        automatic = colorizer.Colorize(
+            colorize_pb2.ColorizeRequest(image=photo(shared_data), model="siggraph17"), timeout=60
+        )
+    assert guided.model == automatic.model == "siggraph17" and guided.checkpoint == SERVED.name
+    a = np.asarray(Image.open(io.BytesIO(guided.image)).convert("RGB")).astype(int)
+    b = np.asarray(Image.open(io.BytesIO(automatic.image)).convert("RGB")).astype(int)
+    assert a.shape == b.shape == (675, 900, 3)
+    assert np.abs(a - b).max() > 0, "hints must reach the network"
+
+
+@pytest.mark.skipif(
+    not SERVED.trained,
+    reason=f"hint placement is a property of a trained model; the served {SERVED.name} is untrained",
+)
+def test_a_hints_colour_appears_at_its_location(gateway: GatewayProcess, shared_data: Path) -> None:
+    # The sky above Half Dome, hinted strong blue; and the foreground trees, hinted green.
+    hints = {(450, 40): (40, 90, 220), (120, 250): (40, 150, 50)}
+    request = colorize_pb2.ColorizeRequest(
+        image=photo(shared_data),
+        model="siggraph17",
+        hints=[
+            colorize_pb2.ColorHint(x=x, y=y, color=colorize_pb2.Rgb(r=r, g=g, b=b), patch_size=5)
+            for (x, y), (r, g, b) in hints.items()
+        ],
+    )
+    channel, colorizer = stub(gateway)
+    with channel:
+        response = colorizer.Colorize(request, timeout=60)
+    out = color.rgb2lab(np.asarray(Image.open(io.BytesIO(response.image)).convert("RGB")))
+    for (x, y), rgb in hints.items():
+        want = color.rgb2lab(np.array([[rgb]], np.uint8))[0, 0, 1:]
+        got = out[y - 2 : y + 3, x - 2 : x + 3, 1:].reshape(-1, 2).mean(axis=0)
+        # The colour's hue direction is placed, if not its full chroma (ab within 15 units).
+        assert np.linalg.norm(got - want) < 15.0, (x, y, got, want)
+
+
+def test_suggest_colors_is_deterministic_for_a_seed(gateway: GatewayProcess, shared_data: Path) -> None:
+    request = colorize_pb2.SuggestColorsRequest(image=photo(shared_data), x=450, y=60, k=5, seed=11)
+    channel, colorizer = stub(gateway)
+    with channel:
+        first = colorizer.SuggestColors(request, timeout=60)
+        again = colorizer.SuggestColors(request, timeout=60)
+        with pytest.raises(grpc.RpcError) as info:
+            colorizer.SuggestColors(
+                colorize_pb2.SuggestColorsRequest(image=photo(shared_data), x=900, y=0), timeout=60
+            )
+    assert first == again
+    assert 1 <= len(first.colors) <= 5 and first.model == "siggraph17"
+    confidences = [c.confidence for c in first.colors]
+    assert confidences == sorted(confidences, reverse=True) and sum(confidences) == pytest.approx(
+        1.0, abs=1e-4
+    )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "x=900" in (info.value.details() or "")
