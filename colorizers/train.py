@@ -1,11 +1,26 @@
-"""Train the ECCV16 colorizer on the cached photos (`python -m colorizers.data` first).
+"""Train the ECCV16 or SIGGRAPH17 colorizer on the cached photos (`python -m colorizers.data` first).
 
-Recipe of reference/colorization.md §3.1, scaled to a CPU budget: random crops mirrored half the
-time, the L channel in, 313 logits at H/4 out, soft-encoded targets (10 nearest bins, σ = 5) of the
-ab point-sampled every 4th pixel, per-pixel class rebalancing with λ = `--lambda-rebal` from our own
-training prior, gray images masked out, Adam (β = 0.9, 0.99). The run stops after `--minutes` of
-training (or `--max-steps`), the learning rate following a cosine from `--lr` down to `--lr`/10
-over that budget.
+Both models: random crops mirrored half the time; the run stops after `--minutes` of training (or
+`--max-steps`), the learning rate following a cosine from `--lr` down to `--lr`/10 over that budget.
+
+ECCV16 (`--model eccv16`): recipe of reference/colorization.md §3.1, scaled to a CPU budget: the
+L channel in, 313 logits at H/4 out, soft-encoded targets (10 nearest bins, σ = 5) of the ab
+point-sampled every 4th pixel, per-pixel class rebalancing with λ = `--lambda-rebal` from our own
+training prior, gray images masked out, Adam (β = 0.9, 0.99).
+
+SIGGRAPH17 (`--model siggraph17`): colorization-pytorch's recipe (reference/colorization.md §3.2) on
+the same crops, loop and schedule. Images with too little colour are dropped from the batch
+(`hint_sim.colourful`); targets are the 529-class a-major grid index of the ab at H/4 and the ab
+itself. The authors' four stages (classification 115 epochs, then regression with hints 15) are
+compressed to two over the time budget:
+
+1. the first `--classification-fraction` of it: no hints, loss = CE(529 logits). The regression
+   branch would read detached features and has no loss term, so it is not computed at all;
+2. the rest: simulated hints (`hint_sim`, P(none) = 1/8), loss = CE + 10·L1(ab/110); the class head
+   reads the detached trunk, so the trunk learns from the L1 term only, as upstream.
+
+Adam follows colorization-pytorch (β = 0.9, 0.999, no weight decay). The hint mask is centred
+(mask_offset 0.5, colorization-pytorch's `mask_cent`); the registry entry records it.
 
 Everything needed to resume is in `<run-dir>/last.pt` (model, optimiser, step, elapsed time, RNG
 states); starting the same command again resumes it (`--fresh` starts over). At the end the weights
@@ -26,17 +41,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from colorizers import quantize
+from colorizers import hint_sim, quantize
 from colorizers.dataset import DEFAULT_CACHE, LabImages, manifest_sha256
 from colorizers.eccv16 import ECCVGenerator
+from colorizers.siggraph17 import SIGGRAPHGenerator
 from colorizers.weights import CHECKPOINTS_DIR, sha256_of
+from contract import AB_NORM, L_CENT, L_NORM
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RUNS = DEFAULT_CACHE.parent / "colorize-runs"
 SHIP_LIMIT_BYTES = 10 * 1024 * 1024  # what the repository accepts per shipped checkpoint
+MASK_OFFSET = 0.5  # our SIGGRAPH17 checkpoints see mask - 0.5, as colorization-pytorch's retrained ones
+L1_WEIGHT = 10.0  # colorization-pytorch: loss_G = CE + 10 · mean L1 in ab/110 units
+# Adam (betas, weight decay) per model: the Caffe ECCV16 solver; colorization-pytorch's optimiser.
+ADAM = {"eccv16": ((0.9, 0.99), 1e-3), "siggraph17": ((0.9, 0.999), 0.0)}
 
 
 @dataclass
@@ -84,6 +106,97 @@ def validate(model: ECCVGenerator, batches: list[Batch], centres: torch.Tensor) 
     )
 
 
+@dataclass
+class HintBatch:
+    """One SIGGRAPH17 batch: inputs (L, hints, 0/1 mask) and targets (ab, 529-class index at H/4)."""
+
+    lightness: torch.Tensor  # (N,1,S,S), L in [0, 100]
+    hint: torch.Tensor  # (N,2,S,S) ab hints in Lab units, 0 off the hints
+    mask: torch.Tensor  # (N,1,S,S) 1 on the hints
+    ab: torch.Tensor  # (N,2,S,S) ground truth
+    target: torch.Tensor  # (N,S/4,S/4) int64 grid index
+
+
+def make_hint_batch(lab: torch.Tensor, rng: np.random.Generator, *, hints: bool) -> HintBatch | None:
+    """(N,3,S,S) Lab crops -> HintBatch of the colourful ones (None if none is), hints if asked."""
+    lab = lab[hint_sim.colourful(lab[:, 1:])]
+    if len(lab) == 0:
+        return None
+    ab = lab[:, 1:]
+    if hints:
+        hint, mask = hint_sim.sample_hints(ab, rng)
+    else:
+        hint, mask = torch.zeros_like(ab), torch.zeros_like(lab[:, :1])
+    return HintBatch(lab[:, :1], hint, mask, ab, hint_sim.ab_class_index(ab[:, :, ::4, ::4]))
+
+
+def siggraph_forward(
+    model: SIGGRAPHGenerator, batch: HintBatch, *, classification: bool
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """`model.forward_both` with colorization-pytorch's training detaches -> (ab or None, logits).
+
+    Classification: only the trunk and class head (the regression branch would get no gradient).
+    Regression: the class head reads the detached trunk, so only the L1 term trains the trunk.
+    Same layers and arithmetic as `forward_both` (a test checks they agree).
+    """
+    x = torch.cat(
+        ((batch.lightness - L_CENT) / L_NORM, batch.hint / AB_NORM, batch.mask - model.mask_offset), 1
+    )
+    conv1_2 = model.model1(x)
+    conv2_2 = model.model2(conv1_2[:, :, ::2, ::2])
+    conv3_3 = model.model3(conv2_2[:, :, ::2, ::2])
+    conv4_3 = model.model4(conv3_3[:, :, ::2, ::2])
+    conv7_3 = model.model7(model.model6(model.model5(conv4_3)))
+    conv8_3 = model.model8(model.model8up(conv7_3) + model.model3short8(conv3_3))
+    if classification:
+        return None, model.model_class(conv8_3)
+    conv9_3 = model.model9(model.model9up(conv8_3) + model.model2short9(conv2_2))
+    conv10_2 = model.model10(model.model10up(conv9_3) + model.model1short10(conv1_2))
+    return model.model_out(conv10_2) * AB_NORM, model.model_class(conv8_3.detach())
+
+
+def siggraph_loss(
+    ab: torch.Tensor | None, logits: torch.Tensor, batch: HintBatch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (CE + 10·L1(ab/110), or CE alone without `ab`; the CE term)."""
+    ce = F.cross_entropy(logits, batch.target)
+    if ab is None:
+        return ce, ce
+    return ce + L1_WEIGHT * (ab - batch.ab).abs().mean() / AB_NORM, ce
+
+
+def siggraph_step(
+    model: SIGGRAPHGenerator, optimizer: torch.optim.Optimizer, batch: HintBatch, *, classification: bool
+) -> tuple[float, float]:
+    """One Adam step of the given stage; returns (loss, CE)."""
+    model.train()
+    loss, ce = siggraph_loss(*siggraph_forward(model, batch, classification=classification), batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), float(ce.detach())
+
+
+@torch.no_grad()
+def validate_siggraph(
+    model: SIGGRAPHGenerator, auto: list[HintBatch], hinted: list[HintBatch]
+) -> dict[str, float]:
+    """CE and ab L1 (Lab units) without hints, and ab L1 with the fixed simulated hints."""
+    model.eval()
+    totals = np.zeros(3)
+    for plain, with_hints in zip(auto, hinted, strict=True):
+        ab, logits = model.forward_both(plain.lightness, plain.hint, plain.mask)
+        ab_hinted, _ = model.forward_both(with_hints.lightness, with_hints.hint, with_hints.mask)
+        totals += (
+            float(F.cross_entropy(logits, plain.target)),
+            float((ab - plain.ab).abs().mean()),
+            float((ab_hinted - with_hints.ab).abs().mean()),
+        )
+    return dict(
+        zip(("val_ce", "val_l1_auto", "val_l1_hints"), (totals / max(1, len(auto))).tolist(), strict=True)
+    )
+
+
 def fp16_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {
         k: v.detach().cpu().half() if v.is_floating_point() else v.cpu()
@@ -98,15 +211,18 @@ def save_shipped(model: nn.Module, path: Path) -> str:
     return sha256_of(path)
 
 
-def registry_entry(name: str, width: float, sha256: str, filename: str, meta: dict[str, str]) -> str:
+def registry_entry(
+    name: str, width: float, sha256: str, filename: str, meta: dict[str, str], arch: str = "eccv16"
+) -> str:
     meta_text = ", ".join(f"{k!r}: {v!r}" for k, v in meta.items())
+    recipe = f"λ={meta['lambda']}" if arch == "eccv16" else f"hints, mask offset {meta['mask_offset']}"
     return (
         "Checkpoint(\n"
         f"    name={name!r},\n"
-        '    arch="eccv16",\n'
+        f'    arch="{arch}",\n'
         f"    width={width},\n"
         "    trained=True,\n"
-        f'    description="trained by colorizers.train on the colorizers.data photos (λ={meta["lambda"]})",\n'
+        f'    description="trained by colorizers.train on the colorizers.data photos ({recipe})",\n'
         f"    sha256={sha256!r},\n"
         f"    filename={filename!r},\n"
         f"    meta={{{meta_text}}},\n"
@@ -142,7 +258,7 @@ class Progress:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m colorizers.train", description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=("eccv16",), default="eccv16")
+    p.add_argument("--model", choices=("eccv16", "siggraph17"), default="eccv16")
     p.add_argument(
         "--width", type=float, default=0.25, help="channel width multiplier (default: %(default)s)"
     )
@@ -156,12 +272,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--lambda-rebal", type=float, default=0.5, help="rebalancing λ: 1 = none, 0 = full 1/p (paper: 0.5)"
     )
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--weight-decay", type=float, default=1e-3, help="Adam L2 (Caffe solver: 1e-3)")
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="Adam L2 (default: eccv16 1e-3 as Caffe, siggraph17 0)",
+    )
+    p.add_argument(
+        "--classification-fraction",
+        type=float,
+        default=0.3,
+        help="siggraph17: share of the budget for stage 1 (CE only, no hints) (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="data cache (default: %(default)s)")
-    p.add_argument("--name", default="", help="checkpoint name (default: eccv16-w<width>-l<λ>)")
+    p.add_argument(
+        "--name", default="", help="checkpoint name (default: eccv16-w<width>-l<λ>, siggraph17-w<width>)"
+    )
     p.add_argument("--run-dir", type=Path, default=None, help="default: .cache/colorize-runs/<name>")
     p.add_argument("--out", type=Path, default=CHECKPOINTS_DIR, help="where the fp16 checkpoint goes")
     p.add_argument("--val-images", type=int, default=64, help="validation images scored periodically")
@@ -173,7 +302,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--crop must be a multiple of 8 and at least 32, got {args.crop}")
     if not 0 <= args.lambda_rebal <= 1:
         p.error(f"--lambda-rebal must be in [0, 1], got {args.lambda_rebal}")
-    args.name = args.name or f"eccv16-w{args.width:g}-l{args.lambda_rebal:g}"
+    if not 0 <= args.classification_fraction <= 1:
+        p.error(f"--classification-fraction must be in [0, 1], got {args.classification_fraction}")
+    if args.weight_decay is None:
+        args.weight_decay = ADAM[args.model][1]
+    if not args.name:
+        args.name = (
+            f"eccv16-w{args.width:g}-l{args.lambda_rebal:g}"
+            if args.model == "eccv16"
+            else f"siggraph17-w{args.width:g}"
+        )
     args.run_dir = args.run_dir or DEFAULT_RUNS / args.name
     return args
 
@@ -208,11 +346,15 @@ def _train(args: argparse.Namespace) -> Path:
     centres = torch.from_numpy(quantize.bin_centres()).to(device)
     bin_weights = torch.from_numpy(quantize.rebalance_weights(prior, args.lambda_rebal)).float().to(device)
 
-    model = ECCVGenerator(width=args.width).to(device)
+    model: ECCVGenerator | SIGGRAPHGenerator = (
+        ECCVGenerator(width=args.width)
+        if args.model == "eccv16"
+        else SIGGRAPHGenerator(width=args.width, mask_offset=MASK_OFFSET)
+    ).to(device)
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad],
         lr=args.lr,
-        betas=(0.9, 0.99),
+        betas=ADAM[args.model][0],
         weight_decay=args.weight_decay,
     )
     step, elapsed, history = 0, 0.0, []
@@ -229,7 +371,28 @@ def _train(args: argparse.Namespace) -> Path:
     # Fixed validation crops (centre, at the training crop size), encoded once.
     val_count = min(args.val_images, len(val_images))
     val_lab = torch.from_numpy(np.stack([val_images.centre_crop(i, args.crop) for i in range(val_count)]))
-    val_batches = [make_batch(chunk.to(device), centres, bin_weights) for chunk in val_lab.split(args.batch)]
+    if isinstance(model, ECCVGenerator):
+        val_batches = [
+            make_batch(chunk.to(device), centres, bin_weights) for chunk in val_lab.split(args.batch)
+        ]
+        eccv = model
+
+        def run_validation() -> dict[str, float]:
+            return validate(eccv, val_batches, centres)
+    else:
+        # Own generator: the validation hints are the same whatever the training RNG has done.
+        val_rng = np.random.default_rng(args.seed + 1)
+        made = [
+            (make_hint_batch(chunk, val_rng, hints=False), make_hint_batch(chunk, val_rng, hints=True))
+            for chunk in val_lab.to(device).split(args.batch)
+        ]
+        val_auto = [a for a, _ in made if a is not None]
+        val_hinted = [h for _, h in made if h is not None]
+
+        siggraph = model
+
+        def run_validation() -> dict[str, float]:
+            return validate_siggraph(siggraph, val_auto, val_hinted)
 
     def save() -> None:
         state = {
@@ -250,6 +413,9 @@ def _train(args: argparse.Namespace) -> Path:
         args.name, args.width, args.crop, args.batch, args.lambda_rebal, len(train_images), len(val_images),
         args.minutes, device,
     )  # fmt: skip
+    if isinstance(model, SIGGRAPHGenerator):
+        log.info("siggraph17: classification (no hints) for the first %g of the budget, then hints",
+                 args.classification_fraction)  # fmt: skip
     progress = Progress()
     budget = args.minutes * 60
     last_val, last_save, window = elapsed, elapsed, (time.monotonic(), step)
@@ -259,8 +425,18 @@ def _train(args: argparse.Namespace) -> Path:
         fraction = max(elapsed / budget, step / args.max_steps if args.max_steps else 0.0)
         for group in optimizer.param_groups:
             group["lr"] = _lr(args.lr, fraction)
-        batch = make_batch(train_images.batch(rng, args.crop, args.batch).to(device), centres, bin_weights)
-        loss, plain = train_step(model, optimizer, batch)
+        crops = train_images.batch(rng, args.crop, args.batch).to(device)
+        if isinstance(model, ECCVGenerator):
+            loss, plain = train_step(model, optimizer, make_batch(crops, centres, bin_weights))
+        else:
+            classification = fraction < args.classification_fraction
+            hint_batch = make_hint_batch(crops, rng, hints=not classification)
+            if hint_batch is None:  # every crop gray: draw again
+                continue
+            if not classification and not any(h.get("stage") == "regression" for h in history):
+                history.append({"step": step, "minutes": round(elapsed / 60, 2), "stage": "regression"})
+                log.info("siggraph17: regression with hints from step %d", step)
+            loss, plain = siggraph_step(model, optimizer, hint_batch, classification=classification)
         if not math.isfinite(loss):
             raise RuntimeError(f"loss became {loss} at step {step}; lower --lr")
         step += 1
@@ -277,7 +453,7 @@ def _train(args: argparse.Namespace) -> Path:
         )
         done = elapsed >= budget or (args.max_steps and step >= args.max_steps)
         if elapsed - last_val >= args.val_every * 60 or done:
-            metrics = validate(model, val_batches, centres)
+            metrics = run_validation()
             history.append({"step": step, "minutes": round(elapsed / 60, 2), "loss": running[0],
                             "ce": running[1], "img_per_s": round(rate, 1), **metrics})  # fmt: skip
             log.info("%s", json.dumps(history[-1]))
@@ -295,8 +471,16 @@ def _train(args: argparse.Namespace) -> Path:
         log.warning(
             "%s is %.1f MB: over the %d MB the repository ships", path, size / 2**20, SHIP_LIMIT_BYTES >> 20
         )
+    recipe = (
+        {"lambda": f"{args.lambda_rebal:g}"}
+        if args.model == "eccv16"
+        else {
+            "mask_offset": f"{MASK_OFFSET:g}",
+            "classification_fraction": f"{args.classification_fraction:g}",
+        }
+    )
     meta = {
-        "lambda": f"{args.lambda_rebal:g}",
+        **recipe,
         "crop": str(args.crop),
         "batch": str(args.batch),
         "steps": str(step),
@@ -306,11 +490,11 @@ def _train(args: argparse.Namespace) -> Path:
         "data_manifest_sha256": manifest_sha256(args.cache),
     }
     (args.run_dir / "registry_entry.txt").write_text(
-        registry_entry(args.name, args.width, digest, filename, meta)
+        registry_entry(args.name, args.width, digest, filename, meta, args.model)
     )
     print(f"wrote {path} ({size / 2**20:.2f} MB) sha256 {digest}")
     print("registry entry for colorizers/weights.py:")
-    print(registry_entry(args.name, args.width, digest, filename, meta))
+    print(registry_entry(args.name, args.width, digest, filename, meta, args.model))
     return path
 
 

@@ -9,6 +9,7 @@ import torch
 from colorizers import quantize, train, weights
 from colorizers.eccv16 import ECCVGenerator
 from colorizers.evaluate import load_model
+from colorizers.siggraph17 import SIGGRAPHGenerator
 
 
 def _lab_batch(count: int = 2, size: int = 32) -> torch.Tensor:
@@ -111,3 +112,86 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(SystemExit):
         train.parse_args(["--lambda-rebal", "2"])
     assert np.isclose(train._lr(1.0, 0.0), 1.0) and np.isclose(train._lr(1.0, 1.0), 0.1)
+
+
+# SIGGRAPH17
+
+
+def _hint_batch(hints: bool = True) -> train.HintBatch:
+    batch = train.make_hint_batch(_lab_batch(3), np.random.default_rng(0), hints=hints)
+    if batch is None:
+        raise AssertionError("the synthetic crops are colourful")
+    return batch
+
+
+def test_hint_batch_drops_gray_images_and_targets_the_grid_at_quarter_resolution() -> None:
+    lab = _lab_batch(3)
+    lab[1, 1:] = 0  # a gray image
+    batch = train.make_hint_batch(lab, np.random.default_rng(0), hints=False)
+    assert batch is not None and batch.lightness.shape == (2, 1, 32, 32)
+    assert batch.target.shape == (2, 8, 8) and batch.target.dtype == torch.int64
+    assert torch.all(batch.mask == 0) and torch.all(batch.hint == 0)
+    lab[:, 1:] = 0
+    assert train.make_hint_batch(lab, np.random.default_rng(0), hints=True) is None
+
+
+def test_training_forward_is_forward_both_with_detaches() -> None:
+    torch.manual_seed(0)
+    model = SIGGRAPHGenerator(width=0.125, mask_offset=0.5).eval()
+    batch = _hint_batch()
+    ab, logits = model.forward_both(batch.lightness, batch.hint, batch.mask)
+    with torch.no_grad():
+        reg_ab, reg_logits = train.siggraph_forward(model, batch, classification=False)
+        cls_ab, cls_logits = train.siggraph_forward(model, batch, classification=True)
+    assert reg_ab is not None and torch.allclose(reg_ab, ab) and torch.allclose(reg_logits, logits)
+    assert cls_ab is None and torch.allclose(cls_logits, logits)
+
+
+@pytest.mark.parametrize("classification", [True, False])
+def test_one_siggraph_step_decreases_the_loss_on_a_tiny_batch(classification: bool) -> None:
+    torch.manual_seed(0)
+    model = SIGGRAPHGenerator(width=0.125, mask_offset=0.5)
+    batch = _hint_batch(hints=not classification)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before, _ = train.siggraph_step(model, optimizer, batch, classification=classification)
+    with torch.no_grad():
+        after, _ = train.siggraph_loss(
+            *train.siggraph_forward(model, batch, classification=classification), batch
+        )
+    assert float(after) < before
+
+
+def test_regression_loss_is_ce_plus_ten_l1_in_normalised_units() -> None:
+    batch = _hint_batch()
+    logits = torch.zeros(3, 529, 8, 8)  # uniform: CE = log 529
+    loss, ce = train.siggraph_loss(batch.ab + 11.0, logits, batch)
+    assert np.isclose(float(ce), np.log(529), atol=1e-5)
+    assert np.isclose(float(loss), np.log(529) + 10 * 11 / 110, atol=1e-5)
+
+
+def test_siggraph_run_ships_a_checkpoint_with_its_mask_convention(
+    tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = train.parse_args(
+        ["--model", "siggraph17", "--width", "0.125", "--crop", "32", "--batch", "2", "--max-steps", "4",
+         "--minutes", "100000", "--cache", str(tiny_cache), "--run-dir", str(tmp_path / "run"),
+         "--out", str(tmp_path / "out"), "--threads", "1", "--val-images", "2", "--classification-fraction",
+         "0.5"]
+    )  # fmt: skip
+    assert args.name == "siggraph17-w0.125" and args.weight_decay == 0
+    path = train.train(args)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "regression with hints from step 2" in log and "val_l1_hints" in log
+    entry = (tmp_path / "run" / "registry_entry.txt").read_text()
+    assert 'arch="siggraph17"' in entry and "'mask_offset': '0.5'" in entry
+    checkpoint = weights.Checkpoint(
+        name="sg-test", arch="siggraph17", width=0.125, trained=True, description="t",
+        sha256=weights.sha256_of(path), meta={"mask_offset": "0.5"},
+    )  # fmt: skip
+    model = weights.load(checkpoint, path)
+    assert isinstance(model, SIGGRAPHGenerator) and model.mask_offset == 0.5
+
+
+def test_eccv16_defaults_are_unchanged() -> None:
+    args = train.parse_args([])
+    assert args.model == "eccv16" and args.name == "eccv16-w0.25-l0.5" and args.weight_decay == 1e-3
