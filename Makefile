@@ -11,7 +11,7 @@ APT_PACKAGES := redis-server libb64-0d
 PROTOS := $(wildcard protos/priorlab/v1/*.proto)
 MODEL_INPUTS := $(wildcard colorizers/*.py colorizers/checkpoints/* export/*.py) contract/__init__.py
 
-.PHONY: run test check bench data deps apt protos models clean
+.PHONY: run test check bench data deps apt protos models perf-analyzer clean
 
 run: deps protos models
 	$(PY) -m service.stack
@@ -23,7 +23,7 @@ test: deps protos models
 check: deps protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy contract colorizers export service tests
+	$(VENV)/bin/mypy contract colorizers export service bench tests
 
 deps: $(VENV)/.installed apt
 
@@ -60,7 +60,12 @@ model_repository/.exported: $(MODEL_INPUTS) $(VENV)/.installed
 data: deps
 	$(PY) -m colorizers.data
 
-bench: deps protos models
+# perf_analyzer from the tritonclient 2.44 wheel (unpacked into .cache/, never pip-installed: it
+# conflicts with pytriton's tritonclient pin) + libcudart from nvidia-cuda-runtime-cu12.
+perf-analyzer: deps
+	$(PY) -m bench.perf_analyzer --install
+
+bench: deps protos models perf-analyzer
 	$(PY) -m bench
 
 clean:

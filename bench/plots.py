@@ -1,0 +1,99 @@
+"""PNG figures for the report (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # before pyplot: headless
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def throughput_latency(series: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """perf_analyzer: throughput vs p95 latency, one line per (model, transport), points labelled c."""
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for entry in series:
+        rows = entry["rows"]
+        x = [r["p95_us"] / 1e3 for r in rows]
+        y = [r["throughput"] for r in rows]
+        label = f"{entry['model']} ({'system shm' if entry['shared_memory'] else 'gRPC'})"
+        ax.plot(x, y, marker="o", label=label)
+        for r, xi, yi in zip(rows, x, y, strict=True):
+            ax.annotate(f"c={int(r['concurrency'])}", (xi, yi), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("p95 latency (ms)")
+    ax.set_ylabel("throughput (inferences/s)")
+    ax.set_title("perf_analyzer: Triton throughput vs p95 latency")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, plt, path)
+
+
+def gateway_load(levels: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """Gateway Colorize: throughput and p50/p95/p99 latency vs concurrency."""
+    if not levels:
+        return None
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    conc = [lv["concurrency"] for lv in levels]
+    left.plot(conc, [lv["throughput"] for lv in levels], marker="o")
+    left.set_xlabel("concurrency")
+    left.set_ylabel("Colorize/s")
+    left.set_title("throughput")
+    left.set_ylim(bottom=0)  # a flat line must look flat
+    for q in ("p50", "p95", "p99"):
+        right.plot(conc, [lv["latency_ms"][q] for lv in levels], marker="o", label=q)
+    right.set_xlabel("concurrency")
+    right.set_ylabel("latency (ms)")
+    right.set_title("client-side latency")
+    right.legend()
+    for ax in (left, right):
+        ax.set_xticks(conc)
+        ax.grid(alpha=0.3)
+    return _save(fig, plt, path)
+
+
+def breakdown(stages: Mapping[str, float], path: Path, title: str) -> Path | None:
+    """One horizontal stacked bar: where a request's time goes (ms per stage)."""
+    if not stages:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 2.6))
+    start = 0.0
+    for name, ms in stages.items():
+        ax.barh([0], [ms], left=start, label=f"{name} {ms:.1f} ms")
+        start += ms
+    ax.set_yticks([])
+    ax.set_xlabel("ms")
+    ax.set_title(title)
+    ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.45))
+    return _save(fig, plt, path)
+
+
+def bars(values: Mapping[str, float], path: Path, title: str, ylabel: str) -> Path | None:
+    if not values:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(list(values), list(values.values()))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=15)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, plt, path)
+
+
+def _save(fig: Any, plt: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps legends placed outside the axes
+    plt.close(fig)
+    return path
