@@ -1,14 +1,32 @@
-"""A small command-line client: `python -m service.client colorize IN OUT [--target HOST:PORT]`."""
+"""A small command-line client (stdlib + grpc), `--target HOST:PORT` (default 127.0.0.1:50051):
+
+python -m service.client colorize IN OUT
+python -m service.client restore denoise IN OUT --sigma 25      # live progress bar; Ctrl-C cancels
+python -m service.client restore inpaint IN OUT --mask MASK --iterations 3000
+python -m service.client restore super_resolve IN OUT --factor 4 --detach   # prints the job id
+python -m service.client watch JOB_ID [OUT]                      # re-attach (replays from the start)
+python -m service.client cancel JOB_ID
+"""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import grpc
 
-from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc
+from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc, restore_pb2, restore_pb2_grpc
+
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+_STYLES = {
+    "text": restore_pb2.INPAINT_STYLE_TEXT,
+    "large_hole": restore_pb2.INPAINT_STYLE_LARGE_HOLE,
+    "region": restore_pb2.INPAINT_STYLE_REGION,
+    "pixels": restore_pb2.INPAINT_STYLE_PIXELS,
+}
 
 _FORMATS = {
     ".png": colorize_pb2.IMAGE_FORMAT_PNG,
@@ -33,10 +51,7 @@ def colorize(args: argparse.Namespace) -> int:
     if args.temperature is not None:
         request.temperature = args.temperature
     request.hints.extend(args.hint)
-    with grpc.insecure_channel(
-        args.target,
-        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
-    ) as channel:
+    with grpc.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
         try:
             response = colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=args.timeout)
         except grpc.RpcError as e:
@@ -89,6 +104,110 @@ def suggest(args: argparse.Namespace) -> int:
     return 0
 
 
+def restore_request(args: argparse.Namespace) -> restore_pb2.RestoreRequest:
+    request = restore_pb2.RestoreRequest(
+        image=args.input.read_bytes(),
+        seed=args.seed,
+        priority=args.priority,
+        progress_every=args.progress_every,
+        preview=False,
+    )
+    if args.task == "denoise":
+        request.denoise.SetInParent()
+        if args.sigma is not None:
+            request.denoise.sigma = args.sigma
+    elif args.task == "inpaint":
+        if args.mask is None:
+            raise SystemExit("inpaint needs --mask (white = known pixels)")
+        request.inpaint.mask = args.mask.read_bytes()
+        request.inpaint.style = _STYLES[args.style]
+    elif args.task == "super_resolve":
+        request.super_resolve.factor = args.factor
+    else:
+        request.jpeg.SetInParent()
+    if args.iterations:
+        request.fixed_iterations = args.iterations
+    else:
+        request.auto_stop.max_iterations = args.max_iterations
+    return request
+
+
+def _bar(progress: restore_pb2.Progress) -> str:
+    width = max(10, min(40, shutil.get_terminal_size().columns - 50))
+    done = round(width * progress.iteration / max(progress.max_iterations, 1))
+    return (
+        f"\r[{'#' * done}{'.' * (width - done)}] {progress.iteration}/{progress.max_iterations}"
+        f" loss {progress.loss:.5f} eta {progress.eta_s:.0f}s "
+    )
+
+
+def follow(events: Iterable[restore_pb2.RestoreEvent], output: Path | None) -> int:
+    """Draw the job's events on stderr (a `\\r`-redrawn bar); write the result to `output`."""
+    for event in events:
+        kind = event.WhichOneof("event")
+        if kind == "queued":
+            q = event.queued
+            print(f"job {event.job_id}: queued at {q.position} of {q.queue_length}", file=sys.stderr)
+        elif kind == "started":
+            s = event.started
+            print(f"started on {s.worker} ({s.device}), attempt {s.attempt}", file=sys.stderr)
+        elif kind == "progress":
+            print(_bar(event.progress), end="", file=sys.stderr, flush=True)
+        elif kind == "result":
+            r = event.result
+            if output is not None:
+                output.write_bytes(r.image)
+            stop = restore_pb2.StopReason.Name(r.stop_reason).removeprefix("STOP_REASON_").lower()
+            print(
+                f"\n{output or '(not written)'} {r.width}x{r.height}: iterate {r.chosen_iteration} of "
+                f"{r.iterations_run} ({stop}) on {r.worker}, queued {r.timings.queued_ms / 1e3:.1f}s, "
+                f"restore {r.timings.restore_ms / 1e3:.1f}s, total {r.timings.total_ms / 1e3:.1f}s",
+                file=sys.stderr,
+            )
+            return 0
+    return 1
+
+
+def restore(args: argparse.Namespace) -> int:
+    request = restore_request(args)
+    metadata = (("x-client-id", args.client_id),) if args.client_id else None
+    with grpc.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
+        stub = restore_pb2_grpc.RestorerStub(channel)
+        try:
+            if args.detach:
+                reply = stub.SubmitRestore(request, timeout=args.timeout, metadata=metadata)
+                print(reply.job_id)
+                return 0
+            # No deadline by default: DIP jobs run for minutes on a CPU. Ctrl-C cancels the job.
+            events = stub.RestoreStream(request, timeout=args.job_timeout, metadata=metadata)
+            return follow(events, args.output)
+        except grpc.RpcError as e:
+            print(f"\n{e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+
+
+def watch(args: argparse.Namespace) -> int:
+    with grpc.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
+        request = restore_pb2.WatchRestoreRequest(job_id=args.job_id)
+        try:
+            return follow(restore_pb2_grpc.RestorerStub(channel).WatchRestore(request), args.output)
+        except grpc.RpcError as e:
+            print(f"\n{e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+
+
+def cancel(args: argparse.Namespace) -> int:
+    with grpc.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
+        request = restore_pb2.CancelRestoreRequest(job_id=args.job_id)
+        try:
+            reply = restore_pb2_grpc.RestorerStub(channel).CancelRestore(request, timeout=args.timeout)
+        except grpc.RpcError as e:
+            print(f"{e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    print("cancelled" if reply.cancelled else "already finished")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.client")
     parser.add_argument("--target", default="127.0.0.1:50051")
@@ -105,6 +224,30 @@ def main(argv: list[str] | None = None) -> int:
         "--hint", type=parse_hint, action="append", default=[], help="X,Y,#RRGGBB[,PATCH] (repeatable)"
     )
     c.set_defaults(run=colorize)
+    r = commands.add_parser("restore", help="restore one image by Deep Image Prior (live progress)")
+    r.add_argument("task", choices=["denoise", "inpaint", "super_resolve", "jpeg"])
+    r.add_argument("input", type=Path)
+    r.add_argument("output", type=Path)
+    r.add_argument("--sigma", type=float, help="denoise: noise std in 0..255 units (omit: blind)")
+    r.add_argument("--mask", type=Path, help="inpaint: mask image, white = known pixels")
+    r.add_argument("--style", choices=sorted(_STYLES), default="text", help="inpaint configuration")
+    r.add_argument("--factor", type=int, default=4, help="super_resolve: 2, 4 or 8")
+    r.add_argument("--iterations", type=int, default=0, help="fixed iteration count (default: auto stop)")
+    r.add_argument("--max-iterations", type=int, default=0, help="cap of the auto stop")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--priority", type=int, default=0, help="> 0 high, 0 normal, < 0 low")
+    r.add_argument("--progress-every", type=int, default=10)
+    r.add_argument("--client-id", default="", help="sent as x-client-id (the per-client quota)")
+    r.add_argument("--job-timeout", type=float, default=None, help="deadline in seconds (cancels the job)")
+    r.add_argument("--detach", action="store_true", help="submit, print the job id and exit")
+    r.set_defaults(run=restore)
+    w = commands.add_parser("watch", help="re-attach to a Restore job (replays it from the start)")
+    w.add_argument("job_id")
+    w.add_argument("output", type=Path, nargs="?")
+    w.set_defaults(run=watch)
+    k = commands.add_parser("cancel", help="cancel a Restore job")
+    k.add_argument("job_id")
+    k.set_defaults(run=cancel)
     s = commands.add_parser("suggest", help="suggest colours for one pixel (SIGGRAPH17)")
     s.add_argument("input", type=Path)
     s.add_argument("x", type=int)

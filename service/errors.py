@@ -12,6 +12,8 @@ The hierarchy (the gRPC code each one becomes):
   + ResourceExhausted .... RESOURCE_EXHAUSTED  the server is out of capacity (queue full); retry later
   + Unavailable .......... UNAVAILABLE         a backend (Triton, Redis) cannot be reached; retry later
   + DeadlineExceeded ..... DEADLINE_EXCEEDED   the caller's deadline passed before the work finished
+  + Cancelled ............ CANCELLED           the work was cancelled (a Restore job, by its owner)
+  + Aborted .............. ABORTED             the work was given up (a Restore job whose workers died)
 
 The message is sent to the client as the status details, so it names the offending value and what
 would have been accepted, and never holds secrets.
@@ -55,3 +57,11 @@ class Unavailable(PriorlabError):
 
 class DeadlineExceeded(PriorlabError):
     """The request's deadline passed before the work was done."""
+
+
+class Cancelled(PriorlabError):
+    """The work was cancelled before it finished."""
+
+
+class Aborted(PriorlabError):
+    """The work was given up after repeated failures of the machinery, not of the request."""

@@ -40,3 +40,47 @@ class Metrics:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+
+_JOB_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
+
+
+@dataclass
+class WorkerMetrics:
+    """A Restore worker's Prometheus objects (`python -m service.restore.worker --metrics-port P`)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.queue_depth = Gauge(
+            "priorlab_restore_queue_depth",
+            "Restore jobs waiting on the bus (all workers)",
+            registry=self.registry,
+        )
+        self.slots = Gauge("priorlab_restore_slots", "Job slots of this worker", registry=self.registry)
+        self.busy_slots = Gauge("priorlab_restore_busy_slots", "Slots running a job", registry=self.registry)
+        self.jobs = Counter(
+            "priorlab_restore_jobs_total",
+            "Jobs ended on this worker, by task and outcome (done, failed, cancelled, released, lost)",
+            ("task", "outcome"),
+            registry=self.registry,
+        )
+        self.job_seconds = Histogram(
+            "priorlab_restore_job_seconds",
+            "Wall time of a job's run on this worker (decode to encode)",
+            ("task",),
+            buckets=_JOB_BUCKETS,
+            registry=self.registry,
+        )
+        self.iterations = Counter(
+            "priorlab_restore_iterations_total",
+            "DIP iterations run (rate() = iterations/s)",
+            ("task",),
+            registry=self.registry,
+        )
+        self.iterations_per_second = Gauge(
+            "priorlab_restore_iterations_per_second",
+            "Iterations/s of the last finished job, by task",
+            ("task",),
+            registry=self.registry,
+        )

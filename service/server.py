@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -16,6 +16,8 @@ from grpc_reflection.v1alpha import reflection
 from contract import ModelSpec
 from service.colorize import ColorizePipeline, served_models
 from service.errors import (
+    Aborted,
+    Cancelled,
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
@@ -24,8 +26,10 @@ from service.errors import (
     Unavailable,
 )
 from service.gateway import ColorizerServicer
+from service.jobs import JobBus
 from service.metrics import Metrics
-from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc
+from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc, restore_pb2_grpc
+from service.restorer import RESTORER_SERVICE, RestorerServicer
 from service.settings import Settings
 from service.triton import InferenceBackend
 
@@ -39,6 +43,8 @@ STATUS_CODES: dict[type[PriorlabError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
+    Aborted: grpc.StatusCode.ABORTED,
 }
 
 
@@ -52,7 +58,8 @@ def status_code(error: PriorlabError) -> grpc.StatusCode:
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """The one place a `PriorlabError` becomes a gRPC status; anything else is INTERNAL.
 
-    It also counts every RPC by method and final code and times it (Prometheus).
+    Wraps unary-unary and unary-stream handlers (Restore streams). It also counts every RPC by method and
+    final code and times it (Prometheus).
     """
 
     def __init__(self, metrics: Metrics) -> None:
@@ -64,41 +71,62 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # streaming handlers are wrapped by their servicer (Restore)
+        if handler is None:
+            return handler
         method = details.method.rsplit("/", 1)[-1]
-        behaviour = handler.unary_unary
-        metrics = self._metrics
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
 
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                return await behaviour(request, context)
-            except PriorlabError as e:
-                code = status_code(e)
-                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    context.set_trailing_metadata((("retry-after", "1"),))
-                await context.abort(code, str(e))
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("unexpected error in %s", details.method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the gateway)")
-            finally:
-                metrics.handled.labels(method, code.name).inc()
-                metrics.handling_seconds.labels(method).observe(time.perf_counter() - start)
+            async def wrapped_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with self._handled(details.method, method, context):
+                    return await unary(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return grpc.unary_unary_rpc_method_handler(
+                wrapped_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def wrapped_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async with self._handled(details.method, method, context):
+                    async for response in stream(request, context):
+                        yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                wrapped_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client- and bidi-streaming: none in priorlab.v1
+
+    @contextlib.asynccontextmanager
+    async def _handled(
+        self, full_method: str, method: str, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[None]:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except PriorlabError as e:
+            code = status_code(e)
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                context.set_trailing_metadata((("retry-after", "1"),))
+            await context.abort(code, str(e))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unexpected error in %s", full_method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the gateway)")
+        finally:
+            self._metrics.handled.labels(method, code.name).inc()
+            self._metrics.handling_seconds.labels(method).observe(time.perf_counter() - start)
 
 
 async def _watch_health(
@@ -115,6 +143,20 @@ async def _watch_health(
         await asyncio.sleep(period_s)
 
 
+async def _watch_restore_health(
+    bus: JobBus, servicer: health.aio.HealthServicer, period_s: float, worker_ttl_s: float
+) -> None:
+    """Restorer is SERVING while Redis answers and at least one worker heartbeat is recent."""
+    while True:
+        try:
+            ready = await bus.live_workers(worker_ttl_s) > 0
+        except PriorlabError:
+            ready = False
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await servicer.set(RESTORER_SERVICE, serving if ready else health_pb2.HealthCheckResponse.NOT_SERVING)
+        await asyncio.sleep(period_s)
+
+
 class GatewayServer:
     """A started gateway: `port`, and `stop()` that drains, flips health and closes Triton."""
 
@@ -126,9 +168,10 @@ class GatewayServer:
         tasks: list[asyncio.Task[None]],
         health_servicer: health.aio.HealthServicer,
         metrics: Metrics,
+        bus: JobBus | None = None,
     ) -> None:
         self.server, self.port, self.metrics = server, port, metrics
-        self._backend, self._tasks, self._health = backend, tasks, health_servicer
+        self._backend, self._tasks, self._health, self._bus = backend, tasks, health_servicer, bus
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self._health.enter_graceful_shutdown()
@@ -138,6 +181,8 @@ class GatewayServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._backend.close()
+        if self._bus is not None:
+            await self._bus.close()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
@@ -155,11 +200,16 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
     server = grpc.aio.server(interceptors=[ErrorInterceptor(metrics)], options=options)
     pipeline = ColorizePipeline(backend, settings, metrics)
     colorize_pb2_grpc.add_ColorizerServicer_to_server(ColorizerServicer(pipeline, settings), server)
+    services = [COLORIZER_SERVICE]
+    bus = JobBus.from_url(settings.redis_url) if settings.redis_url else None
+    if bus is not None:
+        restore_pb2_grpc.add_RestorerServicer_to_server(RestorerServicer(bus, settings), server)
+        services.append(RESTORER_SERVICE)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
-            COLORIZER_SERVICE,
+            *services,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -176,5 +226,9 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
             _watch_health(backend, health_servicer, served_models(settings), settings.health_poll_s)
         )
     ]
+    if bus is not None:
+        # A worker beats every visibility/5 s (6 s by default); three missed beats = gone.
+        restore_health = _watch_restore_health(bus, health_servicer, settings.health_poll_s, 20.0)
+        tasks.append(asyncio.create_task(restore_health))
     log.info("gateway listening on %s:%d (Triton %s)", settings.host, port, settings.triton_url)
-    return GatewayServer(server, port, backend, tasks, health_servicer, metrics)
+    return GatewayServer(server, port, backend, tasks, health_servicer, metrics, bus)

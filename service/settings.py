@@ -27,6 +27,13 @@ class Settings:
     health_poll_s: float = 2.0
     metrics_port: int = 0  # 0 = no Prometheus endpoint
     redis_url: str = ""  # empty = no Restore service
+    # Restore (DIP jobs on the Redis bus; README "Restore").
+    restore_max_pixels: int = 4_000_000  # input pixels, and output pixels for super-resolution
+    restore_max_iterations: int = 20_000  # cap on fixed_iterations / auto_stop.max_iterations
+    restore_max_queue: int = 64  # jobs waiting for a worker, all clients (then RESOURCE_EXHAUSTED)
+    restore_max_jobs_per_client: int = 8  # a client's queued + running jobs (x-client-id, else peer host)
+    restore_max_attempts: int = 2  # starts before a job whose workers keep dying is failed (ABORTED)
+    restore_result_ttl_s: int = 3600  # how long a finished job's events and result stay readable
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], prefix: str = "PRIORLAB_") -> Settings:

@@ -18,6 +18,10 @@ GATEWAY_MODULES = [
     "service.codec",
     "service.ab_decode",
     "service.__main__",
+    "service.restorer",
+    "service.jobs",
+    "service.redis_server",
+    "service.restore.wire",
 ]
 
 

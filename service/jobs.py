@@ -1,0 +1,425 @@
+"""The Restore job bus on Redis: queues, job state, per-job event streams, cancel, worker liveness.
+
+The gateway submits, watches and cancels; workers claim, start, heartbeat, publish and finish or release.
+Torch-free and asyncio (`redis.asyncio`), so both sides share this one module.
+
+Why Redis Streams consumer groups and not arq: DIP jobs run for seconds to hours, so a worker must take a
+job only when it has a free slot (XREADGROUP COUNT 1 when a slot frees, so load balances itself), prove it
+is alive while the job runs (XCLAIM JUSTID resets the entry's idle time: the heartbeat), and a dead
+worker's job must go to another worker (XAUTOCLAIM of pending entries idle past the visibility timeout).
+Streams give exactly these as commands; arq's jobs are function calls with a fixed timeout, re-run on
+restart of the same worker, with no per-iteration progress stream and no fencing of a zombie worker.
+
+Keys (prefix `restore:`):
+
+* `queue:high|normal|low`  streams, consumer group `workers`; an entry is `{job: <id>}`
+* `queued`                 hash level -> jobs waiting (state `queued`): the queue bound and positions
+* `job:<id>`               hash: `job` (RestoreJob bytes, dropped at the end), state, level, client,
+                           worker, attempts, max_attempts, ttl
+* `job:<id>:events`        stream of JobEvent bytes (field `e`). The enqueue and release scripts write
+                           their Queued event as plain fields (`queued`, `length`): Lua cannot build protobuf
+* `job:<id>:cancel`        a cancel request: the gRPC status code the job ends with
+* `client:<id>`            set of the client's unfinished jobs (the per-client quota)
+* `workers`                zset worker name -> last heartbeat (unix seconds)
+* pub/sub `restore:cancel` "<job id> <code>": running workers stop the job within one iteration
+
+States: queued -> running -> done | failed | cancelled, and running -> queued when a worker shuts down
+gracefully. Every transition is one Lua script, so counters and sets never drift, and every write of a
+worker is fenced by the job's `worker` field: a worker that was presumed dead cannot publish any more.
+
+Retry policy: a running job's worker heartbeats every few seconds; an entry idle past the visibility
+timeout (default 30 s) is claimed by another worker with a free slot and started again from scratch
+(DIP restarts cheaply; the seed makes it the same run). Each start counts one attempt; a job claimed
+after `max_attempts` starts (default 2) ends with ABORTED, "worker died on every attempt". Errors of the
+request itself (INVALID_ARGUMENT) or bugs (INTERNAL) are not retried. A job is never dropped silently.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.errors import NotFound, ResourceExhausted, Unavailable
+from service.pb.priorlab.v1 import restore_pb2
+
+GROUP = "workers"
+LEVELS = ("high", "normal", "low")  # claim order
+CANCEL_CHANNEL = "restore:cancel"
+_RELEASED_IDLE_MS = 10**12  # a released entry looks idle for ages: the next sweep of any worker takes it
+_EVENTS_MAXLEN = 10_000  # progress events kept per job (approximate trim; the result is always last)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_FENCE = """
+if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+  return 0
+end
+"""
+
+_ENQUEUE = """
+pcall(redis.call, 'XGROUP', 'CREATE', KEYS[5], 'workers', '0', 'MKSTREAM')
+local waiting, ahead = 0, 0
+local counts = redis.call('HGETALL', KEYS[4])
+for i = 1, #counts, 2 do
+  local n = tonumber(counts[i + 1])
+  waiting = waiting + n
+  for j = 9, #ARGV do
+    if counts[i] == ARGV[j] then ahead = ahead + n end
+  end
+end
+if waiting >= tonumber(ARGV[5]) then return {-1, waiting, 0} end
+local mine = redis.call('SCARD', KEYS[3])
+if mine >= tonumber(ARGV[6]) then return {-2, mine, 0} end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'job', ARGV[2], 'state', 'queued', 'level', ARGV[3],
+  'client', ARGV[4], 'worker', '', 'attempts', 0, 'max_attempts', ARGV[8], 'ttl', ARGV[7])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('HINCRBY', KEYS[4], ARGV[3], 1)
+redis.call('XADD', KEYS[2], '*', 'queued', ahead + 1, 'length', waiting + 1)
+redis.call('XADD', KEYS[5], '*', 'job', ARGV[1])
+return {1, ahead + 1, waiting + 1}
+"""
+
+_START = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'running' then
+  redis.call('XACK', KEYS[4], 'workers', ARGV[2])
+  redis.call('XDEL', KEYS[4], ARGV[2])
+  return {'skip'}
+end
+if state == 'queued' then redis.call('HINCRBY', KEYS[3], redis.call('HGET', KEYS[1], 'level'), -1) end
+redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1])
+local cancel = redis.call('GET', KEYS[2])
+if cancel then return {'cancelled', cancel} end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if attempts > tonumber(redis.call('HGET', KEYS[1], 'max_attempts')) then
+  return {'exhausted', attempts - 1}
+end
+return {'run', attempts, redis.call('HGET', KEYS[1], 'job')}
+"""
+
+_PROGRESS = (
+    _FENCE
+    + f"""
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', {_EVENTS_MAXLEN}, '*', 'e', ARGV[2])
+return 1
+"""
+)
+
+_HEARTBEAT = (
+    _FENCE
+    + """
+redis.call('XCLAIM', KEYS[2], 'workers', ARGV[1], 0, ARGV[2], 'JUSTID')
+return 1
+"""
+)
+
+_FINISH = (
+    _FENCE
+    + """
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
+local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl'))
+redis.call('HSET', KEYS[1], 'state', ARGV[4])
+redis.call('HDEL', KEYS[1], 'job')
+local client = ARGV[5] .. 'client:' .. redis.call('HGET', KEYS[1], 'client')
+redis.call('SREM', client, redis.call('HGET', KEYS[1], 'id'))
+redis.call('XACK', KEYS[3], 'workers', ARGV[2])
+redis.call('XDEL', KEYS[3], ARGV[2])
+for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do redis.call('EXPIRE', key, ttl) end
+return 1
+"""
+)
+
+_RELEASE = (
+    _FENCE
+    + """
+redis.call('HSET', KEYS[1], 'state', 'queued', 'worker', '')
+redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+redis.call('HINCRBY', KEYS[3], redis.call('HGET', KEYS[1], 'level'), 1)
+redis.call('XCLAIM', KEYS[2], 'workers', ARGV[1], 0, ARGV[2], 'IDLE', ARGV[3], 'JUSTID')
+local waiting = 0
+for _, n in ipairs(redis.call('HVALS', KEYS[3])) do waiting = waiting + tonumber(n) end
+redis.call('XADD', KEYS[4], '*', 'queued', 1, 'length', waiting)
+return 1
+"""
+)
+
+_CANCEL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state ~= 'queued' and state ~= 'running' then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. ' ' .. ARGV[1])
+if state == 'queued' then
+  local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl'))
+  redis.call('HINCRBY', KEYS[4], redis.call('HGET', KEYS[1], 'level'), -1)
+  redis.call('HSET', KEYS[1], 'state', 'cancelled')
+  redis.call('HDEL', KEYS[1], 'job')
+  redis.call('XADD', KEYS[3], '*', 'e', ARGV[2])
+  redis.call('SREM', ARGV[3] .. 'client:' .. redis.call('HGET', KEYS[1], 'client'), ARGV[5])
+  for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3]}) do redis.call('EXPIRE', key, ttl) end
+end
+return 1
+"""
+
+
+def level_of(priority: int) -> str:
+    """Priority > 0 -> high, 0 -> normal, < 0 -> low."""
+    return "high" if priority > 0 else "normal" if priority == 0 else "low"
+
+
+def is_terminal(event: restore_pb2.JobEvent) -> bool:
+    return event.HasField("failure") or (event.HasField("event") and event.event.HasField("result"))
+
+
+def failure_event(code: int, message: str) -> restore_pb2.JobEvent:
+    return restore_pb2.JobEvent(failure=restore_pb2.JobFailure(code=code, message=message))
+
+
+def _redis_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Redis unreachable -> `Unavailable` (UNAVAILABLE at the gateway): the one translation point."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            raise Unavailable(f"the Restore job bus (Redis) is unreachable: {e}") from None
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A queue entry a worker has taken: the job id, its priority level and the stream entry id."""
+
+    job_id: str
+    level: str
+    entry: str
+
+
+@dataclass(frozen=True)
+class Start:
+    """What the start script decided: `run` (with the job), `skip`, `cancelled` (code) or `exhausted`."""
+
+    outcome: str
+    attempt: int = 0
+    job: restore_pb2.RestoreJob | None = None
+    code: int = 0
+
+
+class JobBus:
+    """One Redis connection pool and the scripts; every method is one round trip unless it says so."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "restore:") -> None:
+        self.redis, self.prefix = client, prefix
+        self._enqueue = client.register_script(_ENQUEUE)
+        self._start = client.register_script(_START)
+        self._progress = client.register_script(_PROGRESS)
+        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._finish = client.register_script(_FINISH)
+        self._release = client.register_script(_RELEASE)
+        self._cancel = client.register_script(_CANCEL)
+
+    @classmethod
+    def from_url(cls, url: str) -> JobBus:
+        # Lazy: nothing connects until the first command, so a gateway starts while Redis is down.
+        return cls(aioredis.Redis.from_url(url, socket_connect_timeout=2.0))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    def _job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def _stream(self, level: str) -> str:
+        return f"{self.prefix}queue:{level}"
+
+    # --- gateway side ---
+
+    @_redis_errors
+    async def submit(
+        self, job: restore_pb2.RestoreJob, *, max_queue: int, max_per_client: int, ttl_s: int
+    ) -> restore_pb2.Queued:
+        """Queue `job` unless the queue or the client's quota is full (`ResourceExhausted`)."""
+        level = level_of(job.request.priority)
+        key = self._job(job.job_id)
+        keys = [key, f"{key}:events", f"{self.prefix}client:{job.client_id}", f"{self.prefix}queued"]
+        ahead = LEVELS[: LEVELS.index(level) + 1]
+        args: list[Any] = [job.job_id, job.SerializeToString(), level, job.client_id, max_queue]
+        args += [max_per_client, ttl_s, job.max_attempts, *ahead]
+        status, a, b = await self._enqueue(keys=[*keys, self._stream(level)], args=args)
+        if status == -1:
+            raise ResourceExhausted(f"the Restore queue is full: {a} jobs waiting (limit {max_queue})")
+        if status == -2:
+            raise ResourceExhausted(
+                f"client {job.client_id!r} has {a} unfinished Restore jobs (limit {max_per_client})"
+            )
+        return restore_pb2.Queued(position=a, queue_length=b)
+
+    @_redis_errors
+    async def cancel(self, job_id: str, code: int, message: str) -> bool:
+        """Ask a job to end with status `code`. False if it had already ended; `NotFound` if unknown."""
+        key = self._job(job_id)
+        event = failure_event(code, message).SerializeToString()
+        keys = [key, f"{key}:cancel", f"{key}:events", f"{self.prefix}queued"]
+        done = await self._cancel(keys=keys, args=[code, event, self.prefix, CANCEL_CHANNEL, job_id])
+        if done == -1:
+            raise NotFound(f"job {job_id!r} not found (unknown, or expired after its result TTL)")
+        return bool(done)
+
+    async def events(self, job_id: str, *, block_s: float = 1.0) -> AsyncIterator[restore_pb2.JobEvent]:
+        """A job's events from the first, then live, until the terminal one (result or failure)."""
+        key = f"{self._job(job_id)}:events"
+        last = "0-0"
+        while True:
+            batch = await self._read(key, last, block_s)
+            if batch is None:
+                raise NotFound(f"job {job_id!r} not found (unknown, or expired after its result TTL)")
+            for entry, fields in batch:
+                last = entry
+                event = self._decode(job_id, fields)
+                yield event
+                if is_terminal(event):
+                    return
+
+    @_redis_errors
+    async def _read(self, key: str, last: str, block_s: float) -> list[tuple[str, dict[bytes, bytes]]] | None:
+        if last == "0-0" and not await self.redis.exists(key):
+            return None  # unknown or expired: say so at once rather than after a block
+        reply: Any = await self.redis.xread({key: last}, count=100, block=int(block_s * 1000))
+        if reply:
+            return [(entry.decode(), fields) for entry, fields in reply[0][1]]
+        return [] if await self.redis.exists(key) else None
+
+    @staticmethod
+    def _decode(job_id: str, fields: dict[bytes, bytes]) -> restore_pb2.JobEvent:
+        if b"e" in fields:
+            return restore_pb2.JobEvent.FromString(fields[b"e"])
+        queued = restore_pb2.Queued(position=int(fields[b"queued"]), queue_length=int(fields[b"length"]))
+        return restore_pb2.JobEvent(event=restore_pb2.RestoreEvent(job_id=job_id, queued=queued))
+
+    @_redis_errors
+    async def queue_length(self) -> int:
+        return sum(int(n) for n in await self.redis.hvals(f"{self.prefix}queued"))
+
+    @_redis_errors
+    async def live_workers(self, within_s: float) -> int:
+        return int(await self.redis.zcount(f"{self.prefix}workers", time.time() - within_s, "+inf"))
+
+    # --- worker side ---
+
+    async def ensure_groups(self) -> None:
+        for level in LEVELS:
+            try:
+                await self.redis.xgroup_create(self._stream(level), GROUP, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    async def claim(self, worker: str, *, visibility_s: float, block_s: float) -> list[Claim]:
+        """Take one job (rarely more: see below), or none after `block_s`.
+
+        First a job whose worker went silent past `visibility_s` (or released it), then the oldest new
+        job of the highest level, else wait for one. Several round trips.
+        """
+        for level in LEVELS:
+            autoclaimed: Any = await self.redis.xautoclaim(
+                self._stream(level), GROUP, worker, int(visibility_s * 1000), "0-0", count=1
+            )
+            claims = self._claims(level, autoclaimed[1])
+            if claims:
+                return claims
+        for level in LEVELS:
+            reply: Any = await self.redis.xreadgroup(GROUP, worker, {self._stream(level): ">"}, count=1)
+            if reply:
+                return self._claims(level, reply[0][1])
+        # Blocking on all levels at once may return one entry per level when several arrive together;
+        # the caller releases the extras (`release_unstarted`), so it still runs one per free slot.
+        streams: Any = {self._stream(level): ">" for level in LEVELS}
+        reply = await self.redis.xreadgroup(GROUP, worker, streams, count=1, block=int(block_s * 1000))
+        claims = []
+        for stream, entries in reply or []:
+            claims += self._claims(stream.decode().rsplit(":", 1)[1], entries)
+        return sorted(claims, key=lambda c: LEVELS.index(c.level))
+
+    @staticmethod
+    def _claims(level: str, entries: list[Any]) -> list[Claim]:
+        return [
+            Claim(fields[b"job"].decode(), level, entry.decode())
+            for entry, fields in entries
+            if fields and b"job" in fields  # entries deleted while pending come back empty
+        ]
+
+    async def release_unstarted(self, worker: str, claim: Claim) -> None:
+        """Hand back an entry this worker read but will not start: any worker's next sweep takes it."""
+        await self.redis.xclaim(
+            self._stream(claim.level), GROUP, worker, 0, [claim.entry], idle=_RELEASED_IDLE_MS, justid=True
+        )
+
+    async def start(self, worker: str, claim: Claim) -> Start:
+        key = self._job(claim.job_id)
+        keys = [key, f"{key}:cancel", f"{self.prefix}queued", self._stream(claim.level)]
+        reply = await self._start(keys=keys, args=[worker, claim.entry])
+        outcome = reply[0].decode()
+        if outcome == "run":
+            return Start("run", int(reply[1]), restore_pb2.RestoreJob.FromString(reply[2]))
+        if outcome == "cancelled":
+            return Start("cancelled", code=int(reply[1]))
+        if outcome == "exhausted":
+            return Start("exhausted", attempt=int(reply[1]))
+        return Start("skip")
+
+    async def publish(self, worker: str, job_id: str, event: restore_pb2.JobEvent) -> bool:
+        """Append a non-terminal event; False if this worker no longer owns the job."""
+        key = self._job(job_id)
+        return bool(
+            await self._progress(keys=[key, f"{key}:events"], args=[worker, event.SerializeToString()])
+        )
+
+    async def heartbeat(self, worker: str, claim: Claim) -> bool:
+        """Reset the entry's idle time; False if the job is no longer this worker's (stop running it)."""
+        keys = [self._job(claim.job_id), self._stream(claim.level)]
+        return bool(await self._heartbeat(keys=keys, args=[worker, claim.entry]))
+
+    async def finish(self, worker: str, claim: Claim, event: restore_pb2.JobEvent, state: str) -> bool:
+        """Publish the terminal event, acknowledge the entry, start the result TTL. Fenced like publish."""
+        key = self._job(claim.job_id)
+        keys = [key, f"{key}:events", self._stream(claim.level), f"{key}:cancel"]
+        args = [worker, claim.entry, event.SerializeToString(), state, self.prefix]
+        return bool(await self._finish(keys=keys, args=args))
+
+    async def release(self, worker: str, claim: Claim) -> bool:
+        """Give a started job back to the queue (graceful shutdown); the attempt does not count."""
+        key = self._job(claim.job_id)
+        keys = [key, self._stream(claim.level), f"{self.prefix}queued", f"{key}:events"]
+        return bool(await self._release(keys=keys, args=[worker, claim.entry, _RELEASED_IDLE_MS]))
+
+    async def cancel_requested(self, job_id: str) -> int | None:
+        """The status code a cancel asked for, or None (the pub/sub backstop)."""
+        code = await self.redis.get(f"{self._job(job_id)}:cancel")
+        return None if code is None else int(code)
+
+    async def cancel_requests(self) -> AsyncIterator[tuple[str, int]]:
+        """Cancel requests as they are published: (job id, status code)."""
+        async with self.redis.pubsub() as pubsub:
+            await pubsub.subscribe(CANCEL_CHANNEL)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    job_id, code = message["data"].decode().split()
+                    yield job_id, int(code)
+
+    async def beat(self, worker: str) -> None:
+        await self.redis.zadd(f"{self.prefix}workers", {worker: time.time()})
+
+    async def leave(self, worker: str) -> None:
+        await self.redis.zrem(f"{self.prefix}workers", worker)
