@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from colorizers.eccv16 import ECCVGenerator
+from colorizers.larsson16 import LarssonColorizer
 from colorizers.siggraph17 import SIGGRAPHGenerator
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -42,6 +43,8 @@ class Checkpoint:
         if self.arch == "siggraph17":
             # The mask convention belongs to the weights: 0/1 (authors' release) or centred (0.5).
             return SIGGRAPHGenerator(width=self.width, mask_offset=float(self.meta.get("mask_offset", "0")))
+        if self.arch == "larsson16":
+            return LarssonColorizer(width=self.width)
         raise ValueError(f"unknown architecture {self.arch!r} for checkpoint {self.name!r}")
 
 
@@ -66,6 +69,14 @@ REGISTRY: dict[str, Checkpoint] = {
             meta={"mask_offset": "0.5"},
         ),
         Checkpoint(
+            name="larsson16-w0.125-random",
+            arch="larsson16",
+            width=0.125,
+            trained=False,
+            description="UNTRAINED: seeded random initialisation, width 1/8 (pipeline checks only)",
+            seed=0,
+        ),
+        Checkpoint(
             name="eccv16-w0.25-random",
             arch="eccv16",
             width=0.25,
@@ -76,7 +87,11 @@ REGISTRY: dict[str, Checkpoint] = {
     )
 }
 
-DEFAULT = {"eccv16": "eccv16-w0.25-random", "siggraph17": "siggraph17-w0.25-random"}
+DEFAULT = {
+    "eccv16": "eccv16-w0.25-random",
+    "siggraph17": "siggraph17-w0.25-random",
+    "larsson16": "larsson16-w0.125-random",
+}
 
 
 def sha256_of(path: Path) -> str:

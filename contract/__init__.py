@@ -24,6 +24,10 @@ ANNEALED_T_DEFAULT = 0.38
 
 NUM_AB_BINS = 313  # in-gamut bins of the 10-unit ab grid (pts_in_hull.npy)
 NUM_AB_GRID_BINS = 529  # the full 23 x 23 grid (pts_grid.npy), SIGGRAPH17's class head
+# Larsson16: uniform bins over HSV hue [0, 1) and chroma max - min of RGB [0, 1] (bin k centred at
+# (k + 0.5) / 32), decoded in the gateway (service/hue_chroma.py).
+NUM_HUE_BINS = 32
+NUM_CHROMA_BINS = 32
 
 # Working resolution: the square the colour is predicted at (upstream demo: 256).
 WORKING_SIZE_DEFAULT = 256
@@ -120,13 +124,36 @@ SIGGRAPH17 = ModelSpec(
     max_batch_size=8,
 )
 
-MODELS: dict[str, ModelSpec] = {m.name: m for m in (ECCV16, ECCV16_AB, SIGGRAPH17)}
+# Larsson16: L in [0, 100] (the graph converts it to its gray input) -> softmax distributions over 32
+# hue and 32 chroma bins at H/4. The gateway decodes them (median chroma, circular-mean hue, HSV)
+# with the request's decode modes, so no in-graph decoded variant exists: it maps to itself.
+LARSSON16 = ModelSpec(
+    name="larsson16",
+    inputs=(TensorSpec("L", "FP32", (1, -1, -1)),),
+    outputs=(
+        TensorSpec("hue", "FP16", (NUM_HUE_BINS, -1, -1), stride=4),
+        TensorSpec("chroma", "FP16", (NUM_CHROMA_BINS, -1, -1), stride=4),
+    ),
+    max_batch_size=8,
+)
+
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (ECCV16, ECCV16_AB, SIGGRAPH17, LARSSON16)}
 # Which network each served model exports (its checkpoint comes from colorizers.weights).
-ARCHITECTURE = {ECCV16.name: "eccv16", ECCV16_AB.name: "eccv16", SIGGRAPH17.name: "siggraph17"}
+ARCHITECTURE = {
+    ECCV16.name: "eccv16",
+    ECCV16_AB.name: "eccv16",
+    SIGGRAPH17.name: "siggraph17",
+    LARSSON16.name: "larsson16",
+}
 # Models a client names in a request; the others are deployment variants of these.
-PUBLIC_MODELS = (ECCV16.name, SIGGRAPH17.name)
+PUBLIC_MODELS = (ECCV16.name, SIGGRAPH17.name, LARSSON16.name)
 HINT_MODEL = SIGGRAPH17.name  # the model that takes colour hints and suggests colours
-DECODED_VARIANT = {ECCV16.name: ECCV16_AB.name, SIGGRAPH17.name: SIGGRAPH17.name}
+HUE_CHROMA_MODEL = LARSSON16.name  # the model whose output the request's decode modes apply to
+DECODED_VARIANT = {
+    ECCV16.name: ECCV16_AB.name,
+    SIGGRAPH17.name: SIGGRAPH17.name,
+    LARSSON16.name: LARSSON16.name,
+}
 DEFAULT_MODEL = ECCV16.name
 
 # Parameters that export writes into config.pbtxt and the gateway reads back, so a response can

@@ -73,6 +73,8 @@ def graph_module(model: nn.Module, spec: ModelSpec) -> nn.Module:
         return _AnnealedMeanHead(model).eval()
     if spec.name == "siggraph17":
         return _BothHeads(model).eval()
+    if spec.name == "larsson16":
+        return model.eval()  # its forward is the served graph: hue and chroma distributions
     raise ValueError(f"no export graph for model {spec.name!r}")
 
 

@@ -5,8 +5,9 @@ full-resolution L (DeOldify#17, InstColorization#4: the output keeps the input's
 detail). The CPU-heavy numpy stages run in worker threads (numpy releases the GIL), so the event
 loop keeps serving other requests while one is being decoded or encoded.
 
-Models: eccv16 (313 logits, annealed mean here or, deployed as eccv16_ab, in the graph) and
-siggraph17 (colour hints; regression ab, plus 529 logits for colour suggestions).
+Models: eccv16 (313 logits, annealed mean here or, deployed as eccv16_ab, in the graph),
+siggraph17 (colour hints; regression ab, plus 529 logits for colour suggestions) and larsson16
+(hue and chroma distributions, decoded here by `hue_chroma` with the request's modes).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract import DECODED_VARIANT, HINT_MODEL, MODELS, PUBLIC_MODELS, ModelSpec
-from service import ab_decode, codec, hints, lab, suggest
+from service import ab_decode, codec, hints, hue_chroma, lab, suggest
 from service.errors import InvalidArgument
 from service.metrics import Metrics
 from service.settings import Settings
@@ -33,6 +34,8 @@ class ColorizeOptions:
     output_format: str  # PNG, JPEG, WEBP
     quality: int
     hints: tuple[hints.Hint, ...] = ()
+    hue_decode: str = hue_chroma.HUE_DEFAULT  # larsson16 only
+    chroma_decode: str = hue_chroma.CHROMA_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,11 @@ def finish(prepared: _Prepared, ab_small: np.ndarray, options: ColorizeOptions) 
 def postprocess(prepared: _Prepared, outputs: dict[str, np.ndarray], options: ColorizeOptions) -> bytes:
     if "ab" in outputs:  # decoded in the graph (eccv16_ab) or regressed (siggraph17)
         ab_small = outputs["ab"][0].astype(np.float32)
+    elif "hue" in outputs:  # larsson16: decoded with the working-size L the network saw
+        ab_small = hue_chroma.decode_ab(
+            outputs["hue"][0], outputs["chroma"][0], prepared.inputs["L"][0, 0],
+            hue_method=options.hue_decode, chroma_method=options.chroma_decode,
+        )  # fmt: skip
     else:
         ab_small = ab_decode.annealed_mean(outputs["logits"], options.temperature)[0]
     return finish(prepared, ab_small, options)

@@ -10,12 +10,14 @@ from contract import (
     ANNEALED_T_DEFAULT,
     DEFAULT_MODEL,
     HINT_MODEL,
+    HUE_CHROMA_MODEL,
     PUBLIC_MODELS,
     WORKING_SIZE_DEFAULT,
     WORKING_SIZE_MAX,
     WORKING_SIZE_MIN,
     WORKING_SIZE_MULTIPLE,
 )
+from service import hue_chroma
 from service.colorize import ColorizeOptions, ColorizePipeline, ColorizeResult, SuggestedColor
 from service.errors import InvalidArgument, NotFound
 from service.hints import MAX_HINTS, Hint
@@ -80,6 +82,7 @@ def colorize_options(request: colorize_pb2.ColorizeRequest) -> ColorizeOptions:
         raise InvalidArgument(f"quality must be in [1, 100], got {quality}")
     if not request.image:
         raise InvalidArgument("image is empty")
+    hue_decode, chroma_decode = _decode_modes(request, model)
     return ColorizeOptions(
         model=model,
         temperature=float(temperature),
@@ -87,7 +90,24 @@ def colorize_options(request: colorize_pb2.ColorizeRequest) -> ColorizeOptions:
         output_format=_FORMATS[request.output_format],
         quality=quality,
         hints=hints,
+        hue_decode=hue_decode,
+        chroma_decode=chroma_decode,
     )
+
+
+def _decode_modes(request: colorize_pb2.ColorizeRequest, model: str) -> tuple[str, str]:
+    """The hue and chroma decode rules (larsson16 only; empty = the paper's defaults)."""
+    if (request.hue_decode or request.chroma_decode) and model != HUE_CHROMA_MODEL:
+        raise InvalidArgument(f"hue_decode and chroma_decode apply to {HUE_CHROMA_MODEL!r}, not {model!r}")
+    hue = request.hue_decode or hue_chroma.HUE_DEFAULT
+    chroma = request.chroma_decode or hue_chroma.CHROMA_DEFAULT
+    if hue not in hue_chroma.HUE_METHODS:
+        raise InvalidArgument(f"hue_decode must be one of {list(hue_chroma.HUE_METHODS)}, got {hue!r}")
+    if chroma not in hue_chroma.CHROMA_METHODS:
+        raise InvalidArgument(
+            f"chroma_decode must be one of {list(hue_chroma.CHROMA_METHODS)}, got {chroma!r}"
+        )
+    return hue, chroma
 
 
 def colorize_response(result: ColorizeResult) -> colorize_pb2.ColorizeResponse:

@@ -8,11 +8,12 @@ import torch
 
 from colorizers import weights
 from colorizers.eccv16 import ECCVGenerator
+from colorizers.larsson16 import LarssonColorizer
 from colorizers.siggraph17 import SIGGRAPHGenerator
 
 
 def test_every_registered_checkpoint_names_its_architecture() -> None:
-    networks = {"eccv16": ECCVGenerator, "siggraph17": SIGGRAPHGenerator}
+    networks = {"eccv16": ECCVGenerator, "siggraph17": SIGGRAPHGenerator, "larsson16": LarssonColorizer}
     for checkpoint in weights.REGISTRY.values():
         assert isinstance(checkpoint.build(), networks[checkpoint.arch])
         assert checkpoint.sha256 is not None or checkpoint.seed is not None
@@ -26,7 +27,7 @@ def test_siggraph17_mask_convention_comes_from_the_checkpoint() -> None:
             assert model.mask_offset == float(checkpoint.meta["mask_offset"])
 
 
-@pytest.mark.parametrize("arch", ["eccv16", "siggraph17"])
+@pytest.mark.parametrize("arch", ["eccv16", "siggraph17", "larsson16"])
 def test_untrained_default_is_reported_as_untrained(arch: str) -> None:
     default = weights.REGISTRY[weights.DEFAULT[arch]]
     if default.trained:

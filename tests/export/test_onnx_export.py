@@ -129,3 +129,46 @@ def test_graph_side_annealed_mean_equals_the_gateway_decode(small_model: ECCVGen
         # FP16 on both sides (logits vs ab), ab in Lab units within ±110.
         np.testing.assert_allclose(ab[i].astype(np.float32), reference, atol=0.25)
     assert np.abs(ab[0].astype(np.float32) - ab[1].astype(np.float32)).max() > 1.0
+
+
+@pytest.fixture(scope="module")
+def sharp_larsson() -> torch.nn.Module:
+    from colorizers.larsson16 import LarssonColorizer
+
+    torch.manual_seed(2)
+    model = LarssonColorizer(width=0.125).eval()
+    with torch.no_grad():  # peaked distributions: near-uniform ones would pass any parity check
+        model.prediction_h.weight.mul_(300)
+        model.prediction_c.weight.mul_(300)
+    return model
+
+
+def test_larsson16_exports_hue_and_chroma_distributions_with_parity(sharp_larsson: torch.nn.Module) -> None:
+    from contract import LARSSON16
+
+    # 72x104 is not a multiple of 32: the graph's own edge padding must export with dynamic shapes.
+    model, parity = export_model(sharp_larsson, LARSSON16, parity_sizes=((256, 256), (72, 104)))
+    assert [o.name for o in model.graph.output] == ["hue", "chroma"]
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for o in model.graph.output)
+    assert len(parity) == 4 and all(p.max_abs_diff <= 1e-4 for p in parity)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    hue, chroma = session.run(
+        None, {"L": (np.random.default_rng(0).random((2, 1, 96, 64)) * 100).astype(np.float32)}
+    )
+    assert hue.shape == chroma.shape == (2, 32, 24, 16) and hue.dtype == np.float16
+    assert hue.max() > 0.5 and np.allclose(hue.astype(np.float32).sum(1), 1, atol=1e-2)
+
+
+def test_larsson16_parity_gate_fails_on_a_different_network(sharp_larsson: torch.nn.Module) -> None:
+    from colorizers.larsson16 import LarssonColorizer
+    from contract import LARSSON16
+
+    fp32 = to_onnx_fp32(graph_module(sharp_larsson, LARSSON16), LARSSON16, (torch.rand(1, 1, 64, 64) * 100,))
+    other = LarssonColorizer(width=0.125).eval()
+    with torch.no_grad():
+        other.load_state_dict(sharp_larsson.state_dict())
+        bias = other.prediction_c.bias
+        assert bias is not None
+        bias[0] += 5.0  # one bin: a uniform shift would leave the softmax unchanged
+    with pytest.raises(ValueError, match="parity failed"):
+        check_parity(fp32, graph_module(other, LARSSON16), (torch.rand(1, 1, 64, 64) * 100,), atol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import colorsys
 import io
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from service.settings import Settings
 from service.triton import ModelInfo
 
 TARGET_AB = (30, -40)  # a bin centre of the 10-unit grid, in gamut for mid L
+HUE_BIN = 21  # larsson16 fake: hue (21 + 0.5) / 32, a blue
+CHROMA_BINS = (4, 12)  # 0.6 / 0.4 of the chroma mass: the median is bin 4, the q75 bin 12
 
 
 @dataclass
@@ -40,6 +43,12 @@ class FakeBackend:
         if self.error is not None:
             raise self.error
         n, _, h, w = inputs["L"].shape
+        if spec.name == "larsson16":  # hue bin HUE_BIN everywhere; chroma split between two bins
+            hue = np.zeros((n, 32, h // 4, w // 4), np.float16)
+            hue[:, HUE_BIN] = 1.0
+            chroma = np.zeros_like(hue)
+            chroma[:, CHROMA_BINS[0]], chroma[:, CHROMA_BINS[1]] = 0.6, 0.4
+            return {"hue": hue, "chroma": chroma}
         if "hint_mask" in inputs:  # SIGGRAPH17: hinted colour where the mask is set, else TARGET_AB
             mask = inputs["hint_mask"]
             ab = np.where(mask > 0, inputs["ab_hint"], np.array(TARGET_AB, np.float32)[None, :, None, None])
@@ -298,5 +307,43 @@ def test_bad_suggest_requests_are_invalid_argument(request_kwargs: dict[str, Any
     request = colorize_pb2.SuggestColorsRequest(image=png(gray_gradient(64, 96)), **request_kwargs)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         suggest_colors(FakeBackend(), request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in (info.value.details() or "")
+
+
+@pytest.mark.parametrize(("chroma_decode", "chroma_bin"), [("", CHROMA_BINS[0]), ("q75", CHROMA_BINS[1])])
+def test_larsson16_distributions_are_decoded_with_the_requested_rule(
+    chroma_decode: str, chroma_bin: int
+) -> None:
+    gray = np.full((40, 56), 120, np.uint8)
+    request = colorize_pb2.ColorizeRequest(
+        image=png(gray), model="larsson16", working_size=64, chroma_decode=chroma_decode
+    )
+    response = colorize(FakeBackend(), request)
+    assert response.model == "larsson16"
+    out = color.rgb2lab(np.asarray(Image.open(io.BytesIO(response.image)).convert("RGB")))
+    # The rules by hand: one hue bin (no fading), chroma at the chosen bin's centre, the pixel's gray.
+    level = 120 / 255
+    c = (chroma_bin + 0.5) / 32
+    rgb = colorsys.hsv_to_rgb((HUE_BIN + 0.5) / 32, 2 * c / (2 * level + c), level + c / 2)
+    rgb = np.clip(np.array(rgb) - np.mean(rgb) + level, 0, 1)
+    np.testing.assert_allclose(
+        np.median(out[..., 1:], axis=(0, 1)), color.rgb2lab(rgb[None, None])[0, 0, 1:], atol=2
+    )
+    assert np.abs(out[..., 0] - color.rgb2lab(np.dstack([gray] * 3))[..., 0]).max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "needle"),
+    [
+        ({"model": "larsson16", "hue_decode": "sampled"}, "sampled"),
+        ({"model": "larsson16", "chroma_decode": "q90"}, "q90"),
+        ({"model": "eccv16", "hue_decode": "mode"}, "larsson16"),
+    ],
+)
+def test_bad_decode_modes_are_invalid_argument(request_kwargs: dict[str, Any], needle: str) -> None:
+    request = colorize_pb2.ColorizeRequest(image=png(gray_gradient()), **request_kwargs)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        colorize(FakeBackend(), request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in (info.value.details() or "")
