@@ -31,7 +31,7 @@ class ColorizeOptions:
     model: str
     temperature: float
     working_size: int
-    output_format: str  # PNG, JPEG, WEBP
+    output_format: str  # PNG, JPEG, WEBP; "" = the input's own format where it can be written, else PNG
     quality: int
     hints: tuple[hints.Hint, ...] = ()
     hue_decode: str = hue_chroma.HUE_DEFAULT  # larsson16 only
@@ -49,6 +49,7 @@ class Timings:
 @dataclass(frozen=True)
 class ColorizeResult:
     image: bytes
+    format: str  # what `image` is: PNG, JPEG or WEBP
     width: int
     height: int
     model: ModelInfo
@@ -68,6 +69,13 @@ class _Prepared:
     lightness: np.ndarray  # (H, W) float32 L in [0, 100], full resolution
     inputs: dict[str, np.ndarray]  # the Triton request, at the working size
     alpha: np.ndarray | None
+    source_format: str  # the input's container (codec.INPUT_FORMATS)
+
+    def output_format(self, requested: str) -> str:
+        """JPEG in, JPEG out (and PNG, WebP): what a caller who names no format expects."""
+        if requested:
+            return requested
+        return self.source_format if self.source_format in codec.OUTPUT_FORMATS else "PNG"
 
 
 def prepare(
@@ -85,18 +93,21 @@ def prepare(
     if "ab_hint" in names:
         height, width = lightness.shape
         inputs["ab_hint"], inputs["hint_mask"] = hints.hint_tensors(options.hints, height, width, size)
-    return _Prepared(lightness, inputs, decoded.alpha)
+    return _Prepared(lightness, inputs, decoded.alpha, decoded.format)
 
 
-def finish(prepared: _Prepared, ab_small: np.ndarray, options: ColorizeOptions) -> bytes:
-    """(2, h, w) ab -> bilinear to full resolution -> with the original L -> sRGB -> bytes."""
+def finish(prepared: _Prepared, ab_small: np.ndarray, options: ColorizeOptions) -> tuple[bytes, str]:
+    """(2, h, w) ab -> bilinear to full resolution -> with the original L -> sRGB -> (bytes, format)."""
     height, width = prepared.lightness.shape
     a, b = ab_decode.resize_ab(ab_small, (height, width))
     rgb = lab.lab_planes_to_srgb_uint8(prepared.lightness, a, b)
-    return codec.encode(rgb, prepared.alpha, options.output_format, options.quality)
+    fmt = prepared.output_format(options.output_format)
+    return codec.encode(rgb, prepared.alpha, fmt, options.quality), fmt
 
 
-def postprocess(prepared: _Prepared, outputs: dict[str, np.ndarray], options: ColorizeOptions) -> bytes:
+def postprocess(
+    prepared: _Prepared, outputs: dict[str, np.ndarray], options: ColorizeOptions
+) -> tuple[bytes, str]:
     if "ab" in outputs:  # decoded in the graph (eccv16_ab) or regressed (siggraph17)
         ab_small = outputs["ab"][0].astype(np.float32)
     elif "hue" in outputs:  # larsson16: decoded with the working-size L the network saw
@@ -162,7 +173,7 @@ class ColorizePipeline:
                     spec, prepared.inputs, timeout_s=max(0.001, timeout_s - (decoded_at - start))
                 )
                 inferred_at = time.perf_counter()
-                encoded = await asyncio.to_thread(postprocess, prepared, outputs, options)
+                encoded, fmt = await asyncio.to_thread(postprocess, prepared, outputs, options)
                 done = time.perf_counter()
             finally:
                 self._metrics.in_flight.dec()
@@ -179,7 +190,7 @@ class ColorizePipeline:
         ):
             self._metrics.stage_seconds.labels(stage).observe(ms / 1e3)
         height, width = prepared.lightness.shape
-        return ColorizeResult(encoded, width, height, info, options, timings)
+        return ColorizeResult(encoded, fmt, width, height, info, options, timings)
 
     async def suggest_colors(
         self, image: bytes, options: ColorizeOptions, *, x: int, y: int, k: int, seed: int, timeout_s: float

@@ -26,7 +26,7 @@ from service.settings import Settings
 from service.triton import ModelInfo
 
 _FORMATS = {
-    colorize_pb2.IMAGE_FORMAT_UNSPECIFIED: "PNG",
+    colorize_pb2.IMAGE_FORMAT_UNSPECIFIED: "",  # as the input (JPEG, PNG, WebP), else PNG
     colorize_pb2.IMAGE_FORMAT_PNG: "PNG",
     colorize_pb2.IMAGE_FORMAT_JPEG: "JPEG",
     colorize_pb2.IMAGE_FORMAT_WEBP: "WEBP",
@@ -113,7 +113,7 @@ def _decode_modes(request: colorize_pb2.ColorizeRequest, model: str) -> tuple[st
 def colorize_response(result: ColorizeResult) -> colorize_pb2.ColorizeResponse:
     return colorize_pb2.ColorizeResponse(
         image=result.image,
-        format=_FORMAT_ENUM[result.options.output_format],
+        format=_FORMAT_ENUM[result.format],
         width=result.width,
         height=result.height,
         model=result.model.name,

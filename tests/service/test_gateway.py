@@ -186,9 +186,10 @@ def test_backend_errors_map_to_status_codes(error: PriorlabError, code: grpc.Sta
 
 def test_client_deadline_is_propagated_to_triton() -> None:
     backend = FakeBackend()
-    colorize(backend, colorize_pb2.ColorizeRequest(image=png(gray_gradient())), timeout=2.0)
+    # 20 s, below the 30 s cap the gateway uses when a client sends no deadline.
+    colorize(backend, colorize_pb2.ColorizeRequest(image=png(gray_gradient())), timeout=20.0)
     (call,) = backend.calls
-    assert 0 < call["timeout_s"] <= 2.0
+    assert 0 < call["timeout_s"] <= 20.0
 
 
 def test_health_follows_backend_readiness() -> None:
@@ -347,3 +348,14 @@ def test_bad_decode_modes_are_invalid_argument(request_kwargs: dict[str, Any], n
         colorize(FakeBackend(), request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in (info.value.details() or "")
+
+
+def test_unspecified_output_format_follows_the_input() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(gray_gradient()).save(buffer, format="JPEG")
+    jpeg_in = colorize(FakeBackend(), colorize_pb2.ColorizeRequest(image=buffer.getvalue()))
+    assert jpeg_in.format == colorize_pb2.IMAGE_FORMAT_JPEG and jpeg_in.image.startswith(b"\xff\xd8")
+    buffer = io.BytesIO()
+    Image.fromarray(gray_gradient()).save(buffer, format="BMP")
+    bmp_in = colorize(FakeBackend(), colorize_pb2.ColorizeRequest(image=buffer.getvalue()))
+    assert bmp_in.format == colorize_pb2.IMAGE_FORMAT_PNG and bmp_in.image.startswith(b"\x89PNG")
