@@ -4,6 +4,7 @@
 #   docker build --target triton  -t priorlab-triton  .   # NVIDIA Triton + the model repository
 #   docker build --target gateway -t priorlab-gateway .   # the asyncio gRPC gateway (no torch)
 #   docker build --target worker  -t priorlab-worker  .   # Restore (DIP) worker on CUDA PyTorch
+# A compose file for one host would run: redis:7, triton (GPU), gateway (PRIORLAB_REDIS_URL), worker (GPU).
 # Triton 24.08 carries onnxruntime 1.18 with TensorRT 10.3; its Python is 3.10.
 
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.08-py3
@@ -51,11 +52,16 @@ CMD ["python", "-m", "service"]
 FROM ${PYTORCH_IMAGE} AS worker
 WORKDIR /app
 COPY requirements.lock ./
-RUN grep -E '^(numpy|pillow|redis|protobuf|prometheus_client|scikit-image)==' requirements.lock > worker.lock \
+RUN grep -E '^(numpy|pillow|redis|protobuf|grpcio|grpcio-tools|prometheus_client|scipy)==' requirements.lock > worker.lock \
  && pip install --no-cache-dir -r worker.lock
 COPY contract ./contract
 COPY protos ./protos
 COPY service ./service
-ENV PYTHONPATH=/app
+RUN python -m grpc_tools.protoc -I protos --python_out=service/pb --grpc_python_out=service/pb protos/priorlab/v1/*.proto \
+ && sed -i 's/^from priorlab\.v1 import/from service.pb.priorlab.v1 import/' service/pb/priorlab/v1/*.py \
+ && touch service/pb/priorlab/__init__.py service/pb/priorlab/v1/__init__.py
+ENV PYTHONPATH=/app REDIS_URL=redis://redis:6379/0
+EXPOSE 9101
 USER nobody
-CMD ["python", "-m", "service.restore.worker"]
+# One slot per visible GPU; point more workers (any machine) at the same Redis to scale.
+CMD ["sh", "-c", "exec python -m service.restore.worker --redis \"$REDIS_URL\" --metrics-port 9101"]
