@@ -60,6 +60,26 @@ REGISTRY: dict[str, Checkpoint] = {
             sha256="9b330a0bae53f4ded77b1e23defbf78beaa09c10ebc4c4999e8e4f4a160b93f9",
         ),
         Checkpoint(
+            name="siggraph17-w0.25",
+            arch="siggraph17",
+            width=0.25,
+            trained=True,
+            description="trained by colorizers.train on the colorizers.data photos (hints, mask offset 0.5)",
+            sha256="4f356aafad1b08ef720e3b64417428dbeae007ccc7525ea928c740e85a687248",
+            filename="siggraph17-w0.25.pth",
+            meta={
+                "mask_offset": "0.5",
+                "classification_fraction": "0.3",
+                "crop": "96",
+                "batch": "16",
+                "steps": "2068",
+                "minutes": "52.0",
+                "lr": "0.0003",
+                "seed": "0",
+                "data_manifest_sha256": "b2a00e9a23e5abe3a557c322541d87482b4c9cfb47b954a598e3033f74fbd64e",
+            },
+        ),
+        Checkpoint(
             name="siggraph17-w0.25-random",
             arch="siggraph17",
             width=0.25,
@@ -89,7 +109,7 @@ REGISTRY: dict[str, Checkpoint] = {
 
 DEFAULT = {
     "eccv16": "eccv16-w0.25-random",
-    "siggraph17": "siggraph17-w0.25-random",
+    "siggraph17": "siggraph17-w0.25",
     "larsson16": "larsson16-w0.125-random",
 }
 

@@ -32,6 +32,9 @@ pytestmark = pytest.mark.triton
 def call(
     gateway: GatewayProcess, request: colorize_pb2.ColorizeRequest, timeout: float = 60
 ) -> colorize_pb2.ColorizeResponse:
+    """Colorize; PNG out unless the test asks otherwise, so pixels can be compared exactly."""
+    if request.output_format == colorize_pb2.IMAGE_FORMAT_UNSPECIFIED:
+        request.output_format = colorize_pb2.IMAGE_FORMAT_PNG
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     with grpc.insecure_channel(gateway.target, options=options) as channel:
         return colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=timeout)
@@ -115,6 +118,16 @@ def test_decode_in_triton_gives_the_same_image(
     # FP16 ab from the graph vs FP16 logits decoded in float32: at most a level or two apart.
     difference = np.abs(in_gateway - in_graph)
     assert difference.max() <= 3 and difference.mean() < 0.5
+
+
+def test_a_jpeg_comes_back_as_jpeg_unless_asked_otherwise(gateway: GatewayProcess, shared_data: Path) -> None:
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    data = (shared_data / "colorization" / "golden" / "ansel_adams3.jpg").read_bytes()
+    with grpc.insecure_channel(gateway.target, options=options) as channel:
+        response = colorize_pb2_grpc.ColorizerStub(channel).Colorize(
+            colorize_pb2.ColorizeRequest(image=data, working_size=128), timeout=60
+        )
+    assert response.format == colorize_pb2.IMAGE_FORMAT_JPEG and response.image.startswith(b"\xff\xd8")
 
 
 def test_health_and_reflection(gateway: GatewayProcess) -> None:

@@ -66,15 +66,27 @@ def test_a_hints_colour_appears_at_its_location(gateway: GatewayProcess, shared_
             for (x, y), (r, g, b) in hints.items()
         ],
     )
+    automatic = colorize_pb2.ColorizeRequest(image=photo(shared_data), model="siggraph17")
     channel, colorizer = stub(gateway)
     with channel:
-        response = colorizer.Colorize(request, timeout=60)
-    out = color.rgb2lab(np.asarray(Image.open(io.BytesIO(response.image)).convert("RGB")))
+        guided_lab, automatic_lab = (
+            color.rgb2lab(
+                np.asarray(Image.open(io.BytesIO(colorizer.Colorize(r, timeout=60).image)).convert("RGB"))
+            )
+            for r in (request, automatic)
+        )
     for (x, y), rgb in hints.items():
         want = color.rgb2lab(np.array([[rgb]], np.uint8))[0, 0, 1:]
-        got = out[y - 2 : y + 3, x - 2 : x + 3, 1:].reshape(-1, 2).mean(axis=0)
-        # The colour's hue direction is placed, if not its full chroma (ab within 15 units).
-        assert np.linalg.norm(got - want) < 15.0, (x, y, got, want)
+        got, before = (
+            lab[y - 2 : y + 3, x - 2 : x + 3, 1:].reshape(-1, 2).mean(axis=0)
+            for lab in (guided_lab, automatic_lab)
+        )
+        # The hint's hue lands where it was put, and its ab moves at least 30 % of the way from the
+        # automatic colour to the hint's (not all: a small CPU-trained net, and a strong blue at the
+        # sky's high L is partly outside sRGB, so it comes back clamped).
+        angle = np.degrees(np.arctan2(got[1], got[0]) - np.arctan2(want[1], want[0]))
+        assert abs((angle + 180) % 360 - 180) < 25, (x, y, got, want)
+        assert np.linalg.norm(got - want) < 0.7 * np.linalg.norm(before - want), (x, y, got, before, want)
 
 
 def test_suggest_colors_is_deterministic_for_a_seed(gateway: GatewayProcess, shared_data: Path) -> None:
