@@ -97,6 +97,26 @@ REGISTRY: dict[str, Checkpoint] = {
             seed=0,
         ),
         Checkpoint(
+            name="eccv16-w0.25-l1",
+            arch="eccv16",
+            width=0.25,
+            trained=True,
+            description="trained by colorizers.train on the colorizers.data photos (λ=1: no rebalancing)",
+            sha256="a8d76077ec12eb580634fe144c0963847588fc4d1ad9415f83421d423f0b7475",
+            filename="eccv16-w0.25-l1.pth",
+            meta={
+                "lambda": "1",
+                "temperature": "1",
+                "crop": "128",
+                "batch": "16",
+                "steps": "3102",
+                "minutes": "80.0",
+                "lr": "0.0003",
+                "seed": "0",
+                "data_manifest_sha256": "b2a00e9a23e5abe3a557c322541d87482b4c9cfb47b954a598e3033f74fbd64e",
+            },
+        ),
+        Checkpoint(
             name="eccv16-w0.25-random",
             arch="eccv16",
             width=0.25,
@@ -108,7 +128,7 @@ REGISTRY: dict[str, Checkpoint] = {
 }
 
 DEFAULT = {
-    "eccv16": "eccv16-w0.25-random",
+    "eccv16": "eccv16-w0.25-l1",
     "siggraph17": "siggraph17-w0.25",
     "larsson16": "larsson16-w0.125-random",
 }

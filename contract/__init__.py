@@ -161,6 +161,9 @@ DEFAULT_MODEL = ECCV16.name
 PARAM_CHECKPOINT = "checkpoint"
 PARAM_CHECKPOINT_SHA256 = "checkpoint_sha256"
 PARAM_TRAINED = "trained"
+# The annealed-mean T a request gets when it names none: the checkpoint's own, picked by its
+# evaluation's temperature sweep (colorizers/MODEL_CARD.md); the paper's 0.38 otherwise.
+PARAM_TEMPERATURE = "default_temperature"
 
 
 def asset_path(name: str) -> Path:

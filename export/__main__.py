@@ -16,7 +16,15 @@ from pathlib import Path
 import onnx
 
 from colorizers import weights
-from contract import ARCHITECTURE, MODELS, PARAM_CHECKPOINT, PARAM_CHECKPOINT_SHA256, PARAM_TRAINED
+from contract import (
+    ANNEALED_T_DEFAULT,
+    ARCHITECTURE,
+    MODELS,
+    PARAM_CHECKPOINT,
+    PARAM_CHECKPOINT_SHA256,
+    PARAM_TEMPERATURE,
+    PARAM_TRAINED,
+)
 from export.onnx_export import export_model
 from export.triton_config import cpu_config, gpu_config
 
@@ -44,6 +52,7 @@ def export_to_repository(
         PARAM_CHECKPOINT: checkpoint.name,
         PARAM_CHECKPOINT_SHA256: checkpoint.sha256 or "none",
         PARAM_TRAINED: "true" if checkpoint.trained else "false",
+        PARAM_TEMPERATURE: checkpoint.meta.get("temperature", f"{ANNEALED_T_DEFAULT:g}"),
     }
     (model_dir / "configs" / "cpu.pbtxt").write_text(cpu_config(spec, params))
     (model_dir / "configs" / "gpu.pbtxt").write_text(gpu_config(spec, params))

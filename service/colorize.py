@@ -13,12 +13,13 @@ siggraph17 (colour hints; regression ab, plus 529 logits for colour suggestions)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from contract import DECODED_VARIANT, HINT_MODEL, MODELS, PUBLIC_MODELS, ModelSpec
+from contract import ANNEALED_T_DEFAULT, DECODED_VARIANT, HINT_MODEL, MODELS, PUBLIC_MODELS, ModelSpec
 from service import ab_decode, codec, hints, hue_chroma, lab, suggest
 from service.errors import InvalidArgument
 from service.metrics import Metrics
@@ -29,7 +30,7 @@ from service.triton import InferenceBackend, ModelInfo
 @dataclass(frozen=True)
 class ColorizeOptions:
     model: str
-    temperature: float
+    temperature: float | None  # None until the served checkpoint's default fills it in
     working_size: int
     output_format: str  # PNG, JPEG, WEBP; "" = the input's own format where it can be written, else PNG
     quality: int
@@ -89,7 +90,7 @@ def prepare(
     inputs = {"L": ab_decode.resize_l(lightness, (size, size))[None, None]}
     names = {t.name for t in spec.inputs}
     if "T" in names:
-        inputs["T"] = np.full((1, 1), options.temperature, np.float32)
+        inputs["T"] = np.full((1, 1), options.temperature or ANNEALED_T_DEFAULT, np.float32)
     if "ab_hint" in names:
         height, width = lightness.shape
         inputs["ab_hint"], inputs["hint_mask"] = hints.hint_tensors(options.hints, height, width, size)
@@ -116,7 +117,7 @@ def postprocess(
             hue_method=options.hue_decode, chroma_method=options.chroma_decode,
         )  # fmt: skip
     else:
-        ab_small = ab_decode.annealed_mean(outputs["logits"], options.temperature)[0]
+        ab_small = ab_decode.annealed_mean(outputs["logits"], options.temperature or ANNEALED_T_DEFAULT)[0]
     return finish(prepared, ab_small, options)
 
 
@@ -166,9 +167,11 @@ class ColorizePipeline:
             self._metrics.in_flight.inc()
             try:
                 start = time.perf_counter()
+                info = await self._backend.model_info(spec)  # cached after the first call
+                if options.temperature is None:
+                    options = dataclasses.replace(options, temperature=info.default_temperature)
                 prepared = await self._prepare(image, spec, options)
                 decoded_at = time.perf_counter()
-                info = await self._backend.model_info(spec)
                 outputs = await self._backend.infer(
                     spec, prepared.inputs, timeout_s=max(0.001, timeout_s - (decoded_at - start))
                 )

@@ -71,8 +71,9 @@ def colorize_options(request: colorize_pb2.ColorizeRequest) -> ColorizeOptions:
         raise NotFound(f"model {model!r} is not served; known models: {sorted(PUBLIC_MODELS)}")
     if hints and model != HINT_MODEL:
         raise InvalidArgument(f"model {model!r} takes no colour hints; {HINT_MODEL!r} does")
-    temperature = request.temperature if request.HasField("temperature") else ANNEALED_T_DEFAULT
-    if not 0 < temperature <= 1:
+    # Unset: the served checkpoint's own default (its config), decided once the model is known.
+    temperature = request.temperature if request.HasField("temperature") else None
+    if temperature is not None and not 0 < temperature <= 1:
         raise InvalidArgument(f"temperature must be in (0, 1], got {temperature}")
     size = _working_size(request.working_size)
     if request.output_format not in _FORMATS:
@@ -85,7 +86,7 @@ def colorize_options(request: colorize_pb2.ColorizeRequest) -> ColorizeOptions:
     hue_decode, chroma_decode = _decode_modes(request, model)
     return ColorizeOptions(
         model=model,
-        temperature=float(temperature),
+        temperature=None if temperature is None else float(temperature),
         working_size=size,
         output_format=_FORMATS[request.output_format],
         quality=quality,
@@ -120,7 +121,7 @@ def colorize_response(result: ColorizeResult) -> colorize_pb2.ColorizeResponse:
         model_version=result.model.version,
         checkpoint=result.model.checkpoint,
         trained=result.model.trained,
-        temperature=result.options.temperature,
+        temperature=result.options.temperature or 0.0,
         working_size=result.options.working_size,
         timings=colorize_pb2.Timings(
             decode_ms=result.timings.decode_ms,

@@ -22,7 +22,7 @@ import tritonclient.grpc.aio as grpcclient
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from contract import PARAM_CHECKPOINT, PARAM_TRAINED, ModelSpec
+from contract import ANNEALED_T_DEFAULT, PARAM_CHECKPOINT, PARAM_TEMPERATURE, PARAM_TRAINED, ModelSpec
 from service.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class ModelInfo:
     version: str
     checkpoint: str
     trained: bool
+    default_temperature: float = ANNEALED_T_DEFAULT
 
 
 class InferenceBackend(Protocol):
@@ -118,6 +119,11 @@ class TritonBackend:
             version=max(versions, key=int) if versions else "",
             checkpoint=params[PARAM_CHECKPOINT].string_value if PARAM_CHECKPOINT in params else "unknown",
             trained=params[PARAM_TRAINED].string_value == "true" if PARAM_TRAINED in params else False,
+            default_temperature=(
+                float(params[PARAM_TEMPERATURE].string_value)
+                if PARAM_TEMPERATURE in params
+                else ANNEALED_T_DEFAULT
+            ),
         )
         self._info[spec.name] = info
         return info

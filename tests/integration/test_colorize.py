@@ -82,7 +82,8 @@ def test_golden_photo_keeps_size_and_l_and_has_the_served_models_ab(
     response = call(gateway, colorize_pb2.ColorizeRequest(image=data))
     source = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     assert source.shape == (675, 900, 3) and (response.width, response.height) == (900, 675)
-    assert_served_ab(response, source, 0.38)
+    # No T asked: the served checkpoint's default, reported back.
+    assert_served_ab(response, source, response.temperature)
     assert response.model == "eccv16" and response.model_version == "1"
     assert (
         response.checkpoint
