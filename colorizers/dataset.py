@@ -63,3 +63,21 @@ class LabImages:
 
 def manifest_sha256(cache: Path) -> str:
     return hashlib.sha256((cache / "manifest.tsv").read_bytes()).hexdigest()
+
+
+# Licences under which a photo (or a derived image, such as a sample grid) may be committed to the repo.
+# ImageNet and BSDS500 photos are research-only, so grids never show them.
+REDISTRIBUTABLE_LICENCES = ("CC0", "CC-BY", "Apache", "BSD-3-Clause", "MIT")
+
+
+def redistributable(cache: Path, split: str) -> list[tuple[int, str, str]]:
+    """(index in the split, member path, licence) of the split's photos with a redistributable licence."""
+    rows = (cache / "manifest.tsv").read_text().splitlines()
+    columns = rows[0].split("\t")
+    split_col, member_col, licence_col = (columns.index(c) for c in ("split", "member", "licence"))
+    members = [r.split("\t") for r in rows[1:] if r.split("\t")[split_col] == split]
+    return [
+        (i, fields[member_col], fields[licence_col])
+        for i, fields in enumerate(members)
+        if fields[licence_col].startswith(REDISTRIBUTABLE_LICENCES)
+    ]

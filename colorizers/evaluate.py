@@ -12,8 +12,9 @@ predicted at H/4, upsampled x4 and recombined with the true L:
 
 Scored for gray (ab = 0), the ground truth (colourfulness only) and the model at each annealing
 temperature of `--temperatures`; `pick_temperature` chooses the default T from those numbers.
-Writes `metrics.json`, `model_card.md` (a section for colorizers/MODEL_CARD.md) and sample grids
-(gray | model | truth) as PNG into `--out`.
+Writes `metrics.json` and `model_card.md` (a section for colorizers/MODEL_CARD.md) into `--out`, and
+sample grids (gray | model | truth; gray | T sweep | truth) as PNG into `--results`, showing only the
+validation photos whose licence allows redistribution.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +35,12 @@ from PIL import Image
 from skimage.color import lab2rgb
 
 from colorizers import quantize, weights
-from colorizers.dataset import DEFAULT_CACHE, LabImages, manifest_sha256
+from colorizers.dataset import DEFAULT_CACHE, REPO, LabImages, manifest_sha256, redistributable
 from colorizers.eccv16 import ECCVGenerator
 
 log = logging.getLogger(__name__)
 
+RESULTS_DIR = REPO / "colorizers" / "results"
 TEMPERATURES = (0.1, 0.2, 0.38, 0.6, 1.0)
 MAX_ERROR = 150  # AuC thresholds 0..150 ab units
 COLOURFULNESS_BAND = (0.6, 1.2)  # acceptable model / ground-truth colourfulness (issue #4 quality bar)
@@ -177,15 +180,15 @@ def evaluate(
     size: int = 256,
     temperatures: tuple[float, ...] = TEMPERATURES,
     max_images: int = 0,
-    samples: int = 8,
+    samples: Sequence[int] = (),
     device: str = "cpu",
 ) -> tuple[dict, dict[str, list[list[NDArray[np.uint8]]]]]:
-    """Score gray, truth and the model at each T; returns (metrics, sample rows per T)."""
+    """Score gray, truth and the model at each T; returns (metrics, rows per T for the `samples` images)."""
     model = model.to(device).eval()
     centres_np = quantize.bin_centres()
     centres = torch.from_numpy(centres_np).to(device)
     count = len(images) if max_images <= 0 else min(max_images, len(images))
-    sample_ids = set(np.linspace(0, count - 1, min(samples, count)).round().astype(int).tolist())
+    sample_ids = set(samples)
     gray, per_t = Scores(), {f"{t:g}": Scores() for t in temperatures}
     truth_colour: list[float] = []
     rows: dict[str, list[list[NDArray[np.uint8]]]] = {"gray": [], "truth": [], **{k: [] for k in per_t}}
@@ -298,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="centre crop size")
     parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
     parser.add_argument("--max-images", type=int, default=0, help="0: the whole validation split")
-    parser.add_argument("--samples", type=int, default=8, help="images in the sample grids")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS_DIR, help="sample grids (default: %(default)s)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -308,16 +313,25 @@ def main(argv: list[str] | None = None) -> int:
     model, label = load_model(args.checkpoint)
     out = args.out or DEFAULT_CACHE.parent / "colorize-eval" / Path(args.checkpoint).stem
     out.mkdir(parents=True, exist_ok=True)
+    # Grids are committed, so they show only the validation photos that may be redistributed.
+    shareable = [i for i, _, _ in redistributable(args.cache, "val")]
     metrics, rows = evaluate(model, LabImages(args.cache, "val"), size=args.size,
                              temperatures=tuple(args.temperatures), max_images=args.max_images,
-                             samples=args.samples, device=args.device)  # fmt: skip
+                             samples=shareable, device=args.device)  # fmt: skip
     default = f"{metrics['default_temperature']:g}"
     triplets = [g + m + t for g, m, t in zip(rows["gray"], rows[default], rows["truth"], strict=True)]
     sweep = [[g[0], *(rows[f"{t:g}"][i][0] for t in args.temperatures), rows["truth"][i][0]]
              for i, g in enumerate(rows["gray"])]  # fmt: skip
-    grids = {f"gray | model T={default} | truth": "samples.png", "gray | T sweep | truth": "temperatures.png"}
-    _grid(triplets, 192).save(out / "samples.png", optimize=True)
-    _grid(sweep, 160).save(out / "temperatures.png", optimize=True)
+    grids = {
+        f"gray | model T={default} | truth": "results/eccv16_samples.png",
+        f"gray | T = {' / '.join(f'{t:g}' for t in args.temperatures)} | truth": (
+            "results/eccv16_temperatures.png"
+        ),
+    }
+    if triplets:
+        args.results.mkdir(parents=True, exist_ok=True)
+        _grid(triplets, 192).save(args.results / "eccv16_samples.png", optimize=True)
+        _grid(sweep, 160).save(args.results / "eccv16_temperatures.png", optimize=True)
 
     summary_path = args.cache / "summary.json"
     data_summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -326,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "model_card.md").write_text(markdown(metrics, label, data_summary, grids))
     print((out / "model_card.md").read_text())
-    print(f"wrote {out}/metrics.json, model_card.md, samples.png, temperatures.png")
+    print(f"wrote {out}/metrics.json, model_card.md and the grids in {args.results}")
     return 0
 
 

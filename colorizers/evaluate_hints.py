@@ -11,7 +11,8 @@ ab L2, AuC plain and rebalanced, PSNR, colourfulness, gray and ground-truth rows
 regression output, so the model card can compare the two models.
 
 Writes the plot and the curve's numbers to `--results` (committed: colorizers/results/) and
-`metrics.json`, `model_card.md`, `samples.png` (gray | auto | 10 hints | truth) to `--out`.
+`metrics.json`, `model_card.md` to `--out`; the sample grid (gray | auto | 10 hints | truth, only
+validation photos whose licence allows redistribution) to `--results`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from PIL import Image
 from skimage.color import rgb2lab
 
 from colorizers import hint_sim, quantize, weights
-from colorizers.dataset import DEFAULT_CACHE, REPO, LabImages, manifest_sha256
+from colorizers.dataset import DEFAULT_CACHE, REPO, LabImages, manifest_sha256, redistributable
 from colorizers.evaluate import Scores, _grid, ab_error, colourfulness, lab_to_rgb8, psnr
 from colorizers.siggraph17 import SIGGRAPHGenerator
 
@@ -230,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hints", type=int, nargs="+", default=list(HINT_COUNTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-images", type=int, default=0, help="0: the whole validation split")
-    parser.add_argument("--samples", type=int, default=8, help="images in the sample grid")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or DEFAULT_CACHE.parent / "colorize-eval" / Path(args.checkpoint).stem
     out.mkdir(parents=True, exist_ok=True)
-    sample_ids = np.linspace(0, count - 1, min(args.samples, count)).round().astype(int).tolist()
+    # The grid is committed, so it shows only the validation photos that may be redistributed.
+    sample_ids = [i for i, _, _ in redistributable(args.cache, "val") if i < count]
     rows = []
     for i in sample_ids:
         lab = torch.from_numpy(np.ascontiguousarray(crop8(resized[i])))
@@ -286,14 +287,15 @@ def main(argv: list[str] | None = None) -> int:
         lightness = lab[0].numpy()
         rows.append([lab_to_rgb8(lightness, np.zeros_like(ab[0])), lab_to_rgb8(lightness, ab[0]),
                      lab_to_rgb8(lightness, ab[1]), lab_to_rgb8(lightness, lab[1:].numpy())])  # fmt: skip
-    _grid(rows, 192).save(out / "samples.png", optimize=True)
+    if rows:
+        _grid(rows, 192).save(args.results / "siggraph17_samples.png", optimize=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "model_card.md").write_text(
         markdown(metrics, label, "results/siggraph17_psnr_vs_hints.png")
-        + "\n![gray | no hints | 10 hints | truth](samples.png)\n"
+        + "\n![gray | no hints | 10 hints | truth](results/siggraph17_samples.png)\n"
     )
     print((out / "model_card.md").read_text())
-    print(f"wrote {plot_path}, {out}/metrics.json, model_card.md, samples.png")
+    print(f"wrote {plot_path}, siggraph17_samples.png, {out}/metrics.json, model_card.md")
     return 0
 
 

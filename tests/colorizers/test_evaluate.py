@@ -92,7 +92,11 @@ class TestTemperature:
 def test_evaluate_end_to_end_on_the_tiny_cache(tiny_cache: Path) -> None:
     torch.manual_seed(0)
     metrics, rows = evaluate.evaluate(
-        ECCVGenerator(width=0.125), LabImages(tiny_cache, "val"), size=64, temperatures=(0.38, 1.0), samples=2
+        ECCVGenerator(width=0.125),
+        LabImages(tiny_cache, "val"),
+        size=64,
+        temperatures=(0.38, 1.0),
+        samples=(0, 2),
     )
     assert metrics["images"] == len(LabImages(tiny_cache, "val"))
     assert set(metrics["temperatures"]) == {"0.38", "1"}
