@@ -4,9 +4,10 @@ Sections (`--only a,b`; all by default):
 
 * denoise   F16 256² centre crop, σ=25 (reference noise: np.random.seed(0), clipped), 500 iterations:
             EMA PSNR at 100/200/300/500 vs the reference's 16.73/21.42/24.30/27.11 dB.
-* autostop  128² crops of F16, zebra, kate at σ=25 and σ=50, AutoStop (variance rule, discrepancy off)
-            up to the task budget: PSNR of the returned iterate vs the best iterate seen (goal: within
-            0.5 dB), plus where the discrepancy rule (MSE <= σ²) would have stopped. Plot: autostop.png.
+* autostop  --autostop-crop² (128) crops of F16, zebra, kate at σ=25 and σ=50, AutoStop (variance
+            rule, discrepancy off) up to the task budget: PSNR of the returned iterate vs the best iterate
+            seen (goal: within 0.5 dB), plus where the discrepancy rule (MSE <= σ²) would have stopped.
+            Plot: autostop.png.
 * inpaint   kate.png + kate_mask.png, centre crop: PSNR vs the masked input.
 * sr        Set5 butterfly (and --sr-images) x4 from a PIL-Lanczos LR: Y-channel PSNR (authors' protocol,
             4 px border) vs bicubic.
@@ -140,11 +141,12 @@ def section_autostop(args: argparse.Namespace) -> dict[str, Any]:
         "zebra": DATA / "dip/sr/zebra_GT.png",
         "kate": DATA / "dip/inpainting/kate.png",
     }
-    size = 128 if not args.quick else 48
-    sigmas = (25, 50) if not args.quick else (25,)
+    size = args.autostop_crop if not args.quick else 48
+    sigmas = tuple(int(s) for s in args.sigmas.split(",")) if not args.quick else (25,)
+    images = {k: v for k, v in images.items() if k in args.autostop_images.split(",")}
     if args.quick:
         images = {"F16": images["F16"]}
-    runs = []
+    runs: list[dict[str, Any]] = []
     for name, path in images.items():
         gt = centre_crop(load(path), size)
         for sigma255 in sigmas:
@@ -177,6 +179,8 @@ def section_autostop(args: argparse.Namespace) -> dict[str, Any]:
                     "loss_trace": result.losses.tolist(),
                 }
             )
+            # Runs take 10-30 min each on a CPU: keep what is done if the section is interrupted.
+            _save_section(args.out / "quality.json", "autostop_partial", {"runs": runs, "crop": size})
     _plot_autostop(runs, args.out / "autostop.png")
     gaps = [r["gap_db"] for r in runs if r["gap_db"] is not None]
     return {"runs": runs, "max_gap_db": max(gaps), "pass": max(gaps) <= 0.5, "crop": size}
@@ -211,6 +215,13 @@ def _plot_autostop(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _save_section(json_path: Path, name: str, section: dict[str, Any]) -> None:
+    """Merge one section into the JSON, re-reading it so concurrent invocations keep each other's sections."""
+    res = json.loads(json_path.read_text()) if json_path.exists() else {}
+    res[name] = section
+    json_path.write_text(json.dumps(res, indent=1))
+
+
 def _stopping(args: argparse.Namespace) -> Stopping:
     if args.quick:
         return FixedIterations(10)
@@ -234,8 +245,8 @@ def section_sr(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for name in args.sr_images.split(","):
         hr = load(DATA / "eval" / name)
-        if args.quick:
-            hr = centre_crop(hr, 64)
+        if args.quick or args.sr_crop:
+            hr = centre_crop(hr, 64 if args.quick else args.sr_crop)
         h, w = (hr.shape[0] // 4) * 4, (hr.shape[1] // 4) * 4
         hr = hr[:h, :w]
         hr_pil = Image.fromarray(np.round(hr * 255).astype(np.uint8))
@@ -365,6 +376,10 @@ def main() -> int:
         "--max-iterations", type=int, default=None, help="cap AutoStop runs (default: task budget)"
     )
     p.add_argument("--sr-images", default="set5/butterfly.png", help="comma list under shared/data/eval")
+    p.add_argument("--sr-crop", type=int, default=0, help="HR centre crop for SR (0: whole image)")
+    p.add_argument("--autostop-crop", type=int, default=128, help="crop side for the autostop runs")
+    p.add_argument("--autostop-images", default="F16,zebra,kate", help="comma list of F16, zebra, kate")
+    p.add_argument("--sigmas", default="25,50", help="autostop noise levels, in 1/255")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dip")
     args = p.parse_args()
@@ -374,16 +389,18 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "quality"
     json_path = args.out / f"{stem}.json"
-    res: dict[str, Any] = json.loads(json_path.read_text()) if json_path.exists() else {}
     for name in args.only.split(","):
         if name not in SECTIONS:
             raise SystemExit(f"unknown section {name!r}; choose from {list(SECTIONS)}")
         t = time.monotonic()
         print(f"== {name}", flush=True)
-        res[name] = SECTIONS[name](args) | {"wall_s": round(time.monotonic() - t, 1)}
-        # Sections accumulate across invocations, so they can be run one at a time.
-        json_path.write_text(json.dumps(res, indent=1))
-        print(f"   {name}: pass={res[name].get('pass')} in {res[name]['wall_s']} s", flush=True)
+        section = SECTIONS[name](args) | {"wall_s": round(time.monotonic() - t, 1)}
+        # Sections accumulate across invocations, so they can be run one at a time (or side by side).
+        _save_section(json_path, name, section)
+        print(f"   {name}: pass={section.get('pass')} in {section['wall_s']} s", flush=True)
+    res = json.loads(json_path.read_text())
+    if "autostop" in res and res.pop("autostop_partial", None) is not None:
+        json_path.write_text(json.dumps(res, indent=1))  # the finished section supersedes the partial one
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": args.threads}
     (args.out / f"{stem}.md").write_text(_markdown(res, meta))
     print(f"wrote {json_path} and {stem}.md")

@@ -144,7 +144,11 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"load average before/after {meta['load_before']} / {meta['load_after']}.",
         f"sgemm (2048³ fp32 torch.mm, same run): **{meta['sgemm_gflops']:.0f} GFLOP/s** "
         f"(before {meta['sgemm_before']:.0f}, after {meta['sgemm_after']:.0f}). "
-        f"Reference code: {REFERENCE_S_PER_ITER} s/iteration at 256² (dip.md §5).",
+        f"Reference code: {REFERENCE_S_PER_ITER} s/iteration at 256² (dip.md §5), on an AVX-512 host.",
+        f"This host's vector ISA as torch sees it: **{meta.get('cpu_capability', '?')}**; at this run's "
+        f"sgemm rate the ≈116 GFLOP of one denoise iteration take at least "
+        f"{116 / meta['sgemm_gflops']:.2f} s, so compare % of sgemm and the ratios between variants of one "
+        "run, not seconds across hosts.",
         "",
         "| task | variant | s/iter (median) | p10-p90 | cpu/wall | GFLOP/iter | GFLOP/s | % sgemm "
         "| peak RSS MiB | first iter s |",
@@ -158,10 +162,16 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{100 * r['achieved_gflops'] / meta['sgemm_gflops']:.0f}% | {r['peak_rss_mib']:.0f} | "
             f"{r['first_iteration_s']:.1f} |"
         )
-    lines += ["", "Fastest variant per task (median s/iteration):", ""]
+    lines += ["", "Fastest variant per task (median s/iteration; speed-up over `reference_loop`, one run):"]
+    lines.append("")
     for task in dict.fromkeys(r["task"] for r in rows):
-        best = min((r for r in rows if r["task"] == task), key=lambda r: r["s_per_iter_median"])
-        lines.append(f"* {task}: `{best['variant']}` {best['s_per_iter_median']:.3f} s")
+        of_task = {r["variant"]: r for r in rows if r["task"] == task}
+        best = min(of_task.values(), key=lambda r: r["s_per_iter_median"])
+        line = f"* {task}: `{best['variant']}` {best['s_per_iter_median']:.3f} s"
+        if "reference_loop" in of_task:
+            speedup = of_task["reference_loop"]["s_per_iter_median"] / best["s_per_iter_median"]
+            line += f" ({speedup:.2f}x)"
+        lines.append(line)
     lines += [
         "",
         "cpu/wall well below the thread count means another process took the cores: rerun when quiet.",
@@ -221,6 +231,7 @@ def main() -> int:
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
         "quick": args.quick,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if args.quick:  # keep smoke-test outputs away from the real table
         args.out = args.out / "quick"
