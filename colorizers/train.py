@@ -34,7 +34,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,19 +41,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from colorizers import hint_sim, quantize
 from colorizers.dataset import DEFAULT_CACHE, LabImages, manifest_sha256
 from colorizers.eccv16 import ECCVGenerator
+from colorizers.run_state import Progress, Resumable, RunState, save_shipped
 from colorizers.siggraph17 import SIGGRAPHGenerator
-from colorizers.weights import CHECKPOINTS_DIR, sha256_of
+from colorizers.weights import CHECKPOINTS_DIR
 from contract import AB_NORM, L_CENT, L_NORM
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RUNS = DEFAULT_CACHE.parent / "colorize-runs"
-SHIP_LIMIT_BYTES = 10 * 1024 * 1024  # what the repository accepts per shipped checkpoint
 MASK_OFFSET = 0.5  # our SIGGRAPH17 checkpoints see mask - 0.5, as colorization-pytorch's retrained ones
 L1_WEIGHT = 10.0  # colorization-pytorch: loss_G = CE + 10 · mean L1 in ab/110 units
 # Adam (betas, weight decay) per model: the Caffe ECCV16 solver; colorization-pytorch's optimiser.
@@ -197,20 +195,6 @@ def validate_siggraph(
     )
 
 
-def fp16_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {
-        k: v.detach().cpu().half() if v.is_floating_point() else v.cpu()
-        for k, v in model.state_dict().items()
-    }
-
-
-def save_shipped(model: nn.Module, path: Path) -> str:
-    """Write the fp16 state_dict; returns its SHA-256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fp16_state_dict(model), path)
-    return sha256_of(path)
-
-
 def registry_entry(
     name: str, width: float, sha256: str, filename: str, meta: dict[str, str], arch: str = "eccv16"
 ) -> str:
@@ -232,28 +216,6 @@ def registry_entry(
 
 def _lr(base: float, progress: float) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-class Progress:
-    """A one-line progress bar on a terminal; a log line a minute otherwise."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-
-    def show(self, text: str) -> None:
-        now = time.monotonic()
-        if self.tty and now - self.last > 0.5:
-            sys.stderr.write("\r" + text[:150].ljust(150))
-            sys.stderr.flush()
-            self.last = now
-        elif not self.tty and now - self.last > 60:
-            log.info("%s", text)
-            self.last = now
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -357,16 +319,9 @@ def _train(args: argparse.Namespace) -> Path:
         betas=ADAM[args.model][0],
         weight_decay=args.weight_decay,
     )
-    step, elapsed, history = 0, 0.0, []
-    resume = args.run_dir / "last.pt"
-    if resume.is_file() and not args.fresh:
-        state = torch.load(resume, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed, history = state["step"], state["elapsed"], json.loads(state["history"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        log.info("resumed %s at step %d (%.1f min trained)", resume, step, elapsed / 60)
+    checkpoint = Resumable(args.run_dir, model, optimizer, rng, {k: str(v) for k, v in vars(args).items()})
+    run = checkpoint.load(device, fresh=args.fresh)
+    step, elapsed, history = run.step, run.elapsed, run.history
 
     # Fixed validation crops (centre, at the training crop size), encoded once.
     val_count = min(args.val_images, len(val_images))
@@ -393,20 +348,6 @@ def _train(args: argparse.Namespace) -> Path:
 
         def run_validation() -> dict[str, float]:
             return validate_siggraph(siggraph, val_auto, val_hinted)
-
-    def save() -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "elapsed": elapsed,
-            "history": json.dumps(history),
-            "numpy_rng": json.dumps(rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state(),
-            "args": json.dumps({k: str(v) for k, v in vars(args).items()}),
-        }
-        torch.save(state, args.run_dir / "last.tmp")
-        (args.run_dir / "last.tmp").replace(resume)
 
     log.info(
         "training %s: width %g, crop %d, batch %d, λ %g, %d train / %d val images, %g min on %s",
@@ -459,7 +400,7 @@ def _train(args: argparse.Namespace) -> Path:
             log.info("%s", json.dumps(history[-1]))
             last_val, window = elapsed, (time.monotonic(), step)
         if elapsed - last_save >= args.save_every * 60 or done:
-            save()
+            checkpoint.save(RunState(step, elapsed, history))
             last_save = elapsed
     progress.close()
 
@@ -467,10 +408,6 @@ def _train(args: argparse.Namespace) -> Path:
     path = args.out / filename
     digest = save_shipped(model, path)
     size = path.stat().st_size
-    if size > SHIP_LIMIT_BYTES:
-        log.warning(
-            "%s is %.1f MB: over the %d MB the repository ships", path, size / 2**20, SHIP_LIMIT_BYTES >> 20
-        )
     recipe = (
         {"lambda": f"{args.lambda_rebal:g}"}
         if args.model == "eccv16"

@@ -38,7 +38,7 @@ from skimage.color import lab2rgb
 
 from colorizers.dataset import DEFAULT_CACHE, LabImages, manifest_sha256
 from colorizers.larsson16 import PAD_MULTIPLE, LarssonColorizer
-from colorizers.train import SHIP_LIMIT_BYTES, Progress, save_shipped
+from colorizers.run_state import Progress, Resumable, RunState, save_shipped
 from colorizers.weights import CHECKPOINTS_DIR
 from contract import NUM_CHROMA_BINS, NUM_HUE_BINS
 
@@ -221,17 +221,9 @@ def train(args: argparse.Namespace) -> Path:
     train_images, val_images = LabImages(args.cache, "train"), LabImages(args.cache, "val")
     model = LarssonColorizer(width=args.width, dropout=args.dropout).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    step, elapsed, history = 0, 0.0, []
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    resume = args.run_dir / "last.pt"
-    if resume.is_file() and not args.fresh:
-        state = torch.load(resume, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed, history = state["step"], state["elapsed"], json.loads(state["history"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        log.info("resumed %s at step %d (%.1f min trained)", resume, step, elapsed / 60)
+    checkpoint = Resumable(args.run_dir, model, optimizer, rng, {k: str(v) for k, v in vars(args).items()})
+    run = checkpoint.load(device, fresh=args.fresh)
+    step, elapsed, history = run.step, run.elapsed, run.history
 
     # Fixed validation: centre crops at the training size, targets made once.
     val_count = min(args.val_images, len(val_images))
@@ -240,19 +232,6 @@ def train(args: argparse.Namespace) -> Path:
         (chunk[:, :1].to(device), make_targets(lab_to_rgb(chunk).to(device)))
         for chunk in val_lab.split(args.batch)
     ]
-
-    def save() -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "elapsed": elapsed,
-            "history": json.dumps(history),
-            "numpy_rng": json.dumps(rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state(),
-        }
-        torch.save(state, args.run_dir / "last.tmp")
-        (args.run_dir / "last.tmp").replace(resume)
 
     log.info(
         "training %s: width %g (%d params), crop %d, batch %d, %d train / %d val images, %g min on %s",
@@ -290,7 +269,7 @@ def train(args: argparse.Namespace) -> Path:
             log.info("%s", json.dumps(history[-1]))
             last_val, window = elapsed, (time.monotonic(), step)
         if elapsed - last_save >= args.save_every * 60 or done:
-            save()
+            checkpoint.save(RunState(step, elapsed, history))
             last_save = elapsed
     progress.close()
 
@@ -298,10 +277,6 @@ def train(args: argparse.Namespace) -> Path:
     path = args.out / filename
     digest = save_shipped(model, path)
     size = path.stat().st_size
-    if size > SHIP_LIMIT_BYTES:
-        log.warning(
-            "%s is %.1f MB: over the %d MB the repository ships", path, size / 2**20, SHIP_LIMIT_BYTES >> 20
-        )
     meta = {
         "crop": str(args.crop),
         "batch": str(args.batch),

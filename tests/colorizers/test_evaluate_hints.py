@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from colorizers import evaluate_hints, train
+from colorizers import evaluate_hints, run_state
 from colorizers.siggraph17 import SIGGRAPHGenerator
 
 
@@ -67,7 +67,7 @@ def test_authors_curve_picks_the_columns_of_the_hint_counts(tmp_path: Path) -> N
 def test_unregistered_checkpoint_loads_with_our_mask_convention(tmp_path: Path) -> None:
     torch.manual_seed(0)
     path = tmp_path / "sg.pth"
-    train.save_shipped(SIGGRAPHGenerator(width=0.125, mask_offset=0.5), path)
+    run_state.save_shipped(SIGGRAPHGenerator(width=0.125, mask_offset=0.5), path)
     model, label = evaluate_hints.load_siggraph(str(path))
     assert model.width == 0.125 and model.mask_offset == 0.5 and "mask offset 0.5" in label
     with pytest.raises(FileNotFoundError):

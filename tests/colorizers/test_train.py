@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from colorizers import quantize, train, weights
+from colorizers import quantize, run_state, train, weights
 from colorizers.eccv16 import ECCVGenerator
 from colorizers.evaluate import load_model
 from colorizers.siggraph17 import SIGGRAPHGenerator
@@ -55,8 +55,8 @@ def test_fp16_checkpoint_round_trips_through_registry_and_evaluate(
     torch.manual_seed(1)
     model = ECCVGenerator(width=0.25).eval()
     path = tmp_path / "eccv16-test.pth"
-    digest = train.save_shipped(model, path)
-    assert path.stat().st_size <= train.SHIP_LIMIT_BYTES  # width 1/4 ships in the repository
+    digest = run_state.save_shipped(model, path)
+    assert path.stat().st_size <= run_state.SHIP_LIMIT_BYTES  # width 1/4 ships in the repository
     entry = weights.Checkpoint(
         name="eccv16-test", arch="eccv16", width=0.25, trained=True, description="t", sha256=digest
     )
