@@ -28,7 +28,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from service.restore.early_stop import EarlyStopper
+from service.restore.early_stop import EarlyStopper, estimate_noise_sigma
 from service.restore.padding import as_float_image
 from service.restore.problem import Problem, make_problem
 from service.restore.recipes import NOISE_SCALE, Recipe, recipe_for
@@ -137,8 +137,7 @@ def restore(
     optimizer = torch.optim.Adam(net.parameters(), lr=recipe.lr, fused=options.fused_updates or None)
     model: Callable[[torch.Tensor], torch.Tensor] = torch.compile(net) if options.compile else net
 
-    sigma = task.sigma if isinstance(task, DenoiseTask) else None
-    stopper = EarlyStopper(stopping, sigma, dev) if isinstance(stopping, AutoStop) else None
+    stopper = _stopper(stopping, task, img, dev) if isinstance(stopping, AutoStop) else None
     sync_every = options.sync_every or (1 if dev.type == "cpu" else GPU_SYNC_EVERY)
     losses = torch.full((budget,), math.nan, device=dev)
     stats = torch.full((budget,), math.nan, device=dev)
@@ -216,6 +215,16 @@ def restore(
         losses=losses[:done].cpu().numpy(),
         statistic=stats[:done].cpu().numpy(),
     )
+
+
+def _stopper(policy: AutoStop, task: Task, img: NDArray[np.float32], dev: torch.device) -> EarlyStopper:
+    if not isinstance(task, DenoiseTask):
+        return EarlyStopper(policy, None, dev)
+    if task.sigma is not None or not (policy.discrepancy and policy.estimate_sigma):
+        return EarlyStopper(policy, task.sigma, dev)
+    sigma = estimate_noise_sigma(img)
+    logger.debug("blind denoise: estimated sigma %.4f (%.1f/255)", sigma, sigma * 255)
+    return EarlyStopper(policy, sigma, dev, estimated=True)
 
 
 def _progress(

@@ -26,7 +26,8 @@ HIGH_SIGMA = 50 / 255
 class DenoiseTask:
     """Remove additive noise. `sigma` is the noise std in [0, 1] units (25/255 for "σ=25"), None if unknown.
 
-    A known σ enables the discrepancy stop and picks the reference's reg_noise_std for that σ.
+    A known σ picks the reference's reg_noise_std for that σ and sets the discrepancy stop's noise floor
+    (unknown: the floor is estimated from the image, see `AutoStop`).
     """
 
     sigma: float | None = None
@@ -92,8 +93,12 @@ class AutoStop:
     After `warmup` iterations, track the minimum of the outputs' running variance; stop when no new
     minimum came for `patience` iterations and return the iterate at the minimum. `rule="emv"` is the
     exponential version (constant memory, `alpha`); `"wmv"` uses a sliding window of `window` outputs.
-    When the task's σ is known and `discrepancy` is on, also stop at the first iteration whose data-fit
-    MSE is <= tau·σ² (Morozov) and return that iterate. `max_iterations` caps the run (None: task budget).
+    With `discrepancy` on, denoising also stops at the first iteration whose data-fit MSE is <= tau x the
+    noise floor (Morozov) and returns that iterate: the clipped-noise variance at the current iterate when
+    σ is given, else σ̂² estimated from the image (`estimate_sigma`; off: blind runs use the variance rule
+    alone). tau = 0.95 because the EMA iterate peaks just after the raw fit reaches the floor (measured on
+    F16 and zebra at σ = 25 and 50, bench/results/dip/quality.md). `max_iterations` caps the run (None:
+    the task budget).
     """
 
     rule: Literal["emv", "wmv"] = "emv"
@@ -102,7 +107,8 @@ class AutoStop:
     window: int = 100  # ESDIP ES-WMV buffer_size
     warmup: int = 100  # ESDIP ES-EMV starts after iteration 100
     discrepancy: bool = True
-    tau: float = 1.0
+    tau: float = 0.95
+    estimate_sigma: bool = True
     max_iterations: int | None = None
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.restore.early_stop import EarlyStopper
+from service.restore.early_stop import EarlyStopper, clipped_noise_variance, estimate_noise_sigma
 from service.restore.request import AutoStop
 from service.restore.result import StopReason
 
@@ -91,21 +91,22 @@ class TestStatistics:
 
 
 class TestDiscrepancy:
-    def test_stops_at_first_loss_below_sigma_squared(self) -> None:
+    def test_stops_at_first_loss_below_sigma_squared_at_mid_gray(self) -> None:
+        # Outputs near 0.5 sit 5σ from both clipping edges, so the floor is σ² (to 1e-5).
         sigma = 0.1
         losses = list(np.linspace(0.05, 0.0, 100))  # crosses 0.01 between index 79 and 80
         first = int(np.argmax(np.array(losses) <= sigma**2)) + 1
-        outs = [torch.full((1, 1, 4, 4), float(t)) for t in range(1, 101)]
-        stopper = EarlyStopper(AutoStop(), sigma=sigma, device=CPU)
+        outs = [torch.full((1, 1, 4, 4), 0.5 + 1e-4 * t) for t in range(1, 101)]
+        stopper = EarlyStopper(AutoStop(tau=1.0), sigma=sigma, device=CPU)
         reason, stopped_at = _run(stopper, outs, losses)
         choice = stopper.choice()
         assert reason is StopReason.DISCREPANCY and stopped_at == first and choice is not None
         assert choice[0] == first
-        assert float(choice[1].mean()) == first  # the image of that very iteration
+        assert float(choice[1].mean()) == pytest.approx(0.5 + 1e-4 * first)  # that very iteration's image
 
     def test_tau_scales_threshold(self) -> None:
         losses = list(np.linspace(0.05, 0.0, 100))
-        outs = [torch.zeros(1, 1, 4, 4)] * 100
+        outs = [torch.full((1, 1, 4, 4), 0.5)] * 100
         stopper = EarlyStopper(AutoStop(tau=2.0), sigma=0.1, device=CPU)
         _, stopped_at = _run(stopper, outs, losses)
         assert stopped_at == int(np.argmax(np.array(losses) <= 0.02)) + 1
@@ -118,3 +119,46 @@ class TestDiscrepancy:
             EarlyStopper(AutoStop(warmup=1000, discrepancy=False), sigma=0.1, device=CPU),
         ):
             assert _run(stopper, outs, losses) == (None, 20)
+
+    def test_clipping_lowers_the_floor_so_a_bright_image_stops_later(self) -> None:
+        sigma = 0.2
+        losses = list(np.linspace(0.05, 0.0, 200))
+        bright = [torch.full((1, 3, 8, 8), 0.95)] * 200
+        floor = float(clipped_noise_variance(torch.tensor(0.95), sigma))
+        assert floor < 0.6 * sigma**2
+        _, stopped_at = _run(EarlyStopper(AutoStop(tau=1.0), sigma=sigma, device=CPU), bright, losses)
+        assert stopped_at == int(np.argmax(np.array(losses) <= floor)) + 1
+
+    def test_an_estimated_sigma_is_the_floor_as_it_is(self) -> None:
+        # σ̂ was measured on the clipped image, so no clipping correction: even at 0.95 the floor is σ̂².
+        losses = list(np.linspace(0.05, 0.0, 200))
+        bright = [torch.full((1, 3, 8, 8), 0.95)] * 200
+        stopper = EarlyStopper(AutoStop(tau=1.0), sigma=0.1, device=CPU, estimated=True)
+        _, stopped_at = _run(stopper, bright, losses)
+        assert stopped_at == int(np.argmax(np.array(losses) <= 0.01)) + 1
+
+
+class TestNoiseFloor:
+    @pytest.mark.parametrize("sigma", [0.1, 0.2])
+    @pytest.mark.parametrize("x", [0.0, 0.03, 0.5, 0.9, 1.0])
+    def test_clipped_variance_matches_monte_carlo(self, x: float, sigma: float) -> None:
+        noise = np.random.default_rng(0).normal(0.0, sigma, 500_000)
+        want = np.mean((np.clip(x + noise, 0.0, 1.0) - x) ** 2)
+        got = float(clipped_noise_variance(torch.tensor(x, dtype=torch.float64), sigma))
+        assert got == pytest.approx(want, rel=0.01)
+
+    def test_far_from_the_edges_it_is_sigma_squared(self) -> None:
+        got = clipped_noise_variance(torch.full((3, 4), 0.5, dtype=torch.float64), 0.05)
+        torch.testing.assert_close(got, torch.full((3, 4), 0.0025, dtype=torch.float64))
+
+    @pytest.mark.parametrize("sigma", [10 / 255, 25 / 255, 50 / 255])
+    def test_estimate_on_a_smooth_image_with_known_noise(self, sigma: float) -> None:
+        yy, xx = np.mgrid[0:128, 0:96] / 128.0
+        clean = np.stack([0.3 + 0.3 * xx, 0.4 + 0.2 * yy, 0.5 + 0.1 * np.sin(6 * xx)], axis=-1)
+        noisy = clean + np.random.default_rng(1).normal(0.0, sigma, clean.shape)  # stays inside [0, 1]
+        assert estimate_noise_sigma(noisy) == pytest.approx(sigma, rel=0.05)
+        assert estimate_noise_sigma(clean) < 0.002
+
+    def test_estimate_needs_two_by_two_pixels(self) -> None:
+        with pytest.raises(ValueError, match="2x2"):
+            estimate_noise_sigma(np.zeros((1, 5, 3)))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from service.restore.early_stop import estimate_noise_sigma
 from service.restore.engine import resolve_device, restore
 from service.restore.request import (
     AutoStop,
@@ -131,10 +132,26 @@ class TestEarlyStopping:
     def test_discrepancy_on_a_real_run(self) -> None:
         rng = np.random.default_rng(0)
         noisy = np.clip(0.5 + rng.normal(0, 0.1, (32, 32, 1)), 0, 1).astype(np.float32)
-        result = restore(noisy, DenoiseTask(sigma=0.1), stopping=AutoStop(max_iterations=150))
+        result = restore(noisy, DenoiseTask(sigma=0.1), stopping=AutoStop(max_iterations=300))
         assert result.stop_reason is StopReason.DISCREPANCY
-        assert result.iteration == result.iterations_run < 150
-        assert result.losses[result.iteration - 1] <= 0.1**2 < result.losses[: result.iteration - 1].min()
+        assert result.iteration == result.iterations_run < 300
+        # Mid-gray is 5σ from the clipping edges, so the floor is σ² and the threshold 0.95 σ².
+        floor = 0.95 * 0.1**2
+        assert result.losses[result.iteration - 1] <= floor * 1.001
+        assert result.losses[: result.iteration - 1].min() > floor * 0.999
+
+    def test_blind_denoise_stops_at_the_estimated_noise_floor(self) -> None:
+        rng = np.random.default_rng(0)
+        noisy = np.clip(0.5 + rng.normal(0, 0.1, (32, 32, 1)), 0, 1).astype(np.float32)
+        sigma_hat = estimate_noise_sigma(noisy)
+        assert sigma_hat == pytest.approx(0.1, rel=0.15)
+        result = restore(noisy, DenoiseTask(), stopping=AutoStop(max_iterations=300))
+        assert result.stop_reason is StopReason.DISCREPANCY and result.iteration < 300
+        floor = 0.95 * sigma_hat**2
+        assert result.losses[result.iteration - 1] <= floor < result.losses[: result.iteration - 1].min()
+        # Without the estimate a blind run has only the variance rule, which cannot fire during its warm-up.
+        policy = AutoStop(estimate_sigma=False, warmup=1000, max_iterations=result.iteration)
+        assert restore(noisy, DenoiseTask(), stopping=policy).stop_reason is StopReason.MAX_ITERATIONS
 
     def test_fixed_iterations_returns_last(self) -> None:
         result = restore(_image(16, 16), JpegTask(), stopping=FixedIterations(4))
