@@ -362,7 +362,8 @@ def _markdown(res: dict[str, Any], meta: dict[str, Any]) -> str:
     if "discrepancy" in res:
         d = res["discrepancy"]
         lines += [
-            f"## Discrepancy rule (AutoStop defaults, τ = 0.95), same {d['crop']}² crops and noise",
+            f"## Discrepancy rule (AutoStop defaults, τ = {AutoStop().tau:g}), "
+            f"same {d['crop']}² crops and noise",
             "",
             "Noise floor: the clipped-noise variance at the current iterate when σ is given; σ̂² from the "
             "image (finest diagonal Haar band, MAD) when blind. Gap: the autostop run's best PSNR minus the "

@@ -16,7 +16,7 @@ Discrepancy principle (Morozov): stop at the first iteration whose data-fit MSE 
 floor, the MSE that the noise alone leaves. Every 8-bit image is clipped to [0, 1], and clipping shrinks the
 noise where the image is dark or bright (F16 at σ=50: 0.84 σ²), so with σ known the floor is the clipped
 noise's variance E[(clip(x + n, 0, 1) - x)²] at the current iterate x, not σ²; with plain σ² the rule
-stopped 0.3-0.9 dB short of the best iterate, and 5 dB short on zebra (bench/results/dip/quality.md).
+stopped 0.8-16 dB short of the best iterate on six runs (bench/results/dip/quality.md).
 Blind denoising estimates σ from the image instead (`estimate_noise_sigma`, which measures the clipped
 noise already) and uses σ̂² as the floor. tau < 1 because the returned EMA iterate peaks after the raw
 fit reaches the floor.
