@@ -183,7 +183,6 @@ def section_autostop(args: argparse.Namespace) -> dict[str, Any]:
             )
             # Runs take 10-30 min each on a CPU: keep what is done if the section is interrupted.
             _save_section(args.out / "quality.json", "autostop_partial", {"runs": runs, "crop": size})
-    _plot_autostop(runs, args.out / "autostop.png")
     gaps = [r["gap_db"] for r in runs if r["gap_db"] is not None]
     return {"runs": runs, "max_gap_db": max(gaps), "pass": max(gaps) <= 0.5, "crop": size}
 
@@ -222,7 +221,12 @@ def section_discrepancy(args: argparse.Namespace) -> dict[str, Any]:
     return {"runs": rows, "max_gap_db": max(gaps), "pass": max(gaps) <= 0.5, "crop": done["crop"]}
 
 
-def _plot_autostop(runs: list[dict[str, Any]], path: Path) -> None:
+def _plot_autostop(runs: list[dict[str, Any]], discrepancy: dict[str, Any] | None, path: Path) -> None:
+    """PSNR and loss per iteration of each autostop run, with where each rule stopped and what it returned."""
+    stops = {
+        (r["image"], r["sigma"]): (r["known"]["iteration"], r["blind"]["iteration"])
+        for r in (discrepancy or {}).get("runs", [])
+    }
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,11 +238,16 @@ def _plot_autostop(runs: list[dict[str, Any]], path: Path) -> None:
     for ax, r in zip(axes.flat, runs, strict=False):
         its = np.arange(1, len(r["psnr_trace"]) + 1)
         ax.plot(its, r["psnr_trace"], label="PSNR (EMA iterate)", color="tab:blue")
-        ax.axvline(r["returned_iteration"], color="tab:green", ls="--", label="returned (ES-EMV)")
+        ax.axvline(r["returned_iteration"], color="tab:green", ls="--", label="returned (ES-EMV only)")
         ax.axvline(r["stopped_at"], color="tab:red", ls=":", label="stopped")
         ax.axvline(r["best_iteration"], color="tab:gray", ls="-.", lw=0.8, label="best seen")
         if r["discrepancy_iteration"]:
-            ax.axvline(r["discrepancy_iteration"], color="tab:orange", ls="--", lw=0.8, label="MSE <= σ²")
+            old_rule = "MSE <= σ² (old rule)"
+            ax.axvline(r["discrepancy_iteration"], color="tab:orange", ls=":", lw=0.8, label=old_rule)
+        if (r["image"], r["sigma"]) in stops:
+            known, blind = stops[(r["image"], r["sigma"])]
+            ax.axvline(known, color="black", ls="--", lw=1.0, label="discrepancy, σ given")
+            ax.axvline(blind, color="tab:brown", ls="-.", lw=1.0, label="discrepancy, σ̂ (blind)")
         ax.set_title(f"{r['image']} σ={r['sigma']}: gap {r['gap_db']:.2f} dB")
         ax.set_xlabel("iteration")
         ax.set_ylabel("PSNR dB")
@@ -449,7 +458,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "quality"
     json_path = args.out / f"{stem}.json"
-    for name in args.only.split(","):
+    for name in filter(None, args.only.split(",")):  # --only "": redraw the tables and plot from the JSON
         if name not in SECTIONS:
             raise SystemExit(f"unknown section {name!r}; choose from {list(SECTIONS)}")
         t = time.monotonic()
@@ -459,6 +468,8 @@ def main() -> int:
         _save_section(json_path, name, section)
         print(f"   {name}: pass={section.get('pass')} in {section['wall_s']} s", flush=True)
     res = json.loads(json_path.read_text())
+    if "autostop" in res:
+        _plot_autostop(res["autostop"]["runs"], res.get("discrepancy"), args.out / "autostop.png")
     if "autostop" in res and res.pop("autostop_partial", None) is not None:
         json_path.write_text(json.dumps(res, indent=1))  # the finished section supersedes the partial one
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": args.threads}
