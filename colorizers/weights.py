@@ -89,6 +89,25 @@ REGISTRY: dict[str, Checkpoint] = {
             meta={"mask_offset": "0.5"},
         ),
         Checkpoint(
+            name="larsson16-w0.125",
+            arch="larsson16",
+            width=0.125,
+            trained=True,
+            description="trained by colorizers.train_larsson on the colorizers.data photos (65 min, 1 core)",
+            sha256="55faf4a1567ff36b94fadfb2d7c75a8d8e0d8b073ea02fcdae4957c566f921cd",
+            filename="larsson16-w0.125.pth",
+            meta={
+                "crop": "128",
+                "batch": "16",
+                "steps": "5818",
+                "minutes": "65.0",
+                "lr": "0.0005",
+                "dropout": "0",
+                "seed": "0",
+                "data_manifest_sha256": "b2a00e9a23e5abe3a557c322541d87482b4c9cfb47b954a598e3033f74fbd64e",
+            },
+        ),
+        Checkpoint(
             name="larsson16-w0.125-random",
             arch="larsson16",
             width=0.125,
@@ -130,7 +149,7 @@ REGISTRY: dict[str, Checkpoint] = {
 DEFAULT = {
     "eccv16": "eccv16-w0.25-l1",
     "siggraph17": "siggraph17-w0.25",
-    "larsson16": "larsson16-w0.125-random",
+    "larsson16": "larsson16-w0.125",
 }
 
 
