@@ -13,13 +13,14 @@ Either way: after the warm-up, keep the iterate with the smallest statistic; sto
 for `patience` iterations.
 
 Discrepancy principle (Morozov): stop at the first iteration whose data-fit MSE is <= tau x the noise
-floor, the MSE that the noise alone leaves. Every 8-bit image is clipped to [0, 1], and clipping shrinks the
-noise where the image is dark or bright (F16 at σ=50: 0.84 σ²), so with σ known the floor is the clipped
-noise's variance E[(clip(x + n, 0, 1) - x)²] at the current iterate x, not σ²; with plain σ² the rule
-stopped 0.8-16 dB short of the best iterate on six runs (bench/results/dip/quality.md).
-Blind denoising estimates σ from the image instead (`estimate_noise_sigma`, which measures the clipped
-noise already) and uses σ̂² as the floor. tau < 1 because the returned EMA iterate peaks after the raw
-fit reaches the floor.
+floor, the MSE that the noise alone leaves (`noise_floor`). Every 8-bit image is clipped to [0, 1], and
+clipping shrinks the noise where the image is dark or bright (kate at σ=50: 0.76 σ²), so with σ given the
+floor is the clipped-noise variance E[(clip(x + n, 0, 1) - x)²] at the observed pixels, not σ²: with plain
+σ² the rule stopped 0.8-16 dB short of the best iterate on six runs (bench/results/dip/quality.md).
+Evaluating it at the current iterate instead stopped at iteration 29 on kate at σ=50, where the early,
+blurry iterate has no saturated pixels. Blind denoising estimates σ from the image instead
+(`estimate_noise_sigma` measures the clipped noise already) and uses σ̂². tau < 1 because the returned
+EMA iterate peaks after the raw fit goes below the floor.
 
 All bookkeeping stays on the device (`torch.where`, a device-side iteration counter), so `update` never
 waits for the accelerator; only `decide` reads scalars back, and the engine calls it every `sync_every`
@@ -29,7 +30,6 @@ iterations.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -72,6 +72,15 @@ def clipped_noise_variance(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
     inside = cdf_b - cdf_a - (b * pdf(b) - a * pdf(a))
     return sigma**2 * inside + x.square() * cdf_a + (1.0 - x).square() * (1.0 - cdf_b)
+
+
+def noise_floor(noisy: NDArray[np.floating], sigma: float | None) -> float:
+    """The data-fit MSE that the noise alone leaves on `noisy` ((H, W, C) in [0, 1]): the mean
+    clipped-noise variance at the observed pixels for a given σ, σ̂² (`estimate_noise_sigma`) if None."""
+    if sigma is None:
+        return estimate_noise_sigma(noisy) ** 2
+    observed = torch.from_numpy(np.asarray(noisy, dtype=np.float64))
+    return float(clipped_noise_variance(observed, sigma).mean())
 
 
 class _ExponentialVariance:
@@ -127,24 +136,17 @@ class _WindowVariance:
 class EarlyStopper:
     """Applies an `AutoStop` policy to a run; `sigma` (in [0, 1] units) enables the discrepancy rule."""
 
-    def __init__(
-        self, policy: AutoStop, sigma: float | None, device: torch.device, *, estimated: bool = False
-    ) -> None:
-        """`sigma`: the noise std in [0, 1] units, None when unknown; `estimated`: it was measured on the
-        clipped image (`estimate_noise_sigma`), so σ² is the floor as it is."""
+    def __init__(self, policy: AutoStop, noise_floor: float | None, device: torch.device) -> None:
+        """`noise_floor`: the discrepancy rule's floor (`noise_floor()`), None for no discrepancy rule."""
         self.policy = policy
         self.stat: _ExponentialVariance | _WindowVariance = (
             _ExponentialVariance(policy.alpha) if policy.rule == "emv" else _WindowVariance(policy.window)
         )
         # ES-WMV only has a full window after `window` outputs.
         self.start = max(policy.warmup, policy.window) if policy.rule == "wmv" else policy.warmup
-        self.floor: Callable[[torch.Tensor], torch.Tensor] | None = None
-        if policy.discrepancy and sigma is not None:
-            if estimated:
-                constant = torch.tensor(sigma**2, device=device)
-                self.floor = lambda _: constant
-            else:
-                self.floor = lambda x: clipped_noise_variance(x, sigma).mean()
+        self.threshold = (
+            policy.tau * noise_floor if (policy.discrepancy and noise_floor is not None) else None
+        )
         self.counter = torch.zeros((), dtype=torch.long, device=device)
         self.best_stat = torch.full((), math.inf, device=device)
         self.best_iter = torch.zeros((), dtype=torch.long, device=device)
@@ -169,9 +171,8 @@ class EarlyStopper:
             else:
                 self.best_image.copy_(torch.where(improved, product, self.best_image))
             self.tracking = True
-        if self.floor is not None:
-            threshold = self.policy.tau * self.floor(product.detach())
-            hit = (loss.detach() <= threshold) & (self.hit_iter == 0)
+        if self.threshold is not None:
+            hit = (loss.detach() <= self.threshold) & (self.hit_iter == 0)
             self.hit_iter = torch.where(hit, self.counter, self.hit_iter)
             if self.hit_image is None:
                 self.hit_image = torch.zeros_like(product)
@@ -180,7 +181,7 @@ class EarlyStopper:
 
     def decide(self, iteration: int) -> StopReason | None:
         """Whether to stop after `iteration` (reads device scalars: one host sync)."""
-        if self.floor is not None and int(self.hit_iter) > 0:
+        if self.threshold is not None and int(self.hit_iter) > 0:
             return StopReason.DISCREPANCY
         if self.tracking and iteration - int(self.best_iter) >= self.policy.patience:
             return StopReason.PLATEAU
@@ -188,7 +189,7 @@ class EarlyStopper:
 
     def choice(self) -> tuple[int, torch.Tensor] | None:
         """The iterate the rule returns now, as (iteration, image), or None before the warm-up ends."""
-        if self.floor is not None and self.hit_image is not None and int(self.hit_iter) > 0:
+        if self.threshold is not None and self.hit_image is not None and int(self.hit_iter) > 0:
             return int(self.hit_iter), self.hit_image
         if self.best_image is not None:
             return int(self.best_iter), self.best_image

@@ -28,7 +28,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from service.restore.early_stop import EarlyStopper, estimate_noise_sigma
+from service.restore.early_stop import EarlyStopper, noise_floor
 from service.restore.padding import as_float_image
 from service.restore.problem import Problem, make_problem
 from service.restore.recipes import NOISE_SCALE, Recipe, recipe_for
@@ -218,13 +218,14 @@ def restore(
 
 
 def _stopper(policy: AutoStop, task: Task, img: NDArray[np.float32], dev: torch.device) -> EarlyStopper:
-    if not isinstance(task, DenoiseTask):
+    """The task's stop rule: a discrepancy floor for denoising with σ given, or estimated when blind."""
+    if not isinstance(task, DenoiseTask) or not policy.discrepancy:
         return EarlyStopper(policy, None, dev)
-    if task.sigma is not None or not (policy.discrepancy and policy.estimate_sigma):
-        return EarlyStopper(policy, task.sigma, dev)
-    sigma = estimate_noise_sigma(img)
-    logger.debug("blind denoise: estimated sigma %.4f (%.1f/255)", sigma, sigma * 255)
-    return EarlyStopper(policy, sigma, dev, estimated=True)
+    if task.sigma is None and not policy.estimate_sigma:
+        return EarlyStopper(policy, None, dev)
+    floor = noise_floor(img, task.sigma)
+    logger.debug("denoise: noise floor %.3g (sigma %s)", floor, task.sigma)
+    return EarlyStopper(policy, floor, dev)
 
 
 def _progress(

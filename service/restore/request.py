@@ -94,12 +94,12 @@ class AutoStop:
     minimum came for `patience` iterations and return the iterate at the minimum. `rule="emv"` is the
     exponential version (constant memory, `alpha`); `"wmv"` uses a sliding window of `window` outputs.
     With `discrepancy` on, denoising also stops at the first iteration whose data-fit MSE is <= tau x the
-    noise floor (Morozov) and returns that iterate: the clipped-noise variance at the current iterate when
+    noise floor (Morozov) and returns that iterate: the clipped-noise variance at the observed pixels when
     σ is given, else σ̂² estimated from the image (`estimate_sigma`; off: blind runs use the variance rule
-    alone). tau = 0.93 because the EMA iterate peaks after the raw fit goes below the floor: on F16, zebra
-    and kate at σ = 25 and 50 the best iterate came at 0.92-0.97 x the floor, and 0.93 lands within
-    0.1 dB of it on all six (bench/results/dip/quality.md). `max_iterations` caps the run (None: the task
-    budget).
+    alone). tau = 0.95 because the EMA iterate peaks after the raw fit goes below the floor: on F16, zebra
+    and kate at σ = 25 and 50 the best iterate came at 0.93-1.03 x the floor, and 0.95 lands within
+    0.5 dB of it on all six with σ given (bench/results/dip/quality.md). `max_iterations` caps the run
+    (None: the task budget).
     """
 
     rule: Literal["emv", "wmv"] = "emv"
@@ -108,7 +108,7 @@ class AutoStop:
     window: int = 100  # ESDIP ES-WMV buffer_size
     warmup: int = 100  # ESDIP ES-EMV starts after iteration 100
     discrepancy: bool = True
-    tau: float = 0.93
+    tau: float = 0.95
     estimate_sigma: bool = True
     max_iterations: int | None = None
 

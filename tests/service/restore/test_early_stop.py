@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from service.restore.early_stop import EarlyStopper, clipped_noise_variance, estimate_noise_sigma
+from service.restore.early_stop import (
+    EarlyStopper,
+    clipped_noise_variance,
+    estimate_noise_sigma,
+    noise_floor,
+)
 from service.restore.request import AutoStop
 from service.restore.result import StopReason
 
@@ -40,7 +45,7 @@ class TestPlateau:
     def test_stops_after_patience_and_returns_the_valley(self, rule: str) -> None:
         outs = _u_curve_outputs(900, valley=300)
         policy = AutoStop(rule=rule, patience=200, window=20, warmup=50)  # type: ignore[arg-type]
-        stopper = EarlyStopper(policy, sigma=None, device=CPU)
+        stopper = EarlyStopper(policy, noise_floor=None, device=CPU)
         reason, stopped_at = _run(stopper, outs, [1.0] * len(outs))
         choice = stopper.choice()
         assert reason is StopReason.PLATEAU and choice is not None
@@ -53,14 +58,14 @@ class TestPlateau:
     def test_no_stop_while_still_improving(self) -> None:
         outs = _u_curve_outputs(400, valley=1000)  # amplitude keeps shrinking
         # warmup 100 (the default) lets the EMV, which starts at 0, settle first.
-        stopper = EarlyStopper(AutoStop(patience=50, warmup=100), sigma=None, device=CPU)
+        stopper = EarlyStopper(AutoStop(patience=50, warmup=100), noise_floor=None, device=CPU)
         reason, _ = _run(stopper, outs, [1.0] * len(outs))
         assert reason is None
         choice = stopper.choice()
         assert choice is not None and choice[0] >= 350
 
     def test_nothing_chosen_during_warmup(self) -> None:
-        stopper = EarlyStopper(AutoStop(warmup=100), sigma=None, device=CPU)
+        stopper = EarlyStopper(AutoStop(warmup=100), noise_floor=None, device=CPU)
         reason, _ = _run(stopper, _u_curve_outputs(50, valley=25), [1.0] * 50)
         assert reason is None and stopper.choice() is None
 
@@ -68,7 +73,7 @@ class TestPlateau:
 class TestStatistics:
     def test_emv_matches_recursion(self) -> None:
         outs = _u_curve_outputs(40, valley=20)
-        stopper = EarlyStopper(AutoStop(rule="emv", alpha=0.1), sigma=None, device=CPU)
+        stopper = EarlyStopper(AutoStop(rule="emv", alpha=0.1), noise_floor=None, device=CPU)
         xs = [o.double().numpy() for o in outs]
         ema, emv = xs[0].copy(), 0.0
         for t, (o, x) in enumerate(zip(outs, xs, strict=True), start=1):
@@ -82,7 +87,7 @@ class TestStatistics:
     def test_wmv_matches_brute_force_window(self) -> None:
         outs = _u_curve_outputs(37, valley=20)
         w = 8
-        stopper = EarlyStopper(AutoStop(rule="wmv", window=w), sigma=None, device=CPU)
+        stopper = EarlyStopper(AutoStop(rule="wmv", window=w), noise_floor=None, device=CPU)
         for t, o in enumerate(outs, start=1):
             got = float(stopper.update(t, o, o, torch.tensor(1.0)))
             window = np.stack([x.double().numpy() for x in outs[max(0, t - w) : t]])
@@ -92,12 +97,11 @@ class TestStatistics:
 
 class TestDiscrepancy:
     def test_stops_at_first_loss_below_sigma_squared_at_mid_gray(self) -> None:
-        # Outputs near 0.5 sit 5σ from both clipping edges, so the floor is σ² (to 1e-5).
         sigma = 0.1
         losses = list(np.linspace(0.05, 0.0, 100))  # crosses 0.01 between index 79 and 80
         first = int(np.argmax(np.array(losses) <= sigma**2)) + 1
         outs = [torch.full((1, 1, 4, 4), 0.5 + 1e-4 * t) for t in range(1, 101)]
-        stopper = EarlyStopper(AutoStop(tau=1.0), sigma=sigma, device=CPU)
+        stopper = EarlyStopper(AutoStop(tau=1.0), noise_floor=sigma**2, device=CPU)
         reason, stopped_at = _run(stopper, outs, losses)
         choice = stopper.choice()
         assert reason is StopReason.DISCREPANCY and stopped_at == first and choice is not None
@@ -107,7 +111,7 @@ class TestDiscrepancy:
     def test_tau_scales_threshold(self) -> None:
         losses = list(np.linspace(0.05, 0.0, 100))
         outs = [torch.full((1, 1, 4, 4), 0.5)] * 100
-        stopper = EarlyStopper(AutoStop(tau=2.0), sigma=0.1, device=CPU)
+        stopper = EarlyStopper(AutoStop(tau=2.0), noise_floor=0.01, device=CPU)
         _, stopped_at = _run(stopper, outs, losses)
         assert stopped_at == int(np.argmax(np.array(losses) <= 0.02)) + 1
 
@@ -115,27 +119,24 @@ class TestDiscrepancy:
         losses = [0.0] * 20
         outs = [torch.zeros(1, 1, 4, 4)] * 20
         for stopper in (
-            EarlyStopper(AutoStop(warmup=1000), sigma=None, device=CPU),
-            EarlyStopper(AutoStop(warmup=1000, discrepancy=False), sigma=0.1, device=CPU),
+            EarlyStopper(AutoStop(warmup=1000), noise_floor=None, device=CPU),
+            EarlyStopper(AutoStop(warmup=1000, discrepancy=False), noise_floor=0.01, device=CPU),
         ):
             assert _run(stopper, outs, losses) == (None, 20)
 
-    def test_clipping_lowers_the_floor_so_a_bright_image_stops_later(self) -> None:
+    def test_clipping_lowers_the_floor_of_a_bright_image(self) -> None:
         sigma = 0.2
-        losses = list(np.linspace(0.05, 0.0, 200))
-        bright = [torch.full((1, 3, 8, 8), 0.95)] * 200
-        floor = float(clipped_noise_variance(torch.tensor(0.95), sigma))
-        assert floor < 0.6 * sigma**2
-        _, stopped_at = _run(EarlyStopper(AutoStop(tau=1.0), sigma=sigma, device=CPU), bright, losses)
-        assert stopped_at == int(np.argmax(np.array(losses) <= floor)) + 1
+        bright = np.full((8, 8, 3), 0.95)
+        assert noise_floor(bright, sigma) == pytest.approx(
+            float(clipped_noise_variance(torch.tensor(0.95), sigma))
+        )
+        assert noise_floor(bright, sigma) < 0.6 * sigma**2
+        # 10σ from both edges, clipping does not bite.
+        assert noise_floor(np.full((8, 8, 3), 0.5), 0.05) == pytest.approx(0.05**2, rel=1e-6)
 
-    def test_an_estimated_sigma_is_the_floor_as_it_is(self) -> None:
-        # σ̂ was measured on the clipped image, so no clipping correction: even at 0.95 the floor is σ̂².
-        losses = list(np.linspace(0.05, 0.0, 200))
-        bright = [torch.full((1, 3, 8, 8), 0.95)] * 200
-        stopper = EarlyStopper(AutoStop(tau=1.0), sigma=0.1, device=CPU, estimated=True)
-        _, stopped_at = _run(stopper, bright, losses)
-        assert stopped_at == int(np.argmax(np.array(losses) <= 0.01)) + 1
+    def test_blind_floor_is_the_estimated_sigma_squared(self) -> None:
+        noisy = np.clip(0.5 + np.random.default_rng(0).normal(0, 0.1, (64, 64, 3)), 0, 1)
+        assert noise_floor(noisy, None) == pytest.approx(estimate_noise_sigma(noisy) ** 2)
 
 
 class TestNoiseFloor:
