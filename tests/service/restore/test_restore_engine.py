@@ -143,7 +143,7 @@ class TestEarlyStopping:
         noisy = np.clip(0.5 + rng.normal(0, 0.1, (32, 32, 1)), 0, 1).astype(np.float32)
         sigma_hat = estimate_noise_sigma(noisy)
         assert sigma_hat == pytest.approx(0.1, rel=0.15)
-        # tau 1.2: the fit reaches 1.2 σ̂² within a few dozen steps (0.93 σ̂² needs the noise fitted).
+        # tau 1.2: the fit reaches 1.2 σ̂² in a few dozen steps; the default 0.95 needs the noise fitted.
         result = restore(noisy, DenoiseTask(), stopping=AutoStop(tau=1.2, max_iterations=300))
         assert result.stop_reason is StopReason.DISCREPANCY and result.iteration < 300
         floor = 1.2 * sigma_hat**2
