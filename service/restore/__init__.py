@@ -9,7 +9,7 @@ Modules, one concern each:
 * `problem`   padding + degradation operator + loss per task
 * `skip`      the `skip` encoder-decoder network
 * `lanczos`   the fixed Lanczos-2 downsampler of the SR loss
-* `early_stop` ES-EMV / ES-WMV running-variance rule and the discrepancy rule
+* `early_stop` held-out-pixel validation, ES-EMV / ES-WMV running variance and the discrepancy rule
 * `padding`   input normalisation and reflection padding (numpy only)
 * `cli`       `python -m service.restore.cli denoise in.png out.png --sigma 25`
 

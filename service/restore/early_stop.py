@@ -1,4 +1,11 @@
-"""Automatic early stopping for DIP: the blind running-variance rule and the discrepancy rule.
+"""Automatic early stopping for DIP: held-out pixels, the blind running-variance rule, the discrepancy rule.
+
+Held-out pixels (`holdout_mask`, denoising's default): the loss skips a random fraction of the pixels and
+the stopper tracks the iterate's MSE to the noisy image there. With y = x + n and n independent of the fit
+on those pixels, E‖f − y‖² = ‖f − x‖² + E‖n‖², so the minimum over iterations is the best iterate there,
+whatever σ is. The statistic is the EMA iterate's, as that is what gets returned; the wait for a new
+minimum grows with the minimum's age (see `EarlyStopper.decide`). The engine then refits every pixel to
+the chosen iteration (`AutoStop.refit`).
 
 Running variance (Wang, Li, Zhuang, Chen, Liang, Sun, "Early Stopping for Deep Image Prior",
 arXiv 2112.06074; code sun-umn/Early_Stopping_for_DIP @ 877d994d, see dip.md §3): the outputs' variance
@@ -40,6 +47,21 @@ from service.restore.result import StopReason
 
 # Donoho & Johnstone (1994): for Gaussian noise, median(|HH|) / 0.6745 estimates σ.
 MAD_TO_SIGMA = 0.6745
+# Below this many held-out pixels the validation error is too noisy to rank iterates (a 25x25 image at
+# 10%): such runs use the variance/discrepancy rules instead.
+MIN_HOLDOUT_PIXELS = 64
+
+
+def holdout_mask(height: int, width: int, fraction: float, seed: int) -> NDArray[np.bool_] | None:
+    """(H, W) bool, True on the pixels left out of the loss; None if fewer than MIN_HOLDOUT_PIXELS.
+
+    Its own numpy stream from `seed`, so holding pixels out leaves the network's init and input untouched.
+    """
+    if fraction <= 0.0:
+        return None
+    mask = np.random.default_rng(seed).random((height, width)) < fraction
+    held = int(mask.sum())
+    return mask if MIN_HOLDOUT_PIXELS <= held < height * width else None
 
 
 def estimate_noise_sigma(image: NDArray[np.floating]) -> float:
@@ -133,20 +155,48 @@ class _WindowVariance:
         return var.float()
 
 
-class EarlyStopper:
-    """Applies an `AutoStop` policy to a run; `sigma` (in [0, 1] units) enables the discrepancy rule."""
+class _HeldOutError:
+    """MSE between the iterate and the target on the held-out pixels (`weights`: 1 there, 0 elsewhere)."""
 
-    def __init__(self, policy: AutoStop, noise_floor: float | None, device: torch.device) -> None:
-        """`noise_floor`: the discrepancy rule's floor (`noise_floor()`), None for no discrepancy rule."""
+    def __init__(self, target: torch.Tensor, weights: torch.Tensor) -> None:
+        self.target = target
+        self.weights = weights
+        self.count = float(weights.sum()) * target.shape[1]  # pixels x channels
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.target).square() * self.weights).sum() / self.count
+
+
+class EarlyStopper:
+    """Applies an `AutoStop` policy to a run.
+
+    `noise_floor` enables the discrepancy rule (`noise_floor()`); `held_out` = (target, weights) replaces
+    both other rules by the held-out error of the returned iterate.
+    """
+
+    def __init__(
+        self,
+        policy: AutoStop,
+        noise_floor: float | None,
+        device: torch.device,
+        held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         self.policy = policy
-        self.stat: _ExponentialVariance | _WindowVariance = (
-            _ExponentialVariance(policy.alpha) if policy.rule == "emv" else _WindowVariance(policy.window)
-        )
+        self.stat: _ExponentialVariance | _WindowVariance | _HeldOutError
+        self.patience = policy.patience
+        if held_out is not None:
+            self.stat = _HeldOutError(*held_out)
+            self.patience = policy.holdout_patience
+        elif policy.rule == "emv":
+            self.stat = _ExponentialVariance(policy.alpha)
+        else:
+            self.stat = _WindowVariance(policy.window)
         # ES-WMV only has a full window after `window` outputs.
-        self.start = max(policy.warmup, policy.window) if policy.rule == "wmv" else policy.warmup
-        self.threshold = (
-            policy.tau * noise_floor if (policy.discrepancy and noise_floor is not None) else None
+        self.start = (
+            max(policy.warmup, policy.window) if isinstance(self.stat, _WindowVariance) else policy.warmup
         )
+        use_floor = policy.discrepancy and noise_floor is not None and held_out is None
+        self.threshold = policy.tau * noise_floor if use_floor and noise_floor is not None else None
         self.counter = torch.zeros((), dtype=torch.long, device=device)
         self.best_stat = torch.full((), math.inf, device=device)
         self.best_iter = torch.zeros((), dtype=torch.long, device=device)
@@ -161,7 +211,8 @@ class EarlyStopper:
         """Feed iteration `iteration` (1-based): the raw output drives the statistic, `product` (the EMA
         where the task uses one) is what gets kept. Returns the statistic as a device scalar."""
         self.counter.add_(1)
-        stat = self.stat.update(raw)
+        # The variance rules watch the raw output's jitter; the held-out error judges what gets returned.
+        stat = self.stat.update(product if isinstance(self.stat, _HeldOutError) else raw)
         if iteration > self.start:
             improved = stat < self.best_stat
             self.best_stat = torch.where(improved, stat, self.best_stat)
@@ -183,7 +234,16 @@ class EarlyStopper:
         """Whether to stop after `iteration` (reads device scalars: one host sync)."""
         if self.threshold is not None and int(self.hit_iter) > 0:
             return StopReason.DISCREPANCY
-        if self.tracking and iteration - int(self.best_iter) >= self.policy.patience:
+        if not self.tracking:
+            return None
+        best = int(self.best_iter)
+        if isinstance(self.stat, _HeldOutError):
+            # DIP fits in stages: a stall can put a shallow minimum before the real one, so the wait
+            # grows with the minimum's age (at least `patience`): stop at twice its age. Not enough for
+            # barbara at σ=25 (minimum at 354 in a stall, deeper one at 858; bench quality.md).
+            if iteration - best >= max(self.patience, best):
+                return StopReason.HOLDOUT
+        elif iteration - best >= self.patience:
             return StopReason.PLATEAU
         return None
 

@@ -11,7 +11,8 @@
 | inpaint region  | 1, 16..128 x6, skip 0, 5x5 down, no 1x1  | noise 1  | 0.01  | 3001  | 0         | -    |
 | inpaint pixels  | 32, 128/128/4 x5, bilinear               | noise 32 | 0.001 | 11000 | 0.03      | -    |
 
-(a) 1/20 for σ >= 50/255. (b) x2 is not in the reference; it reuses the x4 settings.
+(a) 1/20 for σ = 50 in the reference; here from σ >= 37.5/255, the nearer of its two settings.
+(b) x2 is not in the reference; it reuses the x4 settings.
 The noise input is U(0, 0.1), as the reference `get_noise(..., var=1/10)`.
 """
 
@@ -69,13 +70,17 @@ _INPAINT_NETS = {
 }
 
 
-def recipe_for(task: Task, channels: int) -> Recipe:
-    """The reference recipe for `task` on an image with `channels` (1 or 3) channels."""
+def recipe_for(task: Task, channels: int, estimated_sigma: float | None = None) -> Recipe:
+    """The reference recipe for `task` on an image with `channels` (1 or 3) channels.
+
+    `estimated_sigma` stands in for an unknown σ in blind denoising: it picks the reg_noise_std setting.
+    """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     recipe: Recipe
     if isinstance(task, DenoiseTask):
-        high = task.sigma is not None and task.sigma >= HIGH_SIGMA - 1e-9
+        sigma = task.sigma if task.sigma is not None else estimated_sigma
+        high = sigma is not None and sigma >= HIGH_SIGMA - 1e-9
         recipe = Recipe(_DEFAULT_NET, "noise", 0.01, 3000, 1 / 20 if high else 1 / 30, 0.99)
     elif isinstance(task, JpegTask):
         recipe = Recipe(_JPEG_NET, "noise", 0.01, 2400, 1 / 30, 0.99)

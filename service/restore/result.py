@@ -17,6 +17,7 @@ class StopReason(StrEnum):
 
     PLATEAU = "variance_plateau"  # AutoStop: running variance had no new minimum for `patience` iterations
     DISCREPANCY = "discrepancy"  # AutoStop: data-fit MSE reached tau·σ²
+    HOLDOUT = "holdout_minimum"  # AutoStop: the held-out pixels' error had no new minimum for a while
     MAX_ITERATIONS = "max_iterations"  # AutoStop: the cap was reached before a rule fired
     FIXED_ITERATIONS = "fixed_iterations"  # FixedIterations: ran the requested count
     TIME_BUDGET = "time_budget"  # the next iteration would have overrun `time_budget_s`

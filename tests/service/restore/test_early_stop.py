@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from service.restore.early_stop import (
+    MIN_HOLDOUT_PIXELS,
     EarlyStopper,
     clipped_noise_variance,
     estimate_noise_sigma,
+    holdout_mask,
     noise_floor,
 )
 from service.restore.request import AutoStop
@@ -163,3 +165,58 @@ class TestNoiseFloor:
     def test_estimate_needs_two_by_two_pixels(self) -> None:
         with pytest.raises(ValueError, match="2x2"):
             estimate_noise_sigma(np.zeros((1, 5, 3)))
+
+
+class TestHoldout:
+    def test_mask_fraction_and_seed(self) -> None:
+        a = holdout_mask(200, 300, 0.1, seed=4)
+        assert a is not None and a.shape == (200, 300) and a.dtype == np.bool_
+        assert a.mean() == pytest.approx(0.1, abs=0.005)
+        same, other = holdout_mask(200, 300, 0.1, seed=4), holdout_mask(200, 300, 0.1, seed=5)
+        assert same is not None and other is not None
+        np.testing.assert_array_equal(a, same)
+        assert not np.array_equal(a, other)
+
+    def test_mask_none_when_off_or_too_small(self) -> None:
+        assert holdout_mask(64, 64, 0.0, seed=0) is None
+        assert holdout_mask(10, 10, 0.1, seed=0) is None  # about 10 pixels
+        side = int(np.ceil(np.sqrt(MIN_HOLDOUT_PIXELS / 0.5))) + 4
+        assert holdout_mask(side, side, 0.5, seed=0) is not None
+
+    def test_returns_the_minimum_of_the_held_out_error(self) -> None:
+        # Iterates approach the target, then drift away: the held-out error bottoms out at t = 120.
+        gen = torch.Generator().manual_seed(0)
+        target = torch.rand(1, 3, 16, 16, generator=gen)
+        weights = (torch.rand(1, 1, 16, 16, generator=gen) < 0.3).float()
+        direction = torch.randn(target.shape, generator=gen)
+        outs = [target + (abs(t - 120) / 100 + 0.01) * direction for t in range(1, 501)]
+        policy = AutoStop(warmup=20, holdout_patience=50)
+        stopper = EarlyStopper(policy, noise_floor=1.0, device=CPU, held_out=(target, weights))
+        reason, stopped_at = _run(stopper, outs, [0.0] * len(outs))  # loss 0 <= any floor: ignored
+        choice = stopper.choice()
+        assert reason is StopReason.HOLDOUT and choice is not None
+        # It waits as long as the minimum took to come (>= holdout_patience): stops at twice its age.
+        assert choice[0] == 120 and stopped_at == 240
+        torch.testing.assert_close(choice[1], outs[119])
+        held = weights.expand_as(target).bool()
+        want = (outs[119] - target)[held].square().mean()
+        torch.testing.assert_close(stopper.best_stat, want)
+
+    def test_waits_through_a_stall_for_the_deeper_minimum(self) -> None:
+        # A local minimum at 100 (the fit stalls), then a deeper one at 180: a fixed patience of 50
+        # would stop at 150 with the first.
+        def error(t: int) -> float:
+            if t <= 140:
+                return 0.05 + abs(t - 100) / 200
+            return 0.25 - (t - 140) * 0.006 if t <= 180 else 0.01 + (t - 180) / 100
+
+        target = torch.zeros(1, 1, 8, 8)
+        weights = torch.ones(1, 1, 8, 8)
+        outs = [torch.full((1, 1, 8, 8), error(t)) for t in range(1, 601)]
+        stopper = EarlyStopper(
+            AutoStop(warmup=10, holdout_patience=50), None, CPU, held_out=(target, weights)
+        )
+        reason, stopped_at = _run(stopper, outs, [1.0] * len(outs))
+        choice = stopper.choice()
+        assert reason is StopReason.HOLDOUT and choice is not None
+        assert choice[0] == 180 and stopped_at == 360

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.restore.early_stop import estimate_noise_sigma, noise_floor
+from service.restore.early_stop import estimate_noise_sigma, holdout_mask, noise_floor
 from service.restore.engine import resolve_device, restore
 from service.restore.request import (
     AutoStop,
@@ -132,7 +133,8 @@ class TestEarlyStopping:
     def test_discrepancy_on_a_real_run(self) -> None:
         rng = np.random.default_rng(0)
         noisy = np.clip(0.5 + rng.normal(0, 0.1, (32, 32, 1)), 0, 1).astype(np.float32)
-        result = restore(noisy, DenoiseTask(sigma=0.1), stopping=AutoStop(max_iterations=300))
+        policy = AutoStop(holdout=0.0, max_iterations=300)
+        result = restore(noisy, DenoiseTask(sigma=0.1), stopping=policy)
         assert result.stop_reason is StopReason.DISCREPANCY
         assert result.iteration == result.iterations_run < 300
         floor = 0.95 * noise_floor(noisy, 0.1)  # mid-gray: about σ², as clipping rarely bites
@@ -144,13 +146,89 @@ class TestEarlyStopping:
         sigma_hat = estimate_noise_sigma(noisy)
         assert sigma_hat == pytest.approx(0.1, rel=0.15)
         # tau 1.2: the fit reaches 1.2 σ̂² in a few dozen steps; the default 0.95 needs the noise fitted.
-        result = restore(noisy, DenoiseTask(), stopping=AutoStop(tau=1.2, max_iterations=300))
+        policy = AutoStop(holdout=0.0, tau=1.2, max_iterations=300)
+        result = restore(noisy, DenoiseTask(), stopping=policy)
         assert result.stop_reason is StopReason.DISCREPANCY and result.iteration < 300
         floor = 1.2 * sigma_hat**2
         assert result.losses[result.iteration - 1] <= floor < result.losses[: result.iteration - 1].min()
         # Without the estimate a blind run has only the variance rule, which cannot fire during its warm-up.
-        policy = AutoStop(estimate_sigma=False, warmup=1000, max_iterations=result.iteration)
+        policy = AutoStop(holdout=0.0, estimate_sigma=False, warmup=1000, max_iterations=result.iteration)
         assert restore(noisy, DenoiseTask(), stopping=policy).stop_reason is StopReason.MAX_ITERATIONS
+
+    def test_held_out_pixels_never_reach_the_loss(self) -> None:
+        # 37x45 is reflection-padded to 64x64, so held-out pixels also have copies in the padding.
+        noisy = _image(37, 45)
+        held = holdout_mask(37, 45, 0.1, seed=3)
+        assert held is not None
+        policy = AutoStop(warmup=2, refit=False, max_iterations=4)  # the refit sees every pixel
+        base = restore(noisy, DenoiseTask(sigma=0.1), stopping=policy, seed=3)
+        changed_held = noisy.copy()
+        changed_held[held] = 1.0 - changed_held[held]
+        other = restore(changed_held, DenoiseTask(sigma=0.1), stopping=policy, seed=3)
+        np.testing.assert_array_equal(other.losses, base.losses)  # the fit is blind to them...
+        assert not np.array_equal(other.statistic, base.statistic)  # ...the stop rule is not
+        changed_visible = noisy.copy()
+        row, col = np.argwhere(~held)[0]
+        changed_visible[row, col] = 1.0 - changed_visible[row, col]
+        moved = restore(changed_visible, DenoiseTask(sigma=0.1), stopping=policy, seed=3)
+        assert not np.array_equal(moved.losses, base.losses)
+
+    def test_blind_denoise_stops_at_the_held_out_minimum(self) -> None:
+        rng = np.random.default_rng(1)
+        # Flat: fitted within a few dozen steps, then the noise (~360 iterations, the cheapest real case).
+        clean = np.full((32, 32, 1), 0.5, np.float32)
+        noisy = np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32)
+        policy = AutoStop(warmup=10, holdout_patience=30, refit=False, max_iterations=600)
+        result = restore(noisy, DenoiseTask(), stopping=policy)
+        assert result.stop_reason is StopReason.HOLDOUT and result.iteration > 30
+        # No new minimum for as long as the minimum took to come: it stops at twice the minimum's age.
+        assert result.iterations_run == 2 * result.iteration < 600
+        tracked = result.statistic[10 : result.iterations_run]
+        assert result.statistic[result.iteration - 1] == tracked.min()
+        # The held-out error is the clean error plus the noise: its minimum is a denoised image.
+        assert np.mean((result.image - clean) ** 2) < 0.1 * np.mean((noisy - clean) ** 2)
+
+    def test_refit_is_the_plain_fit_to_the_chosen_iteration(self) -> None:
+        noisy = _image(40, 40)
+        policy = AutoStop(warmup=2, max_iterations=12)  # the cap ends the held-out run; its best is kept
+        held_out = restore(noisy, DenoiseTask(), stopping=dataclasses.replace(policy, refit=False))
+        refit = restore(noisy, DenoiseTask(), stopping=policy)
+        t = held_out.iteration
+        assert held_out.stop_reason is StopReason.MAX_ITERATIONS and 2 < t <= 12
+        assert refit.stop_reason is StopReason.MAX_ITERATIONS and refit.iteration == t
+        assert refit.iterations_run == 12 + t
+        np.testing.assert_array_equal(refit.statistic[:12], held_out.statistic)
+        assert np.isnan(refit.statistic[12:]).all()
+        # Same seed, every pixel, t iterations: bit for bit what FixedIterations(t) returns (the quality
+        # bench reads the refit's PSNR off the plain run's trace on the strength of this).
+        plain = restore(noisy, DenoiseTask(), stopping=FixedIterations(t))
+        np.testing.assert_array_equal(refit.image, plain.image)
+        np.testing.assert_array_equal(refit.losses[12:], plain.losses)
+        assert not np.array_equal(refit.image, held_out.image)
+
+    def test_refit_cut_short_keeps_the_held_out_iterate(self) -> None:
+        noisy = _image(40, 40)
+        policy = AutoStop(warmup=2, holdout_patience=5, max_iterations=12)
+        calls = 0
+
+        def cancel() -> bool:
+            nonlocal calls
+            calls += 1
+            return calls > 14  # during the refit, which starts after 12 held-out iterations
+
+        result = restore(noisy, DenoiseTask(sigma=0.1), stopping=policy, should_cancel=cancel)
+        assert result.stop_reason is StopReason.CANCELLED and result.iterations_run == 14
+        held_out_only = restore(
+            noisy, DenoiseTask(sigma=0.1), stopping=dataclasses.replace(policy, refit=False)
+        )
+        assert result.iteration == held_out_only.iteration
+        np.testing.assert_array_equal(result.image, held_out_only.image)
+
+    def test_too_few_pixels_to_hold_out_falls_back(self) -> None:
+        noisy = _image(12, 12, 1)  # 10% of 144 pixels is under MIN_HOLDOUT_PIXELS
+        policy = AutoStop(holdout=0.1, warmup=2, patience=3, max_iterations=40)
+        result = restore(noisy, DenoiseTask(), stopping=policy)
+        assert result.stop_reason in (StopReason.PLATEAU, StopReason.DISCREPANCY, StopReason.MAX_ITERATIONS)
 
     def test_fixed_iterations_returns_last(self) -> None:
         result = restore(_image(16, 16), JpegTask(), stopping=FixedIterations(4))

@@ -48,6 +48,9 @@ class TestValidation:
             ({"alpha": 0.0}, "alpha"),
             ({"rule": "x"}, "rule"),
             ({"tau": 0}, "tau"),
+            ({"holdout": 0.7}, "holdout.*0.7"),
+            ({"holdout": -0.1}, "holdout"),
+            ({"holdout_patience": 0}, "holdout_patience"),
         ],
     )
     def test_autostop(self, kwargs: dict[str, object], name: str) -> None:
@@ -71,6 +74,15 @@ class TestRecipes:
 
     def test_denoise_sigma_50_uses_more_input_noise(self) -> None:
         assert recipe_for(DenoiseTask(sigma=50 / 255), 1).reg_noise_std == 1 / 20
+
+    @pytest.mark.parametrize(("sigma255", "reg"), [(30, 1 / 30), (37, 1 / 30), (38, 1 / 20), (45, 1 / 20)])
+    def test_denoise_takes_the_nearer_reference_setting(self, sigma255: int, reg: float) -> None:
+        assert recipe_for(DenoiseTask(sigma=sigma255 / 255), 3).reg_noise_std == reg
+        # Blind: the estimate stands in for σ; a known σ wins over it.
+        assert recipe_for(DenoiseTask(), 3, estimated_sigma=sigma255 / 255).reg_noise_std == reg
+        assert (
+            recipe_for(DenoiseTask(sigma=25 / 255), 3, estimated_sigma=sigma255 / 255).reg_noise_std == 1 / 30
+        )
 
     def test_jpeg(self) -> None:
         r = recipe_for(JpegTask(), 3)

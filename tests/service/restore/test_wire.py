@@ -18,7 +18,7 @@ from service.restore.request import (
     InpaintTask,
     JpegTask,
 )
-from service.restore.result import Progress
+from service.restore.result import Progress, StopReason
 
 LIMIT = 1 << 30
 
@@ -67,6 +67,15 @@ def test_stopping_policy() -> None:
     capped = restore_pb2.RestoreRequest(auto_stop=restore_pb2.AutoStopParams(max_iterations=30))
     assert wire.stopping(capped, 100) == AutoStop(max_iterations=30)
     assert wire.progress_every(restore_pb2.RestoreRequest()) == wire.DEFAULT_PROGRESS_EVERY
+
+
+def test_every_finishing_stop_reason_has_its_own_wire_value() -> None:
+    # CANCELLED never reaches a result: the job ends with the CANCELLED status code instead.
+    finishing = set(StopReason) - {StopReason.CANCELLED}
+    assert set(wire.STOP_REASONS) == finishing
+    values = set(wire.STOP_REASONS.values())
+    assert len(values) == len(finishing) and restore_pb2.STOP_REASON_UNSPECIFIED not in values
+    assert wire.STOP_REASONS[StopReason.HOLDOUT] == restore_pb2.STOP_REASON_HOLDOUT_MINIMUM
 
 
 def test_png_keeps_16_bit_gray_and_alpha() -> None:
