@@ -4,11 +4,14 @@ Sections (`--only a,b`; all by default):
 
 * denoise   F16 256² centre crop, σ=25 (reference noise: np.random.seed(0), clipped), 500 iterations:
             EMA PSNR at 100/200/300/500 vs the reference's 16.73/21.42/24.30/27.11 dB.
-* autostop  --autostop-crop² (128) crops of F16, zebra, kate at σ=25 and σ=50, AutoStop (variance
-            rule, discrepancy off) up to the task budget: PSNR of the returned iterate vs the best iterate
-            seen (goal: within 0.5 dB), plus where the discrepancy rule (MSE <= σ²) would have stopped.
+* autostop  --autostop-crop² (128) crops of F16, zebra, kate, barbara, pepper at σ=25 and σ=50,
+            AutoStop (variance rule, discrepancy off) up to the task budget: PSNR of the returned iterate
+            vs the best iterate seen (goal: within 0.5 dB), plus where MSE <= σ² would have stopped.
             Plot: autostop.png.
-* discrepancy  the same runs with the default AutoStop (discrepancy rule), σ given and σ estimated.
+* stoprules the same images and noise with the default AutoStop (held-out pixels, then the refit read
+            off the autostop trace), σ given and blind, and the discrepancy rule read off the autostop
+            traces. barbara and pepper were not used to choose tau. --autostop-images / --sigmas run a
+            subset; runs merge into the section, so one invocation per core works.
 * inpaint   kate.png + kate_mask.png, centre crop: PSNR vs the masked input.
 * sr        Set5 butterfly (and --sr-images) x4 from a PIL-Lanczos LR: Y-channel PSNR (authors' protocol,
             4 px border) vs bicubic.
@@ -17,6 +20,7 @@ Sections (`--only a,b`; all by default):
     .venv/bin/python bench/dip/quality.py --quick                       # smoke test, ~1-2 min
     .venv/bin/python bench/dip/quality.py --only denoise                # ~6-8 min on 2 quiet cores
     .venv/bin/python bench/dip/quality.py --only autostop               # ~40-70 min
+    .venv/bin/python bench/dip/quality.py --only stoprules --threads 1 --sigmas 25  # ~30 min per σ
     .venv/bin/python bench/dip/quality.py --only inpaint,sr,jpeg --max-iterations 1500
 
 Writes bench/results/dip/quality.{json,md}, autostop.png and the restored images (--quick: under quick/).
@@ -25,6 +29,7 @@ Writes bench/results/dip/quality.{json,md}, autostop.png and the restored images
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import time
@@ -41,8 +46,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from service.restore.early_stop import estimate_noise_sigma  # noqa: E402
+from service.restore.early_stop import estimate_noise_sigma, noise_floor  # noqa: E402
 from service.restore.engine import restore  # noqa: E402
+from service.restore.recipes import recipe_for  # noqa: E402
 from service.restore.request import (  # noqa: E402
     AutoStop,
     DenoiseTask,
@@ -56,6 +62,14 @@ from service.restore.request import (  # noqa: E402
 from service.restore.result import Progress, RestoreResult  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
+# Images for the stop-rule runs: tau was tuned on the first three; barbara and pepper are held out.
+AUTOSTOP_IMAGES = {
+    "F16": DATA / "dip/denoising/F16_GT.png",
+    "zebra": DATA / "dip/sr/zebra_GT.png",
+    "kate": DATA / "dip/inpainting/kate.png",
+    "barbara": DATA / "dip/restoration/barbara.png",
+    "pepper": DATA / "eval/set14/pepper.png",
+}
 REF_DENOISE_EMA = {100: 16.73, 200: 21.42, 300: 24.30, 500: 27.11}  # dip.md §5, reference code on CPU
 Image_ = NDArray[np.float32]
 
@@ -138,26 +152,19 @@ def section_denoise(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def section_autostop(args: argparse.Namespace) -> dict[str, Any]:
-    images = {
-        "F16": DATA / "dip/denoising/F16_GT.png",
-        "zebra": DATA / "dip/sr/zebra_GT.png",
-        "kate": DATA / "dip/inpainting/kate.png",
-    }
     size = args.autostop_crop if not args.quick else 48
     sigmas = tuple(int(s) for s in args.sigmas.split(",")) if not args.quick else (25,)
-    images = {k: v for k, v in images.items() if k in args.autostop_images.split(",")}
+    images = {k: AUTOSTOP_IMAGES[k] for k in args.autostop_images.split(",")}
     if args.quick:
         images = {"F16": images["F16"]}
     runs: list[dict[str, Any]] = []
     for name, path in images.items():
-        gt = centre_crop(load(path), size)
         for sigma255 in sigmas:
+            gt, noisy = _autostop_pair(path, size, sigma255)
             sigma = sigma255 / 255
-            rng = np.random.default_rng(sigma255)
-            noisy = np.clip(gt + rng.normal(0, sigma, gt.shape), 0, 1).astype(np.float32)
-            policy = AutoStop(discrepancy=False, max_iterations=args.max_iterations)
+            policy = AutoStop(discrepancy=False, holdout=0.0, max_iterations=args.max_iterations)
             if args.quick:
-                policy = AutoStop(discrepancy=False, warmup=5, patience=10, max_iterations=40)
+                policy = AutoStop(discrepancy=False, holdout=0.0, warmup=5, patience=10, max_iterations=40)
             print(f"autostop {name} sigma {sigma255}", flush=True)
             result, trace = run_traced(noisy, DenoiseTask(sigma=sigma), policy, gt)
             best = int(np.argmax(trace)) + 1
@@ -183,77 +190,154 @@ def section_autostop(args: argparse.Namespace) -> dict[str, Any]:
             )
             # Runs take 10-30 min each on a CPU: keep what is done if the section is interrupted.
             _save_section(args.out / "quality.json", "autostop_partial", {"runs": runs, "crop": size})
+    runs = _merge_runs(args, "autostop", runs, size)
     gaps = [r["gap_db"] for r in runs if r["gap_db"] is not None]
     return {"runs": runs, "max_gap_db": max(gaps), "pass": max(gaps) <= 0.5, "crop": size}
 
 
-def section_discrepancy(args: argparse.Namespace) -> dict[str, Any]:
-    """The discrepancy rule on the autostop section's images and noise, σ given and σ estimated (blind).
+def _autostop_pair(path: Path, size: int, sigma255: int) -> tuple[Image_, Image_]:
+    """(clean centre crop, noisy copy): noise seeded by σ, clipped to [0, 1] as an 8-bit file would be."""
+    gt = centre_crop(load(path), size)
+    rng = np.random.default_rng(sigma255)
+    noisy = np.clip(gt + rng.normal(0, sigma255 / 255, gt.shape), 0, 1).astype(np.float32)
+    return gt, noisy
 
-    Same crops, noise and seed as `autostop`, whose full-length run supplies the best iterate seen. With
-    σ given the recipe is the same, so the run follows the same trajectory up to its stop; a blind run
-    uses the σ=25 recipe (reg_noise_std 1/30), so at σ=50 it is a different run.
+
+def _merge_runs(
+    args: argparse.Namespace, section: str, runs: list[dict[str, Any]], crop: int
+) -> list[dict[str, Any]]:
+    """This invocation's runs plus the section's earlier runs on other (image, σ) at the same crop, so
+    images can be added (or run side by side) one invocation at a time."""
+    old = json.loads(_json_path(args).read_text()).get(section, {}) if _json_path(args).exists() else {}
+    mine = {(r["image"], r["sigma"]) for r in runs}
+    kept = [
+        r for r in old.get("runs", []) if old.get("crop") == crop and (r["image"], r["sigma"]) not in mine
+    ]
+    order = list(AUTOSTOP_IMAGES)
+    return sorted(kept + runs, key=lambda r: (order.index(r["image"]), r["sigma"]))
+
+
+def _json_path(args: argparse.Namespace) -> Path:
+    return args.out / "quality.json"
+
+
+def _refit_outcomes(run: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """The default AutoStop's result (held-out run, then the refit on every pixel) for a stoprules row: the
+    autostop run's PSNR at the held-out run's iteration (blind: only where σ̂ picks σ's setting)."""
+    out: dict[str, Any] = {}
+    for key, held in (("refit", "holdout"), ("refit_blind", "holdout_blind")):
+        if key == "refit_blind" and not row["same_recipe_blind"]:
+            out[key] = None
+            continue
+        it = row[held]["iteration"]
+        if not 0 < it <= len(run["psnr_trace"]):  # the autostop run ended before it (--quick)
+            out[key] = None
+            continue
+        out[key] = {"iteration": it, "psnr": run["psnr_trace"][it - 1]}
+        out[key]["gap_db"] = run["best_psnr"] - out[key]["psnr"]
+    return out
+
+
+def section_stoprules(args: argparse.Namespace) -> dict[str, Any]:
+    """The default AutoStop (held-out pixels) through the engine, and the discrepancy rule on the
+    autostop section's traces, on the same crops and noise; gaps against the autostop run's best iterate.
+
+    The autostop runs use the paper's algorithm (every pixel in the loss), so their best iterate is the
+    target for every rule. The discrepancy rule does not change the trajectory, only where it ends, so its
+    stop is read off the autostop run's loss trace (σ given; σ̂ where σ̂ picks the same reg_noise_std
+    setting as σ, else the run would differ and the cell says so). The held-out rule never uses σ, so
+    its blind run is its σ-given run wherever σ̂ picks the same setting.
     """
-    done = json.loads((args.out / "quality.json").read_text()).get("autostop")
+    done = json.loads(_json_path(args).read_text()).get("autostop")
     if done is None:
         raise SystemExit("run the autostop section first: it supplies the best iterate of each run")
-    images = {
-        "F16": DATA / "dip/denoising/F16_GT.png",
-        "zebra": DATA / "dip/sr/zebra_GT.png",
-        "kate": DATA / "dip/inpainting/kate.png",
-    }
+    wanted = set(args.autostop_images.split(","))
+    sigmas = {int(s) for s in args.sigmas.split(",")}
     rows = []
     for run in done["runs"]:
-        gt = centre_crop(load(images[run["image"]]), done["crop"])
+        if run["image"] not in wanted or run["sigma"] not in sigmas:
+            continue
+        gt, noisy = _autostop_pair(AUTOSTOP_IMAGES[run["image"]], done["crop"], run["sigma"])
         sigma = run["sigma"] / 255
-        rng = np.random.default_rng(run["sigma"])
-        noisy = np.clip(gt + rng.normal(0, sigma, gt.shape), 0, 1).astype(np.float32)
+        sigma_hat = estimate_noise_sigma(noisy)
+        same_recipe = recipe_for(DenoiseTask(sigma=sigma), 3) == recipe_for(DenoiseTask(), 3, sigma_hat)
         row: dict[str, Any] = {"image": run["image"], "sigma": run["sigma"], "best_psnr": run["best_psnr"]}
-        row["best_iteration"] = run["best_iteration"]
-        row["estimated_sigma"] = estimate_noise_sigma(noisy) * 255
-        for key, task in (("known", DenoiseTask(sigma=sigma)), ("blind", DenoiseTask())):
-            print(f"discrepancy {run['image']} sigma {run['sigma']} {key}", flush=True)
-            result = restore(noisy, task, stopping=AutoStop(max_iterations=args.max_iterations))
+        row |= {"best_iteration": run["best_iteration"], "estimated_sigma": sigma_hat * 255}
+        row["same_recipe_blind"] = same_recipe
+        print(f"stop rules {run['image']} sigma {run['sigma']}", flush=True)
+        # One pass: the refit's image is the autostop run's iterate at the chosen iteration (same seed,
+        # every pixel: tests/service/restore/test_restore_engine.py checks it bit for bit).
+        policy = AutoStop(refit=False, max_iterations=args.max_iterations)
+        if args.quick:
+            policy = AutoStop(refit=False, warmup=5, holdout_patience=10, max_iterations=40)
+        result = restore(noisy, DenoiseTask(sigma=sigma), stopping=policy)
+        value = psnr(result.image, gt)
+        row["holdout"] = {"psnr": value, "gap_db": run["best_psnr"] - value} | _meta(result)
+        if not same_recipe:
+            print(f"stop rules {run['image']} sigma {run['sigma']} blind", flush=True)
+            result = restore(noisy, DenoiseTask(), stopping=policy)
             value = psnr(result.image, gt)
-            row[key] = {"psnr": value, "gap_db": run["best_psnr"] - value} | _meta(result)
+        row["holdout_blind"] = {"psnr": value, "gap_db": run["best_psnr"] - value} | _meta(result)
+        row |= _refit_outcomes(run, row)
+        losses = np.asarray(run["loss_trace"])
+        for key, floor in (("discrepancy", noise_floor(noisy, sigma)), ("discrepancy_blind", sigma_hat**2)):
+            if key == "discrepancy_blind" and not same_recipe:
+                row[key] = None
+                continue
+            below = np.nonzero(losses <= AutoStop().tau * floor)[0]
+            it = int(below[0]) + 1 if below.size else len(losses)
+            row[key] = {"iteration": it, "psnr": run["psnr_trace"][it - 1]}
+            row[key]["gap_db"] = run["best_psnr"] - row[key]["psnr"]
         rows.append(row)
-    gaps = [r[k]["gap_db"] for r in rows for k in ("known", "blind")]
+    old = json.loads(_json_path(args).read_text()).get("stoprules", {})
+    mine = {(r["image"], r["sigma"]) for r in rows}
+    rows += [
+        r
+        for r in old.get("runs", [])
+        if old.get("crop") == done["crop"] and (r["image"], r["sigma"]) not in mine
+    ]
+    order = list(AUTOSTOP_IMAGES)
+    rows.sort(key=lambda r: (order.index(r["image"]), r["sigma"]))
+    gaps = [r[k]["gap_db"] for r in rows for k in ("refit", "refit_blind") if r[k] is not None]
     return {"runs": rows, "max_gap_db": max(gaps), "pass": max(gaps) <= 0.5, "crop": done["crop"]}
 
 
-def _plot_autostop(runs: list[dict[str, Any]], discrepancy: dict[str, Any] | None, path: Path) -> None:
+def _plot_autostop(runs: list[dict[str, Any]], rules: dict[str, Any] | None, path: Path) -> None:
     """PSNR and loss per iteration of each autostop run, with where each rule stopped and what it returned."""
-    stops = {
-        (r["image"], r["sigma"]): (r["known"]["iteration"], r["blind"]["iteration"])
-        for r in (discrepancy or {}).get("runs", [])
-    }
+    by_run = {(r["image"], r["sigma"]): r for r in (rules or {}).get("runs", [])}
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = min(3, len(runs))
+    cols = min(4, len(runs))
     rows = -(-len(runs) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows), squeeze=False)
     for ax, r in zip(axes.flat, runs, strict=False):
         its = np.arange(1, len(r["psnr_trace"]) + 1)
         ax.plot(its, r["psnr_trace"], label="PSNR (EMA iterate)", color="tab:blue")
-        ax.axvline(r["returned_iteration"], color="tab:green", ls="--", label="returned (ES-EMV only)")
-        ax.axvline(r["stopped_at"], color="tab:red", ls=":", label="stopped")
+        ax.axvline(r["returned_iteration"], color="tab:green", ls="--", label="ES-EMV returned")
         ax.axvline(r["best_iteration"], color="tab:gray", ls="-.", lw=0.8, label="best seen")
-        if r["discrepancy_iteration"]:
-            old_rule = "MSE <= σ² (old rule)"
-            ax.axvline(r["discrepancy_iteration"], color="tab:orange", ls=":", lw=0.8, label=old_rule)
-        if (r["image"], r["sigma"]) in stops:
-            known, blind = stops[(r["image"], r["sigma"])]
-            ax.axvline(known, color="black", ls="--", lw=1.0, label="discrepancy, σ given")
-            ax.axvline(blind, color="tab:brown", ls="-.", lw=1.0, label="discrepancy, σ̂ (blind)")
-        ax.set_title(f"{r['image']} σ={r['sigma']}: gap {r['gap_db']:.2f} dB")
+        rule = by_run.get((r["image"], r["sigma"]))
+        title = f"{r['image']} σ={r['sigma']}: ES-EMV gap {r['gap_db']:.2f}"
+        if rule is not None:
+            ax.axvline(
+                rule["discrepancy"]["iteration"], color="black", ls="--", lw=1.0, label="discrepancy, σ"
+            )
+            refit = rule.get("refit")
+            if refit is not None:  # the refit is this very trajectory, cut at the held-out run's choice
+                ax.axvline(refit["iteration"], color="tab:red", lw=1.2, label="held-out + refit (default)")
+                title += f", default {refit['gap_db']:.2f} dB"
+            held = rule["holdout"]  # the held-out run fits 90% of the pixels: another trajectory
+            ax.plot([held["iteration"]], [held["psnr"]], "r*", ms=9, label="held-out run's own iterate")
+        ax.set_title(title, fontsize=8)
         ax.set_xlabel("iteration")
         ax.set_ylabel("PSNR dB")
         loss_ax = ax.twinx()
         loss_ax.semilogy(its, r["loss_trace"], color="tab:purple", alpha=0.4, lw=0.7)
         loss_ax.set_ylabel("loss (MSE to noisy)")
+    for ax in list(axes.flat)[len(runs) :]:
+        ax.set_visible(False)
     axes[0, 0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -261,10 +345,13 @@ def _plot_autostop(runs: list[dict[str, Any]], discrepancy: dict[str, Any] | Non
 
 
 def _save_section(json_path: Path, name: str, section: dict[str, Any]) -> None:
-    """Merge one section into the JSON, re-reading it so concurrent invocations keep each other's sections."""
-    res = json.loads(json_path.read_text()) if json_path.exists() else {}
-    res[name] = section
-    json_path.write_text(json.dumps(res, indent=1))
+    """Merge one section into the JSON under a lock, re-reading it so concurrent invocations (one per core)
+    keep each other's sections."""
+    with (json_path.parent / ".quality.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        res = json.loads(json_path.read_text()) if json_path.exists() else {}
+        res[name] = section
+        json_path.write_text(json.dumps(res, indent=1))
 
 
 def _stopping(args: argparse.Namespace) -> Stopping:
@@ -372,31 +459,54 @@ def _markdown(res: dict[str, Any], meta: dict[str, Any]) -> str:
             f"Max gap {a['max_gap_db']:.2f} dB; within 0.5 dB: **{a['pass']}**. Plot: autostop.png.",
             "",
         ]
-    if "discrepancy" in res:
-        d = res["discrepancy"]
+    if "stoprules" in res:
+        d = res["stoprules"]
         lines += [
-            f"## Discrepancy rule (AutoStop defaults, τ = {AutoStop().tau:g}), "
-            f"same {d['crop']}² crops and noise",
+            f"## Stop rules, same {d['crop']}² crops and noise (gap: the autostop run's best PSNR minus the "
+            "returned iterate's)",
             "",
-            "Noise floor: the clipped-noise variance at the observed pixels when σ is given; σ̂² from the "
-            "image (finest diagonal Haar band, MAD) when blind. Gap: the autostop run's best PSNR minus the "
-            "returned iterate's.",
+            f"Held-out pixels (the default): {AutoStop().holdout:.0%} of the pixels left out of the loss; "
+            "the run stops once their error had no new minimum for as long as the minimum took to come "
+            f"(>= {AutoStop().holdout_patience} iterations), then the "
+            "paper's fit on every pixel runs again, same seed, to that iteration and is returned (refit; the "
+            "held-out run's own iterate is the refit=False result). The refit's PSNR is the autostop run's "
+            "at that iteration (bit-exact equivalence tested). σ only picks the reg_noise_std setting, so "
+            "blind is the σ-given run wherever σ̂ picks the same setting. "
+            f"Discrepancy (τ = {AutoStop().tau:g}; tuned on F16, zebra and kate): the first iteration of "
+            "the autostop run whose loss is <= τ x the floor (the clipped-noise variance at the observed "
+            "pixels with σ given, σ̂² blind).",
             "",
-            "| image | σ | σ̂ | best it / PSNR | σ given: it / PSNR / gap | blind (σ̂): it / PSNR / gap |",
-            "|---|---|---|---|---|---|",
+            "| image | σ | σ̂ | best it / PSNR | **held-out + refit** (default): it / PSNR / gap "
+            "| held-out run, no refit | discrepancy, σ given | discrepancy, σ̂ |",
+            "|---|---|---|---|---|---|---|---|",
         ]
+
+        def cell(x: dict[str, Any] | None, reason: bool = False) -> str:
+            if x is None:
+                return "-"  # not on the autostop run's trajectory (σ̂ picks another setting)
+            tail = f" ({x['stop_reason']})" if reason else ""
+            return f"{x['iteration']} / {x['psnr']:.2f} / **{x['gap_db']:.2f}**{tail}"
+
         for r in d["runs"]:
-            cells = [
-                f"{r[k]['iteration']} / {r[k]['psnr']:.2f} / **{r[k]['gap_db']:.2f}** ({r[k]['stop_reason']})"
-                for k in ("known", "blind")
-            ]
             lines.append(
                 f"| {r['image']} | {r['sigma']} | {r['estimated_sigma']:.1f} | {r['best_iteration']} / "
-                f"{r['best_psnr']:.2f} | {cells[0]} | {cells[1]} |"
+                f"{r['best_psnr']:.2f} | {cell(r['refit'])} | {cell(r['holdout'], True)} | "
+                f"{cell(r['discrepancy'])} | {cell(r['discrepancy_blind'])} |"
             )
-        for key, label in (("known", "σ given"), ("blind", "blind (σ̂)")):
-            worst = max(r[key]["gap_db"] for r in d["runs"])
-            lines.append(f"{label}: max gap {worst:.2f} dB; within 0.5 dB on all runs: **{worst <= 0.5}**.")
+        lines.append("")
+        for key, label in (
+            ("refit", "held-out + refit, σ given"),
+            ("refit_blind", "held-out + refit, blind"),
+            ("holdout", "held-out run without refit, σ given"),
+            ("holdout_blind", "held-out run without refit, blind"),
+            ("discrepancy", "discrepancy, σ given"),
+            ("discrepancy_blind", "discrepancy, σ̂"),
+        ):
+            gaps = [r[key]["gap_db"] for r in d["runs"] if r[key] is not None]
+            within = sum(g <= 0.5 for g in gaps)
+            lines.append(
+                f"- {label}: within 0.5 dB on **{within} of {len(gaps)}** runs, max gap {max(gaps):.2f} dB."
+            )
         lines.append("")
     for key, title, base in (
         ("inpaint", "Inpainting, kate", "masked_psnr"),
@@ -437,7 +547,7 @@ def _markdown(res: dict[str, Any], meta: dict[str, Any]) -> str:
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "denoise": section_denoise,
     "autostop": section_autostop,
-    "discrepancy": section_discrepancy,
+    "stoprules": section_stoprules,
     "inpaint": section_inpaint,
     "sr": section_sr,
     "jpeg": section_jpeg,
@@ -455,7 +565,9 @@ def main() -> int:
     p.add_argument("--sr-images", default="set5/butterfly.png", help="comma list under shared/data/eval")
     p.add_argument("--sr-crop", type=int, default=0, help="HR centre crop for SR (0: whole image)")
     p.add_argument("--autostop-crop", type=int, default=128, help="crop side for the autostop runs")
-    p.add_argument("--autostop-images", default="F16,zebra,kate", help="comma list of F16, zebra, kate")
+    p.add_argument(
+        "--autostop-images", default=",".join(AUTOSTOP_IMAGES), help=f"comma list of {list(AUTOSTOP_IMAGES)}"
+    )
     p.add_argument("--sigmas", default="25,50", help="autostop noise levels, in 1/255")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dip")
@@ -477,9 +589,11 @@ def main() -> int:
         print(f"   {name}: pass={section.get('pass')} in {section['wall_s']} s", flush=True)
     res = json.loads(json_path.read_text())
     if "autostop" in res:
-        _plot_autostop(res["autostop"]["runs"], res.get("discrepancy"), args.out / "autostop.png")
-    if "autostop" in res and res.pop("autostop_partial", None) is not None:
-        json_path.write_text(json.dumps(res, indent=1))  # the finished section supersedes the partial one
+        _plot_autostop(res["autostop"]["runs"], res.get("stoprules"), args.out / "autostop.png")
+    stale: list[str] = ["autostop_partial"] if "autostop" in res else []
+    stale += ["discrepancy"] if "stoprules" in res else []  # superseded by stoprules (2026-11-29)
+    if [res.pop(k) for k in stale if k in res]:
+        json_path.write_text(json.dumps(res, indent=1))
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": args.threads}
     (args.out / f"{stem}.md").write_text(_markdown(res, meta))
     print(f"wrote {json_path} and {stem}.md")
