@@ -5,6 +5,8 @@ Modules, one concern each:
 * `request`   task, stopping-policy and speed-option dataclasses (numpy only)
 * `result`    `Progress`, `RestoreResult`, `StopReason` (numpy only)
 * `engine`    `restore(image, task, ...)`: the optimisation loop and its hooks
+* `step`      one optimisation step, eager or replayed from a CUDA graph
+* `batched`   `restore_batch(jobs)`: K like jobs' networks stacked in one step (torch.func.vmap)
 * `recipes`   the reference per-task hyper-parameters
 * `problem`   padding + degradation operator + loss per task
 * `skip`      the `skip` encoder-decoder network

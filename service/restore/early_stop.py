@@ -239,9 +239,9 @@ class EarlyStopper:
         best = int(self.best_iter)
         if isinstance(self.stat, _HeldOutError):
             # DIP fits in stages: a stall can put a shallow minimum before the real one, so the wait
-            # grows with the minimum's age (at least `patience`): stop at twice its age. Not enough for
-            # barbara at σ=25 (minimum at 354 in a stall, deeper one at 858; bench quality.md).
-            if iteration - best >= max(self.patience, best):
+            # grows with the minimum's age (at least `patience`). Barbara at σ=25 has a minimum at 354
+            # in a stall and a deeper one at 858: waiting 1x its age stops at 708, 2x catches it.
+            if iteration - best >= max(self.patience, self.policy.holdout_wait * best):
                 return StopReason.HOLDOUT
         elif iteration - best >= self.patience:
             return StopReason.PLATEAU

@@ -195,28 +195,28 @@ class TestHoldout:
         reason, stopped_at = _run(stopper, outs, [0.0] * len(outs))  # loss 0 <= any floor: ignored
         choice = stopper.choice()
         assert reason is StopReason.HOLDOUT and choice is not None
-        # It waits as long as the minimum took to come (>= holdout_patience): stops at twice its age.
-        assert choice[0] == 120 and stopped_at == 240
+        # It waits twice as long as the minimum took to come (>= holdout_patience): stops at 3x its age.
+        assert choice[0] == 120 and stopped_at == 360
         torch.testing.assert_close(choice[1], outs[119])
         held = weights.expand_as(target).bool()
         want = (outs[119] - target)[held].square().mean()
         torch.testing.assert_close(stopper.best_stat, want)
 
-    def test_waits_through_a_stall_for_the_deeper_minimum(self) -> None:
-        # A local minimum at 100 (the fit stalls), then a deeper one at 180: a fixed patience of 50
-        # would stop at 150 with the first.
+    @pytest.mark.parametrize(("wait", "minimum", "stop"), [(1.0, 100, 200), (2.0, 250, 750)])
+    def test_waits_through_a_stall_for_the_deeper_minimum(self, wait: float, minimum: int, stop: int) -> None:
+        # A shallow minimum at 100 (the fit stalls), then a deeper one at 250, as barbara at σ=25 (354 and
+        # 858): waiting 1x the minimum's age stops at 200 with the first, 2x (the default) finds the second.
         def error(t: int) -> float:
-            if t <= 140:
+            if t <= 150:
                 return 0.05 + abs(t - 100) / 200
-            return 0.25 - (t - 140) * 0.006 if t <= 180 else 0.01 + (t - 180) / 100
+            return 0.30 - (t - 150) * 0.0028 if t <= 250 else 0.02 + (t - 250) / 100
 
         target = torch.zeros(1, 1, 8, 8)
         weights = torch.ones(1, 1, 8, 8)
-        outs = [torch.full((1, 1, 8, 8), error(t)) for t in range(1, 601)]
-        stopper = EarlyStopper(
-            AutoStop(warmup=10, holdout_patience=50), None, CPU, held_out=(target, weights)
-        )
+        outs = [torch.full((1, 1, 8, 8), error(t)) for t in range(1, 1001)]
+        policy = AutoStop(warmup=10, holdout_patience=50, holdout_wait=wait)
+        stopper = EarlyStopper(policy, None, CPU, held_out=(target, weights))
         reason, stopped_at = _run(stopper, outs, [1.0] * len(outs))
         choice = stopper.choice()
         assert reason is StopReason.HOLDOUT and choice is not None
-        assert choice[0] == 180 and stopped_at == 360
+        assert choice[0] == minimum and stopped_at == stop

@@ -51,6 +51,7 @@ class TestValidation:
             ({"holdout": 0.7}, "holdout.*0.7"),
             ({"holdout": -0.1}, "holdout"),
             ({"holdout_patience": 0}, "holdout_patience"),
+            ({"holdout_wait": 0.0}, "holdout_wait"),
         ],
     )
     def test_autostop(self, kwargs: dict[str, object], name: str) -> None:
@@ -62,6 +63,16 @@ class TestValidation:
             FixedIterations(0)
         with pytest.raises(ValueError, match="sync_every"):
             EngineOptions(sync_every=0)
+        # A graph replays one input buffer: the unfused loop makes a new one every iteration.
+        for bad in ({"fused_updates": False}, {"compile": True}):
+            with pytest.raises(ValueError, match="cuda_graphs"):
+                EngineOptions(cuda_graphs=True, **bad)
+
+    def test_cuda_graphs_by_default_where_they_can_run(self) -> None:
+        assert EngineOptions().graphs_allowed
+        assert not EngineOptions(fused_updates=False).graphs_allowed
+        assert not EngineOptions(compile=True).graphs_allowed
+        assert not EngineOptions(cuda_graphs=False).graphs_allowed
 
 
 class TestRecipes:
