@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/dip/speed.py          # full: 256², 5 warm-up + 20 timed iterations per config
     .venv/bin/python bench/dip/speed.py --quick  # smoke test: 64², 1 + 3 iterations, 2 tasks x 2 variants
+    python bench/dip/speed.py --device cuda --variants fused,cuda_graphs   # GPU: writes speed_cuda.*
 
 Each (task, variant) runs in a fresh subprocess (so peak RSS is its own) through the real engine
 (`restore(..., FixedIterations)`), timing iterations with the progress hook. The sgemm reference is a
