@@ -278,6 +278,8 @@ def section_stoprules(args: argparse.Namespace) -> dict[str, Any]:
         result = restore(noisy, DenoiseTask(sigma=sigma), stopping=policy)
         value = psnr(result.image, gt)
         row["holdout"] = {"psnr": value, "gap_db": run["best_psnr"] - value} | _meta(result)
+        # The held-out error per iteration, so other waits and tolerances can be judged offline.
+        row["holdout_trace"] = [round(float(x), 8) for x in result.statistic]
         if not same_recipe:
             print(f"stop rules {run['image']} sigma {run['sigma']} blind", flush=True)
             result = restore(noisy, DenoiseTask(), stopping=policy)

@@ -100,9 +100,11 @@ class AutoStop:
     between them. With `refit` (default) the
     paper's fit on every pixel then runs again from the same seed to that iteration and is returned,
     exactly what `FixedIterations(t)` would return (the fit on 90% of the pixels peaks 0.1-0.5 dB lower;
-    `refit=False` returns it, a third fewer iterations). σ, given or estimated, only picks the recipe.
-    On ten 96² runs (five images, σ = 25 and 50; bench/results/dip/quality.md) it lands within 0.4 dB of
-    the best iterate on nine, blind or not; barbara at σ=25 stalls, and it stops there 2.2 dB short.
+    `refit=False` returns it, a quarter fewer iterations). σ, given or estimated, only picks the recipe.
+    On fourteen 96² runs (seven images, σ = 25 and 50; bench/results/dip/quality.md) it lands within
+    0.5 dB of the best iterate on thirteen (0.40 at most), blind or not. On baboon at σ=25 it stops
+    0.75 dB short: the fur keeps improving where the network sees the pixels, while the error at the
+    held-out ones rises from iteration 540 on.
     Images with fewer than `MIN_HOLDOUT_PIXELS` held-out pixels fall back to the rules below.
 
     Otherwise, the blind running-variance rule (Wang et al., arXiv 2112.06074): after `warmup`
