@@ -189,7 +189,9 @@ def test_client_deadline_is_propagated_to_triton() -> None:
     # 20 s, below the 30 s cap the gateway uses when a client sends no deadline.
     colorize(backend, colorize_pb2.ColorizeRequest(image=png(gray_gradient())), timeout=20.0)
     (call,) = backend.calls
-    assert 0 < call["timeout_s"] <= 20.0
+    # gRPC core's grpc-timeout encoding "may round up" (timeout_encoding.h): the server saw 20.097 s for
+    # 20 s once. So allow a little over what the client set; well below the 30 s cap either way.
+    assert 0 < call["timeout_s"] <= 20.25
 
 
 def test_health_follows_backend_readiness() -> None:
