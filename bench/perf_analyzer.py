@@ -7,7 +7,7 @@ The binary comes from the `tritonclient==2.44.0` wheel (the last one that ships 
 `libcudart.so.12` (from the `nvidia-cuda-runtime-cu12` wheel, also on CPU hosts) and Debian's
 `libb64-0d` (`make apt`). The wheels are fetched with `pip download --no-deps` into
 `.cache/perf_analyzer/` (gitignored) and only the two files are unpacked; nothing is installed
-into the venv (2.44 would conflict with pytriton's tritonclient). reference/serving.md §6.
+into the venv (2.44 would conflict with pytriton's tritonclient). docs/serving.md §6.
 """
 
 from __future__ import annotations

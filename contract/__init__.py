@@ -99,7 +99,7 @@ ECCV16 = ModelSpec(
 
 # The same network with the annealed mean in the graph (T per item as an input): 2 ab planes
 # instead of 313 logits cross the wire, 156x fewer bytes. For a Triton that does not share this
-# host's /dev/shm; the gateway-side decode of ECCV16 stays the reference (reference/serving.md §2.5).
+# host's /dev/shm; the gateway-side decode of ECCV16 stays the reference (docs/serving.md §2.5).
 ECCV16_AB = ModelSpec(
     name="eccv16_ab",
     inputs=(TensorSpec("L", "FP32", (1, -1, -1)), TensorSpec("T", "FP32", (1,))),

@@ -2,7 +2,7 @@
 
 The graph is exported once in fp32 (so parity against PyTorch can be gated at 1e-4), then its
 outputs are cast to the contract's dtype (FP16 logits: half the bytes on the wire, and the
-annealed mean does not need more precision, see reference/serving.md §2.3).
+annealed mean does not need more precision, see docs/serving.md §2.3).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def to_onnx_fp32(module: nn.Module, spec: ModelSpec, example: tuple[torch.Tensor
     """Export `module` (fp32 in and out) with the contract's names and dynamic N, H, W.
 
     torch.export (dynamo) is the maintained exporter; it takes seconds rather than the legacy
-    tracer's fraction of one, and gives the same parity (reference/serving.md §2.1).
+    tracer's fraction of one, and gives the same parity (docs/serving.md §2.1).
     """
     batch = Dim("N", min=1, max=64)
     height, width = Dim("H", min=8, max=4096), Dim("W", min=8, max=4096)

@@ -3,7 +3,7 @@
 A plan is tied to the TensorRT version and the GPU architecture, so it is built on the host (or
 image) that serves it, with the TensorRT of that Triton release. The network is built strongly
 typed: TensorRT 11 has no FP16 builder flag, so precision comes from the ONNX graph itself
-(reference/serving.md §2.4). Triton then serves it with `platform: "tensorrt_plan"`.
+(docs/serving.md §2.4). Triton then serves it with `platform: "tensorrt_plan"`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One model repository serves CPU hosts (Python backend hosting onnxruntime; the only backend in
 the pytriton build) and GPU hosts (native onnxruntime backend with the TensorRT accelerator,
-FP16), selected by `tritonserver --model-config-name=cpu|gpu` (reference/serving.md §1.1).
+FP16), selected by `tritonserver --model-config-name=cpu|gpu` (docs/serving.md §1.1).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """From Larsson16's hue and chroma distributions to ab planes at the network's resolution (numpy only).
 
 The rules are gustavla/autocolorize `extraction.py` `calc_rgb_from_hue_chroma` and `color.py`
-`match_lightness` (reference/colorization.md §4). Bin k of either 32-bin histogram is centred at
+`match_lightness` (docs/colorization.md §4). Bin k of either 32-bin histogram is centred at
 (k + 0.5) / 32 (hue in turns, chroma = max - min of RGB in [0, 1]).
 
 - Chroma: `median` (default; the first bin whose CMF reaches 0.5), `q75` (reaches 0.75),

@@ -3,7 +3,7 @@
 `InferenceBackend` is the small protocol the colorize pipeline depends on; `TritonBackend` is the
 real one (tritonclient.grpc.aio). Tests of the pipeline logic use an in-memory fake.
 
-Shared memory (reference/serving.md §1.7): moving the 313-bin logits over gRPC costs more than
+Shared memory (docs/serving.md §1.7): moving the 313-bin logits over gRPC costs more than
 the model at 256² (p50 7.9 -> 1.6 ms with shm). Each in-flight request takes one slot (an input
 and an output region) from a pool, so concurrent requests never share a region; a slot grows
 when a larger working size needs more bytes.
@@ -50,7 +50,7 @@ class InferenceBackend(Protocol):
 
 
 def _map_error(error: InferenceServerException, model: str) -> Exception:
-    """Triton's status -> the gateway's error hierarchy (one place; reference §4.2)."""
+    """Triton's status -> the gateway's error hierarchy (one place; docs/serving.md §4.2)."""
     status = str(error.status() or "")
     message = error.message() or str(error)
     lowered = message.lower()

@@ -8,7 +8,7 @@ minimum grows with the minimum's age (see `EarlyStopper.decide`). The engine the
 the chosen iteration (`AutoStop.refit`).
 
 Running variance (Wang, Li, Zhuang, Chen, Liang, Sun, "Early Stopping for Deep Image Prior",
-arXiv 2112.06074; code sun-umn/Early_Stopping_for_DIP @ 877d994d, see dip.md §3): the outputs' variance
+arXiv 2112.06074; code sun-umn/Early_Stopping_for_DIP @ 877d994d, see docs/dip.md §3): the outputs' variance
 over recent iterations dips near the PSNR peak, before the network starts fitting the noise.
 
 * ES-EMV (`rule="emv"`): δ = x_t − ema; ema ← ema + α·δ; emv ← (1−α)(emv + α·mean(δ²)). O(N) memory.

@@ -8,7 +8,7 @@ Usage (numpy in, numpy out; float32 in [0, 1], (H, W) or (H, W, C) with C in {1,
     result = restore(noisy, DenoiseTask(sigma=25 / 255), stopping=AutoStop(), seed=0)
     result.image, result.iteration, result.stop_reason
 
-One iteration is the reference's (dip.md §1.2): z + N(0, reg_noise_std²) → net → task loss → backward →
+One iteration is the reference's (docs/dip.md §1.2): z + N(0, reg_noise_std²) → net → task loss → backward →
 Adam step, then the output EMA where the task has one. The returned iterate is the EMA (denoise, jpeg) or the
 raw output (others), chosen by the stopping policy. Denoising under `AutoStop` runs twice: a fit with pixels
 held out picks the iteration, then a fit on every pixel from the same seed runs to it (`AutoStop.refit`).

@@ -1,7 +1,7 @@
 """The fixed Lanczos-2 downsampler that the super-resolution loss looks through.
 
 Reference: DmitryUlyanov/deep-image-prior @ 042e0d4c, `models/downsampler.py`, used as
-`Downsampler(n_planes, factor, kernel_type='lanczos2', phase=0.5, preserve_size=True)` (dip.md §1.3):
+`Downsampler(n_planes, factor, kernel_type='lanczos2', phase=0.5, preserve_size=True)` (docs/dip.md §1.3):
 
 * kernel_width = 4·factor + 1; with phase 0.5 the kernel is (4·factor) x (4·factor);
 * entry (i, j), 1-based: L(di)·L(dj) with di = |i + 0.5 - center| / factor, center = (kernel_width + 1) / 2,

@@ -1,4 +1,4 @@
-"""Per-task hyper-parameters, as in the reference notebooks (dip.md §1.3, exact values).
+"""Per-task hyper-parameters, as in the reference notebooks (docs/dip.md §1.3, exact values).
 
 | task            | net (in -> C)                            | input    | lr    | iters | reg_noise | EMA  |
 |-----------------|------------------------------------------|----------|-------|-------|-----------|------|
@@ -94,7 +94,7 @@ def recipe_for(task: Task, channels: int, estimated_sigma: float | None = None) 
         recipe = {
             InpaintStyle.TEXT: Recipe(net, "noise", 0.01, 6001, 0.03, None),
             InpaintStyle.LARGE_HOLE: Recipe(net, "meshgrid", 0.01, 5001, 0.03, None),
-            # The notebook's param_noise=True is a no-op bug (dip.md §1.3), so: no perturbation at all.
+            # The notebook's param_noise=True is a no-op bug (docs/dip.md §1.3), so: no perturbation at all.
             InpaintStyle.REGION: Recipe(net, "noise", 0.01, 3001, 0.0, None),
             InpaintStyle.PIXELS: Recipe(net, "noise", 0.001, 11000, 0.03, None),
         }[task.style]

@@ -39,7 +39,7 @@ class DenoiseTask:
 
 
 class InpaintStyle(StrEnum):
-    """Which reference inpainting configuration to use (dip.md §1.3)."""
+    """Which reference inpainting configuration to use (docs/dip.md §1.3)."""
 
     TEXT = "text"  # kate.png: thin strokes missing; 128-channel skips, 6001 iterations
     LARGE_HOLE = "large_hole"  # vase.png: meshgrid input, no skips, 5001 iterations

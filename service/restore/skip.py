@@ -4,7 +4,7 @@ References:
 1) Ulyanov, Vedaldi, Lempitsky, "Deep Image Prior", CVPR 2018 (arXiv 1711.10925).
 2) The authors' code, GitHub DmitryUlyanov/deep-image-prior at 042e0d4c, `models/skip.py` and
    `models/common.py`. The layer order below follows that code one to one (see
-   ../shared/reference/dip.md §1.1), so a config here builds the same network, parameter for parameter:
+   docs/dip.md §1.1), so a config here builds the same network, parameter for parameter:
    the denoising/SR config has 2,217,831 parameters.
 
 Level i of `n` (outermost first), built recursively::

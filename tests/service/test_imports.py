@@ -1,4 +1,4 @@
-"""The gateway never imports torch, colorizers or export (DESIGN.md: imports point one way)."""
+"""The gateway never imports torch, colorizers or export (docs/design.md: imports point one way)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for service.restore.lanczos, against an independent float64 evaluation of the dip.md formula."""
+"""Tests for service.restore.lanczos, against an independent float64 evaluation of the docs/dip.md formula."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from service.restore.lanczos import Lanczos2Downsampler, lanczos2_kernel
 
 
 def _oracle_kernel(factor: int) -> np.ndarray:
-    """dip.md §1.3, literally: 1-based i, j over 4·factor taps, L(x) = 2 sin(πx) sin(πx/2) / (π²x²)."""
+    """docs/dip.md §1.3, literally: 1-based i, j over 4·factor taps, L(x) = 2 sin(πx) sin(πx/2) / (π²x²)."""
 
     def lanczos(x: float) -> float:
         if x == 0.0:
@@ -38,7 +38,7 @@ class TestLanczos2Kernel:
 
     @pytest.mark.parametrize(("factor", "side"), [(4, 16), (8, 32)])
     def test_size_from_reference(self, factor: int, side: int) -> None:
-        # dip.md: 16x16 for x4 and 32x32 for x8.
+        # docs/dip.md §1.3: 16x16 for x4 and 32x32 for x8.
         assert lanczos2_kernel(factor).shape == (side, side)
 
     def test_sums_to_one_and_is_symmetric(self) -> None:

@@ -76,7 +76,7 @@ class TestValidation:
 
 
 class TestRecipes:
-    """Spot checks against dip.md §1.3."""
+    """Spot checks against docs/dip.md §1.3."""
 
     def test_denoise(self) -> None:
         r = recipe_for(DenoiseTask(sigma=25 / 255), 3)

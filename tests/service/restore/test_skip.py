@@ -16,7 +16,7 @@ def _count(cfg: SkipConfig) -> int:
 
 
 def _table_count(cfg: SkipConfig) -> int:
-    """Parameters from the layer table of dip.md §1.1: conv = in·out·k² + out, BN = 2·C."""
+    """Parameters from the layer table of docs/dip.md §1.1: conv = in·out·k² + out, BN = 2·C."""
 
     def conv(i: int, o: int, k: int) -> int:
         return i * o * k * k + o
@@ -37,7 +37,7 @@ def _table_count(cfg: SkipConfig) -> int:
 
 class TestSkip:
     def test_denoise_sr_net_parameter_count(self) -> None:
-        # dip.md §1.1: counted on the reference get_net(32, 'skip', ..., 128/128/4, 5 scales), 3 outputs.
+        # docs/dip.md §1.1: counted on the reference get_net(32, 'skip', ..., 128/128/4, 5 scales), 3 outputs.
         assert _count(recipe_for(DenoiseTask(), 3).net) == 2_217_831
         assert _count(recipe_for(SuperResolveTask(4), 3).net) == 2_217_831
 
