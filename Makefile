@@ -57,8 +57,10 @@ model_repository/.exported: $(MODEL_INPUTS) $(VENV)/.installed
 	touch $@
 
 # Training photos into .cache/colorize-data (never committed); see colorizers/MODEL_CARD.md.
+# The project's package sources always; plus a folder of photos if named (TRAIN_DATA=DIR), never
+# trained on what EVAL_DATA="DIR ..." holds (default: eval/ and dip/ beside TRAIN_DATA).
 data: deps
-	$(PY) -m colorizers.data
+	$(PY) -m colorizers.data $(if $(TRAIN_DATA),--train-folder "$(TRAIN_DATA)") $(foreach f,$(EVAL_DATA),--eval-folder "$(f)")
 
 # perf_analyzer from the tritonclient 2.44 wheel (unpacked into .cache/, never pip-installed: it
 # conflicts with pytriton's tritonclient pin) + libcudart from nvidia-cuda-runtime-cu12.

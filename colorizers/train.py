@@ -3,12 +3,12 @@
 Both models: random crops mirrored half the time; the run stops after `--minutes` of training (or
 `--max-steps`), the learning rate following a cosine from `--lr` down to `--lr`/10 over that budget.
 
-ECCV16 (`--model eccv16`): recipe of reference/colorization.md §3.1, scaled to a CPU budget: the
+ECCV16 (`--model eccv16`): recipe of docs/colorization.md §3.1, scaled to a CPU budget: the
 L channel in, 313 logits at H/4 out, soft-encoded targets (10 nearest bins, σ = 5) of the ab
 point-sampled every 4th pixel, per-pixel class rebalancing with λ = `--lambda-rebal` from our own
 training prior, gray images masked out, Adam (β = 0.9, 0.99).
 
-SIGGRAPH17 (`--model siggraph17`): colorization-pytorch's recipe (reference/colorization.md §3.2) on
+SIGGRAPH17 (`--model siggraph17`): colorization-pytorch's recipe (docs/colorization.md §3.2) on
 the same crops, loop and schedule. Images with too little colour are dropped from the batch
 (`hint_sim.colourful`); targets are the 529-class a-major grid index of the ab at H/4 and the ab
 itself. The authors' four stages (classification 115 epochs, then regression with hints 15) are
@@ -22,10 +22,21 @@ compressed to two over the time budget:
 Adam follows colorization-pytorch (β = 0.9, 0.999, no weight decay). The hint mask is centred
 (mask_offset 0.5, colorization-pytorch's `mask_cent`); the registry entry records it.
 
+Class rebalancing for SIGGRAPH17 (`--lambda-rebal` below 1; upstream has none): each pixel's CE and
+L1 terms are weighted by the ECCV16 rebalancing weight of its true colour's bin (λ as in
+docs/colorization.md §3.1, from our training prior), the cure the ECCV16 paper gives for the
+desaturated, sepia-toned output a plain loss yields.
+
+Continuing from a shipped checkpoint: `--init-from NAME` (a registry name or a .pth file) loads its
+weights when the run starts fresh; a fine-tuning run of a checkpoint that already went through both
+stages uses `--classification-fraction 0`.
+
 Everything needed to resume is in `<run-dir>/last.pt` (model, optimiser, step, elapsed time, RNG
-states); starting the same command again resumes it (`--fresh` starts over). At the end the weights
-are written as an fp16 state_dict to `colorizers/checkpoints/<name>.pth`, and the registry entry to
-paste into `colorizers/weights.py` is printed with the file's SHA-256.
+states), written every `--save-every` minutes; starting the same command again resumes it (`--fresh`
+starts over; a larger `--minutes` continues a finished run, the cosine picking up where that budget
+puts it). At the end the weights are written as an fp16 state_dict to
+`colorizers/checkpoints/<name>.pth`, and the registry entry to paste into `colorizers/weights.py` is
+printed with the file's SHA-256; `--ship-only` does that for `last.pt` as it stands, without training.
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from colorizers import hint_sim, quantize
+from colorizers import hint_sim, quantize, weights
 from colorizers.dataset import DEFAULT_CACHE, LabImages, manifest_sha256
 from colorizers.eccv16 import ECCVGenerator
 from colorizers.run_state import Progress, Resumable, RunState, save_shipped
@@ -113,10 +124,21 @@ class HintBatch:
     mask: torch.Tensor  # (N,1,S,S) 1 on the hints
     ab: torch.Tensor  # (N,2,S,S) ground truth
     target: torch.Tensor  # (N,S/4,S/4) int64 grid index
+    weights: torch.Tensor | None = None  # (N,S/4,S/4) rebalancing weight of each pixel's true bin
 
 
-def make_hint_batch(lab: torch.Tensor, rng: np.random.Generator, *, hints: bool) -> HintBatch | None:
-    """(N,3,S,S) Lab crops -> HintBatch of the colourful ones (None if none is), hints if asked."""
+def make_hint_batch(
+    lab: torch.Tensor,
+    rng: np.random.Generator,
+    *,
+    hints: bool,
+    centres: torch.Tensor | None = None,
+    bin_weights: torch.Tensor | None = None,
+) -> HintBatch | None:
+    """(N,3,S,S) Lab crops -> HintBatch of the colourful ones (None if none is), hints if asked.
+
+    With the 313 `centres` and their `bin_weights`, each H/4 pixel gets the weight of its nearest bin.
+    """
     lab = lab[hint_sim.colourful(lab[:, 1:])]
     if len(lab) == 0:
         return None
@@ -125,7 +147,11 @@ def make_hint_batch(lab: torch.Tensor, rng: np.random.Generator, *, hints: bool)
         hint, mask = hint_sim.sample_hints(ab, rng)
     else:
         hint, mask = torch.zeros_like(ab), torch.zeros_like(lab[:, :1])
-    return HintBatch(lab[:, :1], hint, mask, ab, hint_sim.ab_class_index(ab[:, :, ::4, ::4]))
+    small = ab[:, :, ::4, ::4]
+    pixel_weights = None
+    if centres is not None and bin_weights is not None:
+        pixel_weights = bin_weights[quantize.nearest_bin(small, centres)]
+    return HintBatch(lab[:, :1], hint, mask, ab, hint_sim.ab_class_index(small), pixel_weights)
 
 
 def siggraph_forward(
@@ -156,11 +182,23 @@ def siggraph_forward(
 def siggraph_loss(
     ab: torch.Tensor | None, logits: torch.Tensor, batch: HintBatch
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (CE + 10·L1(ab/110), or CE alone without `ab`; the CE term)."""
-    ce = F.cross_entropy(logits, batch.target)
+    """-> (CE + 10·L1(ab/110), or CE alone without `ab`; the plain CE term).
+
+    With `batch.weights`, both terms are means of per-pixel losses times the pixel's rebalancing
+    weight (the L1 weights are the H/4 ones, repeated over each 4x4 block).
+    """
+    if batch.weights is None:
+        ce = F.cross_entropy(logits, batch.target)
+        if ab is None:
+            return ce, ce
+        return ce + L1_WEIGHT * (ab - batch.ab).abs().mean() / AB_NORM, ce
+    per_pixel = F.cross_entropy(logits, batch.target, reduction="none")  # (N,S/4,S/4)
+    ce = (batch.weights * per_pixel).mean()
     if ab is None:
-        return ce, ce
-    return ce + L1_WEIGHT * (ab - batch.ab).abs().mean() / AB_NORM, ce
+        return ce, per_pixel.mean().detach()
+    full = batch.weights.repeat_interleave(4, 1).repeat_interleave(4, 2)[:, None]
+    l1 = (full * (ab - batch.ab).abs()).mean() / AB_NORM
+    return ce + L1_WEIGHT * l1, per_pixel.mean().detach()
 
 
 def siggraph_step(
@@ -179,9 +217,10 @@ def siggraph_step(
 def validate_siggraph(
     model: SIGGRAPHGenerator, auto: list[HintBatch], hinted: list[HintBatch]
 ) -> dict[str, float]:
-    """CE and ab L1 (Lab units) without hints, and ab L1 with the fixed simulated hints."""
+    """CE and ab L1 (Lab units) without hints, ab L1 with the fixed simulated hints, and the mean
+    chroma of the no-hint output and of the truth (the sepia symptom: the first far below the second)."""
     model.eval()
-    totals = np.zeros(3)
+    totals = np.zeros(5)
     for plain, with_hints in zip(auto, hinted, strict=True):
         ab, logits = model.forward_both(plain.lightness, plain.hint, plain.mask)
         ab_hinted, _ = model.forward_both(with_hints.lightness, with_hints.hint, with_hints.mask)
@@ -189,10 +228,11 @@ def validate_siggraph(
             float(F.cross_entropy(logits, plain.target)),
             float((ab - plain.ab).abs().mean()),
             float((ab_hinted - with_hints.ab).abs().mean()),
+            float(ab.norm(dim=1).mean()),
+            float(plain.ab.norm(dim=1).mean()),
         )
-    return dict(
-        zip(("val_ce", "val_l1_auto", "val_l1_hints"), (totals / max(1, len(auto))).tolist(), strict=True)
-    )
+    names = ("val_ce", "val_l1_auto", "val_l1_hints", "val_chroma_auto", "val_chroma_truth")
+    return dict(zip(names, (totals / max(1, len(auto))).tolist(), strict=True))
 
 
 def registry_entry(
@@ -200,6 +240,10 @@ def registry_entry(
 ) -> str:
     meta_text = ", ".join(f"{k!r}: {v!r}" for k, v in meta.items())
     recipe = f"λ={meta['lambda']}" if arch == "eccv16" else f"hints, mask offset {meta['mask_offset']}"
+    if arch != "eccv16" and meta.get("lambda", "1") != "1":
+        recipe += f", λ={meta['lambda']}"
+    if meta.get("init_from"):
+        recipe += f", from {meta['init_from']}"
     return (
         "Checkpoint(\n"
         f"    name={name!r},\n"
@@ -212,6 +256,20 @@ def registry_entry(
         f"    meta={{{meta_text}}},\n"
         ")"
     )
+
+
+def init_weights(model: torch.nn.Module, source: str, arch: str) -> None:
+    """Load the weights of a registered checkpoint (by name) or of a .pth file into `model`."""
+    if source in weights.REGISTRY:
+        entry = weights.REGISTRY[source]
+        if entry.arch != arch:
+            raise ValueError(f"--init-from {source} is a {entry.arch} checkpoint, not {arch}")
+        state = weights.load(entry).state_dict()
+    else:
+        state = torch.load(Path(source), map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+    reference = model.state_dict()
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()}, strict=True)
 
 
 def _lr(base: float, progress: float) -> float:
@@ -231,7 +289,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=128, help="square crop size, a multiple of 8")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument(
-        "--lambda-rebal", type=float, default=0.5, help="rebalancing λ: 1 = none, 0 = full 1/p (paper: 0.5)"
+        "--lambda-rebal",
+        type=float,
+        default=None,
+        help="rebalancing λ: 1 = none, 0 = full 1/p (default: eccv16 0.5 as the paper, siggraph17 1)",
+    )
+    p.add_argument(
+        "--init-from",
+        default="",
+        help="start a fresh run from these weights: a registry name (e.g. siggraph17-w0.25) or a .pth",
+    )
+    p.add_argument(
+        "--ship-only", action="store_true", help="write the fp16 checkpoint of <run-dir>/last.pt and stop"
     )
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument(
@@ -260,6 +329,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--save-every", type=float, default=5.0, help="minutes between resumable checkpoints")
     p.add_argument("--fresh", action="store_true", help="ignore <run-dir>/last.pt and start over")
     args = p.parse_args(argv)
+    if args.lambda_rebal is None:
+        args.lambda_rebal = 0.5 if args.model == "eccv16" else 1.0
     if args.crop % 8 or args.crop < 32:
         p.error(f"--crop must be a multiple of 8 and at least 32, got {args.crop}")
     if not 0 <= args.lambda_rebal <= 1:
@@ -272,7 +343,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.name = (
             f"eccv16-w{args.width:g}-l{args.lambda_rebal:g}"
             if args.model == "eccv16"
-            else f"siggraph17-w{args.width:g}"
+            else f"siggraph17-w{args.width:g}" + (f"-l{args.lambda_rebal:g}" if args.lambda_rebal < 1 else "")
         )
     args.run_dir = args.run_dir or DEFAULT_RUNS / args.name
     return args
@@ -320,8 +391,13 @@ def _train(args: argparse.Namespace) -> Path:
         weight_decay=args.weight_decay,
     )
     checkpoint = Resumable(args.run_dir, model, optimizer, rng, {k: str(v) for k, v in vars(args).items()})
+    if args.ship_only and not checkpoint.path.is_file():
+        raise FileNotFoundError(f"--ship-only: no {checkpoint.path}")
     run = checkpoint.load(device, fresh=args.fresh)
     step, elapsed, history = run.step, run.elapsed, run.history
+    if step == 0 and args.init_from:
+        init_weights(model, args.init_from, args.model)
+        log.info("starting from the weights of %s", args.init_from)
 
     # Fixed validation crops (centre, at the training crop size), encoded once.
     val_count = min(args.val_images, len(val_images))
@@ -338,7 +414,10 @@ def _train(args: argparse.Namespace) -> Path:
         # Own generator: the validation hints are the same whatever the training RNG has done.
         val_rng = np.random.default_rng(args.seed + 1)
         made = [
-            (make_hint_batch(chunk, val_rng, hints=False), make_hint_batch(chunk, val_rng, hints=True))
+            (
+                make_hint_batch(chunk, val_rng, hints=False, centres=centres, bin_weights=bin_weights),
+                make_hint_batch(chunk, val_rng, hints=True, centres=centres, bin_weights=bin_weights),
+            )
             for chunk in val_lab.to(device).split(args.batch)
         ]
         val_auto = [a for a, _ in made if a is not None]
@@ -357,8 +436,14 @@ def _train(args: argparse.Namespace) -> Path:
     if isinstance(model, SIGGRAPHGenerator):
         log.info("siggraph17: classification (no hints) for the first %g of the budget, then hints",
                  args.classification_fraction)  # fmt: skip
+    rebalance = isinstance(model, SIGGRAPHGenerator) and args.lambda_rebal < 1
     progress = Progress()
     budget = args.minutes * 60
+    if args.ship_only:
+        budget = elapsed  # no step: straight to writing the checkpoint
+    elif step == 0 and args.init_from:
+        history.append({"step": 0, "minutes": 0.0, "init_from": args.init_from, **run_validation()})
+        log.info("%s", json.dumps(history[-1]))
     last_val, last_save, window = elapsed, elapsed, (time.monotonic(), step)
     running = [0.0, 0.0]
     while elapsed < budget and not (args.max_steps and step >= args.max_steps):
@@ -371,7 +456,13 @@ def _train(args: argparse.Namespace) -> Path:
             loss, plain = train_step(model, optimizer, make_batch(crops, centres, bin_weights))
         else:
             classification = fraction < args.classification_fraction
-            hint_batch = make_hint_batch(crops, rng, hints=not classification)
+            hint_batch = make_hint_batch(
+                crops,
+                rng,
+                hints=not classification,
+                centres=centres if rebalance else None,
+                bin_weights=bin_weights if rebalance else None,
+            )
             if hint_batch is None:  # every crop gray: draw again
                 continue
             if not classification and not any(h.get("stage") == "regression" for h in history):
@@ -414,8 +505,11 @@ def _train(args: argparse.Namespace) -> Path:
         else {
             "mask_offset": f"{MASK_OFFSET:g}",
             "classification_fraction": f"{args.classification_fraction:g}",
+            **({"lambda": f"{args.lambda_rebal:g}"} if args.lambda_rebal < 1 else {}),
         }
     )
+    if args.init_from:
+        recipe["init_from"] = args.init_from
     meta = {
         **recipe,
         "crop": str(args.crop),

@@ -6,6 +6,13 @@ centres, cluster them with k-means (K = 5) and rank the centres by occupancy. Th
 a-major 23 x 23 grid of `pts_grid.npy` (index = 23 (a+110)/10 + (b+110)/10); ideepcolor's PyTorch
 path rebuilds it with a b-major meshgrid, which swaps a and b: not done here.
 
+The softening belongs to the weights: 0.2 suits the authors' network, whose distributions are
+peaked; a less peaked network (ours, trained for hours on CPUs) is flattened by it into a near-uniform
+distribution, and k-means of a uniform distribution returns the same five quadrant centres at every
+pixel. `soften` is therefore a parameter, a per-checkpoint registry field (`suggest_soften` in
+`colorizers/weights.py`, calibrated on validation data by `colorizers.evaluate_suggest`), 0.2 unless
+the checkpoint says otherwise.
+
 The samples only take 529 distinct values, so k-means runs on the distinct values weighted by
 their counts: the same clustering as on 25,000 points, at 529-point cost.
 """
@@ -19,7 +26,7 @@ import numpy as np
 
 from contract import NUM_AB_GRID_BINS, asset_path
 
-SOFTEN = 0.2  # logit scale of `prep_net(S=.2)`
+SOFTEN = 0.2  # logit scale of `prep_net(S=.2)`: the authors' weights' softening, the default
 SAMPLES = 25_000
 KMEANS_ITERATIONS = 50
 
@@ -38,21 +45,26 @@ def grid_bins() -> np.ndarray:
     return bins
 
 
-def softened(logits: np.ndarray) -> np.ndarray:
-    """(529,) logits -> the softened distribution softmax(0.2 logits), float64."""
-    z = SOFTEN * logits.astype(np.float64)
+def softened(logits: np.ndarray, soften: float = SOFTEN) -> np.ndarray:
+    """(529,) logits -> the softened distribution softmax(soften · logits), float64."""
+    if not soften > 0:
+        raise ValueError(f"soften must be positive, got {soften}")
+    z = soften * logits.astype(np.float64)
     z = np.exp(z - z.max())
     return np.asarray(z / z.sum())
 
 
-def suggest(logits: np.ndarray, k: int, seed: int) -> list[Suggestion]:
-    """Up to k suggested ab colours for one pixel's (529,) logits, most occupied first."""
+def suggest(logits: np.ndarray, k: int, seed: int, soften: float = SOFTEN) -> list[Suggestion]:
+    """Up to k suggested ab colours for one pixel's (529,) logits, most occupied first.
+
+    `soften`: the logit scale before sampling (the checkpoint's `suggest_soften`; 0.2 upstream).
+    """
     if logits.shape != (NUM_AB_GRID_BINS,):
         raise ValueError(f"logits must have shape ({NUM_AB_GRID_BINS},), got {logits.shape}")
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     rng = np.random.default_rng(seed)
-    probs = softened(logits)
+    probs = softened(logits, soften)
     # Inverse-CDF sampling of bin indices, then counts per distinct bin.
     cdf = np.cumsum(probs)
     drawn = np.minimum(np.searchsorted(cdf, rng.random(SAMPLES) * cdf[-1], side="right"), len(cdf) - 1)

@@ -38,7 +38,7 @@ def build_tiny_cache(root: Path, *, seed: int = 0, leak: tuple[Path, ...] = ()) 
     make_photo_folder(root / "photos")
     return data.build(
         root / "cache",
-        shared=root,
+        train_folder=root,
         selected=(SYNTHETIC,),
         seed=seed,
         val_fraction=0.4,

@@ -195,3 +195,55 @@ def test_siggraph_run_ships_a_checkpoint_with_its_mask_convention(
 def test_eccv16_defaults_are_unchanged() -> None:
     args = train.parse_args([])
     assert args.model == "eccv16" and args.name == "eccv16-w0.25-l0.5" and args.weight_decay == 1e-3
+
+
+def test_rebalanced_siggraph_loss_weights_each_pixel_by_its_true_bin() -> None:
+    centres, bin_weights = _weights(0.5)
+    lab = _lab_batch(2)
+    batch = train.make_hint_batch(lab, np.random.default_rng(0), hints=False, centres=centres,
+                                  bin_weights=bin_weights)  # fmt: skip
+    assert batch is not None and batch.weights is not None and batch.weights.shape == (2, 8, 8)
+    expected = bin_weights[quantize.nearest_bin(lab[:, 1:, ::4, ::4], centres)]
+    assert torch.equal(batch.weights, expected)
+    logits = torch.zeros(2, 529, 8, 8)
+    loss, ce = train.siggraph_loss(batch.ab + 11.0, logits, batch)
+    assert np.isclose(float(ce), np.log(529), atol=1e-5)  # the plain CE, logged
+    mean_w = float(batch.weights.mean())
+    assert np.isclose(float(loss), mean_w * (np.log(529) + 10 * 11 / 110), rtol=1e-5)
+    plain = train.make_hint_batch(lab, np.random.default_rng(0), hints=False)
+    assert plain is not None and plain.weights is None
+
+
+def test_siggraph_defaults_to_no_rebalancing_and_names_a_rebalanced_run() -> None:
+    assert train.parse_args(["--model", "siggraph17"]).lambda_rebal == 1
+    args = train.parse_args(["--model", "siggraph17", "--lambda-rebal", "0.5"])
+    assert args.name == "siggraph17-w0.25-l0.5"
+
+
+def test_run_starts_from_a_shipped_checkpoint_resumes_and_ships_only(
+    tiny_cache: Path, tmp_path: Path
+) -> None:
+    common = ["--model", "siggraph17", "--width", "0.25", "--crop", "32", "--batch", "2", "--minutes",
+              "100000", "--cache", str(tiny_cache), "--run-dir", str(tmp_path / "run"), "--out",
+              str(tmp_path / "out"), "--threads", "1", "--val-images", "2", "--classification-fraction", "0",
+              "--lambda-rebal", "0.5", "--init-from", "siggraph17-w0.25", "--lr", "1e-12"]  # fmt: skip
+    train.train(train.parse_args([*common, "--max-steps", "2"]))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "starting from the weights of siggraph17-w0.25" in log and '"init_from"' in log
+    shipped = weights.load(weights.REGISTRY["siggraph17-w0.25"]).state_dict()
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["step"] == 2
+    key = "model1.0.weight"
+    torch.testing.assert_close(state["model"][key], shipped[key], atol=1e-3, rtol=0)  # lr ~ 0: unchanged
+    # Resuming continues from step 2 without reloading the shipped weights.
+    train.train(train.parse_args([*common, "--max-steps", "3"]))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("starting from the weights") == 1 and "resumed" in log
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 3
+    # --ship-only writes last.pt's weights without a step.
+    path = train.train(train.parse_args([*common, "--ship-only"]))
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 3
+    entry = (tmp_path / "run" / "registry_entry.txt").read_text()
+    assert "'lambda': '0.5'" in entry and "'init_from': 'siggraph17-w0.25'" in entry
+    assert "'steps': '3'" in entry
+    assert path.is_file()

@@ -57,3 +57,28 @@ def test_softening_is_softmax_of_a_fifth_of_the_logits() -> None:
 def test_bad_arguments(shape: tuple[int, ...], k: int) -> None:
     with pytest.raises(ValueError):
         suggest(np.zeros(shape), k=k, seed=0)
+
+
+def test_softening_factor_is_a_parameter() -> None:
+    logits = np.random.default_rng(0).normal(0, 5, 529)
+    z = np.exp(2.0 * logits - (2.0 * logits).max())
+    np.testing.assert_allclose(softened(logits, 2.0), z / z.sum(), rtol=1e-12)
+    np.testing.assert_allclose(softened(logits), softened(logits, SOFTEN))
+    with pytest.raises(ValueError):
+        softened(logits, 0.0)
+
+
+def test_a_flat_network_is_flattened_to_the_quadrants_by_the_authors_softening() -> None:
+    """Issue #15: logits that rise only 3 nats over a broad bump (a less peaked network than the
+    authors') are nearly uniform at 0.2: the top suggestion is a quadrant centre far from the bump,
+    whatever the pixel's colour; a larger factor puts it on the bump."""
+    grid = grid_bins()
+
+    def pixel(a: float, b: float) -> np.ndarray:  # 3 nats at (a, b), σ = 20 ab units
+        return 3.0 * np.exp(-((grid - (a, b)) ** 2).sum(1) / (2 * 20.0**2))
+
+    for colour in ((0, -40), (-40, 40)):
+        (flat, *_) = suggest(pixel(*colour), k=5, seed=0)
+        (sharp, *_) = suggest(pixel(*colour), k=5, seed=0, soften=3.0)
+        assert np.hypot(*np.subtract(flat.ab, colour)) > 40
+        assert np.hypot(*np.subtract(sharp.ab, colour)) < 10
