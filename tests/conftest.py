@@ -1,4 +1,4 @@
-"""Shared fixtures: data paths, and a real Triton server on free ports for integration tests."""
+"""Shared fixtures: the sample photos, and a real Triton server on free ports for integration tests."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLES = REPO / "samples"  # redistributable photos shipped with the repository (samples/README.md)
 MODEL_REPOSITORY = REPO / "model_repository"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"test data folder {SHARED_DATA} is missing (it sits beside the checkout)")
-    return SHARED_DATA
+def samples() -> Path:
+    if not (SAMPLES / "README.md").is_file():
+        pytest.fail(f"{SAMPLES / 'README.md'} is missing: samples/ ships with the repository")
+    return SAMPLES
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -150,10 +151,21 @@ class TestSources:
             ("b_by_y.jpg", "CC0-1.0"),
         ]
 
-    def test_exif_orientation_is_applied(self, shared_data: Path) -> None:
-        # The one shared photo with an EXIF orientation tag (6: rotate 90°), per its README.
-        path = shared_data / "train" / "imagenet" / "n02951585_can_opener.JPEG"
-        with Image.open(path) as raw:
-            stored_size = raw.size
-        upright = data.decode(path.read_bytes(), path.name)
-        assert upright.size == stored_size[::-1] and upright.mode == "RGB"
+    def test_exif_orientation_is_applied(self) -> None:
+        # A camera-style JPEG stored landscape with EXIF orientation 6 (display rotated 90° clockwise),
+        # a red block in its stored top-left corner.
+        stored = np.full((40, 64, 3), 128, np.uint8)
+        stored[:20, :32] = (220, 30, 30)
+        exif = Image.Exif()
+        exif[0x0112] = 6  # Orientation
+        buffer = io.BytesIO()
+        Image.fromarray(stored).save(buffer, format="JPEG", quality=95, exif=exif)
+        with Image.open(io.BytesIO(buffer.getvalue())) as raw:
+            assert raw.getexif()[0x0112] == 6
+            pixels = np.asarray(raw.convert("RGB"))
+        upright = data.decode(buffer.getvalue(), "portrait.jpg")
+        assert upright.size == (40, 64) and upright.mode == "RGB"
+        # Exactly the stored pixels turned clockwise: the red block is now top right.
+        turned = np.asarray(upright)
+        np.testing.assert_array_equal(turned, np.rot90(pixels, k=-1))
+        assert turned[:32, 20:, 0].mean() > 200 and turned[:32, :20, 0].mean() < 150
