@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-EVAL_IMAGES = ROOT.parent / "shared" / "data" / "eval"
+# The photos behind every request: the repository's samples/ (5 photos), or a larger folder of your own
+# in PRIORLAB_BENCH_DATA, searched recursively (the committed results used Set5 + Set14, 19 photos).
+BENCH_DATA_ENV = "PRIORLAB_BENCH_DATA"
+EVAL_IMAGES = Path(os.environ.get(BENCH_DATA_ENV) or ROOT / "samples")
 MODEL_REPOSITORY = ROOT / "model_repository"
 
 PARTS = ("perf_analyzer", "gateway", "baseline", "kernels", "placement", "dip")
@@ -19,8 +23,8 @@ class BenchConfig:
     working_size: int = 256  # the gateway's default, the model's batching bucket
     request_size: int = 512  # side of the JPEG the load generator sends
     output_format: str = "PNG"  # the API's default output
-    max_photos: int = 19  # Set5 + Set14
-    # Part 1: perf_analyzer (reference/serving.md §6 recipe).
+    max_photos: int = 19  # all of Set5 + Set14 when PRIORLAB_BENCH_DATA holds them
+    # Part 1: perf_analyzer (docs/serving.md §6 recipe).
     pa_concurrency: tuple[int, ...] = (1, 2, 3, 4)
     pa_interval_ms: int = 3000
     pa_stability: int = 50  # UNCHECKED (1000) turns the stability check off

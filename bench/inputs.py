@@ -1,4 +1,4 @@
-"""Realistic inputs from real photos (Set5 + Set14 in ../shared/data/eval/), never random noise.
+"""Realistic inputs from real photos, never random noise: samples/, or PRIORLAB_BENCH_DATA (bench/config.py).
 
 - `working_l`: each photo's L plane at the working size, made by the gateway's own functions
   (sRGB -> L, PIL bicubic resize), i.e. exactly the tensor the gateway sends to Triton.
@@ -18,16 +18,28 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from bench.config import EVAL_IMAGES
+from bench.config import BENCH_DATA_ENV, EVAL_IMAGES
 from contract import ANNEALED_T_DEFAULT, ModelSpec
 from service import ab_decode, lab
 
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
+MIN_SIDE = 128  # smaller images (samples/' DIP crop and its mask) are not photos to colorize
 
-def photo_paths(limit: int) -> list[Path]:
-    paths = sorted(EVAL_IMAGES.glob("set*/*.png"))
+
+def is_photo(path: Path) -> bool:
+    if path.suffix.lower() not in PHOTO_SUFFIXES:
+        return False
+    with Image.open(path) as image:
+        return min(image.size) >= MIN_SIDE
+
+
+def photo_paths(limit: int, folder: Path = EVAL_IMAGES) -> list[Path]:
+    """The first `limit` photos under `folder` (recursively, sorted by path)."""
+    paths = [p for p in sorted(folder.rglob("*")) if p.is_file() and is_photo(p)]
     if not paths:
         raise FileNotFoundError(
-            f"no photos in {EVAL_IMAGES}/set*/ (the shared data sits beside the checkout)"
+            f"no photos ({', '.join(PHOTO_SUFFIXES)}, sides >= {MIN_SIDE} px) under {folder}: "
+            f"point {BENCH_DATA_ENV} at a folder of photos, or unset it to use the repository's samples/"
         )
     return paths[:limit]
 

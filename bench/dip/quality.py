@@ -1,4 +1,4 @@
-"""DIP engine quality against the reference numbers (dip.md §2, §5), through the library API.
+"""DIP engine quality against the reference numbers (docs/dip.md §2, §5), through the library API.
 
 Sections (`--only a,b`; all by default):
 
@@ -18,11 +18,16 @@ Sections (`--only a,b`; all by default):
             4 px border) vs bicubic.
 * jpeg      F16 256² crop, JPEG quality 10: PSNR vs the JPEG.
 
-    .venv/bin/python bench/dip/quality.py --quick                       # smoke test, ~1-2 min
-    .venv/bin/python bench/dip/quality.py --only denoise                # ~6-8 min on 2 quiet cores
-    .venv/bin/python bench/dip/quality.py --only autostop               # ~40-70 min
-    .venv/bin/python bench/dip/quality.py --only stoprules --threads 1 --sigmas 25  # ~30 min per σ
-    .venv/bin/python bench/dip/quality.py --only inpaint,sr,jpeg --max-iterations 1500
+    .venv/bin/python bench/dip/quality.py --data DIR --quick                # smoke test, ~1-2 min
+    .venv/bin/python bench/dip/quality.py --data DIR --only denoise         # ~6-8 min on 2 quiet cores
+    .venv/bin/python bench/dip/quality.py --data DIR --only autostop        # ~40-70 min
+    .venv/bin/python bench/dip/quality.py --data DIR --only stoprules --threads 1 --sigmas 25  # ~30 min per σ
+    .venv/bin/python bench/dip/quality.py --data DIR --only inpaint,sr,jpeg --max-iterations 1500
+
+--data DIR (or PRIORLAB_DIP_DATA) is required: the reference numbers are for the DIP authors' test
+images and Set5/Set14, which are not redistributable, so the repository does not ship them. DIR holds
+them at the paths in DATA_FILES below (dip/denoising/F16_GT.png, ..., eval/set14/pepper.png). For a run
+on the repository's own images, use bench/dip/batch.py or the service with samples/ (samples/README.md).
 
 Writes bench/results/dip/quality.{json,md}, autostop.png and the restored images (--quick: under quick/).
 """
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -62,20 +68,22 @@ from service.restore.request import (  # noqa: E402
 )
 from service.restore.result import Progress, RestoreResult  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
-# Images for the stop-rule runs: tau was tuned on the first three, and barbara and pepper held out from
-# that; the held-out rule's wait (AutoStop.holdout_wait) was set on barbara, and baboon and comic were
-# added afterwards to test it on textures no setting was chosen on.
+F16 = "dip/denoising/F16_GT.png"
+KATE, KATE_MASK = "dip/inpainting/kate.png", "dip/inpainting/kate_mask.png"
+# Images for the stop-rule runs, as paths under --data: tau was tuned on the first three, and barbara and
+# pepper held out from that; the held-out rule's wait (AutoStop.holdout_wait) was set on barbara, and
+# baboon and comic were added afterwards to test it on textures no setting was chosen on.
 AUTOSTOP_IMAGES = {
-    "F16": DATA / "dip/denoising/F16_GT.png",
-    "zebra": DATA / "dip/sr/zebra_GT.png",
-    "kate": DATA / "dip/inpainting/kate.png",
-    "barbara": DATA / "dip/restoration/barbara.png",
-    "pepper": DATA / "eval/set14/pepper.png",
-    "baboon": DATA / "eval/set14/baboon.png",
-    "comic": DATA / "eval/set14/comic.png",
+    "F16": F16,
+    "zebra": "dip/sr/zebra_GT.png",
+    "kate": KATE,
+    "barbara": "dip/restoration/barbara.png",
+    "pepper": "eval/set14/pepper.png",
+    "baboon": "eval/set14/baboon.png",
+    "comic": "eval/set14/comic.png",
 }
-REF_DENOISE_EMA = {100: 16.73, 200: 21.42, 300: 24.30, 500: 27.11}  # dip.md §5, reference code on CPU
+DATA_FILES = (*AUTOSTOP_IMAGES.values(), KATE_MASK, "eval/set5/butterfly.png")
+REF_DENOISE_EMA = {100: 16.73, 200: 21.42, 300: 24.30, 500: 27.11}  # docs/dip.md §5, reference code on CPU
 Image_ = NDArray[np.float32]
 
 
@@ -105,7 +113,8 @@ def psnr_y(a: Image_, b: Image_, border: int = 4) -> float:
 
 
 def reference_noisy(img: Image_, sigma: float) -> Image_:
-    # The reference get_noisy_image on a CHW array after np.random.seed(0) (dip.md §5: noisy PSNR 20.33 dB).
+    # The reference get_noisy_image on a CHW array after np.random.seed(0) (docs/dip.md §5: noisy PSNR
+    # 20.33 dB).
     rs = np.random.RandomState(0)
     chw = img.transpose(2, 0, 1)
     noisy = np.clip(chw + rs.normal(scale=sigma, size=chw.shape), 0, 1).astype(np.float32)
@@ -136,7 +145,7 @@ def run_traced(
 
 def section_denoise(args: argparse.Namespace) -> dict[str, Any]:
     size = 256 if not args.quick else 64  # 256: the size of the reference trace
-    gt = centre_crop(load(DATA / "dip/denoising/F16_GT.png"), size)
+    gt = centre_crop(load(args.data / F16), size)
     noisy = reference_noisy(gt, 25 / 255)
     n = max(REF_DENOISE_EMA) if not args.quick else 20
     result, trace = run_traced(noisy, DenoiseTask(sigma=25 / 255), FixedIterations(n), gt)
@@ -159,7 +168,7 @@ def section_denoise(args: argparse.Namespace) -> dict[str, Any]:
 def section_autostop(args: argparse.Namespace) -> dict[str, Any]:
     size = args.autostop_crop if not args.quick else 48
     sigmas = tuple(int(s) for s in args.sigmas.split(",")) if not args.quick else (25,)
-    images = {k: AUTOSTOP_IMAGES[k] for k in args.autostop_images.split(",")}
+    images = {k: args.data / AUTOSTOP_IMAGES[k] for k in args.autostop_images.split(",")}
     if args.quick:
         images = {"F16": images["F16"]}
     runs: list[dict[str, Any]] = []
@@ -262,7 +271,7 @@ def section_stoprules(args: argparse.Namespace) -> dict[str, Any]:
     for run in done["runs"]:
         if run["image"] not in wanted or run["sigma"] not in sigmas:
             continue
-        gt, noisy = _autostop_pair(AUTOSTOP_IMAGES[run["image"]], done["crop"], run["sigma"])
+        gt, noisy = _autostop_pair(args.data / AUTOSTOP_IMAGES[run["image"]], done["crop"], run["sigma"])
         sigma = run["sigma"] / 255
         sigma_hat = estimate_noise_sigma(noisy)
         same_recipe = recipe_for(DenoiseTask(sigma=sigma), 3) == recipe_for(DenoiseTask(), 3, sigma_hat)
@@ -369,10 +378,8 @@ def _stopping(args: argparse.Namespace) -> Stopping:
 
 def section_inpaint(args: argparse.Namespace) -> dict[str, Any]:
     size = args.size if not args.quick else 128  # the 64² centre of kate's mask is all known
-    gt = centre_crop(load(DATA / "dip/inpainting/kate.png"), size)
-    known = centre_crop(
-        np.asarray(Image.open(DATA / "dip/inpainting/kate_mask.png").convert("L")) >= 128, size
-    )
+    gt = centre_crop(load(args.data / KATE), size)
+    known = centre_crop(np.asarray(Image.open(args.data / KATE_MASK).convert("L")) >= 128, size)
     masked = gt * known[..., None]
     result = restore(masked, InpaintTask(mask=~known), stopping=_stopping(args))
     save(result.image, args.out / "inpaint_kate.png")
@@ -383,7 +390,7 @@ def section_inpaint(args: argparse.Namespace) -> dict[str, Any]:
 def section_sr(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for name in args.sr_images.split(","):
-        hr = load(DATA / "eval" / name)
+        hr = load(args.data / "eval" / name)
         if args.quick or args.sr_crop:
             hr = centre_crop(hr, 64 if args.quick else args.sr_crop)
         h, w = (hr.shape[0] // 4) * 4, (hr.shape[1] // 4) * 4
@@ -407,7 +414,7 @@ def section_sr(args: argparse.Namespace) -> dict[str, Any]:
 
 def section_jpeg(args: argparse.Namespace) -> dict[str, Any]:
     size = args.size if not args.quick else 64
-    gt = centre_crop(load(DATA / "dip/denoising/F16_GT.png"), size)
+    gt = centre_crop(load(args.data / F16), size)
     buf = BytesIO()
     Image.fromarray(np.round(gt * 255).astype(np.uint8)).save(buf, format="JPEG", quality=10)
     jpeg = np.asarray(Image.open(buf).convert("RGB"), np.float32) / 255
@@ -434,7 +441,7 @@ def _markdown(res: dict[str, Any], meta: dict[str, Any]) -> str:
             f"## Denoising, F16 {d['crop']}² centre crop, σ=25 (noisy input {d['noisy_psnr']:.2f} dB; "
             "reference 20.33 at 256²)",
             "",
-            "| iteration | EMA PSNR (ours) | reference (dip.md §5) |",
+            "| iteration | EMA PSNR (ours) | reference (docs/dip.md §5) |",
             "|---|---|---|",
         ]
         for k, v in d["ema_psnr"].items():
@@ -546,7 +553,7 @@ def _markdown(res: dict[str, Any], meta: dict[str, Any]) -> str:
             )
         lines += [
             "",
-            "Paper (recomputed, dip.md §2.1): butterfly DIP 26.23 dB (full image, 2000 iterations).",
+            "Paper (recomputed, docs/dip.md §2.1): butterfly DIP 26.23 dB (full image, 2000 iterations).",
             "",
         ]
     return "\n".join(lines)
@@ -570,7 +577,13 @@ def main() -> int:
     p.add_argument(
         "--max-iterations", type=int, default=None, help="cap AutoStop runs (default: task budget)"
     )
-    p.add_argument("--sr-images", default="set5/butterfly.png", help="comma list under shared/data/eval")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=os.environ.get("PRIORLAB_DIP_DATA") or None,
+        help="required (or PRIORLAB_DIP_DATA): the folder holding " + ", ".join(DATA_FILES),
+    )
+    p.add_argument("--sr-images", default="set5/butterfly.png", help="comma list under DATA/eval")
     p.add_argument("--sr-crop", type=int, default=0, help="HR centre crop for SR (0: whole image)")
     p.add_argument("--autostop-crop", type=int, default=128, help="crop side for the autostop runs")
     p.add_argument(
@@ -580,6 +593,13 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dip")
     args = p.parse_args()
+    if args.only and (args.data is None or not Path(args.data).is_dir()):  # --only "" reads no images
+        p.error(
+            f"--data DIR (or PRIORLAB_DIP_DATA) is required, not {args.data}: the folder holding the DIP "
+            "authors' test images and Set5/Set14 (not redistributable, so not in the repository): "
+            + ", ".join(DATA_FILES)
+        )
+    args.data = Path(args.data or ".")
     torch.set_num_threads(args.threads)
     if args.quick:  # keep smoke-test outputs away from the real tables and images
         args.out = args.out / "quick"
