@@ -47,6 +47,11 @@ AUTHORS_PSNRS = REPO / "colorizers" / "reference" / "psnrs_siggraph.npy"
 RESULTS_DIR = REPO / "colorizers" / "results"
 OUR_MASK_OFFSET = 0.5  # what colorizers.train uses; unregistered files are assumed to be ours
 GAIN_AT_10_DB = 3.0  # issue #4 quality bar: ≥ 3 dB more at 10 hints than with none
+# Issue #15's hint bars, at 10 random 6x6 hints: the output at the hints' pixels within 10 ab units of
+# the hint colour; no halo: far from every hint (> 64 px) the colour moves by less than 5 ab units.
+HINT_FIDELITY_AB = 10.0
+HALO_DISTANCE_PX = 64.0
+HALO_AB = 5.0
 
 # (L (N,1,H,W), ab hints (N,2,H,W), 0/1 mask (N,1,H,W)) -> ab (N,2,H,W), all Lab units
 Colorize = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -88,6 +93,43 @@ def psnr_vs_hints(
     return psnrs
 
 
+@torch.no_grad()
+def hint_locality(
+    colorize: Colorize, images: Sequence[NDArray[np.float32]], *, count: int = 10, seed: int = 0,
+    patch: int = PATCH,
+) -> dict[str, float]:  # fmt: skip
+    """Does the colour follow `count` random hints where they are, and only near them?
+
+    Per image (hints from seed (seed, i, 1)): the mean ab distance between output and hint colour
+    at the hinted pixels, and the mean ab change against the no-hint output at the pixels farther than
+    `HALO_DISTANCE_PX` from every hinted pixel (images without such pixels are left out of that mean).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    at_hints, far_change, within = [], [], []
+    for i, image in enumerate(images):
+        lab = torch.from_numpy(np.ascontiguousarray(crop8(image)))
+        _, h, w = lab.shape
+        rng = np.random.default_rng([seed, i, 1])
+        patches = [[], hint_sim.draw_patches(rng, h, w, count=count, sizes=(patch,))]
+        hint, mask = hint_sim.paint_hints(lab[None, 1:].expand(2, -1, -1, -1), patches)
+        ab = colorize(lab[None, :1].expand(2, -1, -1, -1), hint, mask).cpu().numpy()
+        on = mask[1, 0].numpy() > 0
+        error = np.hypot(*(ab[1] - hint[1].numpy()))[on]
+        at_hints.append(float(error.mean()))
+        within.append(float((error <= HINT_FIDELITY_AB).mean()))
+        far = distance_transform_edt(~on) > HALO_DISTANCE_PX
+        if far.any():
+            far_change.append(float(np.hypot(*(ab[1] - ab[0]))[far].mean()))
+    return {
+        "hints": count,
+        "ab_error_at_hints": float(np.mean(at_hints)),
+        "share_of_hint_pixels_within_10": float(np.mean(within)),
+        "ab_change_far_from_hints": float(np.mean(far_change)) if far_change else float("nan"),
+        "images_with_far_pixels": len(far_change),
+    }
+
+
 def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
     x = np.asarray(values, np.float64)
     se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
@@ -113,9 +155,10 @@ def automatic_scores(model: SIGGRAPHGenerator, images: LabImages, *, count: int,
         ab = model(torch.from_numpy(lab[None, :1]).to(device))[0].cpu().numpy()
         auto.add(ab_error(ab, lab[1:]), true_bins, lab_to_rgb8(lab[0], ab), true_rgb)
         truth_colour.append(colourfulness(true_rgb))
+    beats = np.asarray(auto.psnrs) >= np.asarray(gray.psnrs)
     return {
         "gray": gray.summary(),
-        "model": auto.summary(),
+        "model": {**auto.summary(), "share_psnr_at_least_gray": float(beats.mean())},
         "truth": {"colourfulness": float(np.mean(truth_colour))},
     }
 
@@ -150,15 +193,25 @@ def load_siggraph(checkpoint: str, mask_offset: float | None = None) -> tuple[SI
     return model.eval(), f"{path.name} (width {width:g}, mask offset {offset:g}, sha256 {digest})"
 
 
+def load_curve(path: Path) -> tuple[str, dict[int, tuple[float, float]]]:
+    """A curve this tool wrote (`<prefix>_psnr_vs_hints.json`) -> (checkpoint label, {hints: (mean, se)})."""
+    saved = json.loads(path.read_text())
+    curve = {int(k): (float(v[0]), float(v[1])) for k, v in saved["psnr_vs_hints"].items()}
+    return str(saved["checkpoint"]).split(" ")[0], curve
+
+
 def plot(ours: dict[int, tuple[float, float]], authors: dict[int, tuple[float, float]], label: str,
-         path: Path) -> None:  # fmt: skip
+         path: Path, others: Sequence[tuple[str, dict[int, tuple[float, float]]]] = ()) -> None:  # fmt: skip
+    """Our curve, the authors', and earlier trials' (`others`: (label, curve)) on one plot."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for name, curve, style in ((f"ours: {label}", ours, "o-"), ("authors (Caffe, ImageNet)", authors, "s--")):
+    earlier = [(f"earlier: {name}", curve, "^:") for name, curve in others]
+    for name, curve, style in (*earlier, (f"ours: {label}", ours, "o-"),
+                               ("authors (Caffe, ImageNet)", authors, "s--")):  # fmt: skip
         ks = sorted(curve)
         means, ses = np.array([curve[k] for k in ks]).T
         ax.errorbar(ks, means, yerr=ses, fmt=style, capsize=3, label=name)
@@ -212,7 +265,44 @@ def markdown(metrics: dict, label: str, plot_name: str) -> str:
         lines.append(f"| {name} | {m['ab_l2']:.2f} | {m['auc']:.3f} | {m['auc_rebal']:.3f} | {m['psnr']:.2f} "
                      f"| {m['colourfulness']:.1f} |")  # fmt: skip
     lines += [f"| ground truth | 0 | 1 | 1 | ∞ | {auto['truth']['colourfulness']:.1f} |", ""]
+    lines += ["Bars of issue #15:", ""] + [f"- {text}" for text in bar_lines(metrics)] + [""]
     return "\n".join(lines)
+
+
+def quality_bars(metrics: dict) -> dict[str, tuple[bool, str]]:
+    """Issue #15's bars for SIGGRAPH17 -> {bar: (met, measured value in words)}."""
+    auto, locality = metrics["automatic"], metrics.get("locality")
+    model, gray, truth = auto["model"], auto["gray"], auto["truth"]["colourfulness"]
+    ratio = model["colourfulness"] / truth
+    share = model.get("share_psnr_at_least_gray", float("nan"))
+    bars = {
+        "automatic colourfulness ≥ 0.6× truth": (ratio >= 0.6, f"{ratio:.2f}×"),
+        "automatic AuC rebal ≥ gray + 0.03": (
+            model["auc_rebal"] >= gray["auc_rebal"] + 0.03,
+            f"{model['auc_rebal'] - gray['auc_rebal']:+.3f}",
+        ),
+        "automatic PSNR ≥ gray on ≥ 80 % of photos": (share >= 0.8, f"{share:.0%}"),
+        f"≥ {GAIN_AT_10_DB:g} dB at 10 hints over none": (
+            metrics["gain_at_10_db"] >= GAIN_AT_10_DB,
+            f"{metrics['gain_at_10_db']:.2f} dB",
+        ),
+    }
+    if locality:
+        bars[f"output at the hints' pixels within {HINT_FIDELITY_AB:g} ab units"] = (
+            locality["ab_error_at_hints"] <= HINT_FIDELITY_AB,
+            f"mean {locality['ab_error_at_hints']:.1f}, "
+            f"{locality['share_of_hint_pixels_within_10']:.0%} of hint pixels within",
+        )
+        bars[f"no halo (> {HALO_DISTANCE_PX:g} px from every hint, mean ab change < {HALO_AB:g})"] = (
+            locality["ab_change_far_from_hints"] < HALO_AB,
+            f"{locality['ab_change_far_from_hints']:.2f} on {locality['images_with_far_pixels']} images",
+        )
+    return bars
+
+
+def bar_lines(metrics: dict) -> list[str]:
+    return [f"{name}: {'yes' if met else '**no**'} ({value})" for name, (met, value) in
+            quality_bars(metrics).items()]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         "--results", type=Path, default=RESULTS_DIR, help="plot + curve (default: %(default)s)"
     )
     parser.add_argument("--authors", type=Path, default=AUTHORS_PSNRS, help="psnrs_siggraph.npy")
+    parser.add_argument(
+        "--prefix",
+        default="siggraph17",
+        help="names of the files in --results: <prefix>_psnr_vs_hints.png, ...",
+    )
+    parser.add_argument(
+        "--compare", type=Path, nargs="*", default=[], help="earlier <prefix>_psnr_vs_hints.json to plot too"
+    )
     parser.add_argument("--hints", type=int, nargs="+", default=list(HINT_COUNTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-images", type=int, default=0, help="0: the whole validation split")
@@ -253,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     per_image = psnr_vs_hints(colorize, resized, args.hints, seed=args.seed)
     curve = {k: mean_and_se(v) for k, v in per_image.items()}
     authors = authors_curve(args.authors, args.hints)
+    log.info("hint locality at 10 hints")
+    locality = hint_locality(colorize, resized, seed=args.seed)
     log.info("automatic-mode metrics")
     auto = automatic_scores(model, images, count=count, device=args.device)
     metrics = {
@@ -265,11 +365,12 @@ def main(argv: list[str] | None = None) -> int:
         "authors": authors,
         "gain_at_10_db": curve[10][0] - curve[0][0] if 0 in curve and 10 in curve else float("nan"),
         "automatic": auto,
+        "locality": locality,
         "data_manifest_sha256": manifest_sha256(args.cache),
     }
-    plot_path = args.results / "siggraph17_psnr_vs_hints.png"
-    plot(curve, authors, label.split(" ")[0], plot_path)
-    (args.results / "siggraph17_psnr_vs_hints.json").write_text(
+    plot_path = args.results / f"{args.prefix}_psnr_vs_hints.png"
+    plot(curve, authors, label.split(" ")[0], plot_path, [load_curve(p) for p in args.compare])
+    (args.results / f"{args.prefix}_psnr_vs_hints.json").write_text(
         json.dumps({k: metrics[k] for k in ("checkpoint", "hint_images", "seed", "patch", "psnr_vs_hints",
                                             "authors", "gain_at_10_db")}, indent=2) + "\n"
     )  # fmt: skip
@@ -289,14 +390,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([lab_to_rgb8(lightness, np.zeros_like(ab[0])), lab_to_rgb8(lightness, ab[0]),
                      lab_to_rgb8(lightness, ab[1]), lab_to_rgb8(lightness, lab[1:].numpy())])  # fmt: skip
     if rows:
-        _grid(rows, 192).save(args.results / "siggraph17_samples.png", optimize=True)
+        _grid(rows, 192).save(args.results / f"{args.prefix}_samples.png", optimize=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "model_card.md").write_text(
-        markdown(metrics, label, "results/siggraph17_psnr_vs_hints.png")
-        + "\n![gray | no hints | 10 hints | truth](results/siggraph17_samples.png)\n"
+        markdown(metrics, label, f"results/{args.prefix}_psnr_vs_hints.png")
+        + f"\n![gray | no hints | 10 hints | truth](results/{args.prefix}_samples.png)\n"
     )
     print((out / "model_card.md").read_text())
-    print(f"wrote {plot_path}, siggraph17_samples.png, {out}/metrics.json, model_card.md")
+    print(f"wrote {plot_path}, {args.prefix}_samples.png, {out}/metrics.json, model_card.md")
     return 0
 
 

@@ -72,3 +72,41 @@ def test_unregistered_checkpoint_loads_with_our_mask_convention(tmp_path: Path) 
     assert model.width == 0.125 and model.mask_offset == 0.5 and "mask offset 0.5" in label
     with pytest.raises(FileNotFoundError):
         evaluate_hints.load_siggraph(str(tmp_path / "missing.pth"))
+
+
+def test_hint_locality_of_a_copying_model_and_of_a_flooding_model() -> None:
+    images = [_uniform_image(size=200) * np.array([1, 0, 0], np.float32)[:, None, None]
+              + np.array([0, 30, 30], np.float32)[:, None, None]]  # fmt: skip
+
+    def local(lightness: torch.Tensor, hint: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return hint * mask  # the hint colour on its pixels, gray elsewhere
+
+    def flood(lightness: torch.Tensor, hint: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        total = mask.sum(dim=(1, 2, 3)).clamp(min=1)
+        return (hint.sum(dim=(2, 3)) / total[:, None])[:, :, None, None].expand_as(hint)
+
+    near = evaluate_hints.hint_locality(local, images)
+    assert near["ab_error_at_hints"] < 1e-4 and near["share_of_hint_pixels_within_10"] == 1.0
+    assert near["ab_change_far_from_hints"] == 0.0 and near["images_with_far_pixels"] == 1
+    everywhere = evaluate_hints.hint_locality(flood, images)
+    assert everywhere["ab_error_at_hints"] < 1e-3
+    assert everywhere["ab_change_far_from_hints"] == pytest.approx(np.hypot(30, 30), rel=1e-4)
+
+
+def test_quality_bars_read_the_metrics() -> None:
+    def scores(colour: float, auc_rebal: float) -> dict[str, float]:
+        return {"ab_l2": 1.0, "auc": 0.9, "auc_rebal": auc_rebal, "psnr": 22.0, "colourfulness": colour}
+
+    metrics = {
+        "automatic": {
+            "gray": scores(0.1, 0.60),
+            "model": {**scores(30.0, 0.64), "share_psnr_at_least_gray": 0.85},
+            "truth": {"colourfulness": 40.0},
+        },
+        "gain_at_10_db": 2.5,
+        "locality": {"ab_error_at_hints": 8.0, "share_of_hint_pixels_within_10": 0.7,
+                     "ab_change_far_from_hints": 6.0, "images_with_far_pixels": 3},
+    }  # fmt: skip
+    met = {name: ok for name, (ok, _) in evaluate_hints.quality_bars(metrics).items()}
+    assert list(met.values()) == [True, True, True, False, True, False]
+    assert any("0.75×" in line for line in evaluate_hints.bar_lines(metrics))
