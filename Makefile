@@ -14,7 +14,7 @@ MODEL_INPUTS := $(wildcard colorizers/*.py colorizers/checkpoints/* export/*.py)
 .PHONY: run test check bench data deps apt protos models perf-analyzer clean
 
 run: deps protos models
-	$(PY) -m service.stack
+	$(PY) -m service.launch.stack
 
 # pytest exits 5 when it ran no test; make fails on it like on any other failure.
 test: deps protos models

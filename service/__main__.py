@@ -1,7 +1,7 @@
 """`python -m service`: run the gateway alone, configured by `PRIORLAB_*` (see service.settings).
 
 Used where Triton runs elsewhere (the Dockerfile's gateway target). For the whole embedded
-stack on one machine, `make run` uses `python -m service.stack`.
+stack on one machine, `make run` uses `python -m service.launch.stack`.
 """
 
 from __future__ import annotations

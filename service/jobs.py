@@ -50,6 +50,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service.errors import NotFound, ResourceExhausted, Unavailable
 from service.pb.priorlab.v1 import restore_pb2
 
+PREFIX = "restore:"
+WORKERS_KEY = f"{PREFIX}workers"  # the heartbeat zset: worker name -> unix seconds
 GROUP = "workers"
 LEVELS = ("high", "normal", "low")  # claim order
 CANCEL_CHANNEL = "restore:cancel"
@@ -219,7 +221,7 @@ class Start:
 class JobBus:
     """One Redis connection pool and the scripts; every method is one round trip unless it says so."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "restore:") -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = PREFIX) -> None:
         self.redis, self.prefix = client, prefix
         self._enqueue = client.register_script(_ENQUEUE)
         self._start = client.register_script(_START)

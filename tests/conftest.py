@@ -22,7 +22,7 @@ def samples() -> Path:
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real tritonserver (pytriton wheel) serving model_repository/ with configs/cpu.pbtxt."""
-    from service.triton_launcher import TritonServer
+    from service.launch.triton import TritonServer
 
     if not (MODEL_REPOSITORY / "eccv16" / "1" / "model.onnx").is_file():
         pytest.fail("model_repository has no exported eccv16: run `make models` (make test does)")

@@ -12,7 +12,10 @@ GATEWAY_MODULES = [
     "service.gateway",
     "service.colorize",
     "service.triton",
-    "service.stack",
+    "service.launch.stack",
+    "service.launch.process",
+    "service.launch.triton",
+    "service.launch.worker",
     "service.client",
     "service.lab",
     "service.codec",
@@ -20,7 +23,7 @@ GATEWAY_MODULES = [
     "service.__main__",
     "service.restorer",
     "service.jobs",
-    "service.redis_server",
+    "service.launch.redis",
     "service.restore.wire",
 ]
 

@@ -13,9 +13,9 @@ import pytest
 
 from service.errors import NotFound, ResourceExhausted, Unavailable
 from service.jobs import JobBus, failure_event, is_terminal, level_of
+from service.launch.process import free_port
+from service.launch.redis import RedisServer
 from service.pb.priorlab.v1 import restore_pb2
-from service.redis_server import RedisServer
-from service.triton_launcher import free_port
 
 CANCELLED = grpc.StatusCode.CANCELLED.value[0]
 
@@ -193,4 +193,4 @@ def test_redis_server_binds_loopback_without_persistence(tmp_path: Path) -> None
         assert server.ping() and server.url.startswith("redis://127.0.0.1:")
     finally:
         server.stop()
-    assert server.process.returncode is not None and not list(tmp_path.glob("*.rdb"))
+    assert server.handle.process.returncode is not None and not list(tmp_path.glob("*.rdb"))

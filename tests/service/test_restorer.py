@@ -15,11 +15,11 @@ from PIL import Image
 from contract import ModelSpec
 from service.errors import Aborted, Cancelled, DeadlineExceeded, InvalidArgument, PriorlabError
 from service.jobs import failure_event
+from service.launch.process import free_port
 from service.pb.priorlab.v1 import restore_pb2, restore_pb2_grpc
 from service.restorer import build_job, client_id, public_event
 from service.server import create_server
 from service.settings import Settings
-from service.triton_launcher import free_port
 
 
 def png(array: np.ndarray) -> bytes:

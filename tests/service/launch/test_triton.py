@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from service.triton_launcher import TritonServer, free_port
+from service.launch.process import free_port
+from service.launch.triton import TritonServer
 from tests.conftest import MODEL_REPOSITORY
 
 pytestmark = pytest.mark.triton
@@ -26,7 +27,7 @@ def test_a_second_server_gets_its_own_ports_and_shm_prefix_and_stops_by_pid(
         )
     finally:
         second.stop()
-    assert second.process.poll() is not None
+    assert second.handle.process.poll() is not None
     assert not list(Path("/dev/shm").glob(f"{second.shm_prefix}*"))
     assert triton_server.is_ready()
 
@@ -35,7 +36,7 @@ def test_a_broken_repository_fails_fast_with_the_log(tmp_path: Path) -> None:
     broken = tmp_path / "repo" / "eccv16"
     (broken / "1").mkdir(parents=True)
     (broken / "config.pbtxt").write_text('name: "eccv16"\nbackend: "no_such_backend"\nmax_batch_size: 1\n')
-    with pytest.raises(RuntimeError, match="tritonserver exited"):
+    with pytest.raises(RuntimeError, match=r"tritonserver \(pid \d+\) exited with status"):
         TritonServer.start(tmp_path / "repo", tmp_path / "work", config_name="missing", ready_timeout_s=60)
 
 

@@ -1,11 +1,12 @@
 """Start and stop a local tritonserver from the `nvidia-pytriton` wheel (CPU hosts, no Docker).
 
-The recipe of DESIGN.md / reference/serving.md §6: copy the wheel's `backends/` to a writable
+The recipe of docs/serving.md §6: copy the wheel's `backends/` to a writable
 work dir, put the Python-backend stub for this interpreter into `backends/python/`, link the
 wheel's bundled libs and this interpreter's LIBDIR (the stub links libpython3.X.so), put the
 venv's `bin` first on PATH (the stub's embedded Python then sees the venv's site-packages) and
 bind 127.0.0.1 only. Every instance gets free ports and its own shared-memory prefix, so tests
-can run several; it is stopped by PID and its leaked shm regions are removed.
+can run several; it is stopped by PID (`service.launch.process`) and its leaked shm regions are
+removed.
 """
 
 from __future__ import annotations
@@ -13,35 +14,24 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import sysconfig
-import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.launch.process import ManagedProcess, StartupError, free_port
+
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    """A port the kernel just handed out on 127.0.0.1 (free unless someone races for it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pytriton_dir() -> Path:
     site = Path(sysconfig.get_paths()["purelib"])
     root = site / "pytriton" / "tritonserver"
     if not (root / "bin" / "tritonserver").is_file():
-        raise FileNotFoundError(
-            f"no tritonserver in {root}: is nvidia-pytriton installed in this environment?"
-        )
+        raise StartupError(f"no tritonserver in {root}: is nvidia-pytriton installed in this environment?")
     return root
 
 
@@ -49,7 +39,7 @@ def _pytriton_dir() -> Path:
 class TritonServer:
     """A running tritonserver process; use `TritonServer.start(...)`, then `.stop()`."""
 
-    process: subprocess.Popen[bytes]
+    handle: ManagedProcess
     grpc_port: int
     http_port: int
     metrics_port: int
@@ -62,7 +52,7 @@ class TritonServer:
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.handle.pid
 
     @classmethod
     def start(
@@ -75,6 +65,8 @@ class TritonServer:
         extra_args: tuple[str, ...] = (),
     ) -> TritonServer:
         root = _pytriton_dir()
+        # Absolute: Triton is given these paths, and the stack's default work dir is relative.
+        workdir = workdir.absolute()
         workdir.mkdir(parents=True, exist_ok=True)
         backends = workdir / "backends"
         shutil.rmtree(backends, ignore_errors=True)
@@ -111,18 +103,14 @@ class TritonServer:
             "--log-verbose=0",
             *extra_args,
         ]
-        log_path = workdir / "triton.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        server = cls(process, grpc_port, http_port, metrics_port, shm_prefix, workdir)
+        handle = ManagedProcess.spawn("tritonserver", args, workdir / "triton.log", env=env)
+        server = cls(handle, grpc_port, http_port, metrics_port, shm_prefix, workdir)
         try:
-            server.wait_ready(ready_timeout_s)
+            handle.wait_until(server.is_ready, ready_timeout_s, poll_s=0.25)
         except BaseException:
             server.stop()
             raise
-        log.info("tritonserver pid %d ready: grpc %s, http %d", process.pid, server.grpc_url, http_port)
+        log.info("tritonserver pid %d ready: grpc %s, http %d", handle.pid, server.grpc_url, http_port)
         return server
 
     def is_ready(self) -> bool:
@@ -132,33 +120,12 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"tritonserver exited with {self.process.returncode}; log tail:\n{self.log_tail()}"
-                )
-            if self.is_ready():
-                return
-            time.sleep(0.25)
-        raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f} s; log tail:\n{self.log_tail()}")
-
     def log_tail(self, lines: int = 30) -> str:
-        path = self.workdir / "triton.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return self.handle.log_tail(lines)
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM by PID (Triton drains), SIGKILL the process group if it lingers; clean shm."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        # Stubs that died mid-launch leak their regions (reference/serving.md §1.5).
+        """Stop by PID (Triton drains; its stubs are swept with its group), then clean its shm."""
+        self.handle.stop(timeout_s)
+        # Stubs that died mid-launch leak their regions (docs/serving.md §1.5).
         for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
             region.unlink(missing_ok=True)

@@ -1,0 +1,70 @@
+"""Start and stop a local `redis-server` (the Debian package) for the embedded stack and the tests.
+
+It binds 127.0.0.1 on a free port (or the one asked for) and runs in its own directory, given to
+Redis as an absolute path: Redis applies `--dir` first and then opens `--logfile` relative to it,
+so a relative work dir would make it look for `.run/redis/.run/redis/redis.log` and exit.
+
+By default nothing is kept on disk (the tests' bus holds in-flight work only). `persistent=True`
+turns on the append-only file with an fsync every second, so a Redis restart keeps the jobs (at
+most the last second of writes is lost); `make run` uses it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.launch.process import ManagedProcess, StartupError, free_port
+
+
+@dataclass
+class RedisServer:
+    """A running redis-server; use `RedisServer.start(...)`, then `.stop()`."""
+
+    handle: ManagedProcess
+    port: int
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        return self.handle.pid
+
+    @classmethod
+    def start(
+        cls, workdir: Path, *, port: int = 0, persistent: bool = False, timeout_s: float = 15.0
+    ) -> RedisServer:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).is_file():
+            raise StartupError("redis-server is not installed: `make apt` installs the Debian package")
+        workdir = workdir.absolute()
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else ["--appendonly", "no"]
+        # No --logfile: Redis logs to stdout, which the handle writes to redis.log.
+        args += ["--dir", str(workdir), "--daemonize", "no"]
+        handle = ManagedProcess.spawn("redis-server", args, workdir / "redis.log")
+        server = cls(handle, port, workdir)
+        try:
+            handle.wait_until(server.ping, timeout_s, poll_s=0.05)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.handle.stop(10.0)

@@ -1,0 +1,174 @@
+"""`make run`: the embedded default stack on 127.0.0.1 — Triton (pytriton wheel), Redis, one Restore
+worker and the gateway, in that order.
+
+Triton gets free ports and serves `model_repository/` with `configs/cpu.pbtxt`; the gateway talks to
+it through system shared memory (same host). A local `redis-server` (free port unless `--redis-port`,
+append-only file with an fsync a second, `<workdir>/redis/`) is the Restore job bus unless
+`PRIORLAB_REDIS_URL` names another; one worker process serves it. The gateway's Prometheus endpoint
+is on `--metrics-port`. Ports are printed.
+
+Every process is registered for shutdown the moment it has started, so a failure at any stage, or
+Ctrl-C / SIGTERM during start-up, stops what is already running (in reverse order, each by PID: the
+worker hands its job back before Redis goes), removes Triton's shared-memory regions, and prints
+the real cause with the last lines of that process's own log. Exit status: 0 after a clean stop,
+1 when start-up failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+
+from service.launch.process import StartupError
+from service.launch.redis import RedisServer
+from service.launch.triton import TritonServer
+from service.launch.worker import spawn_worker, wait_joined
+from service.server import create_server
+from service.settings import Settings
+from service.triton import TritonBackend
+
+log = logging.getLogger("priorlab.stack")
+
+METRICS_PORT_DEFAULT = 9464  # the Prometheus exporter port OpenTelemetry also uses; --metrics-port 0 = off
+CLIENT = ".venv/bin/python -m service.client"
+
+
+@dataclasses.dataclass(frozen=True)
+class StackOptions:
+    repository: Path
+    workdir: Path
+    redis_port: int = 0  # 0 = a free port
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _stop(stop: Callable[[], None], what: str) -> None:
+    stop()
+    _say(f"{what} stopped")
+
+
+@contextlib.contextmanager
+def started(settings: Settings, options: StackOptions) -> Iterator[Settings]:
+    """Starts Triton, Redis and the worker; yields the gateway's settings; stops them all on exit."""
+    with contextlib.ExitStack() as running:
+        try:
+            _say("starting Triton (loading the models takes a while)…")
+            triton = TritonServer.start(options.repository, options.workdir / "triton")
+            running.callback(_stop, triton.stop, f"Triton (pid {triton.pid})")
+
+            redis_url = settings.redis_url
+            if not redis_url:
+                redis = RedisServer.start(options.workdir / "redis", port=options.redis_port, persistent=True)
+                running.callback(_stop, redis.stop, f"Redis (pid {redis.pid})")
+                redis_url = redis.url
+
+            name = f"{socket.gethostname()}-stack{os.getpid()}"
+            _say("starting a Restore worker (importing torch)…")
+            worker = spawn_worker(redis_url, options.workdir / "worker.log", name)
+            # SIGTERM makes the worker requeue its running job; the grace covers one CPU DIP iteration.
+            stop_worker = functools.partial(worker.stop, 30.0)
+            running.callback(_stop, stop_worker, f"Restore worker (pid {worker.pid})")
+            wait_joined(worker, redis_url, name)
+
+            yield dataclasses.replace(
+                settings, triton_url=triton.grpc_url, triton_shared_memory=True, redis_url=redis_url
+            )
+        finally:
+            # A second Ctrl-C must not cut the stop short and leave a process behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+async def serve(settings: Settings) -> None:
+    """The gateway, in this process, until SIGINT or SIGTERM."""
+    backend = TritonBackend(settings.triton_url, shared_memory=True, slots=settings.max_concurrent_colorize)
+    try:
+        gateway = await create_server(settings, backend)
+    except BaseException:
+        await backend.close()
+        raise
+    target = f"{settings.host}:{gateway.port}"
+    metrics = f"http://{settings.host}:{settings.metrics_port}/metrics" if settings.metrics_port else "off"
+    _say(
+        f"\npriorlab is up (Ctrl-C stops it):\n"
+        f"  gateway gRPC   {target}   (priorlab.v1.Colorizer, priorlab.v1.Restorer, health, reflection)\n"
+        f"  metrics        {metrics}\n"
+        f"  Triton gRPC    {settings.triton_url}\n"
+        f"  Redis          {settings.redis_url}\n"
+        f"  try: {CLIENT} --target {target} colorize samples/aitzgorri.jpg /tmp/aitzgorri-colorized.jpg\n"
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    _say("stopping…")
+    await gateway.stop()
+    _say("gateway stopped")
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # Until the gateway's loop installs its handlers, SIGTERM unwinds start-up like Ctrl-C does.
+    raise KeyboardInterrupt
+
+
+def run(settings: Settings, options: StackOptions) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with started(settings, options) as gateway_settings:
+            asyncio.run(serve(gateway_settings))
+    except StartupError as e:
+        _say(f"\npriorlab failed to start: {e}\neverything it had started is stopped.")
+        return 1
+    except OSError as e:  # the gateway's port (or the metrics port) is taken
+        _say(f"\npriorlab failed to start: {e}\neverything it had started is stopped.")
+        return 1
+    except KeyboardInterrupt:
+        _say("interrupted; everything started is stopped.")
+        return 130
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m service.launch.stack", description=__doc__)
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--workdir", type=Path, default=Path(".run"), help="logs and Redis data")
+    parser.add_argument("--port", type=int, help="gateway port (default PRIORLAB_PORT or 50051)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help=f"gateway /metrics port (default PRIORLAB_METRICS_PORT or {METRICS_PORT_DEFAULT}; 0 = off)",
+    )
+    parser.add_argument("--redis-port", type=int, default=0, help="local Redis port (default: a free one)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = Settings.from_env(os.environ)
+    except ValueError as e:
+        sys.exit(f"priorlab: {e}")
+    metrics_port = args.metrics_port
+    if metrics_port is None:
+        from_env = "PRIORLAB_METRICS_PORT" in os.environ
+        metrics_port = settings.metrics_port if from_env else METRICS_PORT_DEFAULT
+    settings = dataclasses.replace(
+        settings, port=settings.port if args.port is None else args.port, metrics_port=metrics_port
+    )
+    options = StackOptions(args.repository, args.workdir, args.redis_port)
+    sys.exit(run(settings, options))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Start a Restore worker process (`python -m service.restore.worker`) and wait until it has joined.
+
+A worker has joined once its first heartbeat is on the bus (`restore:workers`, see `service.jobs`):
+torch is imported and its consumer groups exist. Until then a job would wait in the queue with no
+one to take it, so `make run` and the tests wait for the heartbeat, and a worker that dies while
+starting is reported with the tail of its own log.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import redis
+
+from service.jobs import WORKERS_KEY
+from service.launch.process import ManagedProcess
+
+JOIN_TIMEOUT_S = 120.0  # importing torch on a busy 2-core machine takes tens of seconds
+
+
+def spawn_worker(
+    redis_url: str,
+    log_path: Path,
+    name: str,
+    *,
+    args: tuple[str, ...] = (),
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> ManagedProcess:
+    """The worker process, not yet waited for (`wait_joined`); `args` are extra worker flags."""
+    command = [sys.executable, "-m", "service.restore.worker", "--redis", redis_url, "--name", name, *args]
+    return ManagedProcess.spawn(f"Restore worker {name}", command, log_path, env=env or os.environ, cwd=cwd)
+
+
+def wait_joined(worker: ManagedProcess, redis_url: str, name: str, timeout_s: float = JOIN_TIMEOUT_S) -> None:
+    """Returns once `name`'s heartbeat is on the bus; StartupError (with its log) otherwise."""
+    client = redis.Redis.from_url(redis_url)
+
+    def joined() -> bool:
+        try:
+            return client.zscore(WORKERS_KEY, name) is not None
+        except redis.RedisError:
+            return False
+
+    try:
+        worker.wait_until(joined, timeout_s, poll_s=0.2)
+    finally:
+        client.close()
