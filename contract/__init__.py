@@ -78,6 +78,13 @@ class ModelSpec:
     def input(self, name: str) -> TensorSpec:
         return _by_name(self.inputs, name, self.name)
 
+    @property
+    def anneals(self) -> bool:
+        """Whether its colour is an annealed mean, so a temperature applies: T is an input of the
+        graph, or the 313 logits are its only output (the gateway decodes them). SIGGRAPH17's colour is
+        its regression head and Larsson16's a hue/chroma decode: no temperature there."""
+        return any(t.name == "T" for t in self.inputs) or [t.name for t in self.outputs] == ["logits"]
+
     def output(self, name: str) -> TensorSpec:
         return _by_name(self.outputs, name, self.name)
 

@@ -1,4 +1,5 @@
-"""A small command-line client (stdlib + grpc), `--target HOST:PORT` (default 127.0.0.1:50051):
+"""A small command-line client (stdlib + grpc), `--target HOST:PORT` (default `$PRIORLAB_TARGET`, else
+127.0.0.1:50051, where `make run` serves):
 
 python -m service.client colorize IN OUT
 python -m service.client restore denoise IN OUT --sigma 25      # live progress bar; Ctrl-C cancels
@@ -11,6 +12,7 @@ python -m service.client cancel JOB_ID
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from collections.abc import Iterable
@@ -20,6 +22,7 @@ import grpc
 
 from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc, restore_pb2, restore_pb2_grpc
 
+DEFAULT_TARGET = "127.0.0.1:50051"  # `make run`'s gateway
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 _STYLES = {
     "text": restore_pb2.INPAINT_STYLE_TEXT,
@@ -59,10 +62,11 @@ def colorize(args: argparse.Namespace) -> int:
             return 1
     args.output.write_bytes(response.image)
     t = response.timings
+    applied = f" T={response.temperature:.2f}" if response.HasField("temperature") else ""
     print(
         f"{args.output} {response.width}x{response.height} model={response.model} v{response.model_version} "
-        f"checkpoint={response.checkpoint}{'' if response.trained else ' (UNTRAINED)'} "
-        f"T={response.temperature:.2f}\n  decode {t.decode_ms:.1f} ms, triton {t.triton_ms:.1f} ms, "
+        f"checkpoint={response.checkpoint}{'' if response.trained else ' (UNTRAINED)'}"
+        f"{applied}\n  decode {t.decode_ms:.1f} ms, triton {t.triton_ms:.1f} ms, "
         f"post {t.postprocess_ms:.1f} ms, total {t.total_ms:.1f} ms"
     )
     return 0
@@ -208,9 +212,14 @@ def cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser(default_target: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
+    """The client's command line (the README's command lines are checked against it)."""
     parser = argparse.ArgumentParser(prog="python -m service.client")
-    parser.add_argument("--target", default="127.0.0.1:50051")
+    parser.add_argument(
+        "--target",
+        default=default_target,
+        help="gateway HOST:PORT (default: $PRIORLAB_TARGET, else %(default)s)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0)
     commands = parser.add_subparsers(dest="command", required=True)
     c = commands.add_parser("colorize", help="colorize one image")
@@ -255,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("-k", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(run=suggest)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser(os.environ.get("PRIORLAB_TARGET", DEFAULT_TARGET)).parse_args(argv)
     return int(args.run(args))
 
 

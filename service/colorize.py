@@ -168,7 +168,7 @@ class ColorizePipeline:
             try:
                 start = time.perf_counter()
                 info = await self._backend.model_info(spec)  # cached after the first call
-                if options.temperature is None:
+                if options.temperature is None and spec.anneals:
                     options = dataclasses.replace(options, temperature=info.default_temperature)
                 prepared = await self._prepare(image, spec, options)
                 decoded_at = time.perf_counter()

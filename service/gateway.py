@@ -11,6 +11,7 @@ from contract import (
     DEFAULT_MODEL,
     HINT_MODEL,
     HUE_CHROMA_MODEL,
+    MODELS,
     PUBLIC_MODELS,
     WORKING_SIZE_DEFAULT,
     WORKING_SIZE_MAX,
@@ -75,6 +76,12 @@ def colorize_options(request: colorize_pb2.ColorizeRequest) -> ColorizeOptions:
     temperature = request.temperature if request.HasField("temperature") else None
     if temperature is not None and not 0 < temperature <= 1:
         raise InvalidArgument(f"temperature must be in (0, 1], got {temperature}")
+    if temperature is not None and not MODELS[model].anneals:
+        annealing = sorted(name for name in PUBLIC_MODELS if MODELS[name].anneals)
+        raise InvalidArgument(
+            f"temperature {temperature:g} does not apply to {model!r}: only {annealing} decode an annealed"
+            " mean"
+        )
     size = _working_size(request.working_size)
     if request.output_format not in _FORMATS:
         raise InvalidArgument(f"output_format {request.output_format} is not one of {sorted(_FORMATS)}")
@@ -121,7 +128,8 @@ def colorize_response(result: ColorizeResult) -> colorize_pb2.ColorizeResponse:
         model_version=result.model.version,
         checkpoint=result.model.checkpoint,
         trained=result.model.trained,
-        temperature=result.options.temperature or 0.0,
+        # Only what was applied: unset for a model without an annealed mean.
+        temperature=result.options.temperature,
         working_size=result.options.working_size,
         timings=colorize_pb2.Timings(
             decode_ms=result.timings.decode_ms,

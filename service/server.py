@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from contract import ModelSpec
 from service.colorize import ColorizePipeline, served_models
@@ -188,6 +188,27 @@ class GatewayServer:
         await self.server.wait_for_termination()
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(services: tuple[str, ...], server: grpc.aio.Server) -> None:
+    """Server reflection as `grpc.reflection.v1` (what current clients ask first) and `v1alpha`.
+
+    The pinned grpcio-reflection implements only v1alpha. The v1 protocol is the same messages under
+    a new package name (same fields and numbers, so the same bytes), so the one servicer answers both.
+    """
+    servicer = reflection.aio.ReflectionServicer((*services, REFLECTION_V1, reflection.SERVICE_NAME))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),)
+    )
+
+
 async def create_server(settings: Settings, backend: InferenceBackend) -> GatewayServer:
     """Build, bind (port 0 = free port) and start the gateway."""
     metrics = Metrics()
@@ -207,20 +228,17 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
         services.append(RESTORER_SERVICE)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            *services,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    _enable_reflection((*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
-        raise OSError(f"could not bind {settings.host}:{settings.port}")
-    await server.start()
+        raise OSError(f"could not bind the gateway to {settings.host}:{settings.port} (is the port taken?)")
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port, settings.host)
+        # Before the gRPC server starts: a taken metrics port fails start-up with nothing running.
+        try:
+            metrics.serve(settings.metrics_port, settings.host)
+        except OSError as e:
+            raise OSError(f"could not serve /metrics on {settings.host}:{settings.metrics_port}: {e}") from e
+    await server.start()
     tasks = [
         asyncio.create_task(
             _watch_health(backend, health_servicer, served_models(settings), settings.health_poll_s)

@@ -117,6 +117,12 @@ def test_output_keeps_size_and_l_and_takes_the_predicted_ab() -> None:
     assert response.temperature == pytest.approx(0.38) and response.working_size == 256
 
 
+@pytest.mark.parametrize("model", ["larsson16", "siggraph17"])
+def test_a_model_without_an_annealed_mean_reports_no_temperature(model: str) -> None:
+    response = colorize(FakeBackend(), colorize_pb2.ColorizeRequest(image=png(gray_gradient()), model=model))
+    assert response.model == model and not response.HasField("temperature")
+
+
 def test_working_size_and_l_range_reach_the_backend() -> None:
     backend = FakeBackend()
     colorize(backend, colorize_pb2.ColorizeRequest(image=png(gray_gradient()), working_size=128))
@@ -145,6 +151,8 @@ def test_alpha_is_preserved() -> None:
         ({"working_size": 2048}, grpc.StatusCode.INVALID_ARGUMENT, "2048"),
         ({"quality": 101}, grpc.StatusCode.INVALID_ARGUMENT, "101"),
         ({"model": "dalle"}, grpc.StatusCode.NOT_FOUND, "dalle"),
+        ({"model": "larsson16", "temperature": 0.5}, grpc.StatusCode.INVALID_ARGUMENT, "larsson16"),
+        ({"model": "siggraph17", "temperature": 0.5}, grpc.StatusCode.INVALID_ARGUMENT, "0.5"),
     ],
 )
 def test_bad_requests_name_the_offending_value(
@@ -361,3 +369,30 @@ def test_unspecified_output_format_follows_the_input() -> None:
     Image.fromarray(gray_gradient()).save(buffer, format="BMP")
     bmp_in = colorize(FakeBackend(), colorize_pb2.ColorizeRequest(image=buffer.getvalue()))
     assert bmp_in.format == colorize_pb2.IMAGE_FORMAT_PNG and bmp_in.image.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_answers_as_v1_and_v1alpha(version: str) -> None:
+    # A v1 client sends the v1alpha messages' bytes (the v1 protocol renamed the package only).
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        call = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="priorlab.v1.Colorizer"),
+        ]
+        return [response async for response in call(iter(requests), timeout=5)]
+
+    listed, found = run_gateway(FakeBackend(), body)
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"priorlab.v1.Colorizer", "grpc.reflection.v1.ServerReflection"} <= names
+    proto = descriptor_pb2.FileDescriptorProto.FromString(
+        found.file_descriptor_response.file_descriptor_proto[0]
+    )
+    assert proto.name == "priorlab/v1/colorize.proto"
