@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +25,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+TAIL_LINES = 20
+ERROR_LINES = 5
+MAX_LINE = 400  # Triton writes a Python traceback into one line
+_ERROR = re.compile(r"(?i)\b(error|failed|fatal|cannot|can't)\b")
 
 
 class StartupError(RuntimeError):
@@ -88,16 +94,23 @@ class ManagedProcess:
     def running(self) -> bool:
         return self.process.poll() is None
 
-    def log_tail(self, lines: int = 20) -> str:
+    def log_tail(self, lines: int = TAIL_LINES) -> str:
         return log_tail(self.log_path, lines)
 
     def failure(self, reason: str) -> StartupError:
-        """The error to raise for this process: the reason and the last lines of its own log."""
-        tail = self.log_tail()
-        if not tail:
+        """The error to raise for this process: the reason, the first error lines of its own log
+        (Triton logs the model that failed long before its closing table), and its last lines."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            lines = []
+        if not lines:
             return StartupError(f"{self.name} (pid {self.pid}) {reason} (its log {self.log_path} is empty)")
-        where = f"\n--- last lines of {self.log_path} ---\n{tail}"
-        return StartupError(f"{self.name} (pid {self.pid}) {reason}{where}")
+        head, tail = lines[:-TAIL_LINES], lines[-TAIL_LINES:]
+        errors = [line[:MAX_LINE] for line in head if _ERROR.search(line)][:ERROR_LINES]
+        first = f"\n--- first errors in {self.log_path} ---\n" + "\n".join(errors) if errors else ""
+        last = f"\n--- last lines of {self.log_path} ---\n" + "\n".join(line[:MAX_LINE] for line in tail)
+        return StartupError(f"{self.name} (pid {self.pid}) {reason}{first}{last}")
 
     def wait_until(self, ready: Callable[[], bool], timeout_s: float, *, poll_s: float = 0.1) -> None:
         """Polls `ready()` until it holds; StartupError if the process exits or time runs out."""

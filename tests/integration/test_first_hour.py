@@ -1,0 +1,254 @@
+"""A new user's first hour: `make run` in a copy of the repository, the README's commands verbatim, Ctrl-C.
+
+The copy holds the tracked tree plus what `make` built (generated protobuf code, exported models) and
+links this checkout's venv, so `make run` there has nothing left to build and starts the stack from the
+same entry point with the same relative work directory a user gets. Ports come from the environment
+(`PRIORLAB_PORT`, `PRIORLAB_METRICS_PORT`), which `make run` honours, so the test never takes 50051.
+
+Whether anything is left behind is checked independently of the stack's own bookkeeping: every process
+the stack starts inherits a marker variable in its environment, and after the stop no process on the
+machine may carry it (an orphaned Triton stub is re-parented to PID 1, where a process-tree walk would
+miss it); and no new `/dev/shm/priorlab*` region may remain.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from service.launch.process import free_port
+from tests.readme import client_commands
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+# Not copied: history, caches, local run state, benchmark results (large, and not needed to serve).
+_SKIP = {
+    ".git",
+    ".venv",
+    ".cache",
+    ".run",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    "results",
+}
+UP_TIMEOUT_S = 240.0  # Triton loads four models and the worker imports torch, on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository as a user has it after `make` built it once (the venv is linked, not copied)."""
+    root = tmp_path_factory.mktemp("first-hour") / "priorlab"
+    shutil.copytree(REPO, root, ignore=lambda _dir, names: [n for n in names if n in _SKIP], symlinks=True)
+    (root / ".venv").symlink_to(REPO / ".venv")
+    return root
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[bytes]
+    log: Path
+    marker: str
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout_s: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.output())
+            if found:
+                return found
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"the stack exited with {self.process.returncode} before {pattern!r}:\n{self.output()}"
+                )
+            time.sleep(0.2)
+        pytest.fail(f"no {pattern!r} after {timeout_s:.0f} s:\n{self.output()}")
+
+    def interrupt(self) -> None:
+        """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group."""
+        os.killpg(self.process.pid, signal.SIGINT)
+
+    def wait_exit(self, timeout_s: float = 90.0) -> int:
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            pytest.fail(f"the stack did not stop within {timeout_s:.0f} s:\n{self.output()}")
+
+
+def _shm_regions() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("priorlab*")}
+
+
+def _mapped_regions() -> set[str]:
+    """Regions some live process has mapped: another test's Triton, not a leak of ours."""
+    mapped = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text()
+        except OSError:
+            continue
+        mapped.update(re.findall(r"/dev/shm/(priorlab\S*)", text))
+    return mapped
+
+
+def _processes_with(marker: str) -> list[str]:
+    """`pid cmdline` of every live process whose environment holds the marker."""
+    needle = marker.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{entry.name} {command}")
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+    return found
+
+
+@pytest.fixture
+def start(clone: Path, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """Starts a command in the clone as its own process group; afterwards nothing of it may be left."""
+    stacks: list[Stack] = []
+    regions_before = _shm_regions()
+
+    def run(command: list[str], **env: str) -> Stack:
+        marker = f"PRIORLAB_TEST_MARKER={uuid.uuid4().hex}"
+        log = tmp_path / f"stack-{len(stacks)}.log"
+        environ = {**os.environ, **env, marker.split("=")[0]: marker.split("=")[1]}
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                command, cwd=clone, env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        stacks.append(Stack(process, log, marker))
+        return stacks[-1]
+
+    yield run
+    for stack in stacks:
+        if stack.process.poll() is None:  # a failed test: still stop it, by its group
+            os.killpg(stack.process.pid, signal.SIGINT)
+            stack.wait_exit()
+    for stack in stacks:
+        left = _processes_with(stack.marker)
+        assert not left, "processes left behind:\n" + "\n".join(left) + f"\n{stack.output()}"
+    # The stack's processes are gone (above), so a new region nobody maps is one it leaked.
+    assert _shm_regions() - regions_before - _mapped_regions() == set(), "shared-memory regions left behind"
+
+
+def test_make_run_serves_the_readme_commands_and_ctrl_c_leaves_nothing(
+    start: Callable[..., Stack], clone: Path
+) -> None:
+    port, metrics_port = free_port(), free_port()
+    stack = start(
+        ["make", "--no-print-directory", "run"],
+        PRIORLAB_PORT=str(port),
+        PRIORLAB_METRICS_PORT=str(metrics_port),
+    )
+    stack.wait_for(r"priorlab is up", UP_TIMEOUT_S)
+    assert f"127.0.0.1:{port}" in stack.output()
+    assert f"http://127.0.0.1:{metrics_port}/metrics" in stack.output(), "make run prints the metrics URL"
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        assert b"priorlab_" in reply.read()
+
+    commands = client_commands(clone / "README.md", section="Try it")
+    assert {c.split()[3] for c in commands} >= {"colorize", "suggest", "restore"}, commands
+    for command in commands:
+        result = subprocess.run(
+            command,
+            shell=True,
+            cwd=clone,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PRIORLAB_TARGET": f"127.0.0.1:{port}"},
+        )
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+    colorized = re.search(r"colorize \S+ (\S+)", "\n".join(commands))
+    assert colorized is not None and Path(colorized.group(1)).stat().st_size > 0
+
+    stack.interrupt()
+    # The stack exits 0; make, interrupted too, then ends by the same signal, as it does in a terminal.
+    assert stack.wait_exit() in (0, -signal.SIGINT), stack.output()
+    for name in ("gateway", "Restore worker", "Redis", "Triton"):
+        assert re.search(rf"{name}( \(pid \d+\))? stopped", stack.output()), name
+
+
+def test_a_redis_that_cannot_start_stops_triton_and_names_the_cause(start: Callable[..., Stack]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        redis_port = taken.getsockname()[1]
+        stack = start(
+            [
+                ".venv/bin/python",
+                "-m",
+                "service.launch.stack",
+                "--port",
+                str(free_port()),
+                "--metrics-port",
+                "0",
+                "--redis-port",
+                str(redis_port),
+            ]
+        )
+        assert stack.wait_exit(UP_TIMEOUT_S) == 1, stack.output()
+    output = stack.output()
+    assert "priorlab failed to start: redis-server" in output
+    assert "Address already in use" in output, "the real cause, from Redis's own log"
+    assert re.search(r"Triton \(pid \d+\) stopped", output), "Triton, started first, is stopped"
+
+
+def test_a_triton_that_cannot_load_a_model_fails_with_its_log(
+    start: Callable[..., Stack], clone: Path
+) -> None:
+    broken = clone.parent / "broken_repository"
+    shutil.copytree(clone / "model_repository", broken)
+    model = next((broken / "larsson16").glob("[0-9]*/model.onnx"))
+    model.write_bytes(b"not an ONNX graph")
+    stack = start(
+        [
+            ".venv/bin/python",
+            "-m",
+            "service.launch.stack",
+            "--repository",
+            str(broken),
+            "--port",
+            str(free_port()),
+            "--metrics-port",
+            "0",
+        ]
+    )
+    assert stack.wait_exit(UP_TIMEOUT_S) == 1, stack.output()
+    output = stack.output()
+    assert "priorlab failed to start: tritonserver" in output
+    assert "larsson16" in output, "Triton's own log names the model that failed"
+    assert "Restore worker" not in output.split("failed to start")[0], "nothing after Triton was started"
+
+
+def test_ctrl_c_during_start_up_stops_what_was_started(start: Callable[..., Stack]) -> None:
+    stack = start(
+        [".venv/bin/python", "-m", "service.launch.stack", "--port", str(free_port()), "--metrics-port", "0"]
+    )
+    stack.wait_for(r"starting Triton", 60)
+    time.sleep(3)  # Triton is loading: its stub processes are starting
+    stack.interrupt()
+    assert stack.wait_exit() == 130, stack.output()
+    assert "interrupted; everything started is stopped" in stack.output()
