@@ -46,7 +46,7 @@ ENV PYTHONPATH=/app PRIORLAB_HOST=0.0.0.0 PRIORLAB_PORT=50051 PRIORLAB_TRITON_UR
     PRIORLAB_METRICS_PORT=9090
 EXPOSE 50051 9090
 USER nobody
-CMD ["python", "-m", "service"]
+CMD ["python", "-m", "service.gateway"]
 
 # ---- worker: Deep Image Prior jobs from the Redis bus, on CUDA PyTorch -----------------------
 FROM ${PYTORCH_IMAGE} AS worker
@@ -64,4 +64,4 @@ ENV PYTHONPATH=/app REDIS_URL=redis://redis:6379/0
 EXPOSE 9101
 USER nobody
 # One slot per visible GPU; point more workers (any machine) at the same Redis to scale.
-CMD ["sh", "-c", "exec python -m service.restore.worker --redis \"$REDIS_URL\" --metrics-port 9101"]
+CMD ["sh", "-c", "exec python -m service.worker --redis \"$REDIS_URL\" --metrics-port 9101"]

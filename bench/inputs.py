@@ -20,7 +20,7 @@ from PIL import Image
 
 from bench.config import BENCH_DATA_ENV, EVAL_IMAGES
 from contract import ANNEALED_T_DEFAULT, ModelSpec
-from service import ab_decode, lab
+from service.color import ab_decode, lab
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
 MIN_SIDE = 128  # smaller images (samples/' DIP crop and its mask) are not photos to colorize

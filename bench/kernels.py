@@ -1,6 +1,6 @@
 """Part 4: the gateway's numeric kernels against their references, and the model against the machine.
 
-- sRGB <-> Lab (`service.lab`) vs scikit-image on a 1024² photo: speed ratio and max abs error
+- sRGB <-> Lab (`service.color.lab`) vs scikit-image on a 1024² photo: speed ratio and max abs error
   (errors against skimage fed float64, timings with the inputs the gateway has: uint8 / float32).
 - Annealed mean of one 313x64x64 FP16 logits tensor (from Triton) vs the Triton call it follows.
 - Colorizer FLOP/s (convolution FLOPs counted on the torch model) vs this machine's sgemm FLOP/s,
@@ -27,7 +27,7 @@ from bench.flops import count_conv_flops
 from bench.load import triton_direct
 from bench.stats import ratio
 from contract import ANNEALED_T_DEFAULT, ECCV16
-from service import ab_decode, lab
+from service.color import ab_decode, lab
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _lab(ctx: Context) -> tuple[dict[str, Any], list[Figure]]:
     figures = [
         Figure(
             "lab_forward_speed",
-            f"sRGB→Lab speed: skimage.rgb2lab time ÷ service.lab.srgb_to_lab time ({photo}, uint8)",
+            f"sRGB→Lab speed: skimage.rgb2lab time ÷ service.color.lab.srgb_to_lab time ({photo}, uint8)",
             ratio(ms["skimage_rgb2lab"], ms["ours_srgb_to_lab"]),
             LAB_SPEED_GOAL,
             ">=",
@@ -105,7 +105,7 @@ def _lab(ctx: Context) -> tuple[dict[str, Any], list[Figure]]:
         ),
         Figure(
             "lab_inverse_speed",
-            f"Lab→sRGB speed: skimage.lab2rgb time ÷ service.lab.lab_to_srgb time ({photo}, float32)",
+            f"Lab→sRGB speed: skimage.lab2rgb time ÷ service.color.lab.lab_to_srgb time ({photo}, float32)",
             ratio(ms["skimage_lab2rgb"], ms["ours_lab_to_srgb"]),
             LAB_SPEED_GOAL,
             ">=",

@@ -2,7 +2,7 @@
 
 `colorize_load` drives `priorlab.v1.Colorizer/Colorize` at a fixed concurrency, bounded by a
 request count and a time budget, and records every request's latency and status. `triton_direct`
-sends the same model the same working-size L through `service.triton.TritonBackend` (the
+sends the same model the same working-size L through `service.gateway.triton.TritonBackend` (the
 gateway's own client, same transport) one at a time: the denominator of gateway p50 ÷ Triton p50.
 """
 
@@ -26,8 +26,8 @@ from bench.figures import Figure
 from bench.inputs import model_inputs
 from bench.stats import ratio, summarize
 from contract import ANNEALED_T_DEFAULT, ECCV16, ModelSpec
+from service.gateway.triton import TritonBackend
 from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc
-from service.triton import TritonBackend
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def run(ctx: Context) -> dict[str, Any]:
             "request": f"{cfg.request_size}² JPEG (q90) of {len(ctx.jpegs)} photos, "
             f"working size {cfg.working_size}, {cfg.output_format} out, T={ANNEALED_T_DEFAULT}",
             "bounds": f"≤ {cfg.gateway_requests} requests or {cfg.gateway_seconds:.0f} s per level",
-            "gateway": "python -m service, system shared memory to Triton (make run's shape)",
+            "gateway": "python -m service.gateway, system shared memory to Triton (make run's shape)",
         },
         "triton_direct": direct,
         "levels": levels,

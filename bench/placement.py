@@ -23,7 +23,7 @@ from bench.load import colorize_load, colorize_requests, triton_direct
 from bench.stack import supports_decode_in_triton
 from bench.stats import ratio
 from contract import ANNEALED_T_DEFAULT, ECCV16, MODELS
-from service import ab_decode
+from service.color import ab_decode
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Everything started here is stopped by PID (`Stack.close`, called from a `finally`), the way
 tests/integration starts them: through `service.launch` (Triton, and gateways as
-`python -m service` configured by `PRIORLAB_*` variables).
+`python -m service.gateway` configured by `PRIORLAB_*` variables).
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.config import MODEL_REPOSITORY, ROOT
+from service.gateway.settings import Settings
 from service.launch.gateway import GatewayProcess, start_gateway
 from service.launch.triton import TritonServer
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
 
 
 def supports_decode_in_triton() -> bool:

@@ -2,7 +2,7 @@
 
 The gateway reports three server-side times per response (decode, Triton, postprocess); running
 each stage here splits them further: decode -> {image decode, sRGB -> L + resize}, postprocess ->
-{annealed mean, ab upsample + Lab -> sRGB, encode}. Same steps as `service.colorize.prepare/finish`.
+{annealed mean, ab upsample + Lab -> sRGB, encode}. Same steps as `service.gateway.colorize.prepare/finish`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from contract import ANNEALED_T_DEFAULT
-from service import ab_decode, codec, lab
+from service import codec
+from service.color import ab_decode, lab
 
 T = TypeVar("T")
 _LIMITS: dict[str, Any] = {"max_pixels": 50_000_000, "max_bytes": 64 << 20}

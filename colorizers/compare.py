@@ -4,8 +4,8 @@ Every model sees the same centre `--size`² crops of the validation split (sides
 of 32, Larsson16's padding multiple) and is scored with `colorizers.evaluate`'s metrics (ab L2, AuC
 plain and rebalanced, RGB PSNR, colourfulness). Each model's colour is decoded as the gateway decodes
 it: ECCV16 by the annealed mean at its checkpoint's temperature, SIGGRAPH17 from its regression
-output with no hints, Larsson16 by the hue/chroma rules of `service.hue_chroma` in each decode mode;
-colour predicted at H/4 is upsampled by `service.ab_decode.resize_ab` and recombined with the true L.
+output with no hints, Larsson16 by the hue/chroma rules of `service.color.hue_chroma` in each decode mode;
+colour predicted at H/4 is upsampled by `service.color.ab_decode.resize_ab` and recombined with the true L.
 
 The sample grid (gray | each model | truth) shows only validation photos whose licence allows
 redistribution (`dataset.redistributable`): the ImageNet and BSDS500 photos are research-only.
@@ -33,7 +33,7 @@ from colorizers.evaluate import Scores, _grid, ab_error, colourfulness, lab_to_r
 from colorizers.larsson16 import PAD_MULTIPLE, LarssonColorizer
 from colorizers.siggraph17 import SIGGRAPHGenerator
 from contract import ANNEALED_T_DEFAULT
-from service import ab_decode, hue_chroma
+from service.color import ab_decode, hue_chroma
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Evaluate SIGGRAPH17 colour suggestions (SuggestColors) on the validation split, per softening factor.
 
-The gateway suggests colours at a pixel as ideepcolor does (`service.suggest`): softmax of
+The gateway suggests colours at a pixel as ideepcolor does (`service.color.suggest`): softmax of
 `soften` x the 529 class logits, 25,000 samples, k-means (K = 5). Issue #15's bar, measured here on
 each validation image's centre 256² crop, no hints:
 
@@ -37,7 +37,7 @@ from colorizers.dataset import DEFAULT_CACHE, LabImages, manifest_sha256
 from colorizers.evaluate_hints import SIZE, crop8, load_siggraph
 from colorizers.siggraph17 import SIGGRAPHGenerator
 from contract import NUM_AB_GRID_BINS
-from service import suggest as gateway_suggest
+from service.color import suggest as gateway_suggest
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from contract import NUM_CHROMA_BINS, NUM_HUE_BINS
 GRAY_MEAN = 0.4488  # train_vgg16.prototxt: the data layer subtracts it from gray in [0, 1]
 PAD_MULTIPLE = 32  # five 2x2 max-pools before fc6
 
-# L -> neutral sRGB gray, skimage `lab2rgb` constants (service/lab.py holds the same ones).
+# L -> neutral sRGB gray, skimage `lab2rgb` constants (service/color/lab.py holds the same ones).
 _LAB_OFFSET = 16.0 / 116.0
 _LAB_F_KNEE = 0.2068966  # 6/29: below it lab2rgb uses the linear segment
 _LAB_KAPPA = 7.787

@@ -20,7 +20,7 @@ from colorizers.larsson16 import LarssonColorizer
 from colorizers.siggraph17 import SIGGRAPHGenerator
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"
-SUGGEST_SOFTEN = 0.2  # ideepcolor's `prep_net(S=.2)`; service.suggest.SOFTEN (the gateway has no torch)
+SUGGEST_SOFTEN = 0.2  # ideepcolor's `prep_net(S=.2)`; service.color.suggest.SOFTEN (the gateway has no torch)
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Checkpoint:
     seed: int | None = None
     meta: dict[str, str] = field(default_factory=dict)
     # SIGGRAPH17: the logit scale SuggestColors softens the 529-bin distribution with before
-    # sampling (`service.suggest`). 0.2 is ideepcolor's, right for the authors' peaked network; ours
+    # sampling (`service.color.suggest`). 0.2 is ideepcolor's, right for the authors' peaked network; ours
     # is calibrated on validation data by `colorizers.evaluate_suggest` (see MODEL_CARD.md).
     suggest_soften: float = SUGGEST_SOFTEN
 

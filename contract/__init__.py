@@ -25,7 +25,7 @@ ANNEALED_T_DEFAULT = 0.38
 NUM_AB_BINS = 313  # in-gamut bins of the 10-unit ab grid (pts_in_hull.npy)
 NUM_AB_GRID_BINS = 529  # the full 23 x 23 grid (pts_grid.npy), SIGGRAPH17's class head
 # Larsson16: uniform bins over HSV hue [0, 1) and chroma max - min of RGB [0, 1] (bin k centred at
-# (k + 0.5) / 32), decoded in the gateway (service/hue_chroma.py).
+# (k + 0.5) / 32), decoded in the gateway (service/color/hue_chroma.py).
 NUM_HUE_BINS = 32
 NUM_CHROMA_BINS = 32
 

@@ -1,7 +1,7 @@
 """Image bytes <-> pixel arrays (PIL), with the request limits checked before any pixel is decoded.
 
 Decoding keeps the file's integer samples (uint8, or uint16 for 16-bit grayscale) and leaves grayscale
-as one plane: `service.lab` turns either into L through lookup tables, so no float image is built
+as one plane: `service.color.lab` turns either into L through lookup tables, so no float image is built
 here. PIL reduces 16-bit colour PNG/TIFF to 8 bits per channel when it opens them (it has no 16-bit RGB
 mode); 16-bit grayscale stays 16-bit.
 

@@ -37,9 +37,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from service.restore.batched import BatchJob, restore_batch  # noqa: E402
-from service.restore.engine import restore  # noqa: E402
-from service.restore.request import DenoiseTask, EngineOptions, FixedIterations  # noqa: E402
+from service.bus.request import DenoiseTask, EngineOptions, FixedIterations  # noqa: E402
+from service.worker.batched import BatchJob, restore_batch  # noqa: E402
+from service.worker.engine import restore  # noqa: E402
 
 SAMPLES = ROOT / "samples"
 IMAGE = "aitzgorri.jpg"  # in SAMPLES, 900 x 599
@@ -190,7 +190,7 @@ def _markdown(rows: list[dict[str, Any]], modes: list[str], meta: dict[str, Any]
     lines += [
         "",
         "Every mode computes the same fits (float64: stacked and single networks agree to 1e-12, "
-        "tests/service/restore/test_batched.py); in float32 the convolution algorithms differ, and Adam's "
+        "tests/service/worker/test_batched.py); in float32 the convolution algorithms differ, and Adam's "
         "sign-like first steps amplify the rounding, so trajectories part while the quality stays.",
         "",
     ]

@@ -53,10 +53,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from service.restore.early_stop import estimate_noise_sigma, noise_floor  # noqa: E402
-from service.restore.engine import restore  # noqa: E402
-from service.restore.recipes import recipe_for  # noqa: E402
-from service.restore.request import (  # noqa: E402
+from service.bus.request import (  # noqa: E402
     AutoStop,
     DenoiseTask,
     FixedIterations,
@@ -66,7 +63,10 @@ from service.restore.request import (  # noqa: E402
     SuperResolveTask,
     Task,
 )
-from service.restore.result import Progress, RestoreResult  # noqa: E402
+from service.bus.result import Progress, RestoreResult  # noqa: E402
+from service.worker.early_stop import estimate_noise_sigma, noise_floor  # noqa: E402
+from service.worker.engine import restore  # noqa: E402
+from service.worker.recipes import recipe_for  # noqa: E402
 
 F16 = "dip/denoising/F16_GT.png"
 KATE, KATE_MASK = "dip/inpainting/kate.png", "dip/inpainting/kate_mask.png"
@@ -280,7 +280,7 @@ def section_stoprules(args: argparse.Namespace) -> dict[str, Any]:
         row["same_recipe_blind"] = same_recipe
         print(f"stop rules {run['image']} sigma {run['sigma']}", flush=True)
         # One pass: the refit's image is the autostop run's iterate at the chosen iteration (same seed,
-        # every pixel: tests/service/restore/test_restore_engine.py checks it bit for bit).
+        # every pixel: tests/service/worker/test_engine.py checks it bit for bit).
         policy = AutoStop(refit=False, max_iterations=args.max_iterations)
         if args.quick:
             policy = AutoStop(refit=False, warmup=5, holdout_patience=10, max_iterations=40)

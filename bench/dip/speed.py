@@ -30,10 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from service.restore.engine import restore  # noqa: E402
-from service.restore.problem import make_problem  # noqa: E402
-from service.restore.recipes import recipe_for  # noqa: E402
-from service.restore.request import (  # noqa: E402
+from service.bus.request import (  # noqa: E402
     DenoiseTask,
     EngineOptions,
     FixedIterations,
@@ -42,7 +39,10 @@ from service.restore.request import (  # noqa: E402
     SuperResolveTask,
     Task,
 )
-from service.restore.skip import skip  # noqa: E402
+from service.worker.engine import restore  # noqa: E402
+from service.worker.problem import make_problem  # noqa: E402
+from service.worker.recipes import recipe_for  # noqa: E402
+from service.worker.skip import skip  # noqa: E402
 
 REFERENCE_S_PER_ITER = 0.88  # dip.md §5, reference code, 256², 2 threads
 VARIANTS: dict[str, EngineOptions] = {

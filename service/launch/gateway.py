@@ -1,4 +1,4 @@
-"""Start a gateway process (`python -m service`, configured by `PRIORLAB_*`) and wait for its health.
+"""Start a gateway process (`python -m service.gateway`, configured by `PRIORLAB_*`) and wait for its health.
 
 `make run` runs the gateway inside the stack's own process; this is for the benchmarks and the
 integration tests, which start gateways of several configurations against one Triton.
@@ -59,7 +59,7 @@ def start_gateway(
         "PRIORLAB_PORT": str(port),
     }
     handle = ManagedProcess.spawn(
-        name, [sys.executable, "-m", "service"], log_dir / f"{name}-{port}.log", env=env, cwd=cwd
+        name, [sys.executable, "-m", "service.gateway"], log_dir / f"{name}-{port}.log", env=env, cwd=cwd
     )
     gateway = GatewayProcess(handle, f"127.0.0.1:{port}")
     if wait_for is None:

@@ -1,6 +1,6 @@
-"""Start a Restore worker process (`python -m service.restore.worker`) and wait until it has joined.
+"""Start a Restore worker process (`python -m service.worker`) and wait until it has joined.
 
-A worker has joined once its first heartbeat is on the bus (`restore:workers`, see `service.jobs`):
+A worker has joined once its first heartbeat is on the bus (`restore:workers`, see `service.bus.jobs`):
 torch is imported and its consumer groups exist. Until then a job would wait in the queue with no
 one to take it, so `make run` and the tests wait for the heartbeat, and a worker that dies while
 starting is reported with the tail of its own log.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from service.jobs import WORKERS_KEY
+from service.bus.jobs import WORKERS_KEY
 from service.launch.process import ManagedProcess
 
 JOIN_TIMEOUT_S = 120.0  # importing torch on a busy 2-core machine takes tens of seconds
@@ -31,7 +31,7 @@ def spawn_worker(
     cwd: Path | None = None,
 ) -> ManagedProcess:
     """The worker process, not yet waited for (`wait_joined`); `args` are extra worker flags."""
-    command = [sys.executable, "-m", "service.restore.worker", "--redis", redis_url, "--name", name, *args]
+    command = [sys.executable, "-m", "service.worker", "--redis", redis_url, "--name", name, *args]
     return ManagedProcess.spawn(f"Restore worker {name}", command, log_path, env=env or os.environ, cwd=cwd)
 
 

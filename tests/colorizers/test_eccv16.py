@@ -114,7 +114,7 @@ def test_bad_width_is_refused(width: float) -> None:
 def test_gateway_decode_at_t1_equals_the_models_own_forward() -> None:
     # The gateway's numpy decode (annealed mean at T=1 + bilinear x4) must reproduce upstream's
     # PyTorch forward (softmax mean -> model_out -> upsample4 -> x110) on the same logits.
-    from service.ab_decode import annealed_mean, resize_ab
+    from service.color.ab_decode import annealed_mean, resize_ab
 
     torch.manual_seed(3)
     model = eccv16(width=0.125).eval()

@@ -150,7 +150,7 @@ def test_ground_truth_histograms_decode_back_to_the_images_colours(
     # Targets and the gateway's decode agree on the hue convention, the bins and the H/4 grid: the
     # distributions of an image, decoded by the paper's rules, give back its own ab. Photo-like
     # saturation: the decode's gray comes from L, so the most saturated yellows cannot come back.
-    from service import ab_decode, hue_chroma
+    from service.color import ab_decode, hue_chroma
 
     rgb = 0.5 + 0.5 * (np.asarray(colour_image(np.random.default_rng(1), 128, 160), np.float64) / 255 - 0.5)
     lab = color.rgb2lab(rgb)

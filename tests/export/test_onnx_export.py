@@ -109,7 +109,7 @@ def test_tensorrt_plan_says_why_it_cannot_run_without_a_gpu(capsys: pytest.Captu
 def test_graph_side_annealed_mean_equals_the_gateway_decode(small_model: ECCVGenerator) -> None:
     # eccv16_ab decodes in the graph; the gateway's numpy decode of eccv16's logits is the reference.
     from contract import ECCV16_AB
-    from service.ab_decode import annealed_mean
+    from service.color.ab_decode import annealed_mean
 
     with torch.no_grad():
         sharp = ECCVGenerator(width=0.125).eval()

@@ -20,10 +20,10 @@ from skimage import color
 from torch.nn import functional as F
 
 from contract import ECCV16, asset_path
+from service.gateway.triton import TritonBackend
 from service.launch.process import free_port
 from service.launch.triton import TritonServer
 from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc
-from service.triton import TritonBackend
 from tests.conftest import MODEL_REPOSITORY
 from tests.integration.conftest import GatewayProcess
 

@@ -1,0 +1,210 @@
+"""The Colorize pipeline: bytes -> L -> Triton -> annealed mean -> full-resolution ab -> bytes.
+
+Colour is predicted on a working-size square of L and recombined with the input's own
+full-resolution L (DeOldify#17, InstColorization#4: the output keeps the input's resolution and
+detail). The CPU-heavy numpy stages run in worker threads (numpy releases the GIL), so the event
+loop keeps serving other requests while one is being decoded or encoded.
+
+Models: eccv16 (313 logits, annealed mean here or, deployed as eccv16_ab, in the graph),
+siggraph17 (colour hints; regression ab, plus 529 logits for colour suggestions) and larsson16
+(hue and chroma distributions, decoded here by `hue_chroma` with the request's modes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from contract import ANNEALED_T_DEFAULT, DECODED_VARIANT, HINT_MODEL, MODELS, PUBLIC_MODELS, ModelSpec
+from service import codec
+from service.color import ab_decode, hints, hue_chroma, lab, suggest
+from service.errors import InvalidArgument
+from service.gateway.settings import Settings
+from service.gateway.triton import InferenceBackend, ModelInfo
+from service.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class ColorizeOptions:
+    model: str
+    temperature: float | None  # None until the served checkpoint's default fills it in
+    working_size: int
+    output_format: str  # PNG, JPEG, WEBP; "" = the input's own format where it can be written, else PNG
+    quality: int
+    hints: tuple[hints.Hint, ...] = ()
+    hue_decode: str = hue_chroma.HUE_DEFAULT  # larsson16 only
+    chroma_decode: str = hue_chroma.CHROMA_DEFAULT
+
+
+@dataclass(frozen=True)
+class Timings:
+    decode_ms: float
+    triton_ms: float
+    postprocess_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class ColorizeResult:
+    image: bytes
+    format: str  # what `image` is: PNG, JPEG or WEBP
+    width: int
+    height: int
+    model: ModelInfo
+    options: ColorizeOptions
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class SuggestedColor:
+    rgb: tuple[int, int, int]
+    ab: tuple[float, float]
+    confidence: float
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    lightness: np.ndarray  # (H, W) float32 L in [0, 100], full resolution
+    inputs: dict[str, np.ndarray]  # the Triton request, at the working size
+    alpha: np.ndarray | None
+    source_format: str  # the input's container (codec.INPUT_FORMATS)
+
+    def output_format(self, requested: str) -> str:
+        """JPEG in, JPEG out (and PNG, WebP): what a caller who names no format expects."""
+        if requested:
+            return requested
+        return self.source_format if self.source_format in codec.OUTPUT_FORMATS else "PNG"
+
+
+def prepare(
+    image: bytes, spec: ModelSpec, options: ColorizeOptions, *, max_pixels: int, max_bytes: int
+) -> _Prepared:
+    """Decode and validate; L at full resolution, and the model's inputs at the working size."""
+    decoded = codec.decode(image, max_pixels=max_pixels, max_bytes=max_bytes)
+    # A gray image needs one table lookup per pixel, not a colour conversion.
+    lightness = lab.gray_to_l(decoded.pixels) if decoded.is_gray else lab.srgb_to_l(decoded.pixels)
+    size = options.working_size
+    inputs = {"L": ab_decode.resize_l(lightness, (size, size))[None, None]}
+    names = {t.name for t in spec.inputs}
+    if "T" in names:
+        inputs["T"] = np.full((1, 1), options.temperature or ANNEALED_T_DEFAULT, np.float32)
+    if "ab_hint" in names:
+        height, width = lightness.shape
+        inputs["ab_hint"], inputs["hint_mask"] = hints.hint_tensors(options.hints, height, width, size)
+    return _Prepared(lightness, inputs, decoded.alpha, decoded.format)
+
+
+def finish(prepared: _Prepared, ab_small: np.ndarray, options: ColorizeOptions) -> tuple[bytes, str]:
+    """(2, h, w) ab -> bilinear to full resolution -> with the original L -> sRGB -> (bytes, format)."""
+    height, width = prepared.lightness.shape
+    a, b = ab_decode.resize_ab(ab_small, (height, width))
+    rgb = lab.lab_planes_to_srgb_uint8(prepared.lightness, a, b)
+    fmt = prepared.output_format(options.output_format)
+    return codec.encode(rgb, prepared.alpha, fmt, options.quality), fmt
+
+
+def postprocess(
+    prepared: _Prepared, outputs: dict[str, np.ndarray], options: ColorizeOptions
+) -> tuple[bytes, str]:
+    if "ab" in outputs:  # decoded in the graph (eccv16_ab) or regressed (siggraph17)
+        ab_small = outputs["ab"][0].astype(np.float32)
+    elif "hue" in outputs:  # larsson16: decoded with the working-size L the network saw
+        ab_small = hue_chroma.decode_ab(
+            outputs["hue"][0], outputs["chroma"][0], prepared.inputs["L"][0, 0],
+            hue_method=options.hue_decode, chroma_method=options.chroma_decode,
+        )  # fmt: skip
+    else:
+        ab_small = ab_decode.annealed_mean(outputs["logits"], options.temperature or ANNEALED_T_DEFAULT)[0]
+    return finish(prepared, ab_small, options)
+
+
+def served_model(model: str, settings: Settings) -> ModelSpec:
+    """The Triton model that serves a public model name under this deployment's decode placement."""
+    return MODELS[DECODED_VARIANT[model]] if settings.decode_in_triton else MODELS[model]
+
+
+def served_models(settings: Settings) -> list[ModelSpec]:
+    return [served_model(name, settings) for name in PUBLIC_MODELS]
+
+
+def suggestions_at(
+    prepared: _Prepared, logits: np.ndarray, x: int, y: int, size: int, k: int, seed: int
+) -> list[SuggestedColor]:
+    """Suggestions for input pixel (x, y) from the (529, S/4, S/4) logits, in sRGB at that pixel's L."""
+    height, width = prepared.lightness.shape
+    if not (0 <= x < width and 0 <= y < height):
+        raise InvalidArgument(f"point (x={x}, y={y}) is outside the {width}x{height} image")
+    row, col = hints.to_working(x, y, height, width, size)
+    stride = size // logits.shape[-1]
+    found = suggest.suggest(logits[:, row // stride, col // stride], k, seed)
+    lightness = float(prepared.lightness[y, x])
+    colours = lab.lab_to_srgb_uint8(np.array([[lightness, *s.ab] for s in found], np.float32))
+    return [
+        SuggestedColor((int(c[0]), int(c[1]), int(c[2])), s.ab, s.confidence)
+        for s, c in zip(found, colours, strict=True)
+    ]
+
+
+class ColorizePipeline:
+    def __init__(self, backend: InferenceBackend, settings: Settings, metrics: Metrics) -> None:
+        self._backend = backend
+        self._settings = settings
+        self._metrics = metrics
+        self._limit = asyncio.Semaphore(settings.max_concurrent_colorize)
+
+    async def _prepare(self, image: bytes, spec: ModelSpec, options: ColorizeOptions) -> _Prepared:
+        return await asyncio.to_thread(
+            prepare, image, spec, options,
+            max_pixels=self._settings.max_pixels, max_bytes=self._settings.max_message_bytes,
+        )  # fmt: skip
+
+    async def colorize(self, image: bytes, options: ColorizeOptions, *, timeout_s: float) -> ColorizeResult:
+        spec = served_model(options.model, self._settings)
+        async with self._limit:
+            self._metrics.in_flight.inc()
+            try:
+                start = time.perf_counter()
+                info = await self._backend.model_info(spec)  # cached after the first call
+                if options.temperature is None and spec.anneals:
+                    options = dataclasses.replace(options, temperature=info.default_temperature)
+                prepared = await self._prepare(image, spec, options)
+                decoded_at = time.perf_counter()
+                outputs = await self._backend.infer(
+                    spec, prepared.inputs, timeout_s=max(0.001, timeout_s - (decoded_at - start))
+                )
+                inferred_at = time.perf_counter()
+                encoded, fmt = await asyncio.to_thread(postprocess, prepared, outputs, options)
+                done = time.perf_counter()
+            finally:
+                self._metrics.in_flight.dec()
+        timings = Timings(
+            decode_ms=(decoded_at - start) * 1e3,
+            triton_ms=(inferred_at - decoded_at) * 1e3,
+            postprocess_ms=(done - inferred_at) * 1e3,
+            total_ms=(done - start) * 1e3,
+        )
+        for stage, ms in (
+            ("decode", timings.decode_ms),
+            ("triton", timings.triton_ms),
+            ("postprocess", timings.postprocess_ms),
+        ):
+            self._metrics.stage_seconds.labels(stage).observe(ms / 1e3)
+        height, width = prepared.lightness.shape
+        return ColorizeResult(encoded, fmt, width, height, info, options, timings)
+
+    async def suggest_colors(
+        self, image: bytes, options: ColorizeOptions, *, x: int, y: int, k: int, seed: int, timeout_s: float
+    ) -> tuple[list[SuggestedColor], ModelInfo]:
+        spec = MODELS[HINT_MODEL]
+        async with self._limit:
+            prepared = await self._prepare(image, spec, options)
+            info = await self._backend.model_info(spec)
+            outputs = await self._backend.infer(spec, prepared.inputs, timeout_s=timeout_s)
+            found = await asyncio.to_thread(
+                suggestions_at, prepared, outputs["logits"][0], x, y, options.working_size, k, seed
+            )
+        return found, info

@@ -1,0 +1,252 @@
+"""gRPC server factory: servicers, error/metrics interceptor, health driven by Triton, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+from contract import ModelSpec
+from service.bus.jobs import JobBus
+from service.errors import (
+    Aborted,
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PriorlabError,
+    ResourceExhausted,
+    Unavailable,
+)
+from service.gateway.colorize import ColorizePipeline, served_models
+from service.gateway.colorizer import ColorizerServicer
+from service.gateway.restorer import RESTORER_SERVICE, RestorerServicer
+from service.gateway.settings import Settings
+from service.gateway.triton import InferenceBackend
+from service.metrics import Metrics
+from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc, restore_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+COLORIZER_SERVICE = colorize_pb2.DESCRIPTOR.services_by_name["Colorizer"].full_name
+
+STATUS_CODES: dict[type[PriorlabError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
+    Aborted: grpc.StatusCode.ABORTED,
+}
+
+
+def status_code(error: PriorlabError) -> grpc.StatusCode:
+    for kind in type(error).__mro__:
+        if kind in STATUS_CODES:
+            return STATUS_CODES[kind]
+    return grpc.StatusCode.INTERNAL
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """The one place a `PriorlabError` becomes a gRPC status; anything else is INTERNAL.
+
+    Wraps unary-unary and unary-stream handlers (Restore streams). It also counts every RPC by method and
+    final code and times it (Prometheus).
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def wrapped_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with self._handled(details.method, method, context):
+                    return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                wrapped_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def wrapped_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async with self._handled(details.method, method, context):
+                    async for response in stream(request, context):
+                        yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                wrapped_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client- and bidi-streaming: none in priorlab.v1
+
+    @contextlib.asynccontextmanager
+    async def _handled(
+        self, full_method: str, method: str, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[None]:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except PriorlabError as e:
+            code = status_code(e)
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                context.set_trailing_metadata((("retry-after", "1"),))
+            await context.abort(code, str(e))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unexpected error in %s", full_method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the gateway)")
+        finally:
+            self._metrics.handled.labels(method, code.name).inc()
+            self._metrics.handling_seconds.labels(method).observe(time.perf_counter() - start)
+
+
+async def _watch_health(
+    backend: InferenceBackend, servicer: health.aio.HealthServicer, models: list[ModelSpec], period_s: float
+) -> None:
+    """Colorizer is SERVING while Triton and every model this gateway calls are ready."""
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    while True:
+        ready = all([await backend.ready(spec) for spec in models])
+        status = serving if ready else not_serving
+        await servicer.set(COLORIZER_SERVICE, status)
+        await servicer.set("", status)
+        await asyncio.sleep(period_s)
+
+
+async def _watch_restore_health(
+    bus: JobBus, servicer: health.aio.HealthServicer, period_s: float, worker_ttl_s: float
+) -> None:
+    """Restorer is SERVING while Redis answers and at least one worker heartbeat is recent."""
+    while True:
+        try:
+            ready = await bus.live_workers(worker_ttl_s) > 0
+        except PriorlabError:
+            ready = False
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await servicer.set(RESTORER_SERVICE, serving if ready else health_pb2.HealthCheckResponse.NOT_SERVING)
+        await asyncio.sleep(period_s)
+
+
+class GatewayServer:
+    """A started gateway: `port`, and `stop()` that drains, flips health and closes Triton."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        backend: InferenceBackend,
+        tasks: list[asyncio.Task[None]],
+        health_servicer: health.aio.HealthServicer,
+        metrics: Metrics,
+        bus: JobBus | None = None,
+    ) -> None:
+        self.server, self.port, self.metrics = server, port, metrics
+        self._backend, self._tasks, self._health, self._bus = backend, tasks, health_servicer, bus
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self._health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._backend.close()
+        if self._bus is not None:
+            await self._bus.close()
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(services: tuple[str, ...], server: grpc.aio.Server) -> None:
+    """Server reflection as `grpc.reflection.v1` (what current clients ask first) and `v1alpha`.
+
+    The pinned grpcio-reflection implements only v1alpha. The v1 protocol is the same messages under
+    a new package name (same fields and numbers, so the same bytes), so the one servicer answers both.
+    """
+    servicer = reflection.aio.ReflectionServicer((*services, REFLECTION_V1, reflection.SERVICE_NAME))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),)
+    )
+
+
+async def create_server(settings: Settings, backend: InferenceBackend) -> GatewayServer:
+    """Build, bind (port 0 = free port) and start the gateway."""
+    metrics = Metrics()
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(metrics)], options=options)
+    pipeline = ColorizePipeline(backend, settings, metrics)
+    colorize_pb2_grpc.add_ColorizerServicer_to_server(ColorizerServicer(pipeline, settings), server)
+    services = [COLORIZER_SERVICE]
+    bus = JobBus.from_url(settings.redis_url) if settings.redis_url else None
+    if bus is not None:
+        restore_pb2_grpc.add_RestorerServicer_to_server(RestorerServicer(bus, settings), server)
+        services.append(RESTORER_SERVICE)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _enable_reflection((*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"could not bind the gateway to {settings.host}:{settings.port} (is the port taken?)")
+    if settings.metrics_port:
+        # Before the gRPC server starts: a taken metrics port fails start-up with nothing running.
+        try:
+            metrics.serve(settings.metrics_port, settings.host)
+        except OSError as e:
+            raise OSError(f"could not serve /metrics on {settings.host}:{settings.metrics_port}: {e}") from e
+    await server.start()
+    tasks = [
+        asyncio.create_task(
+            _watch_health(backend, health_servicer, served_models(settings), settings.health_poll_s)
+        )
+    ]
+    if bus is not None:
+        # A worker beats every visibility/5 s (6 s by default); three missed beats = gone.
+        restore_health = _watch_restore_health(bus, health_servicer, settings.health_poll_s, 20.0)
+        tasks.append(asyncio.create_task(restore_health))
+    log.info("gateway listening on %s:%d (Triton %s)", settings.host, port, settings.triton_url)
+    return GatewayServer(server, port, backend, tasks, health_servicer, metrics, bus)

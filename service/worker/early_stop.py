@@ -1,0 +1,256 @@
+"""Automatic early stopping for DIP: held-out pixels, the blind running-variance rule, the discrepancy rule.
+
+Held-out pixels (`holdout_mask`, denoising's default): the loss skips a random fraction of the pixels and
+the stopper tracks the iterate's MSE to the noisy image there. With y = x + n and n independent of the fit
+on those pixels, E‖f − y‖² = ‖f − x‖² + E‖n‖², so the minimum over iterations is the best iterate there,
+whatever σ is. The statistic is the EMA iterate's, as that is what gets returned; the wait for a new
+minimum grows with the minimum's age (see `EarlyStopper.decide`). The engine then refits every pixel to
+the chosen iteration (`AutoStop.refit`).
+
+Running variance (Wang, Li, Zhuang, Chen, Liang, Sun, "Early Stopping for Deep Image Prior",
+arXiv 2112.06074; code sun-umn/Early_Stopping_for_DIP @ 877d994d, see docs/dip.md §3): the outputs' variance
+over recent iterations dips near the PSNR peak, before the network starts fitting the noise.
+
+* ES-EMV (`rule="emv"`): δ = x_t − ema; ema ← ema + α·δ; emv ← (1−α)(emv + α·mean(δ²)). O(N) memory.
+  (ESDIP clips the ema to [0, 1]; our outputs come out of a sigmoid, so the convex update never leaves it.)
+* ES-WMV (`rule="wmv"`): mean over the last W outputs of mean((x_i − x̄)²), from a ring buffer of W frames
+  with a float64 running sum and per-frame sums of squares, so each update is O(N), not O(W·N).
+
+Either way: after the warm-up, keep the iterate with the smallest statistic; stop once no new minimum came
+for `patience` iterations.
+
+Discrepancy principle (Morozov): stop at the first iteration whose data-fit MSE is <= tau x the noise
+floor, the MSE that the noise alone leaves (`noise_floor`). Every 8-bit image is clipped to [0, 1], and
+clipping shrinks the noise where the image is dark or bright (kate at σ=50: 0.76 σ²), so with σ given the
+floor is the clipped-noise variance E[(clip(x + n, 0, 1) - x)²] at the observed pixels, not σ²: with plain
+σ² the rule stopped 0.8-16 dB short of the best iterate on six runs (bench/results/dip/quality.md).
+Evaluating it at the current iterate instead stopped at iteration 29 on kate at σ=50, where the early,
+blurry iterate has no saturated pixels. Blind denoising estimates σ from the image instead
+(`estimate_noise_sigma` measures the clipped noise already) and uses σ̂². tau < 1 because the returned
+EMA iterate peaks after the raw fit goes below the floor.
+
+All bookkeeping stays on the device (`torch.where`, a device-side iteration counter), so `update` never
+waits for the accelerator; only `decide` reads scalars back, and the engine calls it every `sync_every`
+iterations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from service.bus.request import AutoStop
+from service.bus.result import StopReason
+
+# Donoho & Johnstone (1994): for Gaussian noise, median(|HH|) / 0.6745 estimates σ.
+MAD_TO_SIGMA = 0.6745
+# Below this many held-out pixels the validation error is too noisy to rank iterates (a 25x25 image at
+# 10%): such runs use the variance/discrepancy rules instead.
+MIN_HOLDOUT_PIXELS = 64
+
+
+def holdout_mask(height: int, width: int, fraction: float, seed: int) -> NDArray[np.bool_] | None:
+    """(H, W) bool, True on the pixels left out of the loss; None if fewer than MIN_HOLDOUT_PIXELS.
+
+    Its own numpy stream from `seed`, so holding pixels out leaves the network's init and input untouched.
+    """
+    if fraction <= 0.0:
+        return None
+    mask = np.random.default_rng(seed).random((height, width)) < fraction
+    held = int(mask.sum())
+    return mask if MIN_HOLDOUT_PIXELS <= held < height * width else None
+
+
+def estimate_noise_sigma(image: NDArray[np.floating]) -> float:
+    """σ of additive white noise in an (H, W, C) image in [0, 1], from the finest diagonal Haar band.
+
+    HH = (a - b - c + d) / 2 over each 2x2 block is orthonormal, so its coefficients carry the noise at σ
+    and little of a natural image; the median absolute value, pooled over channels, is robust to edges.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+    if h == 0 or w == 0:
+        raise ValueError(f"need at least 2x2 pixels to estimate the noise, got {x.shape}")
+    x = x[:h, :w]
+    hh = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2
+    return float(np.median(np.abs(hh)) / MAD_TO_SIGMA)
+
+
+def clipped_noise_variance(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """E[(clip(x + n, 0, 1) - x)²] for n ~ N(0, σ²), elementwise, for x in [0, 1].
+
+    With a = -x/σ and b = (1 - x)/σ the noise passes unclipped on (a, b) and is cut to -x below and 1 - x
+    above: σ²·[Φ(b) - Φ(a) - (bφ(b) - aφ(a))] + x²·Φ(a) + (1 - x)²·(1 - Φ(b)).
+    """
+    x = x.clamp(0.0, 1.0)
+    a, b = -x / sigma, (1.0 - x) / sigma
+    cdf_a, cdf_b = torch.special.ndtr(a), torch.special.ndtr(b)
+
+    def pdf(t: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-0.5 * t.square()) / math.sqrt(2.0 * math.pi)
+
+    inside = cdf_b - cdf_a - (b * pdf(b) - a * pdf(a))
+    return sigma**2 * inside + x.square() * cdf_a + (1.0 - x).square() * (1.0 - cdf_b)
+
+
+def noise_floor(noisy: NDArray[np.floating], sigma: float | None) -> float:
+    """The data-fit MSE that the noise alone leaves on `noisy` ((H, W, C) in [0, 1]): the mean
+    clipped-noise variance at the observed pixels for a given σ, σ̂² (`estimate_noise_sigma`) if None."""
+    if sigma is None:
+        return estimate_noise_sigma(noisy) ** 2
+    observed = torch.from_numpy(np.asarray(noisy, dtype=np.float64))
+    return float(clipped_noise_variance(observed, sigma).mean())
+
+
+class _ExponentialVariance:
+    """ES-EMV statistic."""
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self.ema: torch.Tensor | None = None
+        self.emv: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ema is None or self.emv is None:
+            self.ema = x.detach().clone()
+            self.emv = torch.zeros((), dtype=torch.float32, device=x.device)
+            return self.emv
+        delta = x - self.ema
+        self.ema.add_(delta, alpha=self.alpha)
+        self.emv = (1.0 - self.alpha) * (self.emv + self.alpha * delta.square().mean())
+        return self.emv
+
+
+class _WindowVariance:
+    """ES-WMV statistic over the last `window` outputs."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.count = 0
+        self.frames: torch.Tensor | None = None  # (W, *x.shape) ring buffer
+        self.sq: torch.Tensor | None = None  # (W,) float64 sum of squares per frame
+        self.total: torch.Tensor | None = None  # (*x.shape) float64 sum of the frames in the window
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
+        if self.frames is None or self.sq is None or self.total is None:
+            self.frames = torch.empty((self.window, *x.shape), dtype=x.dtype, device=x.device)
+            self.sq = torch.zeros(self.window, dtype=torch.float64, device=x.device)
+            self.total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+        slot = self.count % self.window
+        if self.count >= self.window:
+            self.total.sub_(self.frames[slot])
+        self.frames[slot].copy_(x)
+        x64 = x.double()
+        self.total.add_(x64)
+        self.sq[slot] = x64.square().sum()
+        self.count += 1
+        n = min(self.count, self.window)
+        numel = x.numel()
+        # mean_i ||x_i - mean||² / N  =  (Σ_i ||x_i||²) / (n N)  -  ||Σ_i x_i / n||² / N
+        var = self.sq.sum() / (n * numel) - (self.total / n).square().sum() / numel
+        return var.float()
+
+
+class _HeldOutError:
+    """MSE between the iterate and the target on the held-out pixels (`weights`: 1 there, 0 elsewhere)."""
+
+    def __init__(self, target: torch.Tensor, weights: torch.Tensor) -> None:
+        self.target = target
+        self.weights = weights
+        self.count = float(weights.sum()) * target.shape[1]  # pixels x channels
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.target).square() * self.weights).sum() / self.count
+
+
+class EarlyStopper:
+    """Applies an `AutoStop` policy to a run.
+
+    `noise_floor` enables the discrepancy rule (`noise_floor()`); `held_out` = (target, weights) replaces
+    both other rules by the held-out error of the returned iterate.
+    """
+
+    def __init__(
+        self,
+        policy: AutoStop,
+        noise_floor: float | None,
+        device: torch.device,
+        held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.stat: _ExponentialVariance | _WindowVariance | _HeldOutError
+        self.patience = policy.patience
+        if held_out is not None:
+            self.stat = _HeldOutError(*held_out)
+            self.patience = policy.holdout_patience
+        elif policy.rule == "emv":
+            self.stat = _ExponentialVariance(policy.alpha)
+        else:
+            self.stat = _WindowVariance(policy.window)
+        # ES-WMV only has a full window after `window` outputs.
+        self.start = (
+            max(policy.warmup, policy.window) if isinstance(self.stat, _WindowVariance) else policy.warmup
+        )
+        use_floor = policy.discrepancy and noise_floor is not None and held_out is None
+        self.threshold = policy.tau * noise_floor if use_floor and noise_floor is not None else None
+        self.counter = torch.zeros((), dtype=torch.long, device=device)
+        self.best_stat = torch.full((), math.inf, device=device)
+        self.best_iter = torch.zeros((), dtype=torch.long, device=device)
+        self.best_image: torch.Tensor | None = None
+        self.hit_iter = torch.zeros((), dtype=torch.long, device=device)  # 0: not reached yet
+        self.hit_image: torch.Tensor | None = None
+        self.tracking = False
+
+    def update(
+        self, iteration: int, raw: torch.Tensor, product: torch.Tensor, loss: torch.Tensor
+    ) -> torch.Tensor:
+        """Feed iteration `iteration` (1-based): the raw output drives the statistic, `product` (the EMA
+        where the task uses one) is what gets kept. Returns the statistic as a device scalar."""
+        self.counter.add_(1)
+        # The variance rules watch the raw output's jitter; the held-out error judges what gets returned.
+        stat = self.stat.update(product if isinstance(self.stat, _HeldOutError) else raw)
+        if iteration > self.start:
+            improved = stat < self.best_stat
+            self.best_stat = torch.where(improved, stat, self.best_stat)
+            self.best_iter = torch.where(improved, self.counter, self.best_iter)
+            if self.best_image is None:
+                self.best_image = product.detach().clone()  # the first tracked iterate always improves
+            else:
+                self.best_image.copy_(torch.where(improved, product, self.best_image))
+            self.tracking = True
+        if self.threshold is not None:
+            hit = (loss.detach() <= self.threshold) & (self.hit_iter == 0)
+            self.hit_iter = torch.where(hit, self.counter, self.hit_iter)
+            if self.hit_image is None:
+                self.hit_image = torch.zeros_like(product)
+            self.hit_image.copy_(torch.where(hit, product, self.hit_image))
+        return stat
+
+    def decide(self, iteration: int) -> StopReason | None:
+        """Whether to stop after `iteration` (reads device scalars: one host sync)."""
+        if self.threshold is not None and int(self.hit_iter) > 0:
+            return StopReason.DISCREPANCY
+        if not self.tracking:
+            return None
+        best = int(self.best_iter)
+        if isinstance(self.stat, _HeldOutError):
+            # DIP fits in stages: a stall can put a shallow minimum before the real one, so the wait
+            # grows with the minimum's age (at least `patience`). Barbara at σ=25 has a minimum at 354
+            # in a stall and a deeper one at 858: waiting 1x its age stops at 708, 2x catches it.
+            if iteration - best >= max(self.patience, self.policy.holdout_wait * best):
+                return StopReason.HOLDOUT
+        elif iteration - best >= self.patience:
+            return StopReason.PLATEAU
+        return None
+
+    def choice(self) -> tuple[int, torch.Tensor] | None:
+        """The iterate the rule returns now, as (iteration, image), or None before the warm-up ends."""
+        if self.threshold is not None and self.hit_image is not None and int(self.hit_iter) > 0:
+            return int(self.hit_iter), self.hit_image
+        if self.best_image is not None:
+            return int(self.best_iter), self.best_image
+        return None
