@@ -14,7 +14,7 @@ MODEL_INPUTS := $(wildcard colorizers/*.py colorizers/checkpoints/* export/*.py)
 .PHONY: run test check bench data deps apt protos models perf-analyzer clean
 
 run: deps protos models
-	$(PY) -m service.launch.stack
+	$(VENV)/bin/priorlab stack
 
 # pytest exits 5 when it ran no test; make fails on it like on any other failure.
 test: deps protos models
@@ -27,9 +27,11 @@ check: deps protos
 
 deps: $(VENV)/.installed apt
 
-$(VENV)/.installed: requirements.lock
+$(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	# The `priorlab` command (pyproject's [project.scripts]), editable: it runs this checkout.
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 apt:
@@ -53,14 +55,14 @@ service/pb/priorlab/v1/.generated: $(PROTOS) $(VENV)/.installed
 models: model_repository/.exported
 
 model_repository/.exported: $(MODEL_INPUTS) $(VENV)/.installed
-	$(PY) -m export --repository model_repository
+	$(VENV)/bin/priorlab export --repository model_repository
 	touch $@
 
 # Training photos into .cache/colorize-data (never committed); see colorizers/MODEL_CARD.md.
 # The project's package sources always; plus a folder of photos if named (TRAIN_DATA=DIR), never
 # trained on what EVAL_DATA="DIR ..." holds (default: eval/ and dip/ beside TRAIN_DATA).
 data: deps
-	$(PY) -m colorizers.data $(if $(TRAIN_DATA),--train-folder "$(TRAIN_DATA)") $(foreach f,$(EVAL_DATA),--eval-folder "$(f)")
+	$(VENV)/bin/priorlab data $(if $(TRAIN_DATA),--train-folder "$(TRAIN_DATA)") $(foreach f,$(EVAL_DATA),--eval-folder "$(f)")
 
 # perf_analyzer from the tritonclient 2.44 wheel (unpacked into .cache/, never pip-installed: it
 # conflicts with pytriton's tritonclient pin) + libcudart from nvidia-cuda-runtime-cu12.
@@ -68,7 +70,7 @@ perf-analyzer: deps
 	$(PY) -m bench.perf_analyzer --install
 
 bench: deps protos models perf-analyzer
-	$(PY) -m bench
+	$(VENV)/bin/priorlab bench
 
 clean:
 	rm -rf service/pb/priorlab model_repository/*/[0-9]* model_repository/.exported .run

@@ -1,12 +1,13 @@
-"""A small command-line client (stdlib + grpc), `--target HOST:PORT` (default `$PRIORLAB_TARGET`, else
-127.0.0.1:50051, where `make run` serves):
+"""The command-line client (stdlib + grpc), run as `priorlab <command>`; every command takes
+`--target HOST:PORT` (default `$PRIORLAB_TARGET`, else 127.0.0.1:50051, where `make run` serves):
 
-python -m service.client colorize IN OUT
-python -m service.client restore denoise IN OUT --sigma 25      # live progress bar; Ctrl-C cancels
-python -m service.client restore inpaint IN OUT --mask MASK --iterations 3000
-python -m service.client restore super_resolve IN OUT --factor 4 --detach   # prints the job id
-python -m service.client watch JOB_ID [OUT]                      # re-attach (replays from the start)
-python -m service.client cancel JOB_ID
+priorlab colorize IN OUT [--hint X,Y,#RRGGBB]
+priorlab suggest IN X Y
+priorlab restore denoise IN OUT --sigma 25                  # live progress bar; Ctrl-C cancels
+priorlab restore inpaint IN OUT --mask MASK --iterations 3000
+priorlab restore super_resolve IN OUT --factor 4 --detach   # prints the job id
+priorlab watch JOB_ID [OUT]                                 # re-attach (replays from the start)
+priorlab cancel JOB_ID
 """
 
 from __future__ import annotations
@@ -214,15 +215,18 @@ def cancel(args: argparse.Namespace) -> int:
 
 def build_parser(default_target: str = DEFAULT_TARGET) -> argparse.ArgumentParser:
     """The client's command line (the README's command lines are checked against it)."""
-    parser = argparse.ArgumentParser(prog="python -m service.client")
-    parser.add_argument(
+    # Connection options after the command (`priorlab colorize --target HOST:PORT ...`): one parent
+    # parser for every command, so they are defined once.
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument(
         "--target",
         default=default_target,
         help="gateway HOST:PORT (default: $PRIORLAB_TARGET, else %(default)s)",
     )
-    parser.add_argument("--timeout", type=float, default=60.0)
+    connection.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    parser = argparse.ArgumentParser(prog="priorlab")
     commands = parser.add_subparsers(dest="command", required=True)
-    c = commands.add_parser("colorize", help="colorize one image")
+    c = commands.add_parser("colorize", parents=[connection], help="colorize one image")
     c.add_argument("input", type=Path)
     c.add_argument("output", type=Path)
     c.add_argument("--model", default="")
@@ -233,7 +237,9 @@ def build_parser(default_target: str = DEFAULT_TARGET) -> argparse.ArgumentParse
         "--hint", type=parse_hint, action="append", default=[], help="X,Y,#RRGGBB[,PATCH] (repeatable)"
     )
     c.set_defaults(run=colorize)
-    r = commands.add_parser("restore", help="restore one image by Deep Image Prior (live progress)")
+    r = commands.add_parser(
+        "restore", parents=[connection], help="restore one image by Deep Image Prior (live progress)"
+    )
     r.add_argument("task", choices=["denoise", "inpaint", "super_resolve", "jpeg"])
     r.add_argument("input", type=Path)
     r.add_argument("output", type=Path)
@@ -250,14 +256,18 @@ def build_parser(default_target: str = DEFAULT_TARGET) -> argparse.ArgumentParse
     r.add_argument("--job-timeout", type=float, default=None, help="deadline in seconds (cancels the job)")
     r.add_argument("--detach", action="store_true", help="submit, print the job id and exit")
     r.set_defaults(run=restore)
-    w = commands.add_parser("watch", help="re-attach to a Restore job (replays it from the start)")
+    w = commands.add_parser(
+        "watch", parents=[connection], help="re-attach to a Restore job (replays it from the start)"
+    )
     w.add_argument("job_id")
     w.add_argument("output", type=Path, nargs="?")
     w.set_defaults(run=watch)
-    k = commands.add_parser("cancel", help="cancel a Restore job")
+    k = commands.add_parser("cancel", parents=[connection], help="cancel a Restore job")
     k.add_argument("job_id")
     k.set_defaults(run=cancel)
-    s = commands.add_parser("suggest", help="suggest colours for one pixel (SIGGRAPH17)")
+    s = commands.add_parser(
+        "suggest", parents=[connection], help="suggest colours for one pixel (SIGGRAPH17)"
+    )
     s.add_argument("input", type=Path)
     s.add_argument("x", type=int)
     s.add_argument("y", type=int)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-CLIENT = ".venv/bin/python -m service.client"
+CLIENT = ".venv/bin/priorlab"  # the client's commands; other priorlab commands are skipped
+CLIENT_COMMANDS = ("colorize", "suggest", "restore", "watch", "cancel")
 _BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
 
 
@@ -21,5 +22,5 @@ def client_commands(readme: Path, section: str | None = None) -> list[str]:
         line.strip()
         for block in _BLOCK.findall(text)
         for line in block.splitlines()
-        if line.strip().startswith(CLIENT)
+        if line.strip().startswith(CLIENT) and line.split()[1:2] and line.split()[1] in CLIENT_COMMANDS
     ]

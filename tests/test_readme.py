@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_every_client_command_in_the_readme_parses_and_its_inputs_are_in_the_repository() -> None:
     commands = client_commands(REPO / "README.md")
-    assert {c.split()[3] for c in commands} >= {"colorize", "suggest", "restore", "watch", "cancel"}
+    assert {c.split()[1] for c in commands} >= {"colorize", "suggest", "restore", "watch", "cancel"}
     for command in commands:
         # As bash reads it: a comment starts at a word's start only (`#RRGGBB` inside a hint is no comment).
         words = shlex.split(re.sub(r"(^|\s)#.*$", "", command.removeprefix(CLIENT)))
@@ -31,5 +31,5 @@ def test_every_client_command_in_the_readme_parses_and_its_inputs_are_in_the_rep
 
 
 def test_the_try_it_section_covers_the_first_hour() -> None:
-    verbs = [c.split()[3] for c in client_commands(REPO / "README.md", section="Try it")]
+    verbs = [c.split()[1] for c in client_commands(REPO / "README.md", section="Try it")]
     assert {"colorize", "suggest", "restore"} <= set(verbs), verbs

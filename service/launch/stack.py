@@ -30,18 +30,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
+from service.gateway.server import create_server
+from service.gateway.settings import Settings
+from service.gateway.triton import TritonBackend
 from service.launch.process import StartupError
 from service.launch.redis import RedisServer
 from service.launch.triton import TritonServer
 from service.launch.worker import spawn_worker, wait_joined
-from service.server import create_server
-from service.settings import Settings
-from service.triton import TritonBackend
 
 log = logging.getLogger("priorlab.stack")
 
 METRICS_PORT_DEFAULT = 9464  # the Prometheus exporter port OpenTelemetry also uses; --metrics-port 0 = off
-CLIENT = ".venv/bin/python -m service.client"
+CLIENT = ".venv/bin/priorlab"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +108,7 @@ async def serve(settings: Settings) -> None:
         f"  metrics        {metrics}\n"
         f"  Triton gRPC    {settings.triton_url}\n"
         f"  Redis          {settings.redis_url}\n"
-        f"  try: {CLIENT} --target {target} colorize samples/aitzgorri.jpg /tmp/aitzgorri-colorized.jpg\n"
+        f"  try: {CLIENT} colorize samples/aitzgorri.jpg /tmp/aitzgorri-colorized.jpg --target {target}\n"
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,7 @@
+"""`python -m priorlab` = the `priorlab` command."""
+
+import sys
+
+from priorlab.cli import main
+
+sys.exit(main())
