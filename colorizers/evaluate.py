@@ -37,6 +37,7 @@ from skimage.color import lab2rgb
 from colorizers import quantize, weights
 from colorizers.dataset import DEFAULT_CACHE, REPO, LabImages, manifest_sha256, redistributable
 from colorizers.eccv16 import ECCVGenerator
+from service.color.quality import psnr  # of 8-bit images: peak 255, inf when equal
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,6 @@ def auc_from_counts(counts: NDArray[np.floating]) -> float:
     cmf = np.cumsum(counts[: MAX_ERROR + 1]) / total
     trapezoid = cmf.sum() - 0.5 * (cmf[0] + cmf[-1])  # unit steps from 0 to MAX_ERROR
     return float(trapezoid / MAX_ERROR)
-
-
-def psnr(pred: NDArray[np.uint8], truth: NDArray[np.uint8]) -> float:
-    """PSNR in dB of 8-bit images (inf when equal)."""
-    mse = np.mean((pred.astype(np.float64) - truth.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(20 * np.log10(255.0 / np.sqrt(mse)))
 
 
 def colourfulness(rgb: NDArray[np.uint8]) -> float:
