@@ -14,15 +14,25 @@ The hierarchy (the gRPC code each one becomes):
   + DeadlineExceeded ..... DEADLINE_EXCEEDED   the caller's deadline passed before the work finished
   + Cancelled ............ CANCELLED           the work was cancelled (a Restore job, by its owner)
   + Aborted .............. ABORTED             the work was given up (a Restore job whose workers died)
+  + Internal ............. INTERNAL            a bug, logged where it happened (a Restore worker)
 
 The message is sent to the client as the status details, so it names the offending value and what
 would have been accepted, and never holds secrets.
+
+`STATUS_CODES` below is the one table of these pairs: the gateway's interceptor reads it one way, the
+Restore job bus (a worker's failure, a cancel) both ways. It holds the codes by name
+(`grpc.StatusCode[name]`), not as `grpc.StatusCode` members, because training imports this module
+through the colour maths and should not load grpc for it; the names are also what the bus carries.
 """
 
 # The classes are named after the gRPC status codes they become, not with an "Error" suffix.
 # ruff: noqa: N818
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
 
 
 class PriorlabError(Exception):
@@ -65,3 +75,48 @@ class Cancelled(PriorlabError):
 
 class Aborted(PriorlabError):
     """The work was given up after repeated failures of the machinery, not of the request."""
+
+
+class Internal(PriorlabError):
+    """The server itself failed (a bug); it was logged where it happened, which the message names.
+
+    Raised where a failure crosses a process: a Restore worker's bug reaches the gateway as this. A bug
+    in the gateway itself is any other exception, which the interceptor logs and answers as INTERNAL.
+    """
+
+
+STATUS_CODES: Final[Mapping[type[PriorlabError], str]] = MappingProxyType(
+    {
+        InvalidArgument: "INVALID_ARGUMENT",
+        NotFound: "NOT_FOUND",
+        ResourceExhausted: "RESOURCE_EXHAUSTED",
+        Unavailable: "UNAVAILABLE",
+        DeadlineExceeded: "DEADLINE_EXCEEDED",
+        Cancelled: "CANCELLED",
+        Aborted: "ABORTED",
+        Internal: "INTERNAL",
+    }
+)
+KINDS: Final[Mapping[str, type[PriorlabError]]] = MappingProxyType(
+    {name: kind for kind, name in STATUS_CODES.items()}
+)
+
+
+def status_name(error: PriorlabError) -> str:
+    """The name of `error`'s gRPC status code: that of the nearest kind along its MRO.
+
+    A subclass of a kind is that kind. A bare `PriorlabError` (nobody should raise one) is INTERNAL.
+    """
+    for kind in type(error).__mro__:
+        if kind in STATUS_CODES:
+            return STATUS_CODES[kind]
+    return STATUS_CODES[Internal]
+
+
+def error_for(name: str, message: str) -> PriorlabError:
+    """The exception that a status code (by name) stands for: the inverse of `status_name`.
+
+    A code no kind owns (UNKNOWN, say, from a newer worker) becomes `Internal`: the client still hears
+    that the server failed, and the message says where.
+    """
+    return KINDS.get(name, Internal)(message)

@@ -18,10 +18,11 @@ Keys (prefix `restore:`):
                            worker, attempts, max_attempts, ttl
 * `job:<id>:events`        stream of JobEvent bytes (field `e`). The enqueue and release scripts write
                            their Queued event as plain fields (`queued`, `length`): Lua cannot build protobuf
-* `job:<id>:cancel`        a cancel request: the gRPC status code the job ends with
+* `job:<id>:cancel`        a cancel request: the name of the gRPC status code the job ends with
+                           ("CANCELLED", "DEADLINE_EXCEEDED")
 * `client:<id>`            set of the client's unfinished jobs (the per-client quota)
 * `workers`                zset worker name -> last heartbeat (unix seconds)
-* pub/sub `restore:cancel` "<job id> <code>": running workers stop the job within one iteration
+* pub/sub `restore:cancel` "<job id> <code name>": running workers stop the job within one iteration
 
 States: queued -> running -> done | failed | cancelled, and running -> queued when a worker shuts down
 gracefully. Every transition is one Lua script, so counters and sets never drift, and every write of a
@@ -32,6 +33,11 @@ timeout (default 30 s) is claimed by another worker with a free slot and started
 (DIP restarts cheaply; the seed makes it the same run). Each start counts one attempt; a job claimed
 after `max_attempts` starts (default 2) ends with ABORTED, "worker died on every attempt". Errors of the
 request itself (INVALID_ARGUMENT) or bugs (INTERNAL) are not retried. A job is never dropped silently.
+
+Failures: a job that ends without a result ends with a `service.errors` exception, and the bus carries its
+kind as the gRPC status code of `service.errors.STATUS_CODES`: by name in Redis strings (cancel key and
+message), by number in `JobFailure.code` (a uint32 in restore.proto). `failure_event` and `failure_error`
+are the two directions, so the gateway raises again exactly the kind the worker (or a cancel) ended with.
 """
 
 from __future__ import annotations
@@ -42,12 +48,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
+import grpc
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.errors import NotFound, ResourceExhausted, Unavailable
+from service.errors import NotFound, PriorlabError, ResourceExhausted, Unavailable, error_for, status_name
 from service.pb.priorlab.v1 import restore_pb2
 
 PREFIX = "restore:"
@@ -57,6 +64,10 @@ LEVELS = ("high", "normal", "low")  # claim order
 CANCEL_CHANNEL = "restore:cancel"
 _RELEASED_IDLE_MS = 10**12  # a released entry looks idle for ages: the next sweep of any worker takes it
 _EVENTS_MAXLEN = 10_000  # progress events kept per job (approximate trim; the result is always last)
+
+# JobFailure.code holds the status code's number; the bus's API speaks in names (service.errors).
+_NUMBERS = {code.name: code.value[0] for code in grpc.StatusCode}
+_NAMES = {number: name for name, number in _NUMBERS.items()}
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -182,8 +193,26 @@ def is_terminal(event: restore_pb2.JobEvent) -> bool:
     return event.HasField("failure") or (event.HasField("event") and event.event.HasField("result"))
 
 
-def failure_event(code: int, message: str) -> restore_pb2.JobEvent:
-    return restore_pb2.JobEvent(failure=restore_pb2.JobFailure(code=code, message=message))
+def failure_event(error: PriorlabError) -> restore_pb2.JobEvent:
+    """The terminal event of a job that ends with `error`: its status code and message."""
+    failure = restore_pb2.JobFailure(code=_NUMBERS[status_name(error)], message=error.message)
+    return restore_pb2.JobEvent(failure=failure)
+
+
+def failure_error(failure: restore_pb2.JobFailure) -> PriorlabError:
+    """The exception a failure event stands for: the kind `failure_event` was given, with its message."""
+    return error_for(_NAMES.get(failure.code, "UNKNOWN"), failure.message)
+
+
+def _code_name(raw: bytes | str) -> str:
+    """A status code as a cancel key or message holds it: its name.
+
+    Gateways before names wrote the number (`grpc.StatusCode.CANCELLED.value[0]`); a job cancelled by one
+    during a rolling deploy is still read right, for one `isdigit`. The other way round does not work (an
+    older worker cannot read a name), so a deploy updates the workers before the gateways.
+    """
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return _NAMES.get(int(text), "UNKNOWN") if text.isdigit() else text
 
 
 def _redis_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -210,12 +239,15 @@ class Claim:
 
 @dataclass(frozen=True)
 class Start:
-    """What the start script decided: `run` (with the job), `skip`, `cancelled` (code) or `exhausted`."""
+    """What the start script decided: `run` (with the job), `skip`, `cancelled` (code) or `exhausted`.
+
+    `code` is the status code name a cancel asked for (`cancelled` only).
+    """
 
     outcome: str
     attempt: int = 0
     job: restore_pb2.RestoreJob | None = None
-    code: int = 0
+    code: str = ""
 
 
 class JobBus:
@@ -268,12 +300,13 @@ class JobBus:
         return restore_pb2.Queued(position=a, queue_length=b)
 
     @_redis_errors
-    async def cancel(self, job_id: str, code: int, message: str) -> bool:
-        """Ask a job to end with status `code`. False if it had already ended; `NotFound` if unknown."""
+    async def cancel(self, job_id: str, error: PriorlabError) -> bool:
+        """Ask a job to end with `error` (kind and message). False if it had ended; `NotFound` if unknown."""
         key = self._job(job_id)
-        event = failure_event(code, message).SerializeToString()
+        event = failure_event(error).SerializeToString()
         keys = [key, f"{key}:cancel", f"{key}:events", f"{self.prefix}queued"]
-        done = await self._cancel(keys=keys, args=[code, event, self.prefix, CANCEL_CHANNEL, job_id])
+        args = [status_name(error), event, self.prefix, CANCEL_CHANNEL, job_id]
+        done = await self._cancel(keys=keys, args=args)
         if done == -1:
             raise NotFound(f"job {job_id!r} not found (unknown, or expired after its result TTL)")
         return bool(done)
@@ -375,7 +408,7 @@ class JobBus:
         if outcome == "run":
             return Start("run", int(reply[1]), restore_pb2.RestoreJob.FromString(reply[2]))
         if outcome == "cancelled":
-            return Start("cancelled", code=int(reply[1]))
+            return Start("cancelled", code=_code_name(reply[1]))
         if outcome == "exhausted":
             return Start("exhausted", attempt=int(reply[1]))
         return Start("skip")
@@ -405,20 +438,20 @@ class JobBus:
         keys = [key, self._stream(claim.level), f"{self.prefix}queued", f"{key}:events"]
         return bool(await self._release(keys=keys, args=[worker, claim.entry, _RELEASED_IDLE_MS]))
 
-    async def cancel_requested(self, job_id: str) -> int | None:
-        """The status code a cancel asked for, or None (the pub/sub backstop)."""
+    async def cancel_requested(self, job_id: str) -> str | None:
+        """The status code name a cancel asked for, or None (the pub/sub backstop)."""
         code = await self.redis.get(f"{self._job(job_id)}:cancel")
-        return None if code is None else int(code)
+        return None if code is None else _code_name(code)
 
-    async def cancel_requests(self) -> AsyncIterator[tuple[str, int]]:
-        """Cancel requests as they are published: (job id, status code)."""
+    async def cancel_requests(self) -> AsyncIterator[tuple[str, str]]:
+        """Cancel requests as they are published: (job id, status code name)."""
         async with self.redis.pubsub() as pubsub:
             await pubsub.subscribe(CANCEL_CHANNEL)
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message is not None:
                     job_id, code = message["data"].decode().split()
-                    yield job_id, int(code)
+                    yield job_id, _code_name(code)
 
     async def beat(self, worker: str) -> None:
         await self.redis.zadd(f"{self.prefix}workers", {worker: time.time()})

@@ -18,17 +18,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import grpc
 
 from service.bus import wire
-from service.bus.jobs import JobBus, is_terminal
-from service.errors import (
-    Aborted,
-    Cancelled,
-    DeadlineExceeded,
-    InvalidArgument,
-    NotFound,
-    PriorlabError,
-    ResourceExhausted,
-    Unavailable,
-)
+from service.bus.jobs import JobBus, failure_error, is_terminal
+from service.errors import Aborted, Cancelled, DeadlineExceeded, InvalidArgument, PriorlabError
 from service.gateway.settings import Settings
 from service.pb.priorlab.v1 import restore_pb2, restore_pb2_grpc
 
@@ -38,17 +29,6 @@ RESTORER_SERVICE = restore_pb2.DESCRIPTOR.services_by_name["Restorer"].full_name
 CLIENT_ID_KEY = "x-client-id"
 _DEADLINE_SLACK_S = 0.25
 JOB_ID_KEY = "x-job-id"
-
-# A job's failure status (from the worker or a cancel) -> the exception the interceptor maps back.
-_FAILURES: dict[int, type[PriorlabError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT.value[0]: InvalidArgument,
-    grpc.StatusCode.NOT_FOUND.value[0]: NotFound,
-    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]: ResourceExhausted,
-    grpc.StatusCode.UNAVAILABLE.value[0]: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED.value[0]: DeadlineExceeded,
-    grpc.StatusCode.CANCELLED.value[0]: Cancelled,
-    grpc.StatusCode.ABORTED.value[0]: Aborted,
-}
 
 
 def client_id(metadata: tuple[tuple[str, str | bytes], ...] | None, peer: str) -> str:
@@ -82,10 +62,9 @@ def build_job(
 
 
 def public_event(event: restore_pb2.JobEvent) -> restore_pb2.RestoreEvent:
-    """A bus event as the client sees it; a failure becomes the exception of its status code."""
+    """A bus event as the client sees it; a failure is raised as the exception it was on the worker."""
     if event.HasField("failure"):
-        failure = event.failure
-        raise _FAILURES.get(failure.code, PriorlabError)(failure.message)
+        raise failure_error(event.failure)
     return event.event
 
 
@@ -128,8 +107,7 @@ class RestorerServicer(restore_pb2_grpc.RestorerServicer):
         self, request: restore_pb2.CancelRestoreRequest, context: grpc.aio.ServicerContext
     ) -> restore_pb2.CancelRestoreResponse:
         job_id = _job_id(request.job_id)
-        code = grpc.StatusCode.CANCELLED.value[0]
-        cancelled = await self._bus.cancel(job_id, code, f"job {job_id} was cancelled by CancelRestore")
+        cancelled = await self._bus.cancel(job_id, Cancelled(f"job {job_id} was cancelled by CancelRestore"))
         return restore_pb2.CancelRestoreResponse(cancelled=cancelled)
 
     async def _submit(
@@ -161,10 +139,12 @@ class RestorerServicer(restore_pb2_grpc.RestorerServicer):
     async def _cancel_abandoned(self, job: restore_pb2.RestoreJob) -> None:
         # gRPC's deadline timer and our wall-clock copy of it differ by milliseconds: allow for that.
         late = job.deadline_unix > 0 and time.time() >= job.deadline_unix - _DEADLINE_SLACK_S
-        code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
-        why = "passed its deadline" if late else "was cancelled: its caller went away"
+        if late:
+            ended: PriorlabError = DeadlineExceeded(f"job {job.job_id} passed its deadline")
+        else:
+            ended = Cancelled(f"job {job.job_id} was cancelled: its caller went away")
         try:
-            await self._bus.cancel(job.job_id, code.value[0], f"job {job.job_id} {why}")
+            await self._bus.cancel(job.job_id, ended)
         except PriorlabError as e:  # the caller is gone; the worker's own deadline check still stops it
             log.warning("job %s: cancel after the caller left failed: %s", job.job_id, e)
 

@@ -15,16 +15,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from contract import ModelSpec
 from service.bus.jobs import JobBus
-from service.errors import (
-    Aborted,
-    Cancelled,
-    DeadlineExceeded,
-    InvalidArgument,
-    NotFound,
-    PriorlabError,
-    ResourceExhausted,
-    Unavailable,
-)
+from service.errors import PriorlabError, status_name
 from service.gateway.colorize import ColorizePipeline, served_models
 from service.gateway.colorizer import ColorizerServicer
 from service.gateway.restorer import RESTORER_SERVICE, RestorerServicer
@@ -37,22 +28,10 @@ log = logging.getLogger(__name__)
 
 COLORIZER_SERVICE = colorize_pb2.DESCRIPTOR.services_by_name["Colorizer"].full_name
 
-STATUS_CODES: dict[type[PriorlabError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Cancelled: grpc.StatusCode.CANCELLED,
-    Aborted: grpc.StatusCode.ABORTED,
-}
-
 
 def status_code(error: PriorlabError) -> grpc.StatusCode:
-    for kind in type(error).__mro__:
-        if kind in STATUS_CODES:
-            return STATUS_CODES[kind]
-    return grpc.StatusCode.INTERNAL
+    """The gRPC status of `error`, from the one table (`service.errors.STATUS_CODES`)."""
+    return grpc.StatusCode[status_name(error)]
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):

@@ -35,7 +35,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import grpc
 import prometheus_client
 import torch
 from redis.exceptions import RedisError
@@ -43,7 +42,7 @@ from redis.exceptions import RedisError
 from service.bus import wire
 from service.bus.jobs import Claim, JobBus, failure_event
 from service.bus.result import Progress, RestoreResult, StopReason
-from service.errors import InvalidArgument, PriorlabError
+from service.errors import Aborted, DeadlineExceeded, Internal, InvalidArgument, PriorlabError, error_for
 from service.metrics import WorkerMetrics
 from service.pb.priorlab.v1 import restore_pb2
 from service.worker.engine import restore
@@ -51,7 +50,6 @@ from service.worker.recipes import recipe_for
 
 log = logging.getLogger("priorlab.worker")
 
-_CODE = {code: code.value[0] for code in grpc.StatusCode}
 _NO_LIMIT = 1 << 62  # the gateway already enforced the pixel and byte limits
 
 
@@ -63,9 +61,9 @@ class Running:
     job: restore_pb2.RestoreJob
     stop: threading.Event = field(default_factory=threading.Event)
     reason: str = ""  # "cancel", "lost" (another worker owns it now) or "shutdown"
-    code: int = 0
+    code: str = ""  # the status code name a cancel asked for
 
-    def halt(self, reason: str, code: int = 0) -> None:
+    def halt(self, reason: str, code: str = "") -> None:
         if not self.stop.is_set():
             self.reason, self.code = reason, code
             self.stop.set()
@@ -206,16 +204,15 @@ class Worker:
         if start.outcome == "skip":
             return
         if start.outcome == "cancelled":
-            message = f"job {claim.job_id} was cancelled before it started"
-            await self.bus.finish(self.name, claim, failure_event(start.code, message), "cancelled")
+            cancelled = error_for(start.code, f"job {claim.job_id} was cancelled before it started")
+            await self.bus.finish(self.name, claim, failure_event(cancelled), "cancelled")
             return
         if start.outcome == "exhausted":
             message = (
                 f"job {claim.job_id} failed: its worker stopped responding on each of {start.attempt} "
                 "attempts; not retried again"
             )
-            aborted = failure_event(_CODE[grpc.StatusCode.ABORTED], message)
-            await self.bus.finish(self.name, claim, aborted, "failed")
+            await self.bus.finish(self.name, claim, failure_event(Aborted(message)), "failed")
             self.metrics.jobs.labels("", "failed").inc()
             return
         if start.job is None:
@@ -251,14 +248,15 @@ class Worker:
         try:
             call = functools.partial(execute, job, device, running, on_progress)
             return await loop.run_in_executor(self._executor, call), None
-        except InvalidArgument as e:
-            return None, failure_event(_CODE[grpc.StatusCode.INVALID_ARGUMENT], str(e))
+        except PriorlabError as e:  # reaches the client with the status of its kind, as in the gateway
+            return None, failure_event(e)
         except ValueError as e:  # the engine refused the input
-            return None, failure_event(_CODE[grpc.StatusCode.INVALID_ARGUMENT], f"job {job.job_id}: {e}")
+            return None, failure_event(InvalidArgument(f"job {job.job_id}: {e}"))
         except Exception:
             log.exception("job %s failed", job.job_id)
-            message = f"job {job.job_id} failed in worker {self.name} (logged there)"
-            return None, failure_event(_CODE[grpc.StatusCode.INTERNAL], message)
+            return None, failure_event(
+                Internal(f"job {job.job_id} failed in worker {self.name} (logged there)")
+            )
         finally:
             queue.put_nowait(None)
             await publisher
@@ -309,10 +307,10 @@ class Worker:
         else:
             iterations = 0 if outcome is None else outcome.result.iterations_run
             if running.reason == "cancel":
-                code, why = running.code, "was cancelled"
+                ended = error_for(running.code, f"job {job_id} was cancelled after {iterations} iterations")
             else:
-                code, why = _CODE[grpc.StatusCode.DEADLINE_EXCEEDED], "passed its deadline"
-            event = failure_event(code, f"job {job_id} {why} after {iterations} iterations")
+                ended = DeadlineExceeded(f"job {job_id} passed its deadline after {iterations} iterations")
+            event = failure_event(ended)
             state = "cancelled"
         if await self.bus.finish(self.name, claim, event, state):
             self.metrics.jobs.labels(task, state).inc()
@@ -340,7 +338,7 @@ class Worker:
                 async for job_id, code in self.bus.cancel_requests():
                     running = self._running.get(job_id)
                     if running is not None:
-                        log.info("job %s: cancel requested (code %d)", job_id, code)
+                        log.info("job %s: cancel requested (%s)", job_id, code)
                         running.halt("cancel", code)
             except (RedisError, OSError) as e:
                 log.warning("cancel listener: %s; resubscribing in 1 s", e)

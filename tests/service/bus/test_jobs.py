@@ -11,13 +11,17 @@ from typing import Any
 import grpc
 import pytest
 
-from service.bus.jobs import JobBus, failure_event, is_terminal, level_of
-from service.errors import NotFound, ResourceExhausted, Unavailable
+from service.bus.jobs import JobBus, failure_error, failure_event, is_terminal, level_of
+from service.errors import Aborted, Cancelled, NotFound, ResourceExhausted, Unavailable
 from service.launch.process import free_port
 from service.launch.redis import RedisServer
 from service.pb.priorlab.v1 import restore_pb2
 
-CANCELLED = grpc.StatusCode.CANCELLED.value[0]
+CANCELLED = grpc.StatusCode.CANCELLED.value[0]  # JobFailure.code: the number
+
+
+def stop(message: str = "job a was cancelled") -> Cancelled:
+    return Cancelled(message)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +108,7 @@ def test_finish_publishes_the_terminal_event_once_and_frees_the_quota(redis_url:
         seen = await events(bus, "a")
         assert [e.event.WhichOneof("event") for e in seen] == ["queued", "result"] and is_terminal(seen[-1])
         assert await bus.redis.scard("restore:client:c") == 0 and await bus.redis.ttl("restore:job:a") > 0
-        assert not await bus.cancel("a", CANCELLED, "late")  # already ended
+        assert not await bus.cancel("a", stop("late"))  # already ended
 
     run(redis_url, body)
 
@@ -112,14 +116,15 @@ def test_finish_publishes_the_terminal_event_once_and_frees_the_quota(redis_url:
 def test_cancel_of_a_queued_job_ends_it_at_once_and_workers_skip_it(redis_url: str) -> None:
     async def body(bus: JobBus) -> None:
         await submit(bus, job("a"))
-        assert await bus.cancel("a", CANCELLED, "job a was cancelled")
+        assert await bus.cancel("a", stop())
         seen = await events(bus, "a")
         assert seen[-1].failure.code == CANCELLED and await bus.queue_length() == 0
+        assert repr(failure_error(seen[-1].failure)) == "Cancelled('job a was cancelled')"
         (claim,) = await bus.claim("w", visibility_s=30, block_s=0.1)
         assert (await bus.start("w", claim)).outcome == "skip"
         assert await bus.redis.xlen("restore:queue:normal") == 0
         with pytest.raises(NotFound, match="'nope' not found"):
-            await bus.cancel("nope", CANCELLED, "")
+            await bus.cancel("nope", stop())
         with pytest.raises(NotFound):
             await events(bus, "nope")
 
@@ -139,9 +144,9 @@ def test_silent_worker_loses_its_job_and_attempts_run_out(redis_url: str) -> Non
         assert start.outcome == "exhausted" and start.attempt == 1
         # The presumed-dead worker is fenced out: no heartbeat, no progress, no result.
         assert not await bus.heartbeat("dead", claim)
-        assert not await bus.publish("dead", "a", failure_event(CANCELLED, "zombie"))
-        assert await bus.finish("w2", reclaimed, failure_event(10, "worker died"), "failed")
-        assert (await events(bus, "a"))[-1].failure.code == 10
+        assert not await bus.publish("dead", "a", failure_event(stop("zombie")))
+        assert await bus.finish("w2", reclaimed, failure_event(Aborted("worker died")), "failed")
+        assert (await events(bus, "a"))[-1].failure.code == grpc.StatusCode.ABORTED.value[0]
 
     run(redis_url, body)
 
@@ -167,10 +172,31 @@ def test_cancel_of_a_running_job_is_published_and_kept(redis_url: str) -> None:
         requests = bus.cancel_requests()
         listener = asyncio.ensure_future(requests.__anext__())
         await asyncio.sleep(0.2)  # subscribed
-        assert await bus.cancel("a", CANCELLED, "stop")
-        assert await asyncio.wait_for(listener, 5) == ("a", CANCELLED)
+        assert await bus.cancel("a", stop())
+        assert await asyncio.wait_for(listener, 5) == ("a", "CANCELLED")
         await requests.aclose()  # type: ignore[attr-defined]
-        assert await bus.cancel_requested("a") == CANCELLED  # the backstop the heartbeat reads
+        assert await bus.cancel_requested("a") == "CANCELLED"  # the backstop the heartbeat reads
+        assert await bus.redis.get("restore:job:a:cancel") == b"CANCELLED"  # by name, for redis-cli
+
+    run(redis_url, body)
+
+
+def test_cancel_codes_written_as_numbers_by_an_older_gateway_are_still_read(redis_url: str) -> None:
+    async def body(bus: JobBus) -> None:
+        await submit(bus, job("a"), job("b"))
+        (claim,) = await bus.claim("w", visibility_s=30, block_s=0.1)
+        await bus.start("w", claim)
+        await bus.redis.set("restore:job:a:cancel", grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
+        assert await bus.cancel_requested("a") == "DEADLINE_EXCEEDED"
+        await bus.redis.set("restore:job:b:cancel", str(CANCELLED))
+        (claim,) = await bus.claim("w", visibility_s=30, block_s=0.1)
+        assert (await bus.start("w", claim)).code == "CANCELLED"
+        requests = bus.cancel_requests()
+        listener = asyncio.ensure_future(requests.__anext__())
+        await asyncio.sleep(0.2)  # subscribed
+        await bus.redis.publish("restore:cancel", f"a {CANCELLED}")
+        assert await asyncio.wait_for(listener, 5) == ("a", "CANCELLED")
+        await requests.aclose()  # type: ignore[attr-defined]
 
     run(redis_url, body)
 

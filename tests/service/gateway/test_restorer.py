@@ -1,10 +1,13 @@
-"""Restorer gateway logic without workers: validation, client ids, failure mapping, UNAVAILABLE."""
+"""Restorer gateway logic without workers: validation, client ids, failure mapping, UNAVAILABLE.
+
+Where a worker is needed, the test plays it on the bus (claim, start, finish): no torch.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -13,12 +16,21 @@ import pytest
 from PIL import Image
 
 from contract import ModelSpec
-from service.bus.jobs import failure_event
-from service.errors import Aborted, Cancelled, DeadlineExceeded, InvalidArgument, PriorlabError
+from service.bus.jobs import JobBus, failure_event
+from service.errors import (
+    STATUS_CODES,
+    Aborted,
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    PriorlabError,
+)
 from service.gateway.restorer import build_job, client_id, public_event
 from service.gateway.server import create_server
 from service.gateway.settings import Settings
 from service.launch.process import free_port
+from service.launch.redis import RedisServer
 from service.pb.priorlab.v1 import restore_pb2, restore_pb2_grpc
 
 
@@ -109,19 +121,10 @@ def test_client_id_from_metadata_else_peer_host() -> None:
     assert client_id(None, "unix:/tmp/s") == "unix:/tmp/s"
 
 
-@pytest.mark.parametrize(
-    ("code", "error"),
-    [
-        (grpc.StatusCode.CANCELLED, Cancelled),
-        (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded),
-        (grpc.StatusCode.ABORTED, Aborted),
-        (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
-        (grpc.StatusCode.INTERNAL, PriorlabError),
-    ],
-)
-def test_failures_become_their_status(code: grpc.StatusCode, error: type[PriorlabError]) -> None:
+@pytest.mark.parametrize("error", [Cancelled, DeadlineExceeded, Aborted, InvalidArgument, Internal])
+def test_failures_are_raised_again_as_their_kind(error: type[PriorlabError]) -> None:
     with pytest.raises(error, match="why") as info:
-        public_event(failure_event(code.value[0], "why"))
+        public_event(failure_event(error("why")))
     assert type(info.value) is error
     event = restore_pb2.RestoreEvent(job_id="a", queued=restore_pb2.Queued(position=1))
     assert public_event(restore_pb2.JobEvent(event=event)) == event
@@ -184,6 +187,45 @@ def test_stream_handlers_map_errors_too() -> None:
 
     code, details = run_gateway(body, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "super_resolve.factor" in details
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
+
+
+def test_a_failure_in_the_worker_reaches_the_client_with_its_status(redis_url: str) -> None:
+    """Every kind, through the real path: worker -> Redis -> gateway -> interceptor -> gRPC client."""
+
+    async def fail_next_job(bus: JobBus, error: PriorlabError) -> None:  # the worker's part of `_job`
+        while not (claims := await bus.claim("w", visibility_s=30, block_s=0.1)):
+            pass
+        assert (await bus.start("w", claims[0])).outcome == "run"
+        assert await bus.finish("w", claims[0], failure_event(error), "failed")
+
+    async def body(stub: restore_pb2_grpc.RestorerStub) -> dict[str, tuple[grpc.StatusCode, str]]:
+        bus = JobBus.from_url(redis_url)
+        await bus.redis.flushdb()
+        await bus.ensure_groups()
+        seen = {}
+        try:
+            for kind in STATUS_CODES:
+                worker = asyncio.create_task(fail_next_job(bus, kind(f"{kind.__name__} in the worker")))
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.Restore(request(), timeout=10)
+                await worker
+                seen[kind.__name__] = (info.value.code(), info.value.details() or "")
+        finally:
+            await bus.close()
+        return seen
+
+    seen = run_gateway(body, redis_url=redis_url)
+    assert seen == {
+        kind.__name__: (grpc.StatusCode[name], f"{kind.__name__} in the worker")
+        for kind, name in STATUS_CODES.items()
+    }
 
 
 def test_no_redis_url_no_restorer() -> None:
