@@ -33,6 +33,7 @@ timeout (default 30 s) is claimed by another worker with a free slot and started
 (DIP restarts cheaply; the seed makes it the same run). Each start counts one attempt; a job claimed
 after `max_attempts` starts (default 2) ends with ABORTED, "worker died on every attempt". Errors of the
 request itself (INVALID_ARGUMENT) or bugs (INTERNAL) are not retried. A job is never dropped silently.
+The periods (visibility timeout, heartbeat, when a worker counts as gone) are derived in `timing`.
 
 Failures: a job that ends without a result ends with a `service.errors` exception, and the bus carries its
 kind as the gRPC status code of `service.errors.STATUS_CODES`: by name in Redis strings (cancel key and

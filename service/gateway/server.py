@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from contract import ModelSpec
 from service.bus.jobs import JobBus
+from service.bus.timing import BusTiming
 from service.errors import PriorlabError, status_name
 from service.gateway.colorize import ColorizePipeline, served_models
 from service.gateway.colorizer import ColorizerServicer
@@ -201,6 +202,7 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
     pipeline = ColorizePipeline(backend, settings, metrics)
     colorize_pb2_grpc.add_ColorizerServicer_to_server(ColorizerServicer(pipeline, settings), server)
     services = [COLORIZER_SERVICE]
+    timing = BusTiming(settings.restore_visibility_timeout_s)  # a bad value fails here, before the start
     bus = JobBus.from_url(settings.redis_url) if settings.redis_url else None
     if bus is not None:
         restore_pb2_grpc.add_RestorerServicer_to_server(RestorerServicer(bus, settings), server)
@@ -224,8 +226,10 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
         )
     ]
     if bus is not None:
-        # A worker beats every visibility/5 s (6 s by default); three missed beats = gone.
-        restore_health = _watch_restore_health(bus, health_servicer, settings.health_poll_s, 20.0)
+        # A worker is gone after three missed beats of its visibility timeout (service.bus.timing).
+        restore_health = _watch_restore_health(
+            bus, health_servicer, settings.health_poll_s, timing.worker_ttl_s
+        )
         tasks.append(asyncio.create_task(restore_health))
     log.info("gateway listening on %s:%d (Triton %s)", settings.host, port, settings.triton_url)
     return GatewayServer(server, port, backend, tasks, health_servicer, metrics, bus)

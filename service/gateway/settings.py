@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from service.bus.timing import DEFAULT_VISIBILITY_TIMEOUT_S
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -34,6 +36,8 @@ class Settings:
     restore_max_jobs_per_client: int = 8  # a client's queued + running jobs (x-client-id, else peer host)
     restore_max_attempts: int = 2  # starts before a job whose workers keep dying is failed (ABORTED)
     restore_result_ttl_s: int = 3600  # how long a finished job's events and result stay readable
+    # The workers' --visibility-timeout (the same value): when a worker counts as gone follows from it.
+    restore_visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], prefix: str = "PRIORLAB_") -> Settings:

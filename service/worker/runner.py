@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 from service.bus import wire
 from service.bus.jobs import Claim, JobBus, failure_event
 from service.bus.result import Progress, RestoreResult, StopReason
+from service.bus.timing import DEFAULT_VISIBILITY_TIMEOUT_S, BusTiming
 from service.errors import Aborted, DeadlineExceeded, Internal, InvalidArgument, PriorlabError, error_for
 from service.metrics import WorkerMetrics
 from service.pb.priorlab.v1 import restore_pb2
@@ -133,12 +134,11 @@ class Worker:
         *,
         name: str,
         devices: list[str],
-        visibility_s: float,
+        timing: BusTiming,
         metrics: WorkerMetrics,
     ) -> None:
         self.bus, self.name, self.devices, self.metrics = bus, name, devices, metrics
-        self.visibility_s = visibility_s
-        self.heartbeat_s = visibility_s / 5  # several beats fit in one visibility timeout
+        self.timing = timing
         self.last_contact = 0.0  # monotonic time Redis last answered (health)
         self._running: dict[str, Running] = {}
         self._free = list(range(len(devices)))
@@ -148,7 +148,8 @@ class Worker:
 
     @property
     def healthy(self) -> bool:
-        return time.monotonic() - self.last_contact < 3 * self.heartbeat_s + 2
+        # The gateway's rule for this worker's beats, applied to its own contact with Redis.
+        return time.monotonic() - self.last_contact < self.timing.worker_ttl_s
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.bus.ensure_groups()
@@ -161,7 +162,9 @@ class Worker:
                 await _first(self._slot_freed, stop)
                 continue
             try:
-                claims = await self.bus.claim(self.name, visibility_s=self.visibility_s, block_s=1.0)
+                claims = await self.bus.claim(
+                    self.name, visibility_s=self.timing.visibility_timeout_s, block_s=1.0
+                )
             except (RedisError, OSError) as e:
                 log.warning("claim failed (%s); retrying in 1 s", e)
                 await _first(stop, timeout_s=1.0)
@@ -330,7 +333,7 @@ class Worker:
                 self.last_contact = time.monotonic()
             except (RedisError, OSError, PriorlabError) as e:
                 log.warning("heartbeat failed: %s", e)
-            await asyncio.sleep(self.heartbeat_s)
+            await asyncio.sleep(self.timing.heartbeat_s)
 
     async def _cancels(self) -> None:
         while True:
@@ -400,7 +403,8 @@ async def serve(args: argparse.Namespace) -> None:
     metrics = WorkerMetrics()
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     devices = default_devices(args.slots, args.device)
-    worker = Worker(bus, name=name, devices=devices, visibility_s=args.visibility_timeout, metrics=metrics)
+    timing = BusTiming(args.visibility_timeout)
+    worker = Worker(bus, name=name, devices=devices, timing=timing, metrics=metrics)
     health = serve_health(worker, args.metrics_port) if args.metrics_port else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -425,8 +429,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--visibility-timeout",
         type=float,
-        default=30.0,
-        help="seconds without a heartbeat before a job is retried elsewhere (same on every worker)",
+        default=DEFAULT_VISIBILITY_TIMEOUT_S,
+        help="seconds without a heartbeat before a job is retried elsewhere (the same on every worker and "
+        "gateway: PRIORLAB_RESTORE_VISIBILITY_TIMEOUT_S); heartbeats every fifth of it",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads per process")
     args = parser.parse_args(argv)
