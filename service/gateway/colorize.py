@@ -16,8 +16,10 @@ import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from contract import ANNEALED_T_DEFAULT, DECODED_VARIANT, HINT_MODEL, MODELS, PUBLIC_MODELS, ModelSpec
 from service import codec
@@ -68,9 +70,9 @@ class SuggestedColor:
 
 @dataclass(frozen=True)
 class _Prepared:
-    lightness: np.ndarray  # (H, W) float32 L in [0, 100], full resolution
-    inputs: dict[str, np.ndarray]  # the Triton request, at the working size
-    alpha: np.ndarray | None
+    lightness: NDArray[np.float32]  # (H, W) float32 L in [0, 100], full resolution
+    inputs: dict[str, NDArray[Any]]  # the Triton request, at the working size
+    alpha: NDArray[np.uint8] | NDArray[np.uint16] | None  # as decoded (codec.DecodedImage)
     source_format: str  # the input's container (codec.INPUT_FORMATS)
 
     def output_format(self, requested: str) -> str:
@@ -98,7 +100,7 @@ def prepare(
     return _Prepared(lightness, inputs, decoded.alpha, decoded.format)
 
 
-def finish(prepared: _Prepared, ab_small: np.ndarray, options: ColorizeOptions) -> tuple[bytes, str]:
+def finish(prepared: _Prepared, ab_small: NDArray[Any], options: ColorizeOptions) -> tuple[bytes, str]:
     """(2, h, w) ab -> bilinear to full resolution -> with the original L -> sRGB -> (bytes, format)."""
     height, width = prepared.lightness.shape
     a, b = ab_decode.resize_ab(ab_small, (height, width))
@@ -108,7 +110,7 @@ def finish(prepared: _Prepared, ab_small: np.ndarray, options: ColorizeOptions) 
 
 
 def postprocess(
-    prepared: _Prepared, outputs: dict[str, np.ndarray], options: ColorizeOptions
+    prepared: _Prepared, outputs: dict[str, NDArray[Any]], options: ColorizeOptions
 ) -> tuple[bytes, str]:
     if "ab" in outputs:  # decoded in the graph (eccv16_ab) or regressed (siggraph17)
         ab_small = outputs["ab"][0].astype(np.float32)
@@ -132,7 +134,7 @@ def served_models(settings: Settings) -> list[ModelSpec]:
 
 
 def suggestions_at(
-    prepared: _Prepared, logits: np.ndarray, x: int, y: int, size: int, k: int, seed: int
+    prepared: _Prepared, logits: NDArray[Any], x: int, y: int, size: int, k: int, seed: int
 ) -> list[SuggestedColor]:
     """Suggestions for input pixel (x, y) from the (529, S/4, S/4) logits, in sRGB at that pixel's L."""
     height, width = prepared.lightness.shape

@@ -35,7 +35,7 @@ def status_code(error: PriorlabError) -> grpc.StatusCode:
     return grpc.StatusCode[status_name(error)]
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpcio has no stubs: Any
     """The one place a `PriorlabError` becomes a gRPC status; anything else is INTERNAL.
 
     Wraps unary-unary and unary-stream handlers (Restore streams). It also counts every RPC by method and

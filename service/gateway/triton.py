@@ -15,11 +15,12 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 import tritonclient.utils.shared_memory as shm
+from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
 from contract import ANNEALED_T_DEFAULT, PARAM_CHECKPOINT, PARAM_TEMPERATURE, PARAM_TRAINED, ModelSpec
@@ -39,8 +40,8 @@ class ModelInfo:
 
 class InferenceBackend(Protocol):
     async def infer(
-        self, spec: ModelSpec, inputs: dict[str, np.ndarray], *, timeout_s: float
-    ) -> dict[str, np.ndarray]: ...
+        self, spec: ModelSpec, inputs: dict[str, NDArray[Any]], *, timeout_s: float
+    ) -> dict[str, NDArray[Any]]: ...
 
     async def model_info(self, spec: ModelSpec) -> ModelInfo: ...
 
@@ -129,8 +130,8 @@ class TritonBackend:
         return info
 
     async def infer(
-        self, spec: ModelSpec, inputs: dict[str, np.ndarray], *, timeout_s: float
-    ) -> dict[str, np.ndarray]:
+        self, spec: ModelSpec, inputs: dict[str, NDArray[Any]], *, timeout_s: float
+    ) -> dict[str, NDArray[Any]]:
         arrays = [np.ascontiguousarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs]
         batch, _, height, width = arrays[0].shape
         out_shapes = [t.shape(batch, height, width) for t in spec.outputs]
@@ -150,8 +151,8 @@ class TritonBackend:
             raise _map_error(e, spec.name) from None
 
     async def _infer_plain(
-        self, spec: ModelSpec, arrays: list[np.ndarray], timeout_s: float
-    ) -> dict[str, np.ndarray]:
+        self, spec: ModelSpec, arrays: list[NDArray[Any]], timeout_s: float
+    ) -> dict[str, NDArray[Any]]:
         request = []
         for t, a in zip(spec.inputs, arrays, strict=True):
             tensor = grpcclient.InferInput(t.name, list(a.shape), t.dtype)
@@ -197,8 +198,8 @@ class TritonBackend:
             slot.out_handle, slot.out_bytes = None, 0
 
     async def _infer_shm(
-        self, spec: ModelSpec, slot: _Slot, arrays: list[np.ndarray], out_sizes: list[int], timeout_s: float
-    ) -> dict[str, np.ndarray]:
+        self, spec: ModelSpec, slot: _Slot, arrays: list[NDArray[Any]], out_sizes: list[int], timeout_s: float
+    ) -> dict[str, NDArray[Any]]:
         await self._ensure(slot, sum(a.nbytes for a in arrays), sum(out_sizes))
         request = []
         offset = 0
