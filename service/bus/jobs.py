@@ -196,13 +196,14 @@ def is_terminal(event: restore_pb2.JobEvent) -> bool:
 
 def failure_event(error: PriorlabError) -> restore_pb2.JobEvent:
     """The terminal event of a job that ends with `error`: its status code and message."""
-    failure = restore_pb2.JobFailure(code=_NUMBERS[status_name(error)], message=error.message)
+    name = status_name(error)
+    failure = restore_pb2.JobFailure(status=name, code=_NUMBERS[name], message=error.message)
     return restore_pb2.JobEvent(failure=failure)
 
 
 def failure_error(failure: restore_pb2.JobFailure) -> PriorlabError:
     """The exception a failure event stands for: the kind `failure_event` was given, with its message."""
-    return error_for(_NAMES.get(failure.code, "UNKNOWN"), failure.message)
+    return error_for(failure.status or _NAMES.get(failure.code, "UNKNOWN"), failure.message)
 
 
 def _code_name(raw: bytes | str) -> str:

@@ -220,3 +220,12 @@ def test_redis_server_binds_loopback_without_persistence(tmp_path: Path) -> None
     finally:
         server.stop()
     assert server.handle.process.returncode is not None and not list(tmp_path.glob("*.rdb"))
+
+
+def test_a_failure_names_its_status_and_an_old_numeric_one_is_still_read() -> None:
+    event = failure_event(Aborted("gone twice"))
+    assert event.failure.status == "ABORTED" and event.failure.message == "gone twice"
+    again = failure_error(restore_pb2.JobFailure.FromString(event.failure.SerializeToString()))
+    assert isinstance(again, Aborted) and again.message == "gone twice"
+    old = restore_pb2.JobFailure(code=grpc.StatusCode.ABORTED.value[0], message="from an older worker")
+    assert isinstance(failure_error(old), Aborted)
