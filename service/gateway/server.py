@@ -116,7 +116,8 @@ async def _watch_health(
     serving = health_pb2.HealthCheckResponse.SERVING
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     while True:
-        ready = all([await backend.ready(spec) for spec in models])
+        # Side by side: a hung Triton costs one probe timeout, not one per model.
+        ready = all(await asyncio.gather(*(backend.ready(spec) for spec in models)))
         status = serving if ready else not_serving
         await servicer.set(COLORIZER_SERVICE, status)
         await servicer.set("", status)

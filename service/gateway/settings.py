@@ -26,7 +26,7 @@ class Settings:
     max_pixels: int = 50_000_000
     max_concurrent_colorize: int = 16  # = shared-memory slots when shm is on
     triton_timeout_s: float = 30.0  # upper bound when the client sent no deadline
-    health_poll_s: float = 2.0
+    health_poll_s: float = 1.0  # with 1 s probe timeouts: a dead or hung model is seen within 2 s
     metrics_port: int = 0  # 0 = no Prometheus endpoint
     redis_url: str = ""  # empty = no Restore service
     # Restore (DIP jobs on the Redis bus; README "Restore").

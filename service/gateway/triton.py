@@ -24,7 +24,14 @@ from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
 from contract import ANNEALED_T_DEFAULT, PARAM_CHECKPOINT, PARAM_TEMPERATURE, PARAM_TRAINED, ModelSpec
-from service.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from service.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PriorlabError,
+    ResourceExhausted,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,17 @@ class _Slot:
     out_bytes: int = 0
 
 
+PROBE_SIZE = 64  # the smallest working size: a probe costs a few ms
+PROBE_TIMEOUT_S = 1.0
+
+
+def probe_arrays(spec: ModelSpec, size: int = PROBE_SIZE) -> dict[str, NDArray[Any]]:
+    """A health probe's inputs: mid-gray L at `size`², no hints, the paper's temperature."""
+    fill = {"L": 50.0, "T": ANNEALED_T_DEFAULT}
+    shape = {t.name: t.shape(1, size, size) for t in spec.inputs}
+    return {t.name: np.full(shape[t.name], fill.get(t.name, 0.0), dtype=t.numpy_dtype) for t in spec.inputs}
+
+
 def _round_up(n: int) -> int:
     return 1 << max(16, (n - 1).bit_length())
 
@@ -95,13 +113,19 @@ class TritonBackend:
         self._all_slots = list(self._slots._queue)  # type: ignore[attr-defined]
         self._info: dict[str, ModelInfo] = {}
 
-    async def ready(self, spec: ModelSpec) -> bool:
+    async def ready(self, spec: ModelSpec, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+        """The server and the model say they are ready, and the model answers a tiny inference:
+        Triton 2.51 reports a model ready after its Python-backend stub died (every call then fails)."""
         try:
-            return bool(await self._client.is_server_ready(client_timeout=2)) and bool(
-                await self._client.is_model_ready(spec.name, client_timeout=2)
-            )
-        except InferenceServerException:
+            if not (
+                await self._client.is_server_ready(client_timeout=timeout_s)
+                and await self._client.is_model_ready(spec.name, client_timeout=timeout_s)
+            ):
+                return False
+            await self.infer(spec, probe_arrays(spec), timeout_s=timeout_s)
+        except (InferenceServerException, PriorlabError):
             return False
+        return True
 
     async def model_info(self, spec: ModelSpec) -> ModelInfo:
         """Version and checkpoint identity from the served config (export writes them)."""
@@ -144,7 +168,15 @@ class TritonBackend:
                 return await self._infer_plain(spec, arrays, timeout_s)
             slot = await self._slots.get()
             try:
-                return await self._infer_shm(spec, slot, arrays, out_sizes, timeout_s)
+                try:
+                    return await self._infer_shm(spec, slot, arrays, out_sizes, timeout_s)
+                except InferenceServerException as e:
+                    if "shared memory region" not in str(e.message()):
+                        raise
+                    # Triton was restarted (the stack's supervisor): it forgot this slot's regions.
+                    # Register them anew and try once more; other slots heal on their next use.
+                    self._forget(slot)
+                    return await self._infer_shm(spec, slot, arrays, out_sizes, timeout_s)
             finally:
                 self._slots.put_nowait(slot)
         except InferenceServerException as e:
@@ -182,6 +214,14 @@ class TritonBackend:
             await self._client.register_system_shared_memory(
                 f"{slot.key}_out", f"/{slot.key}_out", slot.out_bytes
             )
+
+    def _forget(self, slot: _Slot) -> None:
+        """Drops the slot's regions here only (the Triton that had them registered is gone)."""
+        for handle in (slot.in_handle, slot.out_handle):
+            if handle is not None:
+                shm.destroy_shared_memory_region(handle)
+        slot.in_handle = slot.out_handle = None
+        slot.in_bytes = slot.out_bytes = 0
 
     async def _drop(self, slot: _Slot, side: str) -> None:
         handle = slot.in_handle if side == "in" else slot.out_handle

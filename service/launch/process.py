@@ -69,10 +69,12 @@ class ManagedProcess:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        append: bool = False,
     ) -> ManagedProcess:
+        """`append`: a restart keeps the log of the run before it (the crash is in there)."""
         log_path = log_path.absolute()
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("wb") as log_file:
+        with log_path.open("ab" if append else "wb") as log_file:
             try:
                 process = subprocess.Popen(
                     list(args),

@@ -26,6 +26,7 @@ class RedisServer:
     handle: ManagedProcess
     port: int
     workdir: Path
+    command: list[str]  # kept for `restart`: same port, same directory (and append-only file)
 
     @property
     def url(self) -> str:
@@ -50,13 +51,25 @@ class RedisServer:
         # No --logfile: Redis logs to stdout, which the handle writes to redis.log.
         args += ["--dir", str(workdir), "--daemonize", "no"]
         handle = ManagedProcess.spawn("redis-server", args, workdir / "redis.log")
-        server = cls(handle, port, workdir)
-        try:
-            handle.wait_until(server.ping, timeout_s, poll_s=0.05)
-        except BaseException:
-            server.stop()
-            raise
+        server = cls(handle, port, workdir, args)
+        server._wait_ready(timeout_s)
         return server
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        try:
+            self.handle.wait_until(self.ping, timeout_s, poll_s=0.05)
+        except BaseException:
+            self.stop()
+            raise
+
+    def restart(self, timeout_s: float = 15.0) -> None:
+        """The same command again; with `persistent`, Redis replays its append-only file."""
+        self.stop()
+        log_path = self.handle.log_path
+        self.handle = ManagedProcess.spawn(
+            "redis-server", self.command, log_path.with_suffix(".restarted.log")
+        )
+        self._wait_ready(timeout_s)
 
     def ping(self) -> bool:
         try:

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import signal
@@ -33,8 +32,9 @@ from types import FrameType
 from service.gateway.server import create_server
 from service.gateway.settings import Settings
 from service.gateway.triton import TritonBackend
-from service.launch.process import StartupError
+from service.launch.process import ManagedProcess, StartupError
 from service.launch.redis import RedisServer
+from service.launch.supervisor import Supervisor
 from service.launch.triton import TritonServer
 from service.launch.worker import spawn_worker, wait_joined
 
@@ -49,15 +49,17 @@ class StackOptions:
     repository: Path
     workdir: Path
     redis_port: int = 0  # 0 = a free port
+    supervise: bool = True  # restart a crashed or hung Triton, Redis or worker (service.launch.supervisor)
 
 
 def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _stop(stop: Callable[[], None], what: str) -> None:
+def _stop(stop: Callable[[], None], what: Callable[[], str]) -> None:
+    """Stops one process and says so (`what` is asked after the stop: a restart changes the PID)."""
     stop()
-    _say(f"{what} stopped")
+    _say(f"{what()} stopped")
 
 
 @contextlib.contextmanager
@@ -67,21 +69,31 @@ def started(settings: Settings, options: StackOptions) -> Iterator[Settings]:
         try:
             _say("starting Triton (loading the models takes a while)…")
             triton = TritonServer.start(options.repository, options.workdir / "triton")
-            running.callback(_stop, triton.stop, f"Triton (pid {triton.pid})")
+            running.callback(_stop, triton.stop, lambda: f"Triton (pid {triton.pid})")
 
-            redis_url = settings.redis_url
+            redis_url, redis = settings.redis_url, None
             if not redis_url:
                 redis = RedisServer.start(options.workdir / "redis", port=options.redis_port, persistent=True)
-                running.callback(_stop, redis.stop, f"Redis (pid {redis.pid})")
+                running.callback(_stop, redis.stop, lambda: f"Redis (pid {redis.pid})")
                 redis_url = redis.url
 
             name = f"{socket.gethostname()}-stack{os.getpid()}"
             _say("starting a Restore worker (importing torch)…")
-            worker = spawn_worker(redis_url, options.workdir / "worker.log", name)
+
+            def start_worker(append: bool = True) -> ManagedProcess:
+                return spawn_worker(redis_url, options.workdir / "worker.log", name, append=append)
+
+            supervisor = Supervisor(triton, redis, start_worker(append=False), start_worker)
             # SIGTERM makes the worker requeue its running job; the grace covers one CPU DIP iteration.
-            stop_worker = functools.partial(worker.stop, 30.0)
-            running.callback(_stop, stop_worker, f"Restore worker (pid {worker.pid})")
-            wait_joined(worker, redis_url, name)
+            running.callback(
+                _stop,
+                lambda: supervisor.worker.stop(30.0),
+                lambda: f"Restore worker (pid {supervisor.worker.pid})",
+            )
+            wait_joined(supervisor.worker, redis_url, name)
+            if options.supervise:
+                supervisor.start()
+                running.callback(supervisor.stop)  # first on the way out: no restart while stopping
 
             yield dataclasses.replace(
                 settings, triton_url=triton.grpc_url, triton_shared_memory=True, redis_url=redis_url
@@ -153,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
         help=f"gateway /metrics port (default PRIORLAB_METRICS_PORT or {METRICS_PORT_DEFAULT}; 0 = off)",
     )
     parser.add_argument("--redis-port", type=int, default=0, help="local Redis port (default: a free one)")
+    parser.add_argument(
+        "--no-supervise", action="store_true", help="do not restart a crashed or hung Triton, Redis or worker"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -166,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = dataclasses.replace(
         settings, port=settings.port if args.port is None else args.port, metrics_port=metrics_port
     )
-    options = StackOptions(args.repository, args.workdir, args.redis_port)
+    options = StackOptions(args.repository, args.workdir, args.redis_port, supervise=not args.no_supervise)
     sys.exit(run(settings, options))
 
 

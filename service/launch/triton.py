@@ -45,6 +45,8 @@ class TritonServer:
     metrics_port: int
     shm_prefix: str
     workdir: Path
+    command: list[str]  # kept for `restart`: the same ports, repository and shm prefix
+    env: dict[str, str]
 
     @property
     def grpc_url(self) -> str:
@@ -100,18 +102,42 @@ class TritonServer:
             "--allow-metrics=true",
             f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
             "--exit-timeout-secs=10",
+            # Explicit control, every model loaded at start: one model can then be reloaded alone.
+            "--model-control-mode=explicit",
+            "--load-model=*",
             "--log-verbose=0",
             *extra_args,
         ]
         handle = ManagedProcess.spawn("tritonserver", args, workdir / "triton.log", env=env)
-        server = cls(handle, grpc_port, http_port, metrics_port, shm_prefix, workdir)
-        try:
-            handle.wait_until(server.is_ready, ready_timeout_s, poll_s=0.25)
-        except BaseException:
-            server.stop()
-            raise
-        log.info("tritonserver pid %d ready: grpc %s, http %d", handle.pid, server.grpc_url, http_port)
+        server = cls(handle, grpc_port, http_port, metrics_port, shm_prefix, workdir, args, env)
+        server._wait_ready(ready_timeout_s)
         return server
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        try:
+            self.handle.wait_until(self.is_ready, timeout_s, poll_s=0.25)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("tritonserver pid %d ready: grpc %s, http %d", self.pid, self.grpc_url, self.http_port)
+
+    def restart(self, *, grace_s: float = 2.0, ready_timeout_s: float = 120.0) -> None:
+        """Stops what is left of it (a crashed or hung server: a short grace) and starts the same
+        command again: clients keep their URLs, and the old stubs and shm regions are gone first."""
+        self.stop(grace_s)
+        log_path = self.handle.log_path
+        self.handle = ManagedProcess.spawn("tritonserver", self.command, log_path, env=self.env, append=True)
+        self._wait_ready(ready_timeout_s)
+
+    def reload_model(self, name: str, timeout_s: float = 60.0) -> None:
+        """Unloads and loads `name` (a fresh Python-backend stub): Triton 2.51 does not restart a dead
+        stub by itself, keeps reporting the model ready, and treats `load` of an unchanged loaded
+        model as a no-op, hence the unload first."""
+        for action in ("unload", "load"):
+            url = f"http://127.0.0.1:{self.http_port}/v2/repository/models/{name}/{action}"
+            request = urllib.request.Request(url, data=b"{}", method="POST")
+            with urllib.request.urlopen(request, timeout=timeout_s) as reply:
+                reply.read()
 
     def is_ready(self) -> bool:
         try:
@@ -124,6 +150,7 @@ class TritonServer:
         return self.handle.log_tail(lines)
 
     def stop(self, timeout_s: float = 15.0) -> None:
+        # (also after a crash: the group sweep takes the orphaned stubs)
         """Stop by PID (Triton drains; its stubs are swept with its group), then clean its shm."""
         self.handle.stop(timeout_s)
         # Stubs that died mid-launch leak their regions (docs/serving.md §1.5).

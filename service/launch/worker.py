@@ -29,10 +29,13 @@ def spawn_worker(
     args: tuple[str, ...] = (),
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    append: bool = False,
 ) -> ManagedProcess:
     """The worker process, not yet waited for (`wait_joined`); `args` are extra worker flags."""
     command = [sys.executable, "-m", "service.worker", "--redis", redis_url, "--name", name, *args]
-    return ManagedProcess.spawn(f"Restore worker {name}", command, log_path, env=env or os.environ, cwd=cwd)
+    return ManagedProcess.spawn(
+        f"Restore worker {name}", command, log_path, env=env or os.environ, cwd=cwd, append=append
+    )
 
 
 def wait_joined(worker: ManagedProcess, redis_url: str, name: str, timeout_s: float = JOIN_TIMEOUT_S) -> None:

@@ -5,10 +5,8 @@ links this checkout's venv, so `make run` there has nothing left to build and st
 same entry point with the same relative work directory a user gets. Ports come from the environment
 (`PRIORLAB_PORT`, `PRIORLAB_METRICS_PORT`), which `make run` honours, so the test never takes 50051.
 
-Whether anything is left behind is checked independently of the stack's own bookkeeping: every process
-the stack starts inherits a marker variable in its environment, and after the stop no process on the
-machine may carry it (an orphaned Triton stub is re-parented to PID 1, where a process-tree walk would
-miss it); and no new `/dev/shm/priorlab*` region may remain.
+What is left behind is checked by `tests/integration/stacks.py`, independently of the stack's own
+bookkeeping.
 """
 
 from __future__ import annotations
@@ -21,14 +19,13 @@ import socket
 import subprocess
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from service.launch.process import free_port
+from tests.integration.stacks import UP_TIMEOUT_S, Stack, stacks
 from tests.readme import client_commands
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -46,7 +43,6 @@ _SKIP = {
     ".pytest_cache",
     "results",
 }
-UP_TIMEOUT_S = 240.0  # Triton loads four models and the worker imports torch, on a busy 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -58,99 +54,11 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@dataclass
-class Stack:
-    process: subprocess.Popen[bytes]
-    log: Path
-    marker: str
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout_s: float) -> re.Match[str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            found = re.search(pattern, self.output())
-            if found:
-                return found
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"the stack exited with {self.process.returncode} before {pattern!r}:\n{self.output()}"
-                )
-            time.sleep(0.2)
-        pytest.fail(f"no {pattern!r} after {timeout_s:.0f} s:\n{self.output()}")
-
-    def interrupt(self) -> None:
-        """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group."""
-        os.killpg(self.process.pid, signal.SIGINT)
-
-    def wait_exit(self, timeout_s: float = 90.0) -> int:
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            pytest.fail(f"the stack did not stop within {timeout_s:.0f} s:\n{self.output()}")
-
-
-def _shm_regions() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("priorlab*")}
-
-
-def _mapped_regions() -> set[str]:
-    """Regions some live process has mapped: another test's Triton, not a leak of ours."""
-    mapped = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        try:
-            text = maps.read_text()
-        except OSError:
-            continue
-        mapped.update(re.findall(r"/dev/shm/(priorlab\S*)", text))
-    return mapped
-
-
-def _processes_with(marker: str) -> list[str]:
-    """`pid cmdline` of every live process whose environment holds the marker."""
-    needle = marker.encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes():
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                found.append(f"{entry.name} {command}")
-        except OSError:  # gone meanwhile, or a kernel thread
-            continue
-    return found
-
-
 @pytest.fixture
 def start(clone: Path, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
-    """Starts a command in the clone as its own process group; afterwards nothing of it may be left."""
-    stacks: list[Stack] = []
-    regions_before = _shm_regions()
-
-    def run(command: list[str], **env: str) -> Stack:
-        marker = f"PRIORLAB_TEST_MARKER={uuid.uuid4().hex}"
-        log = tmp_path / f"stack-{len(stacks)}.log"
-        environ = {**os.environ, **env, marker.split("=")[0]: marker.split("=")[1]}
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command, cwd=clone, env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        stacks.append(Stack(process, log, marker))
-        return stacks[-1]
-
-    yield run
-    for stack in stacks:
-        if stack.process.poll() is None:  # a failed test: still stop it, by its group
-            os.killpg(stack.process.pid, signal.SIGINT)
-            stack.wait_exit()
-    for stack in stacks:
-        left = _processes_with(stack.marker)
-        assert not left, "processes left behind:\n" + "\n".join(left) + f"\n{stack.output()}"
-    # The stack's processes are gone (above), so a new region nobody maps is one it leaked.
-    assert _shm_regions() - regions_before - _mapped_regions() == set(), "shared-memory regions left behind"
+    """Starts commands in the clone, each its own process group; afterwards nothing of them may be left."""
+    with stacks(clone, tmp_path) as start:
+        yield start
 
 
 def test_make_run_serves_the_readme_commands_and_ctrl_c_leaves_nothing(
