@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -88,6 +89,7 @@ class _Slot:
 
 PROBE_SIZE = 64  # the smallest working size: a probe costs a few ms
 PROBE_TIMEOUT_S = 1.0
+PROBE_FRESH_S = 1.0  # a model that answered a request this recently needs no probe
 
 
 def probe_arrays(spec: ModelSpec, size: int = PROBE_SIZE) -> dict[str, NDArray[Any]]:
@@ -112,6 +114,7 @@ class TritonBackend:
             self._slots.put_nowait(_Slot(key=f"{prefix}_{i}"))
         self._all_slots = list(self._slots._queue)  # type: ignore[attr-defined]
         self._info: dict[str, ModelInfo] = {}
+        self._answered: dict[str, float] = {}  # model -> monotonic time of its last good answer
 
     async def ready(self, spec: ModelSpec, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
         """The server and the model say they are ready, and the model answers a tiny inference:
@@ -122,7 +125,9 @@ class TritonBackend:
                 and await self._client.is_model_ready(spec.name, client_timeout=timeout_s)
             ):
                 return False
-            await self.infer(spec, probe_arrays(spec), timeout_s=timeout_s)
+            # A real request answered within the last second already proved it; don't add load.
+            if time.monotonic() - self._answered.get(spec.name, -1e9) > PROBE_FRESH_S:
+                await self.infer(spec, probe_arrays(spec), timeout_s=timeout_s)
         except (InferenceServerException, PriorlabError):
             return False
         return True
@@ -165,18 +170,22 @@ class TritonBackend:
         ]
         try:
             if not self._shared_memory:
-                return await self._infer_plain(spec, arrays, timeout_s)
+                response = await self._infer_plain(spec, arrays, timeout_s)
+                self._answered[spec.name] = time.monotonic()
+                return response
             slot = await self._slots.get()
             try:
                 try:
-                    return await self._infer_shm(spec, slot, arrays, out_sizes, timeout_s)
+                    response = await self._infer_shm(spec, slot, arrays, out_sizes, timeout_s)
                 except InferenceServerException as e:
                     if "shared memory region" not in str(e.message()):
                         raise
                     # Triton was restarted (the stack's supervisor): it forgot this slot's regions.
                     # Register them anew and try once more; other slots heal on their next use.
                     self._forget(slot)
-                    return await self._infer_shm(spec, slot, arrays, out_sizes, timeout_s)
+                    response = await self._infer_shm(spec, slot, arrays, out_sizes, timeout_s)
+                self._answered[spec.name] = time.monotonic()
+                return response
             finally:
                 self._slots.put_nowait(slot)
         except InferenceServerException as e:

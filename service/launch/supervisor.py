@@ -4,7 +4,7 @@ A background thread checks every `period_s`:
 
 * **Triton**: the process is alive; `/v2/health/ready` answers within 1 s (a SIGSTOPped or wedged
   server does not: two misses in a row and it is killed and started again on the same ports, so the
-  gateway keeps its URL); and each model answers a tiny inference once a second. Triton 2.51 keeps
+  gateway keeps its URL); and each model answers a tiny inference every 2 s. Triton 2.51 keeps
   reporting a model ready after its Python-backend stub died (every call then fails), so a model
   whose probe fails is unloaded and loaded alone (explicit model control); if it still fails a
   probe after that, the whole server is restarted.
@@ -76,7 +76,7 @@ class Supervisor:
     worker: ManagedProcess
     start_worker: Callable[[], ManagedProcess]
     period_s: float = 0.5
-    probe_every_s: float = 1.0  # model probes: a few ms each, so a second apart costs little
+    probe_every_s: float = 2.0  # model probes (a few ms each); the gateway's health sees faster
     events: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
