@@ -23,7 +23,7 @@ from bench import inputs, triton_stats
 from bench.config import MODEL_REPOSITORY
 from bench.context import Context, figures_of
 from bench.figures import Figure
-from bench.flops import count_conv_flops
+from bench.flops import count_conv_flops, sgemm_gflops
 from bench.load import triton_direct
 from bench.stats import ratio
 from contract import ANNEALED_T_DEFAULT, ECCV16
@@ -46,26 +46,6 @@ def median_ms(fn: Callable[[], object], reps: int) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
-
-
-def sgemm_gflops(n: int, reps: int = 5) -> dict[str, float]:
-    """Best-of-`reps` FP32 n³ matmul rate of torch and numpy (2 n³ FLOPs per product)."""
-    import torch
-
-    result = {}
-    a, b = np.random.default_rng(0).random((2, n, n), dtype=np.float32)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    for name, fn in (("torch", lambda: torch.mm(ta, tb)), ("numpy", lambda: a @ b)):
-        fn()
-        best = min(_seconds(fn) for _ in range(reps))
-        result[name] = 2 * n**3 / best / 1e9
-    return result
-
-
-def _seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def _lab(ctx: Context) -> tuple[dict[str, Any], list[Figure]]:

@@ -1,4 +1,4 @@
-"""PNG figures for the report (matplotlib, Agg backend: no display needed)."""
+"""PNG figures for the report and the DIP benchmarks (matplotlib, Agg backend: no display needed)."""
 
 from __future__ import annotations
 
@@ -92,8 +92,70 @@ def bars(values: Mapping[str, float], path: Path, title: str, ylabel: str) -> Pa
     return _save(fig, plt, path)
 
 
-def _save(fig: Any, plt: Any, path: Path) -> Path:
+def jobs_per_second(
+    rows: Sequence[Mapping[str, Any]], modes: Sequence[str], path: Path, title: str, ylabel: str
+) -> Path | None:
+    """Batched DIP: jobs/s against the number of jobs K (log₂ axis), one line per mode."""
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ks = [r["k"] for r in rows]
+    for mode, marker in zip(modes, "os^vD", strict=False):
+        ax.plot(ks, [r[mode]["jobs_per_s"] for r in rows], marker + "-", label=mode)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("jobs K")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, plt, path)
+
+
+def autostop_traces(
+    runs: Sequence[Mapping[str, Any]], rules: Mapping[str, Any] | None, path: Path
+) -> Path | None:
+    """DIP early stopping: PSNR and loss per iteration of each run, with where each rule stopped and
+    what it returned (`rules`: the stoprules section, when it has run)."""
+    if not runs:
+        return None
+    by_run = {(r["image"], r["sigma"]): r for r in (rules or {}).get("runs", [])}
+    plt = _pyplot()
+    cols = min(4, len(runs))
+    rows = -(-len(runs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, runs, strict=False):
+        its = list(range(1, len(r["psnr_trace"]) + 1))
+        ax.plot(its, r["psnr_trace"], label="PSNR (EMA iterate)", color="tab:blue")
+        ax.axvline(r["returned_iteration"], color="tab:green", ls="--", label="ES-EMV returned")
+        ax.axvline(r["best_iteration"], color="tab:gray", ls="-.", lw=0.8, label="best seen")
+        rule = by_run.get((r["image"], r["sigma"]))
+        title = f"{r['image']} σ={r['sigma']}: ES-EMV gap {r['gap_db']:.2f}"
+        if rule is not None:
+            ax.axvline(
+                rule["discrepancy"]["iteration"], color="black", ls="--", lw=1.0, label="discrepancy, σ"
+            )
+            refit = rule.get("refit")
+            if refit is not None:  # the refit is this very trajectory, cut at the held-out run's choice
+                ax.axvline(refit["iteration"], color="tab:red", lw=1.2, label="held-out + refit (default)")
+                title += f", default {refit['gap_db']:.2f} dB"
+            held = rule["holdout"]  # the held-out run fits 90% of the pixels: another trajectory
+            ax.plot([held["iteration"]], [held["psnr"]], "r*", ms=9, label="held-out run's own iterate")
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("PSNR dB")
+        loss_ax = ax.twinx()
+        loss_ax.semilogy(its, r["loss_trace"], color="tab:purple", alpha=0.4, lw=0.7)
+        loss_ax.set_ylabel("loss (MSE to noisy)")
+    for ax in list(axes.flat)[len(runs) :]:
+        ax.set_visible(False)
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, plt, path, dpi=90)
+
+
+def _save(fig: Any, plt: Any, path: Path, dpi: int = 110) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps legends placed outside the axes
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")  # keeps legends placed outside the axes
     plt.close(fig)
     return path

@@ -24,7 +24,8 @@ def _ms(value: Any) -> str:
     return f"{float(value):.1f}"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """A markdown table and the blank line after it: every report here, bench.dip's included."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return [*lines, ""]
@@ -35,7 +36,7 @@ def all_figures(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def figures_table(figures: Sequence[dict[str, Any]]) -> list[str]:
-    return _table(
+    return table(
         ("figure", "value", "goal", "verdict", "context (absolute numbers, noisy)"),
         (
             (
@@ -102,7 +103,7 @@ def _perf_analyzer(part: dict[str, Any]) -> list[str]:
                     {True: "yes", False: "**no**", None: "not checked"}[r.get("stable")],
                 )
             )
-    lines += _table(
+    lines += table(
         (
             "model",
             "transport",
@@ -139,7 +140,7 @@ def _gateway(part: dict[str, Any]) -> list[str]:
                 f"{_ms(server['decode_ms'])} / {_ms(server['triton_ms'])} / {_ms(server['postprocess_ms'])}",
             )
         )
-    lines += _table(
+    lines += table(
         (
             "c",
             "ok",
@@ -164,7 +165,7 @@ def _gateway(part: dict[str, Any]) -> list[str]:
     ]
     split = part.get("breakdown_c1_ms", {})
     total = sum(split.values()) or math.nan
-    lines += _table(
+    lines += table(
         ("stage", "ms", "share"), ((k, _ms(v), f"{100 * v / total:.0f}%") for k, v in split.items())
     )
     stages = part.get("stages_in_process_ms", {})
@@ -178,7 +179,7 @@ def _baseline(part: dict[str, Any]) -> list[str]:
     return [
         f"Images: {s.get('images')}; weights {s.get('weights')}; torch threads {s.get('torch_threads')}.",
         "",
-        *_table(("pipeline", "images/s"), ((k, format_value(v)) for k, v in rate.items())),
+        *table(("pipeline", "images/s"), ((k, format_value(v)) for k, v in rate.items())),
     ]
 
 
@@ -198,7 +199,7 @@ def _kernels(part: dict[str, Any]) -> list[str]:
         "sgemm: " + ", ".join(f"{k} {format_value(v)} GFLOP/s" for k, v in sgemm.items()) + ".",
         "",
     ]
-    lines += _table(
+    lines += table(
         ("colorizer inference (batch 1)", "ms", "GFLOP/s"),
         ((k, _ms(ms.get(k)), format_value(gflops.get(k))) for k in ms),
     )
@@ -206,7 +207,7 @@ def _kernels(part: dict[str, Any]) -> list[str]:
 
 
 def _placement(part: dict[str, Any]) -> list[str]:
-    lines = _table(
+    lines = table(
         ("variant (Triton-direct, c=1)", "Triton call p50 ms", "decode p50 ms", "total p50 ms"),
         (
             (name, _ms(r["infer_ms"]["p50"]), _ms(r["decode_ms"]["p50"]), _ms(r["total_ms"]["p50"]))
@@ -214,7 +215,7 @@ def _placement(part: dict[str, Any]) -> list[str]:
         ),
     )
     if part.get("end_to_end"):
-        lines += _table(
+        lines += table(
             ("gateway (end to end, c=1)", "p50 ms", "p95 ms"),
             (
                 (k, _ms(v["latency_ms"]["p50"]), _ms(v["latency_ms"]["p95"]))
@@ -230,7 +231,7 @@ def _dip(part: dict[str, Any]) -> list[str]:
     if part.get("markdown"):
         lines.append(f"Full table: [{part['markdown']}]({part['markdown']}).")
     lines.append("")
-    lines += _table(
+    lines += table(
         ("task", "variant", "size", "s/iteration", "peak RSS MiB", "GFLOP/s"),
         (
             (
