@@ -46,7 +46,7 @@ class BenchConfig:
     # Part 5: decode placement, c=1 requests per variant.
     placement_requests: int = 40
     placement_gateway_requests: int = 30
-    # Part 6: DIP (bench/dip/speed.py) arguments and wall-clock budget.
+    # Part 6: DIP (python -m bench.dip.speed) arguments and wall-clock budget.
     dip_args: tuple[str, ...] = ("--variants", "fused", "--warmup", "2", "--timed", "8")
     dip_timeout_s: float = 300.0
 

@@ -1,8 +1,8 @@
 """Batched DIP (stacked networks under torch.func.vmap) and CUDA graphs vs one job at a time: jobs/s.
 
-    python bench/dip/batch.py --device cuda                  # 256² denoise, K = 1, 4, 16, 200 iterations
-    python bench/dip/batch.py --device cpu --quick           # smoke test: 64², K = 1, 2, 5 iterations
-    python bench/dip/batch.py --data DIR --image dip/denoising/F16_GT.png   # the committed results' image
+    python -m bench.dip.batch --device cuda                  # 256² denoise, K = 1, 4, 16, 200 iterations
+    python -m bench.dip.batch --device cpu --quick           # smoke test: 64², K = 1, 2, 5 iterations
+    python -m bench.dip.batch --data DIR --image dip/denoising/F16_GT.png   # the committed results' image
 
 The image is `--data`/`--image`: by default samples/aitzgorri.jpg, inside the repository. The committed
 results (bench/results/dip/batch.*) used the DIP authors' F16 test image, which is not redistributable:
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import statistics
 import sys
 import time
@@ -32,38 +31,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from service.bus.request import DenoiseTask, EngineOptions, FixedIterations  # noqa: E402
-from service.worker.batched import BatchJob, restore_batch  # noqa: E402
-from service.worker.engine import restore  # noqa: E402
+from bench import plots
+from bench.config import ROOT
+from bench.dip.common import OUT, noisy_pair, out_dir, sync
+from bench.report import table
+from service.bus.request import DenoiseTask, EngineOptions, FixedIterations
+from service.color.quality import psnr
+from service.worker.batched import BatchJob, restore_batch
+from service.worker.engine import restore
 
 SAMPLES = ROOT / "samples"
 IMAGE = "aitzgorri.jpg"  # in SAMPLES, 900 x 599
-
-
-def _pair(path: Path, size: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    img = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
-    if min(img.shape[:2]) < size:
-        raise SystemExit(f"{path} is {img.shape[1]} x {img.shape[0]}: smaller than the --size {size} crop")
-    h, w = img.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    clean = img[top : top + size, left : left + size]
-    noisy = np.clip(clean + np.random.default_rng(0).normal(0, sigma, clean.shape), 0, 1)
-    return clean, noisy.astype(np.float32)
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-    return math.inf if mse == 0.0 else 10 * math.log10(1.0 / mse)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _threaded(noisy: np.ndarray, task: DenoiseTask, iterations: int, k: int, device: str) -> None:
@@ -117,31 +96,48 @@ def measure(
     for mode in modes:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         out = MODES[mode](noisy, task, iterations, k, device)
-        _sync(device)
+        sync(device)
         wall = time.perf_counter() - t
         cell: dict[str, Any] = {"wall_s": wall, "jobs_per_s": k / wall}
         cell["s_per_job_iteration"] = wall / (k * iterations)
         cell["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
         if out is not None:
             images[mode] = out
-            cell["psnr_clean_mean"] = statistics.mean(_psnr(img, clean) for img in out)
+            cell["psnr_clean_mean"] = statistics.mean(psnr(img, clean) for img in out)
         row[mode] = cell
     if "sequential" in images:
         for mode, out in images.items():
             if mode != "sequential":
-                agree = [_psnr(a, b) for a, b in zip(out, images["sequential"], strict=True)]
+                agree = [psnr(a, b) for a, b in zip(out, images["sequential"], strict=True)]
                 row[mode]["psnr_vs_sequential_min"] = min(agree)
     return row
 
 
 def _markdown(rows: list[dict[str, Any]], modes: list[str], meta: dict[str, Any]) -> str:
+    header = ("K", *modes)
+
+    def jobs_per_s(r: dict[str, Any], m: str) -> str:
+        return f"{r[m]['jobs_per_s']:.3f} ({r[m]['jobs_per_s'] / r[modes[0]]['jobs_per_s']:.2f}x)"
+
+    def memory(r: dict[str, Any], m: str) -> str:
+        return "-" if r[m]["peak_mem_mib"] is None else f"{r[m]['peak_mem_mib']:.0f}"
+
+    def quality(r: dict[str, Any], m: str) -> str:
+        c = r[m]
+        text = f"{c['psnr_clean_mean']:.2f}" if "psnr_clean_mean" in c else "-"
+        return text + (f" / {c['psnr_vs_sequential_min']:.1f}" if "psnr_vs_sequential_min" in c else "")
+
+    def tabled(cell: Callable[[dict[str, Any], str], str]) -> list[str]:
+        return table(header, ((r["k"], *(cell(r, m) for m in modes)) for r in rows))
+
     lines = [
         "# Batched DIP: K jobs in one stacked step vs one at a time",
         "",
-        f"Generated by `bench/dip/batch.py` on {meta['date']}: {meta['device_name']}, torch {meta['torch']}, "
+        f"Generated by `python -m bench.dip.batch` on {meta['date']}: {meta['device_name']}, "
+        f"torch {meta['torch']}, "
         f"denoise (σ = 25) {meta['image']} {meta['size']}² centre crop, {meta['iterations']} iterations "
         "per job, seeds 0..K-1. A 5-iteration warm-up of each (K, mode) first (cuDNN autotuning); wall "
         "times with the device synchronised.",
@@ -153,42 +149,14 @@ def _markdown(rows: list[dict[str, Any]], modes: list[str], meta: dict[str, Any]
         "",
         "jobs/s (speed-up over `sequential` of the same K):",
         "",
-        "| K | " + " | ".join(modes) + " |",
-        "|---|" + "---|" * len(modes),
-    ]
-    for r in rows:
-        base = r[modes[0]]["jobs_per_s"]
-        cells = [f"{r[m]['jobs_per_s']:.3f} ({r[m]['jobs_per_s'] / base:.2f}x)" for m in modes]
-        lines.append(f"| {r['k']} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
+        *tabled(jobs_per_s),
         "Peak device memory, MiB:",
         "",
-        "| K | " + " | ".join(modes) + " |",
-        "|---|" + "---|" * len(modes),
-    ]
-    for r in rows:
-        mem = [r[m]["peak_mem_mib"] for m in modes]
-        lines.append(f"| {r['k']} | " + " | ".join("-" if v is None else f"{v:.0f}" for v in mem) + " |")
-    lines += [
-        "",
+        *tabled(memory),
         "Quality: mean PSNR to the clean image (dB) / the lowest PSNR of a job's image to the `sequential` "
         "run of its seed:",
         "",
-        "| K | " + " | ".join(modes) + " |",
-        "|---|" + "---|" * len(modes),
-    ]
-    for r in rows:
-        cells = []
-        for m in modes:
-            c = r[m]
-            text = f"{c['psnr_clean_mean']:.2f}" if "psnr_clean_mean" in c else "-"
-            if "psnr_vs_sequential_min" in c:
-                text += f" / {c['psnr_vs_sequential_min']:.1f}"
-            cells.append(text)
-        lines.append(f"| {r['k']} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
+        *tabled(quality),
         "Every mode computes the same fits (float64: stacked and single networks agree to 1e-12, "
         "tests/service/worker/test_batched.py); in float32 the convolution algorithms differ, and Adam's "
         "sign-like first steps amplify the rounding, so trajectories part while the quality stays.",
@@ -197,29 +165,8 @@ def _markdown(rows: list[dict[str, Any]], modes: list[str], meta: dict[str, Any]
     return "\n".join(lines)
 
 
-def _plot(rows: list[dict[str, Any]], modes: list[str], path: Path, meta: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ks = [r["k"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mode, marker in zip(modes, "os^vD", strict=False):
-        ax.plot(ks, [r[mode]["jobs_per_s"] for r in rows], marker + "-", label=mode)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("jobs K")
-    ax.set_ylabel(f"jobs/s ({meta['iterations']} iterations each)")
-    ax.set_title(f"DIP denoise {meta['size']}², {meta['device_name']}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.dip.batch", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--iterations", type=int, default=200)
@@ -228,18 +175,21 @@ def main() -> int:
         "--modes", default="sequential,sequential_graphs,batched,batched_graphs", help=str(list(MODES))
     )
     p.add_argument("--quick", action="store_true", help="64², 3 iterations, K = 1, 2")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dip")
+    p.add_argument("--out", type=Path, default=OUT, help="results folder (--quick: its quick/)")
     p.add_argument("--data", type=Path, default=SAMPLES, help="folder holding --image (default: samples/)")
     p.add_argument("--image", default=IMAGE, help=f"path under --data (default: {IMAGE})")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     image = args.data / args.image
     if not image.is_file():
         p.error(f"no image {image}: give its folder with --data and its path under it with --image")
     if args.quick:
         args.size, args.iterations, args.batches = 64, 5, "1,2"
-        args.out = args.out / "quick"
+    out = out_dir(args.out, args.quick)
     modes = args.modes.split(",")
-    clean, noisy = _pair(image, args.size, 25 / 255)
+    try:
+        clean, noisy = noisy_pair(image, args.size, 25 / 255, seed=0)
+    except ValueError as exc:
+        p.error(f"{image}: {exc}")
     rows = []
     for k in (int(x) for x in args.batches.split(",")):
         measure(k, modes, noisy, clean, 5, args.device)  # warm-up: cuDNN autotuning of these shapes
@@ -256,11 +206,17 @@ def main() -> int:
         "iterations": args.iterations,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if cuda else None,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "batch.json").write_text(json.dumps({"meta": meta, "modes": modes, "rows": rows}, indent=2))
-    (args.out / "batch.md").write_text(_markdown(rows, modes, meta))
-    _plot(rows, modes, args.out / "batch.png", meta)
-    print(f"wrote {args.out}/batch.json, .md and .png")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "batch.json").write_text(json.dumps({"meta": meta, "modes": modes, "rows": rows}, indent=2))
+    (out / "batch.md").write_text(_markdown(rows, modes, meta))
+    plots.jobs_per_second(
+        rows,
+        modes,
+        out / "batch.png",
+        f"DIP denoise {meta['size']}², {meta['device_name']}",
+        f"jobs/s ({meta['iterations']} iterations each)",
+    )
+    print(f"wrote {out}/batch.json, .md and .png")
     return 0
 
 

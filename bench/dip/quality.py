@@ -18,16 +18,17 @@ Sections (`--only a,b`; all by default):
             4 px border) vs bicubic.
 * jpeg      F16 256² crop, JPEG quality 10: PSNR vs the JPEG.
 
-    .venv/bin/python bench/dip/quality.py --data DIR --quick                # smoke test, ~1-2 min
-    .venv/bin/python bench/dip/quality.py --data DIR --only denoise         # ~6-8 min on 2 quiet cores
-    .venv/bin/python bench/dip/quality.py --data DIR --only autostop        # ~40-70 min
-    .venv/bin/python bench/dip/quality.py --data DIR --only stoprules --threads 1 --sigmas 25  # ~30 min per σ
-    .venv/bin/python bench/dip/quality.py --data DIR --only inpaint,sr,jpeg --max-iterations 1500
+    .venv/bin/python -m bench.dip.quality --data DIR --quick                # smoke test, ~1-2 min
+    .venv/bin/python -m bench.dip.quality --data DIR --only denoise         # ~6-8 min on 2 quiet cores
+    .venv/bin/python -m bench.dip.quality --data DIR --only autostop        # ~40-70 min
+    .venv/bin/python -m bench.dip.quality --data DIR --only stoprules --threads 1 --sigmas 25  # ~30 min per σ
+    .venv/bin/python -m bench.dip.quality --data DIR --only inpaint,sr,jpeg --max-iterations 1500
 
 --data DIR (or PRIORLAB_DIP_DATA) is required: the reference numbers are for the DIP authors' test
 images and Set5/Set14, which are not redistributable, so the repository does not ship them. DIR holds
 them at the paths in DATA_FILES below (dip/denoising/F16_GT.png, ..., eval/set14/pepper.png). For a run
-on the repository's own images, use bench/dip/batch.py or the service with samples/ (samples/README.md).
+on the repository's own images, use `python -m bench.dip.batch` or the service with samples/
+(samples/README.md).
 
 Writes bench/results/dip/quality.{json,md}, autostop.png and the restored images (--quick: under quick/).
 """
@@ -47,13 +48,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from service.bus.request import (  # noqa: E402
+from bench import plots
+from bench.dip.common import OUT, Image_, centre_crop, load, noisy_pair, out_dir
+from bench.report import table
+from service.bus.request import (
     AutoStop,
     DenoiseTask,
     FixedIterations,
@@ -63,10 +63,11 @@ from service.bus.request import (  # noqa: E402
     SuperResolveTask,
     Task,
 )
-from service.bus.result import Progress, RestoreResult  # noqa: E402
-from service.worker.early_stop import estimate_noise_sigma, noise_floor  # noqa: E402
-from service.worker.engine import restore  # noqa: E402
-from service.worker.recipes import recipe_for  # noqa: E402
+from service.bus.result import Progress, RestoreResult
+from service.color.quality import psnr, psnr_y
+from service.worker.early_stop import estimate_noise_sigma, noise_floor
+from service.worker.engine import restore
+from service.worker.recipes import recipe_for
 
 F16 = "dip/denoising/F16_GT.png"
 KATE, KATE_MASK = "dip/inpainting/kate.png", "dip/inpainting/kate_mask.png"
@@ -84,32 +85,6 @@ AUTOSTOP_IMAGES = {
 }
 DATA_FILES = (*AUTOSTOP_IMAGES.values(), KATE_MASK, "eval/set5/butterfly.png")
 REF_DENOISE_EMA = {100: 16.73, 200: 21.42, 300: 24.30, 500: 27.11}  # docs/dip.md §5, reference code on CPU
-Image_ = NDArray[np.float32]
-
-
-def load(path: Path) -> Image_:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
-
-
-def centre_crop(img: NDArray[Any], size: int) -> NDArray[Any]:
-    h, w = img.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return img[top : top + size, left : left + size]
-
-
-def psnr(a: NDArray[Any], b: NDArray[Any]) -> float:
-    return float(10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
-
-
-def psnr_y(a: Image_, b: Image_, border: int = 4) -> float:
-    """Authors' SR protocol: Y of YCrCb scaled to [16, 235]/255, peak 1, `border` px shaved."""
-
-    def y(x: Image_) -> NDArray[np.float64]:
-        full = x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
-        return (16.0 + 219.0 * full.astype(np.float64)) / 255.0
-
-    s = slice(border, -border)
-    return psnr(y(a)[s, s], y(b)[s, s])
 
 
 def reference_noisy(img: Image_, sigma: float) -> Image_:
@@ -210,11 +185,8 @@ def section_autostop(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _autostop_pair(path: Path, size: int, sigma255: int) -> tuple[Image_, Image_]:
-    """(clean centre crop, noisy copy): noise seeded by σ, clipped to [0, 1] as an 8-bit file would be."""
-    gt = centre_crop(load(path), size)
-    rng = np.random.default_rng(sigma255)
-    noisy = np.clip(gt + rng.normal(0, sigma255 / 255, gt.shape), 0, 1).astype(np.float32)
-    return gt, noisy
+    """(clean centre crop, noisy copy): the noise seeded by σ (in 1/255)."""
+    return noisy_pair(path, size, sigma255 / 255, seed=sigma255)
 
 
 def _merge_runs(
@@ -318,48 +290,6 @@ def section_stoprules(args: argparse.Namespace) -> dict[str, Any]:
     return {"runs": rows, "max_gap_db": max(gaps), "pass": max(gaps) <= 0.5, "crop": done["crop"]}
 
 
-def _plot_autostop(runs: list[dict[str, Any]], rules: dict[str, Any] | None, path: Path) -> None:
-    """PSNR and loss per iteration of each autostop run, with where each rule stopped and what it returned."""
-    by_run = {(r["image"], r["sigma"]): r for r in (rules or {}).get("runs", [])}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(4, len(runs))
-    rows = -(-len(runs) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows), squeeze=False)
-    for ax, r in zip(axes.flat, runs, strict=False):
-        its = np.arange(1, len(r["psnr_trace"]) + 1)
-        ax.plot(its, r["psnr_trace"], label="PSNR (EMA iterate)", color="tab:blue")
-        ax.axvline(r["returned_iteration"], color="tab:green", ls="--", label="ES-EMV returned")
-        ax.axvline(r["best_iteration"], color="tab:gray", ls="-.", lw=0.8, label="best seen")
-        rule = by_run.get((r["image"], r["sigma"]))
-        title = f"{r['image']} σ={r['sigma']}: ES-EMV gap {r['gap_db']:.2f}"
-        if rule is not None:
-            ax.axvline(
-                rule["discrepancy"]["iteration"], color="black", ls="--", lw=1.0, label="discrepancy, σ"
-            )
-            refit = rule.get("refit")
-            if refit is not None:  # the refit is this very trajectory, cut at the held-out run's choice
-                ax.axvline(refit["iteration"], color="tab:red", lw=1.2, label="held-out + refit (default)")
-                title += f", default {refit['gap_db']:.2f} dB"
-            held = rule["holdout"]  # the held-out run fits 90% of the pixels: another trajectory
-            ax.plot([held["iteration"]], [held["psnr"]], "r*", ms=9, label="held-out run's own iterate")
-        ax.set_title(title, fontsize=8)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("PSNR dB")
-        loss_ax = ax.twinx()
-        loss_ax.semilogy(its, r["loss_trace"], color="tab:purple", alpha=0.4, lw=0.7)
-        loss_ax.set_ylabel("loss (MSE to noisy)")
-    for ax in list(axes.flat)[len(runs) :]:
-        ax.set_visible(False)
-    axes[0, 0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 def _save_section(json_path: Path, name: str, section: dict[str, Any]) -> None:
     """Merge one section into the JSON under a lock, re-reading it so concurrent invocations (one per core)
     keep each other's sections."""
@@ -434,129 +364,166 @@ def _meta(result: RestoreResult) -> dict[str, Any]:
 
 
 def _markdown(res: dict[str, Any], meta: dict[str, Any]) -> str:
-    lines = ["# DIP engine quality", "", f"Generated by `bench/dip/quality.py` {meta}.", ""]
+    lines = ["# DIP engine quality", "", f"Generated by `python -m bench.dip.quality` {meta}.", ""]
     if "denoise" in res:
         d = res["denoise"]
         lines += [
             f"## Denoising, F16 {d['crop']}² centre crop, σ=25 (noisy input {d['noisy_psnr']:.2f} dB; "
             "reference 20.33 at 256²)",
             "",
-            "| iteration | EMA PSNR (ours) | reference (docs/dip.md §5) |",
-            "|---|---|---|",
+            *table(
+                ("iteration", "EMA PSNR (ours)", "reference (docs/dip.md §5)"),
+                (
+                    (k, f"**{v:.2f}**", f"{REF_DENOISE_EMA.get(int(k), float('nan')):.2f}")
+                    for k, v in d["ema_psnr"].items()
+                ),
+            ),
+            f"All >= reference: **{d['pass']}**.",
+            "",
         ]
-        for k, v in d["ema_psnr"].items():
-            lines.append(f"| {k} | **{v:.2f}** | {REF_DENOISE_EMA.get(int(k), float('nan')):.2f} |")
-        lines += ["", f"All >= reference: **{d['pass']}**.", ""]
     if "autostop" in res:
         a = res["autostop"]
+        lines += [f"## Automatic stop (ES-EMV, patience 1000), {a['crop']}² crops", ""]
+        lines += table(
+            (
+                "image",
+                "σ",
+                "noisy",
+                "returned it / PSNR",
+                "best it / PSNR",
+                "gap dB",
+                "stopped at",
+                "plain MSE <= σ² it / PSNR",
+            ),
+            (
+                (
+                    r["image"],
+                    r["sigma"],
+                    f"{r['noisy_psnr']:.2f}",
+                    f"{r['returned_iteration']} / {r['returned_psnr']:.2f}",
+                    f"{r['best_iteration']} / {r['best_psnr']:.2f}",
+                    f"**{r['gap_db']:.2f}**",
+                    f"{r['stopped_at']} ({r['stop_reason']})",
+                    f"{r['discrepancy_iteration']} / {r['discrepancy_psnr']:.2f}"
+                    if r["discrepancy_iteration"]
+                    else "-",
+                )
+                for r in a["runs"]
+            ),
+        )
         lines += [
-            f"## Automatic stop (ES-EMV, patience 1000), {a['crop']}² crops",
-            "",
-            "| image | σ | noisy | returned it / PSNR | best it / PSNR | gap dB | stopped at "
-            "| plain MSE <= σ² it / PSNR |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in a["runs"]:
-            disc = (
-                f"{r['discrepancy_iteration']} / {r['discrepancy_psnr']:.2f}"
-                if r["discrepancy_iteration"]
-                else "-"
-            )
-            lines.append(
-                f"| {r['image']} | {r['sigma']} | {r['noisy_psnr']:.2f} | {r['returned_iteration']} / "
-                f"{r['returned_psnr']:.2f} | {r['best_iteration']} / {r['best_psnr']:.2f} | "
-                f"**{r['gap_db']:.2f}** | "
-                f"{r['stopped_at']} ({r['stop_reason']}) | {disc} |"
-            )
-        lines += [
-            "",
             f"Max gap {a['max_gap_db']:.2f} dB; within 0.5 dB: **{a['pass']}**. Plot: autostop.png.",
             "",
         ]
     if "stoprules" in res:
-        d = res["stoprules"]
-        lines += [
-            f"## Stop rules, same {d['crop']}² crops and noise (gap: the autostop run's best PSNR minus the "
-            "returned iterate's)",
-            "",
-            f"Held-out pixels (the default): {AutoStop().holdout:.0%} of the pixels left out of the loss; "
-            f"the run stops once their error had no new minimum for {AutoStop().holdout_wait:g}x as long as "
-            f"the minimum took to come (>= {AutoStop().holdout_patience} iterations; set on barbara σ=25, "
-            "where the fit stalls; baboon and comic were added after), then the "
-            "paper's fit on every pixel runs again, same seed, to that iteration and is returned (refit; the "
-            "held-out run's own iterate is the refit=False result). The refit's PSNR is the autostop run's "
-            "at that iteration (bit-exact equivalence tested). σ only picks the reg_noise_std setting, so "
-            "blind is the σ-given run wherever σ̂ picks the same setting. "
-            f"Discrepancy (τ = {AutoStop().tau:g}; tuned on F16, zebra and kate): the first iteration of "
-            "the autostop run whose loss is <= τ x the floor (the clipped-noise variance at the observed "
-            "pixels with σ given, σ̂² blind).",
-            "",
-            "| image | σ | σ̂ | best it / PSNR | **held-out + refit** (default): it / PSNR / gap "
-            "| held-out run, no refit | discrepancy, σ given | discrepancy, σ̂ |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-
-        def cell(x: dict[str, Any] | None, reason: bool = False) -> str:
-            if x is None:
-                return "-"  # not on the autostop run's trajectory (σ̂ picks another setting)
-            tail = f" ({x['stop_reason']})" if reason else ""
-            return f"{x['iteration']} / {x['psnr']:.2f} / **{x['gap_db']:.2f}**{tail}"
-
-        for r in d["runs"]:
-            lines.append(
-                f"| {r['image']} | {r['sigma']} | {r['estimated_sigma']:.1f} | {r['best_iteration']} / "
-                f"{r['best_psnr']:.2f} | {cell(r['refit'])} | {cell(r['holdout'], True)} | "
-                f"{cell(r['discrepancy'])} | {cell(r['discrepancy_blind'])} |"
-            )
-        lines.append("")
-        for key, label in (
-            ("refit", "held-out + refit, σ given"),
-            ("refit_blind", "held-out + refit, blind"),
-            ("holdout", "held-out run without refit, σ given"),
-            ("holdout_blind", "held-out run without refit, blind"),
-            ("discrepancy", "discrepancy, σ given"),
-            ("discrepancy_blind", "discrepancy, σ̂"),
-        ):
-            gaps = [r[key]["gap_db"] for r in d["runs"] if r[key] is not None]
-            within = sum(g <= 0.5 for g in gaps)
-            lines.append(
-                f"- {label}: within 0.5 dB on **{within} of {len(gaps)}** runs, max gap {max(gaps):.2f} dB."
-            )
-        lines.append("")
+        lines += _stoprules_markdown(res["stoprules"])
     for key, title, base in (
         ("inpaint", "Inpainting, kate", "masked_psnr"),
         ("jpeg", "JPEG q=10, F16", "jpeg_psnr"),
     ):
         if key in res:
             r = res[key]
-            lines += [
-                f"## {title} ({r['crop']}² crop)",
-                "",
-                "| input PSNR | DIP PSNR | iterate / run | stop |",
-                "|---|---|---|---|",
-                f"| {r[base]:.2f} | **{r['dip_psnr']:.2f}** | {r['iteration']} / {r['iterations_run']} | "
-                f"{r['stop_reason']} |",
-                "",
-            ]
-    if "sr" in res:
-        lines += [
-            "## Super-resolution x4 (Y PSNR, 4 px border"
-            + (f", {res['sr']['crop']}² HR centre crop)" if res["sr"].get("crop") else ")"),
-            "",
-            "| image | bicubic | DIP | iterate / run |",
-        ]
-        lines.append("|---|---|---|---|")
-        for r in res["sr"]["rows"]:
-            lines.append(
-                f"| {r['image']} | {r['bicubic_psnr_y']:.2f} | **{r['dip_psnr_y']:.2f}** | "
-                f"{r['iteration']} / {r['iterations_run']} |"
+            lines += [f"## {title} ({r['crop']}² crop)", ""]
+            lines += table(
+                ("input PSNR", "DIP PSNR", "iterate / run", "stop"),
+                [
+                    (
+                        f"{r[base]:.2f}",
+                        f"**{r['dip_psnr']:.2f}**",
+                        f"{r['iteration']} / {r['iterations_run']}",
+                        r["stop_reason"],
+                    )
+                ],
             )
+    if "sr" in res:
+        crop = res["sr"].get("crop")
         lines += [
+            f"## Super-resolution x4 (Y PSNR, 4 px border{f', {crop}² HR centre crop' if crop else ''})",
             "",
+        ]
+        lines += table(
+            ("image", "bicubic", "DIP", "iterate / run"),
+            (
+                (
+                    r["image"],
+                    f"{r['bicubic_psnr_y']:.2f}",
+                    f"**{r['dip_psnr_y']:.2f}**",
+                    f"{r['iteration']} / {r['iterations_run']}",
+                )
+                for r in res["sr"]["rows"]
+            ),
+        )
+        lines += [
             "Paper (recomputed, docs/dip.md §2.1): butterfly DIP 26.23 dB (full image, 2000 iterations).",
             "",
         ]
     return "\n".join(lines)
+
+
+def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## Stop rules, same {d['crop']}² crops and noise (gap: the autostop run's best PSNR minus the "
+        "returned iterate's)",
+        "",
+        f"Held-out pixels (the default): {AutoStop().holdout:.0%} of the pixels left out of the loss; "
+        f"the run stops once their error had no new minimum for {AutoStop().holdout_wait:g}x as long as "
+        f"the minimum took to come (>= {AutoStop().holdout_patience} iterations; set on barbara σ=25, "
+        "where the fit stalls; baboon and comic were added after), then the "
+        "paper's fit on every pixel runs again, same seed, to that iteration and is returned (refit; the "
+        "held-out run's own iterate is the refit=False result). The refit's PSNR is the autostop run's "
+        "at that iteration (bit-exact equivalence tested). σ only picks the reg_noise_std setting, so "
+        "blind is the σ-given run wherever σ̂ picks the same setting. "
+        f"Discrepancy (τ = {AutoStop().tau:g}; tuned on F16, zebra and kate): the first iteration of "
+        "the autostop run whose loss is <= τ x the floor (the clipped-noise variance at the observed "
+        "pixels with σ given, σ̂² blind).",
+        "",
+    ]
+
+    def cell(x: dict[str, Any] | None, reason: bool = False) -> str:
+        if x is None:
+            return "-"  # not on the autostop run's trajectory (σ̂ picks another setting)
+        tail = f" ({x['stop_reason']})" if reason else ""
+        return f"{x['iteration']} / {x['psnr']:.2f} / **{x['gap_db']:.2f}**{tail}"
+
+    lines += table(
+        (
+            "image",
+            "σ",
+            "σ̂",
+            "best it / PSNR",
+            "**held-out + refit** (default): it / PSNR / gap",
+            "held-out run, no refit",
+            "discrepancy, σ given",
+            "discrepancy, σ̂",
+        ),
+        (
+            (
+                r["image"],
+                r["sigma"],
+                f"{r['estimated_sigma']:.1f}",
+                f"{r['best_iteration']} / {r['best_psnr']:.2f}",
+                cell(r["refit"]),
+                cell(r["holdout"], True),
+                cell(r["discrepancy"]),
+                cell(r["discrepancy_blind"]),
+            )
+            for r in d["runs"]
+        ),
+    )
+    for key, label in (
+        ("refit", "held-out + refit, σ given"),
+        ("refit_blind", "held-out + refit, blind"),
+        ("holdout", "held-out run without refit, σ given"),
+        ("holdout_blind", "held-out run without refit, blind"),
+        ("discrepancy", "discrepancy, σ given"),
+        ("discrepancy_blind", "discrepancy, σ̂"),
+    ):
+        gaps = [r[key]["gap_db"] for r in d["runs"] if r[key] is not None]
+        within = sum(g <= 0.5 for g in gaps)
+        lines.append(
+            f"- {label}: within 0.5 dB on **{within} of {len(gaps)}** runs, max gap {max(gaps):.2f} dB."
+        )
+    return [*lines, ""]
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
@@ -569,8 +536,8 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 }
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.dip.quality", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny crops and a few iterations: a smoke test")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {list(SECTIONS)}")
     p.add_argument("--size", type=int, default=256, help="crop side for denoise/inpaint/jpeg")
@@ -591,8 +558,8 @@ def main() -> int:
     )
     p.add_argument("--sigmas", default="25,50", help="autostop noise levels, in 1/255")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dip")
-    args = p.parse_args()
+    p.add_argument("--out", type=Path, default=OUT, help="results folder (--quick: its quick/)")
+    args = p.parse_args(argv)
     if args.only and (args.data is None or not Path(args.data).is_dir()):  # --only "" reads no images
         p.error(
             f"--data DIR (or PRIORLAB_DIP_DATA) is required, not {args.data}: the folder holding the DIP "
@@ -601,8 +568,7 @@ def main() -> int:
         )
     args.data = Path(args.data or ".")
     torch.set_num_threads(args.threads)
-    if args.quick:  # keep smoke-test outputs away from the real tables and images
-        args.out = args.out / "quick"
+    args.out = out_dir(args.out, args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "quality"
     json_path = args.out / f"{stem}.json"
@@ -617,7 +583,7 @@ def main() -> int:
         print(f"   {name}: pass={section.get('pass')} in {section['wall_s']} s", flush=True)
     res = json.loads(json_path.read_text())
     if "autostop" in res:
-        _plot_autostop(res["autostop"]["runs"], res.get("stoprules"), args.out / "autostop.png")
+        plots.autostop_traces(res["autostop"]["runs"], res.get("stoprules"), args.out / "autostop.png")
     stale: list[str] = ["autostop_partial"] if "autostop" in res else []
     stale += ["discrepancy"] if "stoprules" in res else []  # superseded by stoprules (2026-11-29)
     if [res.pop(k) for k in stale if k in res]:

@@ -1,8 +1,8 @@
 """DIP engine speed: s/iteration, peak RSS, achieved GFLOP/s vs sgemm, per task network and speed trick.
 
-    .venv/bin/python bench/dip/speed.py          # full: 256², 5 warm-up + 20 timed iterations per config
-    .venv/bin/python bench/dip/speed.py --quick  # smoke test: 64², 1 + 3 iterations, 2 tasks x 2 variants
-    python bench/dip/speed.py --device cuda --variants fused,cuda_graphs   # GPU: writes speed_cuda.*
+    .venv/bin/python -m bench.dip.speed          # full: 256², 5 warm-up + 20 timed iterations per config
+    .venv/bin/python -m bench.dip.speed --quick  # smoke test: 64², 1 + 3 iterations, 2 tasks x 2 variants
+    python -m bench.dip.speed --device cuda --variants fused,cuda_graphs   # GPU: writes speed_cuda.*
 
 Each (task, variant) runs in a fresh subprocess (so peak RSS is its own) through the real engine
 (`restore(..., FixedIterations)`), timing iterations with the progress hook. The sgemm reference is a
@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -27,10 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from service.bus.request import (  # noqa: E402
+from bench.config import ROOT
+from bench.dip.common import OUT, out_dir
+from bench.flops import sgemm_gflops
+from bench.machine import load_average
+from bench.report import table
+from bench.stats import percentile
+from service.bus.request import (
     DenoiseTask,
     EngineOptions,
     FixedIterations,
@@ -39,10 +40,10 @@ from service.bus.request import (  # noqa: E402
     SuperResolveTask,
     Task,
 )
-from service.worker.engine import restore  # noqa: E402
-from service.worker.problem import make_problem  # noqa: E402
-from service.worker.recipes import recipe_for  # noqa: E402
-from service.worker.skip import skip  # noqa: E402
+from service.worker.engine import restore
+from service.worker.problem import make_problem
+from service.worker.recipes import recipe_for
+from service.worker.skip import skip
 
 REFERENCE_S_PER_ITER = 0.88  # dip.md §5, reference code, 256², 2 threads
 VARIANTS: dict[str, EngineOptions] = {
@@ -87,24 +88,14 @@ def _flops_per_iteration(task: Task, hw: tuple[int, int], channels: int = 3) -> 
     return float(counter.get_total_flops())
 
 
-def _sgemm_gflops(n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
-    if device.startswith("cuda"):
-        n, reps = 8192, 20  # big enough to fill the GPU
-    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
-    torch.mm(a, b)  # warm-up
-    times = []
-    for _ in range(reps):
-        _sync(device)
-        t = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / min(times) / 1e9
+def _sgemm_n(device: str) -> int:
+    return 8192 if device.startswith("cuda") else 2048  # 8192: big enough to fill the GPU
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def _sgemm_gflops(device: str) -> float:
+    """torch's FP32 matmul rate on the device: best of 5 on the CPU, of 20 on a GPU."""
+    reps = 20 if device.startswith("cuda") else 5
+    return sgemm_gflops(_sgemm_n(device), reps, device, numpy=False)["torch"]
 
 
 def run_one(
@@ -129,14 +120,14 @@ def run_one(
     walls = [b[0] - a[0] for a, b in zip(stamps[warmup - 1 :], stamps[warmup:], strict=False)]
     cpus = [b[1] - a[1] for a, b in zip(stamps[warmup - 1 :], stamps[warmup:], strict=False)]
     flops = _flops_per_iteration(task, hw)
-    median = statistics.median(walls)
+    median = percentile(walls, 50)
     return {
         "task": task_name,
         "variant": variant,
         "size": size,
         "s_per_iter_median": median,
-        "s_per_iter_p10": float(np.percentile(walls, 10)),
-        "s_per_iter_p90": float(np.percentile(walls, 90)),
+        "s_per_iter_p10": percentile(walls, 10),
+        "s_per_iter_p90": percentile(walls, 90),
         "cpu_per_wall": sum(cpus) / sum(walls),
         "first_iteration_s": stamps[0][0] - t0,  # setup + compile + first step
         "total_s": total,
@@ -150,13 +141,32 @@ def run_one(
     }
 
 
+COLUMNS = ("task", "variant", "s/iter (median)", "p10-p90", "cpu/wall", "GFLOP/iter", "GFLOP/s", "% sgemm",
+           "peak RSS MiB", "first iter s")  # fmt: skip
+
+
+def _cells(r: dict[str, Any], sgemm_gflops: float) -> tuple[str, ...]:
+    return (
+        r["task"],
+        r["variant"],
+        f"**{r['s_per_iter_median']:.3f}**",
+        f"{r['s_per_iter_p10']:.3f}-{r['s_per_iter_p90']:.3f}",
+        f"{r['cpu_per_wall']:.2f}",
+        f"{r['gflop_per_iter']:.1f}",
+        f"{r['achieved_gflops']:.0f}",
+        f"{100 * r['achieved_gflops'] / sgemm_gflops:.0f}%",
+        f"{r['peak_rss_mib']:.0f}",
+        f"{r['first_iteration_s']:.1f}",
+    )
+
+
 def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     cuda = meta.get("device", "cpu") != "cpu"
-    n = 8192 if cuda else 2048
+    n = _sgemm_n(meta.get("device", "cpu"))
     lines = [
         f"# DIP engine speed ({meta.get('device_name', 'CPU')})",
         "",
-        f"Generated by `bench/dip/speed.py` on {meta['date']}: torch {meta['torch']}, "
+        f"Generated by `python -m bench.dip.speed` on {meta['date']}: torch {meta['torch']}, "
         f"{meta['threads']} threads, "
         f"{meta['size']}² network output, {meta['warmup']} warm-up + {meta['timed']} timed iterations, "
         f"load average before/after {meta['load_before']} / {meta['load_after']}.",
@@ -178,22 +188,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{116 / meta['sgemm_gflops']:.2f} s, so compare % of sgemm and the ratios between variants of "
             "one run, not seconds across hosts.",
         ]
-    lines += [
-        "",
-        "| task | variant | s/iter (median) | p10-p90 | cpu/wall | GFLOP/iter | GFLOP/s | % sgemm "
-        "| peak RSS MiB | first iter s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['task']} | {r['variant']} | **{r['s_per_iter_median']:.3f}** | "
-            f"{r['s_per_iter_p10']:.3f}-{r['s_per_iter_p90']:.3f} | {r['cpu_per_wall']:.2f} | "
-            f"{r['gflop_per_iter']:.1f} | {r['achieved_gflops']:.0f} | "
-            f"{100 * r['achieved_gflops'] / meta['sgemm_gflops']:.0f}% | {r['peak_rss_mib']:.0f} | "
-            f"{r['first_iteration_s']:.1f} |"
-        )
-    lines += ["", "Fastest variant per task (median s/iteration; speed-up over `reference_loop`, one run):"]
-    lines.append("")
+    lines += ["", *table(COLUMNS, (_cells(r, meta["sgemm_gflops"]) for r in rows))]
+    lines += ["Fastest variant per task (median s/iteration; speed-up over `reference_loop`, one run):", ""]
     for task in dict.fromkeys(r["task"] for r in rows):
         of_task = {r["variant"]: r for r in rows if r["task"] == task}
         best = min(of_task.values(), key=lambda r: r["s_per_iter_median"])
@@ -210,8 +206,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.dip.speed", description=__doc__.splitlines()[0])
     p.add_argument(
         "--quick", action="store_true", help="64², 1 + 3 iterations, 2 tasks x 2 variants: a smoke test"
     )
@@ -222,35 +218,52 @@ def main() -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda (a GPU run writes speed_cuda.*)")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dip")
+    p.add_argument("--out", type=Path, default=OUT, help="results folder (--quick: its quick/)")
     p.add_argument("--one", nargs=2, metavar=("TASK", "VARIANT"), help=argparse.SUPPRESS)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    return p
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments, with --quick's settings applied (the part-6 hook reads where a run writes)."""
+    args = parser().parse_args(argv)
     if args.quick:
         args.size, args.warmup, args.timed = 64, 1, 3
         if args.variants == ",".join(VARIANTS):
             args.variants = "reference_loop,fused"
         if args.tasks == ",".join(TASKS):
             args.tasks = "denoise,jpeg"
+    return args
+
+
+def json_path(args: argparse.Namespace) -> Path:
+    """Where this run's table goes (the markdown beside it, .md): speed.json, or speed_cuda.json."""
+    stem = "speed" if args.device == "cpu" else "speed_cuda"
+    return out_dir(args.out, args.quick) / f"{stem}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
     if args.one:
         row = run_one(args.one[0], args.one[1], args.size, args.warmup, args.timed, args.device)
         print(json.dumps(row))
         return 0
 
-    load_before = os.getloadavg()[0]
-    sgemm_before = _sgemm_gflops(device=args.device)
+    load_before = load_average()
+    sgemm_before = _sgemm_gflops(args.device)
     rows = []
     for task in args.tasks.split(","):
         for variant in args.variants.split(","):
-            cmd = [sys.executable, __file__, "--one", task, variant, "--size", str(args.size)]
+            # A fresh process per config, so the peak RSS is its own.
+            cmd = [sys.executable, "-m", "bench.dip.speed", "--one", task, variant, "--size", str(args.size)]
             cmd += ["--warmup", str(args.warmup), "--timed", str(args.timed), "--threads", str(args.threads)]
             cmd += ["--device", args.device]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
             speed = f"{row['s_per_iter_median']:.3f} s/iter cpu/wall {row['cpu_per_wall']:.2f}"
             print(f"{task:8s} {variant:22s} {speed}", flush=True)
-    sgemm_after = _sgemm_gflops(device=args.device)
+    sgemm_after = _sgemm_gflops(args.device)
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "torch": torch.__version__,
@@ -261,20 +274,18 @@ def main() -> int:
         "sgemm_gflops": max(sgemm_before, sgemm_after),
         "sgemm_before": sgemm_before,
         "sgemm_after": sgemm_after,
-        "load_before": round(load_before, 2),
-        "load_after": round(os.getloadavg()[0], 2),
+        "load_before": load_before,
+        "load_after": load_average(),
         "quick": args.quick,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU",
     }
-    if args.quick:  # keep smoke-test outputs away from the real table
-        args.out = args.out / "quick"
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "speed" if args.device == "cpu" else "speed_cuda"
-    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (args.out / f"{stem}.md").write_text(_markdown(rows, meta))
-    print(f"wrote {args.out / stem}.json and .md")
+    path = json_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    path.with_suffix(".md").write_text(_markdown(rows, meta))
+    print(f"wrote {path} and .md")
     return 0
 
 

@@ -1,0 +1,116 @@
+"""bench.dip: runnable as modules, the committed results still render, and the helpers it shares with
+the rest of the benchmarks (no DIP run here: the smoke runs are `python -m bench.dip.<name> --quick`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench import dip_hook, plots, report
+from bench.config import ROOT
+from bench.dip import batch, common, quality, speed
+from bench.flops import sgemm_gflops
+
+RESULTS = ROOT / "bench" / "results" / "dip"
+
+
+def _committed(name: str) -> dict[str, Any]:
+    return dict(json.loads((RESULTS / name).read_text()))
+
+
+def _table_lines(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("|")]
+
+
+@pytest.mark.parametrize("module", ["speed", "quality", "batch"])
+def test_each_runs_as_a_module(module: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", f"bench.dip.{module}", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"python -m bench.dip.{module}" in result.stdout and "--quick" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["speed", "speed_cuda"])
+def test_committed_speed_tables_render_as_committed(name: str) -> None:
+    data = _committed(f"{name}.json")
+    text = speed._markdown(data["rows"], data["meta"])
+    assert _table_lines(text) == _table_lines((RESULTS / f"{name}.md").read_text())
+
+
+def test_committed_quality_renders_as_committed() -> None:
+    text = quality._markdown(_committed("quality.json"), {"date": "-"})
+    assert text.splitlines()[3:] == (RESULTS / "quality.md").read_text().splitlines()[3:]
+
+
+def test_committed_batch_tables_render_as_committed() -> None:
+    data = _committed("batch.json")
+    data["meta"].setdefault("image", "F16")  # the committed run predates meta["image"]
+    text = batch._markdown(data["rows"], data["modes"], data["meta"])
+    assert _table_lines(text) == _table_lines((RESULTS / "batch.md").read_text())
+
+
+def test_where_a_speed_run_writes(tmp_path: Path) -> None:
+    assert speed.json_path(speed.parse(["--out", str(tmp_path)])) == tmp_path / "speed.json"
+    quick = speed.parse(["--quick", "--out", str(tmp_path)])
+    assert speed.json_path(quick) == tmp_path / "quick" / "speed.json"
+    assert (quick.size, quick.tasks, quick.variants) == (64, "denoise,jpeg", "reference_loop,fused")
+    cuda = speed.parse(["--device", "cuda", "--out", str(tmp_path)])
+    assert speed.json_path(cuda) == tmp_path / "speed_cuda.json"
+    assert speed.parse([]).out == RESULTS
+
+
+def test_the_hook_reports_each_tasks_fastest_variant_against_sgemm() -> None:
+    data = _committed("speed.json")
+    figures = {f.key: f for f in dip_hook.figures(data["rows"], data["meta"])}
+    tasks = dict.fromkeys(r["task"] for r in data["rows"])
+    assert list(figures) == [f"dip_{task}_flops_share" for task in tasks]
+    denoise = min((r for r in data["rows"] if r["task"] == "denoise"), key=lambda r: r["s_per_iter_median"])
+    share = figures["dip_denoise_flops_share"]
+    assert share.value == pytest.approx(denoise["achieved_gflops"] / data["meta"]["sgemm_gflops"])
+    assert share.goal is None and f"{denoise['s_per_iter_median']:.3f} s/iteration" in share.context
+    assert math.isnan(dip_hook.figures(data["rows"][:1], {})[0].value)  # no sgemm: not measured
+
+
+def test_noisy_pairs_are_seeded_crops(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "ramp.png"
+    ramp = np.tile(np.arange(40, dtype=np.uint8)[None, :, None] * 6, (30, 1, 3))
+    Image.fromarray(ramp).save(path)
+    clean, noisy = common.noisy_pair(path, 16, 25 / 255, seed=3)
+    assert clean.shape == noisy.shape == (16, 16, 3) and noisy.dtype == np.float32
+    np.testing.assert_array_equal(clean, ramp[7:23, 12:28] / np.float32(255))
+    np.testing.assert_array_equal(noisy, common.noisy_pair(path, 16, 25 / 255, seed=3)[1])
+    assert noisy.min() >= 0 and noisy.max() <= 1 and not np.array_equal(noisy, clean)
+    with pytest.raises(ValueError, match="smaller than the 32² crop"):
+        common.noisy_pair(path, 32, 0.1, seed=0)
+
+
+def test_sgemm_on_the_cpu_has_torch_and_optionally_numpy() -> None:
+    rates = sgemm_gflops(64, reps=2)
+    assert set(rates) == {"torch", "numpy"} and all(v > 0 for v in rates.values())
+    assert set(sgemm_gflops(64, reps=1, numpy=False)) == {"torch"}
+
+
+def test_dip_plots(tmp_path: Path) -> None:
+    rows = _committed("batch.json")["rows"]
+    modes = ["sequential", "batched"]
+    png = plots.jobs_per_second(rows, modes, tmp_path / "batch.png", "title", "jobs/s")
+    assert png is not None and png.stat().st_size > 0
+    res = _committed("quality.json")
+    runs = res["autostop"]["runs"][:2]
+    png = plots.autostop_traces(runs, res["stoprules"], tmp_path / "autostop.png")
+    assert png is not None and png.stat().st_size > 0
+    assert plots.autostop_traces([], None, tmp_path / "none.png") is None
+
+
+def test_table_is_the_reports() -> None:
+    assert report.table(("a", "b"), [(1, "x")]) == ["| a | b |", "|---|---|", "| 1 | x |", ""]
