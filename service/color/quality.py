@@ -46,7 +46,7 @@ def psnr_y(a: NDArray[np.generic], b: NDArray[np.generic], border: int = SR_BORD
 def _luma(rgb: NDArray[np.generic]) -> NDArray[np.float64]:
     unit = rgb.astype(np.float64)
     if np.issubdtype(rgb.dtype, np.integer):
-        unit /= np.iinfo(rgb.dtype).max
+        unit /= np.iinfo(rgb.dtype.name).max
     full = unit[..., 0] * 0.299 + unit[..., 1] * 0.587 + unit[..., 2] * 0.114
     return 16.0 + 219.0 * full
 
@@ -55,5 +55,5 @@ def _peak(a: np.dtype[np.generic], b: np.dtype[np.generic]) -> float:
     if np.issubdtype(a, np.floating) and np.issubdtype(b, np.floating):
         return 1.0
     if a == b and np.issubdtype(a, np.integer):
-        return float(np.iinfo(a).max)
+        return float(np.iinfo(a.name).max)
     raise TypeError(f"PSNR of a {a} and a {b} image: give the peak value")
