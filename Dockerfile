@@ -15,11 +15,14 @@ FROM python:3.11-slim AS export
 WORKDIR /src
 COPY requirements.lock ./
 RUN pip install --no-cache-dir --no-deps -r requirements.lock --extra-index-url https://download.pytorch.org/whl/cpu
+COPY priorlab ./priorlab
 COPY contract ./contract
 COPY colorizers ./colorizers
 COPY export ./export
 COPY model_repository ./model_repository
-RUN python -m export --repository /models
+# `python -m priorlab` is the `priorlab` command, run from the source tree: the packages keep their
+# data files (checkpoints, contract assets) beside them, as in a checkout.
+RUN python -m priorlab export --repository /models
 
 # ---- triton: NVIDIA's server with the native onnxruntime backend (TensorRT accelerator, FP16) --
 FROM ${TRITON_IMAGE} AS triton
@@ -36,6 +39,7 @@ COPY requirements.lock ./
 # The gateway never imports torch: install everything but it (and the Triton server wheel).
 RUN grep -vE '^(torch|nvidia-pytriton|onnxscript|onnx-ir)==' requirements.lock > gateway.lock \
  && pip install --no-cache-dir --no-deps -r gateway.lock
+COPY priorlab ./priorlab
 COPY contract ./contract
 COPY protos ./protos
 COPY service ./service
@@ -46,7 +50,7 @@ ENV PYTHONPATH=/app PRIORLAB_HOST=0.0.0.0 PRIORLAB_PORT=50051 PRIORLAB_TRITON_UR
     PRIORLAB_METRICS_PORT=9090
 EXPOSE 50051 9090
 USER nobody
-CMD ["python", "-m", "service.gateway"]
+CMD ["python", "-m", "priorlab", "serve"]
 
 # ---- worker: Deep Image Prior jobs from the Redis bus, on CUDA PyTorch -----------------------
 FROM ${PYTORCH_IMAGE} AS worker
@@ -54,6 +58,7 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN grep -E '^(numpy|pillow|redis|protobuf|grpcio|grpcio-tools|prometheus_client|scipy)==' requirements.lock > worker.lock \
  && pip install --no-cache-dir -r worker.lock
+COPY priorlab ./priorlab
 COPY contract ./contract
 COPY protos ./protos
 COPY service ./service
@@ -64,4 +69,4 @@ ENV PYTHONPATH=/app REDIS_URL=redis://redis:6379/0
 EXPOSE 9101
 USER nobody
 # One slot per visible GPU; point more workers (any machine) at the same Redis to scale.
-CMD ["sh", "-c", "exec python -m service.worker --redis \"$REDIS_URL\" --metrics-port 9101"]
+CMD ["sh", "-c", "exec python -m priorlab worker --redis \"$REDIS_URL\" --metrics-port 9101"]

@@ -11,7 +11,7 @@ APT_PACKAGES := redis-server libb64-0d
 PROTOS := $(wildcard protos/priorlab/v1/*.proto)
 MODEL_INPUTS := $(wildcard colorizers/*.py colorizers/checkpoints/* export/*.py) contract/__init__.py
 
-.PHONY: run test check bench data deps apt protos models perf-analyzer clean
+.PHONY: run test check bench chaos data deps apt protos models perf-analyzer clean
 
 run: deps protos models
 	$(VENV)/bin/priorlab stack
@@ -71,6 +71,11 @@ perf-analyzer: deps
 
 bench: deps protos models perf-analyzer
 	$(VENV)/bin/priorlab bench
+
+# Faults injected into a running stack (kill/hang Triton, a model stub, the worker, Redis): detect and
+# recover times, jobs lost -> bench/results/chaos.{json,md}.
+chaos: deps protos models
+	$(VENV)/bin/priorlab chaos
 
 clean:
 	rm -rf service/pb/priorlab model_repository/*/[0-9]* model_repository/.exported .run

@@ -42,6 +42,7 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command("colorizers.evaluate", "evaluate a colorizer checkpoint on the validation split"),
     "restore-local": Command("service.worker.cli", "one Deep Image Prior restore in-process, no service"),
     "bench": Command("bench.__main__", "the benchmarks: JSON + markdown + PNG under bench/results/"),
+    "chaos": Command("bench.chaos", "kill and hang the stack's processes; detect/recover times, jobs lost"),
 }
 
 
