@@ -62,6 +62,35 @@ class DecodedImage:
         return self.pixels.shape[0], self.pixels.shape[1]
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says, before any pixel is decoded: stored size (EXIF rotation aside) and format."""
+
+    width: int
+    height: int
+    format: str
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def probe(data: bytes, *, max_pixels: int, max_bytes: int) -> ImageHeader:
+    """The checks of `decode` on the header alone: the size a decode would allocate, without decoding.
+
+    The gateway reserves its pixel budget from this before it decodes (service/gateway/admission.py).
+
+    Raises:
+        InvalidArgument: as `decode`, for everything the header shows.
+    """
+    image = _open(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    try:
+        width, height = image.size
+        return ImageHeader(width, height, _container(image))
+    finally:
+        image.close()
+
+
 def decode(data: bytes, *, max_pixels: int, max_bytes: int) -> DecodedImage:
     """Decode PNG, JPEG, WebP, BMP or TIFF bytes (first frame), honouring EXIF orientation.
 
@@ -72,6 +101,25 @@ def decode(data: bytes, *, max_pixels: int, max_bytes: int) -> DecodedImage:
         InvalidArgument: empty or over `max_bytes`; not one of the formats; more than `max_pixels`
             pixels; truncated or corrupt; a pixel mode we do not serve (e.g. float TIFF).
     """
+    image = _open(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    container = _container(image)
+    try:
+        upright = ImageOps.exif_transpose(image)  # decodes the pixels
+        pixels, alpha = _arrays(upright)
+    except _MALFORMED as exc:
+        raise InvalidArgument(f"{container} image is truncated or corrupt: {exc}") from None
+    finally:
+        image.close()
+    return DecodedImage(pixels=pixels, alpha=alpha, format=container)
+
+
+def _container(image: Image.Image) -> str:
+    # PIL's JPEG opener reports multi-frame camera JPEGs (preview frames) as "MPO"; to users, a JPEG.
+    return "JPEG" if image.format == "MPO" else str(image.format)
+
+
+def _open(data: bytes, *, max_pixels: int, max_bytes: int) -> Image.Image:
+    """The opened (header-only) image, after the byte-size and pixel-count checks."""
     if not data:
         raise InvalidArgument("image is empty (0 bytes)")
     if len(data) > max_bytes:
@@ -94,21 +142,14 @@ def decode(data: bytes, *, max_pixels: int, max_bytes: int) -> DecodedImage:
 
     width, height = image.size
     if width * height > max_pixels:
+        image.close()
         raise InvalidArgument(
             f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} pixels"
         )
     if width * height == 0:
-        raise InvalidArgument(f"image is {width}x{height}: it has no pixels")
-    # PIL's JPEG opener reports multi-frame camera JPEGs (preview frames) as "MPO"; to users, a JPEG.
-    container = "JPEG" if image.format == "MPO" else str(image.format)
-    try:
-        upright = ImageOps.exif_transpose(image)  # decodes the pixels
-        pixels, alpha = _arrays(upright)
-    except _MALFORMED as exc:
-        raise InvalidArgument(f"{container} image is truncated or corrupt: {exc}") from None
-    finally:
         image.close()
-    return DecodedImage(pixels=pixels, alpha=alpha, format=container)
+        raise InvalidArgument(f"image is {width}x{height}: it has no pixels")
+    return image
 
 
 def _arrays(image: Image.Image) -> tuple[NDArray[Any], NDArray[Any] | None]:

@@ -13,8 +13,10 @@ siggraph17 (colour hints; regression ab, plus 529 logits for colour suggestions)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ from contract import ANNEALED_T_DEFAULT, DECODED_VARIANT, HINT_MODEL, MODELS, PU
 from service import codec
 from service.color import ab_decode, hints, hue_chroma, lab, suggest
 from service.errors import InvalidArgument
+from service.gateway.admission import TRIM_PIXELS, Admission, PixelBudget, WorkClass, trim_heap
 from service.gateway.settings import Settings
 from service.gateway.triton import InferenceBackend, ModelInfo
 from service.metrics import Metrics
@@ -152,11 +155,60 @@ def suggestions_at(
 
 
 class ColorizePipeline:
-    def __init__(self, backend: InferenceBackend, settings: Settings, metrics: Metrics) -> None:
+    """Colorize and SuggestColors: admitted (or refused at once), queued for a slot and for pixels, run.
+
+    Per request: the header is read (`codec.probe`), `Admission.admit` refuses a call whose deadline
+    cannot be met or that finds the queue full (RESOURCE_EXHAUSTED + retry-after), the call then waits
+    for a pixel reservation (`PixelBudget`, so huge images do not all decode at once) and for one of
+    `max_concurrent_colorize` slots, and only then decodes. After a large image the freed heap is
+    returned to the system (`admission.trim_heap`).
+    """
+
+    def __init__(
+        self,
+        backend: InferenceBackend,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        admission: Admission | None = None,
+    ) -> None:
         self._backend = backend
         self._settings = settings
         self._metrics = metrics
         self._limit = asyncio.Semaphore(settings.max_concurrent_colorize)
+        self.admission = admission or Admission(max_queued=settings.max_queued_colorize)
+        self.pixels = PixelBudget(settings.max_pixels_in_flight)
+        self._large_in_flight = 0
+
+    @contextlib.asynccontextmanager
+    async def _admitted(
+        self, image: bytes, model: str, working_size: int, timeout_s: float
+    ) -> AsyncIterator[None]:
+        """Admission, then the pixel reservation and a slot; the ticket's cost sample when it ends."""
+        header = codec.probe(
+            image, max_pixels=self._settings.max_pixels, max_bytes=self._settings.max_message_bytes
+        )
+        ticket = self.admission.admit(WorkClass.of(model, working_size, header.pixels), timeout_s)
+        completed = False
+        large = header.pixels >= TRIM_PIXELS
+        try:
+            weight = await self.pixels.acquire(header.pixels)
+            try:
+                async with self._limit:
+                    ticket.start()  # DeadlineExceeded if it waited past its deadline: not computed
+                    self._large_in_flight += large
+                    try:
+                        yield
+                    finally:
+                        self._large_in_flight -= large
+                completed = True
+            finally:
+                self.pixels.release(weight)
+        finally:
+            ticket.finish(completed=completed)
+            if large and self._large_in_flight == 0:
+                # The last large image is done: hand glibc's freed arenas back (a few ms).
+                await asyncio.to_thread(trim_heap)
 
     async def _prepare(self, image: bytes, spec: ModelSpec, options: ColorizeOptions) -> _Prepared:
         return await asyncio.to_thread(
@@ -166,7 +218,8 @@ class ColorizePipeline:
 
     async def colorize(self, image: bytes, options: ColorizeOptions, *, timeout_s: float) -> ColorizeResult:
         spec = served_model(options.model, self._settings)
-        async with self._limit:
+        arrived = time.perf_counter()
+        async with self._admitted(image, spec.name, options.working_size, timeout_s):
             self._metrics.in_flight.inc()
             try:
                 start = time.perf_counter()
@@ -176,7 +229,7 @@ class ColorizePipeline:
                 prepared = await self._prepare(image, spec, options)
                 decoded_at = time.perf_counter()
                 outputs = await self._backend.infer(
-                    spec, prepared.inputs, timeout_s=max(0.001, timeout_s - (decoded_at - start))
+                    spec, prepared.inputs, timeout_s=max(0.001, timeout_s - (decoded_at - arrived))
                 )
                 inferred_at = time.perf_counter()
                 encoded, fmt = await asyncio.to_thread(postprocess, prepared, outputs, options)
@@ -202,10 +255,12 @@ class ColorizePipeline:
         self, image: bytes, options: ColorizeOptions, *, x: int, y: int, k: int, seed: int, timeout_s: float
     ) -> tuple[list[SuggestedColor], ModelInfo]:
         spec = MODELS[HINT_MODEL]
-        async with self._limit:
+        arrived = time.perf_counter()
+        async with self._admitted(image, f"{spec.name}:suggest", options.working_size, timeout_s):
             prepared = await self._prepare(image, spec, options)
             info = await self._backend.model_info(spec)
-            outputs = await self._backend.infer(spec, prepared.inputs, timeout_s=timeout_s)
+            remaining = max(0.001, timeout_s - (time.perf_counter() - arrived))
+            outputs = await self._backend.infer(spec, prepared.inputs, timeout_s=remaining)
             found = await asyncio.to_thread(
                 suggestions_at, prepared, outputs["logits"][0], x, y, options.working_size, k, seed
             )

@@ -396,3 +396,81 @@ def test_reflection_answers_as_v1_and_v1alpha(version: str) -> None:
         found.file_descriptor_response.file_descriptor_proto[0]
     )
     assert proto.name == "priorlab/v1/colorize.proto"
+
+
+@dataclass
+class SerialBackend(FakeBackend):
+    """One request at a time, each taking `delay_s` (like one Triton instance); counts the overlap."""
+
+    delay_s: float = 0.0
+    running: int = 0
+    max_running: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def infer(
+        self, spec: ModelSpec, inputs: dict[str, np.ndarray], *, timeout_s: float
+    ) -> dict[str, np.ndarray]:
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            async with self.lock:
+                await asyncio.sleep(self.delay_s)
+                return await super().infer(spec, inputs, timeout_s=timeout_s)
+        finally:
+            self.running -= 1
+
+
+async def _gathered(channel: grpc.aio.Channel, n: int, timeout: float, image: bytes) -> list[str]:
+    stub = colorize_pb2_grpc.ColorizerStub(channel)
+
+    async def one() -> str:
+        try:
+            await stub.Colorize(colorize_pb2.ColorizeRequest(image=image), timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            return e.code().name
+        return "OK"
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def test_a_full_queue_is_resource_exhausted_at_once_with_retry_after() -> None:
+    request = colorize_pb2.ColorizeRequest(image=png(gray_gradient()))
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        call = colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=10)
+        start = asyncio.get_running_loop().time()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        return info.value, asyncio.get_running_loop().time() - start
+
+    error, seconds = run_gateway(FakeBackend(), body, max_queued_colorize=0)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue is full" in (error.details() or "")
+    assert int(dict(error.trailing_metadata())["retry-after"]) >= 1
+    assert seconds < 1.0
+
+
+def test_huge_images_wait_for_the_pixel_budget_instead_of_decoding_together() -> None:
+    image = png(gray_gradient(60, 90))  # 5,400 pixels
+
+    def overlap(budget: int) -> tuple[list[str], int]:
+        backend = SerialBackend(delay_s=0.05)
+        codes = run_gateway(backend, lambda ch: _gathered(ch, 3, 10.0, image), max_pixels_in_flight=budget)
+        return codes, backend.max_running
+
+    assert overlap(6_000) == (["OK"] * 3, 1)  # one image's pixels at a time
+    codes, running = overlap(100_000)
+    assert codes == ["OK"] * 3 and running == 3  # all three fit
+
+
+def test_calls_whose_deadline_the_backlog_cannot_meet_are_shed_not_timed_out() -> None:
+    image = png(gray_gradient())
+    backend = SerialBackend(delay_s=0.25)
+
+    async def body(channel: grpc.aio.Channel) -> list[str]:
+        await _gathered(channel, 1, 10.0, image)  # measures the service time: 0.25 s
+        return await _gathered(channel, 12, 2.0, image)  # 3 s of work for 2 s deadlines
+
+    codes = run_gateway(backend, body)
+    assert "DEADLINE_EXCEEDED" not in codes
+    assert 4 <= codes.count("OK") <= 8 and codes.count("RESOURCE_EXHAUSTED") == 12 - codes.count("OK")

@@ -1,0 +1,254 @@
+"""Admission control and the pixel budget (service/gateway/admission.py), on a fake clock: no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.errors import DeadlineExceeded, ResourceExhausted
+from service.gateway.admission import (
+    RETRY_AFTER_MAX_S,
+    Admission,
+    Overloaded,
+    PixelBudget,
+    ServiceTimes,
+    WorkClass,
+    pixel_class,
+    trim_heap,
+)
+
+SMALL = WorkClass.of("eccv16", 256, 512 * 512)
+BIG = WorkClass.of("eccv16", 256, 7000 * 7000)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def admission(max_queued: int = 100) -> tuple[Admission, Clock]:
+    clock = Clock()
+    return Admission(max_queued=max_queued, clock=clock), clock
+
+
+def test_pixel_classes_double() -> None:
+    assert pixel_class(1) == pixel_class(512 * 512) == 0
+    assert pixel_class(512 * 512 + 1) == 1
+    assert pixel_class(1024 * 1024) == 2
+    assert SMALL != BIG and SMALL.model == "eccv16"
+
+
+def test_service_time_is_an_ewma_per_class_and_unknown_classes_borrow_the_overall_one() -> None:
+    times = ServiceTimes(alpha=0.5)
+    assert times.estimate(SMALL) == 0.0  # nothing measured: admit
+    times.record(SMALL, 0.1)
+    times.record(SMALL, 0.3)
+    assert times.estimate(SMALL) == pytest.approx(0.2)
+    assert times.estimate(BIG) == pytest.approx(0.2)  # borrowed
+    times.record(BIG, 2.0)
+    assert times.estimate(BIG) == pytest.approx(2.0)
+    assert times.estimate(SMALL) == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        ServiceTimes(alpha=0)
+
+
+def run_one(adm: Admission, clock: Clock, work: WorkClass, seconds: float) -> None:
+    ticket = adm.admit(work, 100.0)
+    ticket.start()
+    clock.now += seconds
+    ticket.finish()
+
+
+def test_a_lone_request_costs_its_latency() -> None:
+    adm, clock = admission()
+    run_one(adm, clock, SMALL, 0.08)
+    assert adm.times.estimate(SMALL) == pytest.approx(0.08)
+    clock.now += 5  # idle time is not busy time
+    run_one(adm, clock, SMALL, 0.08)
+    assert adm.times.estimate(SMALL) == pytest.approx(0.08)
+
+
+def test_overlapping_requests_cost_busy_time_per_completion_not_latency() -> None:
+    """Four at once finishing 0.1 s apart: each costs 0.1 s of throughput, though the last took 0.4 s."""
+    adm, clock = admission()
+    tickets = [adm.admit(SMALL, 10.0) for _ in range(4)]
+    for t in tickets:
+        t.start()
+    for t in tickets:
+        clock.now += 0.1
+        t.finish()
+    assert adm.times.estimate(SMALL) == pytest.approx(0.1)
+    assert adm.running == adm.queued == 0 and adm.backlog_s == 0
+
+
+def test_a_deadline_the_backlog_cannot_meet_is_refused_at_once_with_retry_after() -> None:
+    adm, clock = admission()
+    run_one(adm, clock, SMALL, 0.1)  # cost 0.1 s
+    admitted = [adm.admit(SMALL, 10.0) for _ in range(20)]  # 2 s of work ahead
+    assert adm.backlog_s == pytest.approx(2.0)
+    assert adm.predicted_latency_s(SMALL) == pytest.approx(2.1)
+    with pytest.raises(Overloaded) as refused:
+        adm.admit(SMALL, 2.0)  # 2.1 s > 0.9 x 2 s
+    assert isinstance(refused.value, ResourceExhausted)  # RESOURCE_EXHAUSTED through the one table
+    assert refused.value.retry_after_s == 1
+    assert "cannot be met" in str(refused.value)
+    assert adm.refused == 1 and adm.queued == 20  # the refusal left nothing behind
+    adm.admit(SMALL, 2.5)  # 2.1 s fits in 0.9 x 2.5 s
+    for t in admitted:
+        t.finish(completed=False)
+
+
+def test_retry_after_is_the_excess_in_whole_seconds_capped() -> None:
+    adm, clock = admission()
+    run_one(adm, clock, BIG, 5.0)
+    ahead = [adm.admit(BIG, 1000.0) for _ in range(2)]  # 10 s ahead, +5 own = 15 s
+    with pytest.raises(Overloaded) as refused:
+        adm.admit(BIG, 10.0)  # 15 - 9 = 6 s too much
+    assert refused.value.retry_after_s == 6
+    more = [adm.admit(BIG, 1000.0) for _ in range(30)]
+    with pytest.raises(Overloaded) as refused:
+        adm.admit(BIG, 1.0)
+    assert refused.value.retry_after_s == RETRY_AFTER_MAX_S
+    for t in ahead + more:
+        t.finish(completed=False)
+
+
+def test_a_full_queue_is_refused_even_with_a_long_deadline() -> None:
+    adm, _ = admission(max_queued=2)
+    first, second = adm.admit(SMALL, 60.0), adm.admit(SMALL, 60.0)
+    with pytest.raises(Overloaded, match="queue is full"):
+        adm.admit(SMALL, 60.0)
+    first.start()  # leaves the queue: a place frees
+    third = adm.admit(SMALL, 60.0)
+    assert adm.queued == 2 and adm.running == 1
+    for t in (first, second, third):
+        t.finish(completed=False)
+    assert adm.queued == adm.running == 0
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_is_not_computed() -> None:
+    adm, clock = admission()
+    ticket = adm.admit(SMALL, 1.0)
+    clock.now += 1.5
+    with pytest.raises(DeadlineExceeded, match="queue"):
+        ticket.start()
+    ticket.finish(completed=False)
+    ticket.finish(completed=False)  # idempotent
+    assert adm.running == adm.queued == 0
+    assert adm.times.estimate(SMALL) == 0.0  # a failure is no service-time sample
+
+
+def test_failures_do_not_charge_their_busy_time_to_the_next_success() -> None:
+    adm, clock = admission()
+    failing = adm.admit(SMALL, 10.0)
+    failing.start()
+    clock.now += 3.0
+    failing.finish(completed=False)
+    run_one(adm, clock, SMALL, 0.05)
+    assert adm.times.estimate(SMALL) == pytest.approx(0.05)
+
+
+def test_shedding_keeps_the_predicted_wait_inside_the_deadline_at_twice_capacity() -> None:
+    """A simulated open loop: 2 arrivals per service time, 10 s deadlines. The backlog stays bounded."""
+    adm, clock = admission(max_queued=1000)
+    run_one(adm, clock, SMALL, 0.1)
+    queue: list = []
+    refused = 0
+    for step in range(2000):  # 200 s of arrivals every 0.05 s
+        clock.now += 0.05
+        if step % 2 == 0 and queue:  # the server finishes one every 0.1 s, in order
+            done = queue.pop(0)
+            assert done.remaining_s() > 0  # no admitted request misses its deadline
+            done.finish()
+            if queue:
+                queue[0].start()
+        try:
+            ticket = adm.admit(SMALL, 10.0)
+        except Overloaded:
+            refused += 1
+            continue
+        if not queue:
+            ticket.start()
+        queue.append(ticket)
+    assert 900 <= refused <= 1100  # about half are shed
+    assert adm.backlog_s <= 9.0 + 0.2
+
+
+def test_pixel_budget_queues_big_images_first_come_first_served() -> None:
+    asyncio.run(_test_pixel_budget_queues_big_images_first_come_first_served())
+
+
+async def _test_pixel_budget_queues_big_images_first_come_first_served() -> None:
+    budget = PixelBudget(100)
+    a = await budget.acquire(60)
+    assert budget.available == 40
+    big = asyncio.create_task(budget.acquire(60))
+    small = asyncio.create_task(budget.acquire(10))  # fits, but must not overtake the big one
+    await asyncio.sleep(0)
+    assert not big.done() and not small.done() and budget.waiting == 2
+    budget.release(a)
+    assert await big == 60 and await small == 10
+    assert budget.available == 30
+    budget.release(60)
+    budget.release(10)
+    assert budget.available == 100
+
+
+def test_an_image_larger_than_the_budget_runs_alone() -> None:
+    asyncio.run(_test_an_image_larger_than_the_budget_runs_alone())
+
+
+async def _test_an_image_larger_than_the_budget_runs_alone() -> None:
+    budget = PixelBudget(100)
+    assert budget.weight(10_000) == 100 and budget.weight(0) == 1
+    first = await budget.acquire(1)
+    huge = asyncio.create_task(budget.acquire(10_000))
+    await asyncio.sleep(0)
+    assert not huge.done()
+    budget.release(first)
+    assert await huge == 100 and budget.available == 0
+    with pytest.raises(ValueError):
+        PixelBudget(0)
+
+
+def test_a_cancelled_waiter_leaves_the_queue_and_unblocks_the_ones_behind() -> None:
+    asyncio.run(_test_a_cancelled_waiter_leaves_the_queue_and_unblocks_the_ones_behind())
+
+
+async def _test_a_cancelled_waiter_leaves_the_queue_and_unblocks_the_ones_behind() -> None:
+    budget = PixelBudget(100)
+    held = await budget.acquire(50)
+    big = asyncio.create_task(budget.acquire(80))
+    small = asyncio.create_task(budget.acquire(30))
+    await asyncio.sleep(0)
+    big.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await big
+    assert await small == 30 and budget.waiting == 0
+    budget.release(held)
+    budget.release(30)
+    assert budget.available == 100
+
+
+def test_a_grant_cancelled_before_it_resumes_is_given_back() -> None:
+    asyncio.run(_test_a_grant_cancelled_before_it_resumes_is_given_back())
+
+
+async def _test_a_grant_cancelled_before_it_resumes_is_given_back() -> None:
+    budget = PixelBudget(100)
+    held = await budget.acquire(100)
+    waiter = asyncio.create_task(budget.acquire(100))
+    await asyncio.sleep(0)
+    budget.release(held)  # granted ...
+    waiter.cancel()  # ... and cancelled before it ran
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert budget.available == 100
+
+
+def test_trim_heap_runs_where_glibc_is() -> None:
+    assert trim_heap() in (True, False)
