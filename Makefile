@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 # Debian packages: redis-server (Restore job bus), libb64-0d (perf_analyzer from tritonclient 2.44).
-APT_PACKAGES := redis-server libb64-0d
+APT_PACKAGES := redis-server libb64-0d chromium
 PROTOS := $(wildcard protos/priorlab/v1/*.proto)
 MODEL_INPUTS := $(wildcard colorizers/*.py colorizers/checkpoints/* export/*.py) contract/__init__.py
 

@@ -19,6 +19,7 @@ from service.bus.timing import BusTiming
 from service.errors import PriorlabError, status_name
 from service.gateway.colorize import ColorizePipeline, served_models
 from service.gateway.colorizer import ColorizerServicer
+from service.gateway.http import HttpServer, serve_http
 from service.gateway.restorer import RESTORER_SERVICE, RestorerServicer
 from service.gateway.settings import Settings
 from service.gateway.triton import InferenceBackend
@@ -153,8 +154,11 @@ class GatewayServer:
     ) -> None:
         self.server, self.port, self.metrics = server, port, metrics
         self._backend, self._tasks, self._health, self._bus = backend, tasks, health_servicer, bus
+        self.http: HttpServer | None = None  # the HTTP API and web page, when settings.http_port is set
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        if self.http is not None:
+            await self.http.stop()
         await self._health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
         for task in self._tasks:
@@ -220,6 +224,8 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
             metrics.serve(settings.metrics_port, settings.host)
         except OSError as e:
             raise OSError(f"could not serve /metrics on {settings.host}:{settings.metrics_port}: {e}") from e
+    # Bound before the gRPC start too: a taken HTTP port fails start-up with nothing running.
+    http = HttpServer.bind(settings.host, settings.http_port) if settings.http_port else None
     await server.start()
     tasks = [
         asyncio.create_task(
@@ -233,4 +239,11 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
         )
         tasks.append(asyncio.create_task(restore_health))
     log.info("gateway listening on %s:%d (Triton %s)", settings.host, port, settings.triton_url)
-    return GatewayServer(server, port, backend, tasks, health_servicer, metrics, bus)
+    gateway = GatewayServer(server, port, backend, tasks, health_servicer, metrics, bus)
+    if http is not None:
+        try:  # same pipeline and job bus as the gRPC servicers, in this event loop
+            gateway.http = await serve_http(http, pipeline, settings, backend, bus)
+        except BaseException:
+            await gateway.stop(0)
+            raise
+    return gateway

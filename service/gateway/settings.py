@@ -32,6 +32,9 @@ class Settings:
     health_poll_s: float = 1.0  # with 1 s probe timeouts: a dead or hung model is seen within 2 s
     metrics_port: int = 0  # 0 = no Prometheus endpoint
     redis_url: str = ""  # empty = no Restore service
+    # HTTP/JSON API and the web page (service/gateway/http.py), in the gateway's own event loop.
+    http_port: int = 0  # 0 = off; `make run` uses 8080
+    http_cors_origins: str = ""  # comma-separated origins allowed cross-origin; empty = no CORS
     # Restore (DIP jobs on the Redis bus; README "Restore").
     restore_max_pixels: int = 4_000_000  # input pixels, and output pixels for super-resolution
     restore_max_iterations: int = 20_000  # cap on fixed_iterations / auto_stop.max_iterations

@@ -5,7 +5,7 @@ Triton gets free ports and serves `model_repository/` with `configs/cpu.pbtxt`; 
 it through system shared memory (same host). A local `redis-server` (free port unless `--redis-port`,
 append-only file with an fsync a second, `<workdir>/redis/`) is the Restore job bus unless
 `PRIORLAB_REDIS_URL` names another; one worker process serves it. The gateway's Prometheus endpoint
-is on `--metrics-port`. Ports are printed.
+is on `--metrics-port`, the HTTP/JSON API and the web page on `--http-port` (8080). Ports are printed.
 
 Every process is registered for shutdown the moment it has started, so a failure at any stage, or
 Ctrl-C / SIGTERM during start-up, stops what is already running (in reverse order, each by PID: the
@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -41,6 +42,7 @@ from service.launch.worker import spawn_worker, wait_joined
 log = logging.getLogger("priorlab.stack")
 
 METRICS_PORT_DEFAULT = 9464  # the Prometheus exporter port OpenTelemetry also uses; --metrics-port 0 = off
+HTTP_PORT_DEFAULT = 8080  # the HTTP/JSON API and the web page; --http-port 0 = off
 CLIENT = ".venv/bin/priorlab"
 
 
@@ -73,7 +75,11 @@ def started(settings: Settings, options: StackOptions) -> Iterator[Settings]:
 
             redis_url, redis = settings.redis_url, None
             if not redis_url:
-                redis = RedisServer.start(options.workdir / "redis", port=options.redis_port, persistent=True)
+                # requirepass with a fresh random password: other local users cannot reach the job bus.
+                password = secrets.token_hex(24)
+                redis = RedisServer.start(
+                    options.workdir / "redis", port=options.redis_port, persistent=True, password=password
+                )
                 running.callback(_stop, redis.stop, lambda: f"Redis (pid {redis.pid})")
                 redis_url = redis.url
 
@@ -114,12 +120,14 @@ async def serve(settings: Settings) -> None:
         raise
     target = f"{settings.host}:{gateway.port}"
     metrics = f"http://{settings.host}:{settings.metrics_port}/metrics" if settings.metrics_port else "off"
+    web = f"http://{settings.host}:{gateway.http.port}/" if gateway.http is not None else "off"
     _say(
         f"\npriorlab is up (Ctrl-C stops it):\n"
         f"  gateway gRPC   {target}   (priorlab.v1.Colorizer, priorlab.v1.Restorer, health, reflection)\n"
+        f"  web page       {web}   (and the HTTP/JSON API: {web}openapi.json)\n"
         f"  metrics        {metrics}\n"
         f"  Triton gRPC    {settings.triton_url}\n"
-        f"  Redis          {settings.redis_url}\n"
+        f"  Redis          {_redacted(settings.redis_url)}\n"
         f"  try: {CLIENT} colorize samples/aitzgorri.jpg /tmp/aitzgorri-colorized.jpg --target {target}\n"
     )
     stop = asyncio.Event()
@@ -132,6 +140,16 @@ async def serve(settings: Settings) -> None:
     _say("gateway stopped")
 
 
+def _redacted(url: str) -> str:
+    """`url` without its password (the banner is not a secret)."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not (sep and at):
+        return url
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     # Until the gateway's loop installs its handlers, SIGTERM unwinds start-up like Ctrl-C does.
     raise KeyboardInterrupt
@@ -139,6 +157,10 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def run(settings: Settings, options: StackOptions) -> int:
     signal.signal(signal.SIGTERM, _terminate)
+    # Everything the stack and its children create is this user's only: Triton's Python-backend stub
+    # shared-memory regions (0644 under the usual umask 022: any local user could read the tensors),
+    # logs, Redis's config (its password) and append-only file.
+    os.umask(0o077)
     try:
         with started(settings, options) as gateway_settings:
             asyncio.run(serve(gateway_settings))
@@ -164,6 +186,11 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help=f"gateway /metrics port (default PRIORLAB_METRICS_PORT or {METRICS_PORT_DEFAULT}; 0 = off)",
     )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        help=f"HTTP API and web page port (default PRIORLAB_HTTP_PORT or {HTTP_PORT_DEFAULT}; 0 = off)",
+    )
     parser.add_argument("--redis-port", type=int, default=0, help="local Redis port (default: a free one)")
     parser.add_argument(
         "--no-supervise", action="store_true", help="do not restart a crashed or hung Triton, Redis or worker"
@@ -178,8 +205,14 @@ def main(argv: list[str] | None = None) -> None:
     if metrics_port is None:
         from_env = "PRIORLAB_METRICS_PORT" in os.environ
         metrics_port = settings.metrics_port if from_env else METRICS_PORT_DEFAULT
+    http_port = args.http_port
+    if http_port is None:
+        http_port = settings.http_port if "PRIORLAB_HTTP_PORT" in os.environ else HTTP_PORT_DEFAULT
     settings = dataclasses.replace(
-        settings, port=settings.port if args.port is None else args.port, metrics_port=metrics_port
+        settings,
+        port=settings.port if args.port is None else args.port,
+        metrics_port=metrics_port,
+        http_port=http_port,
     )
     options = StackOptions(args.repository, args.workdir, args.redis_port, supervise=not args.no_supervise)
     sys.exit(run(settings, options))
