@@ -23,7 +23,7 @@ test: deps protos models
 check: deps protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy contract colorizers export service bench tests
+	$(VENV)/bin/mypy contract colorizers export service bench tests priorlab
 
 deps: $(VENV)/.installed apt
 
