@@ -18,10 +18,15 @@ from contract import (
     TensorSpec,
 )
 
-# Backpressure: a full queue is refused at once (the gateway maps it to RESOURCE_EXHAUSTED)
-# instead of growing latency without bound.
+# Backpressure behind the gateway's own admission (service/gateway/admission.py, issue #16): a full
+# queue is refused at once (the gateway maps it to RESOURCE_EXHAUSTED) instead of growing latency
+# without bound. One gateway sends at most PRIORLAB_MAX_CONCURRENT_COLORIZE (16) calls at a time, so
+# 32 holds two gateways' calls. A request that carries its own timeout (allow_timeout_override) is
+# dropped from the queue when that passes, the caller's deadline; one without it waits at most the
+# gateway's cap for callers who set no deadline (Settings.triton_timeout_s, 30 s), so Triton never
+# computes an answer the gateway has stopped waiting for.
 MAX_QUEUE_SIZE = 32
-QUEUE_TIMEOUT_US = 10_000_000
+QUEUE_TIMEOUT_US = 30_000_000
 
 
 def _tensors(kind: str, specs: tuple) -> str:
@@ -43,7 +48,7 @@ def _batching() -> str:
         "dynamic_batching {\n"
         "  max_queue_delay_microseconds: 0\n"
         f"  default_queue_policy {{ max_queue_size: {MAX_QUEUE_SIZE} timeout_action: REJECT"
-        f" default_timeout_microseconds: {QUEUE_TIMEOUT_US} }}\n"
+        f" default_timeout_microseconds: {QUEUE_TIMEOUT_US} allow_timeout_override: true }}\n"
         "}\n"
     )
 

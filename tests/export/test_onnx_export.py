@@ -172,3 +172,20 @@ def test_larsson16_parity_gate_fails_on_a_different_network(sharp_larsson: torch
         bias[0] += 5.0  # one bin: a uniform shift would leave the softmax unchanged
     with pytest.raises(ValueError, match="parity failed"):
         check_parity(fp32, graph_module(other, LARSSON16), (torch.rand(1, 1, 64, 64) * 100,), atol=1e-4)
+
+
+def test_tritons_queue_policy_matches_the_gateways_admission() -> None:
+    """Triton drops a queued request when the gateway stops waiting for it (issue #16): at the caller's
+    own deadline (sent as the request timeout), else at the gateway's cap for callers without one; and its
+    queue holds at least one gateway's calls in flight, which the gateway's admission already bounds."""
+    from export.triton_config import MAX_QUEUE_SIZE, QUEUE_TIMEOUT_US, cpu_config, gpu_config
+    from service.gateway.settings import Settings
+
+    settings = Settings()
+    assert round(settings.triton_timeout_s * 1e6) == QUEUE_TIMEOUT_US
+    assert settings.max_concurrent_colorize <= MAX_QUEUE_SIZE
+    for config in (cpu_config(ECCV16, {}), gpu_config(ECCV16, {})):
+        assert (
+            f"default_queue_policy {{ max_queue_size: {MAX_QUEUE_SIZE} timeout_action: REJECT "
+            f"default_timeout_microseconds: {QUEUE_TIMEOUT_US} allow_timeout_override: true }}"
+        ) in config
