@@ -58,18 +58,9 @@ class Outcome:
 class Chaos:
     def __init__(self, workdir: Path, recover_limit_s: float) -> None:
         self.port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "service.launch.stack",
-            "--port",
-            str(self.port),
-            "--metrics-port",
-            "0",
-        ]
-        self.stack = ManagedProcess.spawn(
-            "stack", [*command, "--workdir", str(workdir)], workdir / "stack.log", cwd=ROOT
-        )
+        command = [sys.executable, "-m", "service.launch.stack", "--port", str(self.port)]
+        command += ["--metrics-port", "0", "--http-port", "0", "--workdir", str(workdir)]
+        self.stack = ManagedProcess.spawn("stack", command, workdir / "stack.log", cwd=ROOT)
         self.stack.wait_until(lambda: "priorlab is up" in self._log(), UP_S, poll_s=0.5)
         self.target = f"127.0.0.1:{self.port}"
         self.limit_s = recover_limit_s

@@ -2,8 +2,9 @@
 
 A checkpoint file is accepted only if its hash is registered here, so what Triton serves is
 always named exactly (the authors' release, one of our trained checkpoints, or a seeded random
-initialisation that is reported as untrained). Nothing is downloaded: the authors' files are
-supplied by the user (`--weights FILE`), ours ship in `colorizers/checkpoints/`.
+initialisation that is reported as untrained). Ours ship in `colorizers/checkpoints/`; the authors'
+files are supplied by the user (`--weights FILE`) or, only when asked (`--weights-from authors`),
+fetched from their `url` into `.cache/weights/` by `export.fetch`, which checks the SHA-256 here.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Checkpoint:
     description: str
     sha256: str | None = None
     filename: str | None = None  # shipped file in CHECKPOINTS_DIR, or None (user-supplied)
+    url: str = ""  # where the authors publish it (`export.fetch`); "" for ours
     seed: int | None = None
     meta: dict[str, str] = field(default_factory=dict)
     # SIGGRAPH17: the logit scale SuggestColors softens the 529-bin distribution with before
@@ -61,8 +63,21 @@ REGISTRY: dict[str, Checkpoint] = {
             arch="eccv16",
             width=1.0,
             trained=True,
-            description="authors' release colorization_release_v2-9b330a0b.pth (BSD-2-Clause), user-supplied",
+            description="authors' release colorization_release_v2-9b330a0b.pth (BSD-2-Clause)",
             sha256="9b330a0bae53f4ded77b1e23defbf78beaa09c10ebc4c4999e8e4f4a160b93f9",
+            # richzhang/colorization colorizers/eccv16.py `model_zoo.load_url(...)`
+            url="https://colorizers.s3.us-east-2.amazonaws.com/colorization_release_v2-9b330a0b.pth",
+        ),
+        Checkpoint(
+            name="siggraph17-official",
+            arch="siggraph17",
+            width=1.0,
+            trained=True,
+            description="authors' release siggraph17-df00044c.pth (BSD-2-Clause)",
+            sha256="df00044c0a4d7c3edcecf6f75437ce346a66e7a42612d9b968e1a7e17dbc6f66",
+            # richzhang/colorization colorizers/siggraph17.py `model_zoo.load_url(...)`
+            url="https://colorizers.s3.us-east-2.amazonaws.com/siggraph17-df00044c.pth",
+            meta={"mask_offset": "0"},  # the authors' 0/1 hint mask
         ),
         Checkpoint(
             name="siggraph17-w0.25",

@@ -8,6 +8,11 @@ priorlab restore inpaint IN OUT --mask MASK --iterations 3000
 priorlab restore super_resolve IN OUT --factor 4 --detach   # prints the job id
 priorlab watch JOB_ID [OUT]                                 # re-attach (replays from the start)
 priorlab cancel JOB_ID
+
+Security (README "Security"): `--tls` (or `--tls-ca CA.pem`, `$PRIORLAB_TLS_CA`) speaks TLS to the gateway,
+`--tls-cert/--tls-key` (`$PRIORLAB_CLIENT_CERT`/`$PRIORLAB_CLIENT_KEY`) add a client certificate (mutual
+TLS), and a bearer token is sent from `$PRIORLAB_TOKEN` or `--token-file` (`$PRIORLAB_TOKEN_FILE`): never
+on the command line, where other users could read it in the process list.
 """
 
 from __future__ import annotations
@@ -40,6 +45,38 @@ _FORMATS = {
 }
 
 
+def _setting(args: argparse.Namespace, name: str, env: str) -> str:
+    value = getattr(args, name, None) or os.environ.get(env, "")
+    return str(value)
+
+
+def connect(args: argparse.Namespace, options: list[tuple[str, int]] | None = None) -> grpc.Channel:
+    """A channel to `args.target`: TLS when asked for (a CA or client certificate implies it), else plain."""
+    options = _CHANNEL_OPTIONS if options is None else options
+    ca, cert = _setting(args, "tls_ca", "PRIORLAB_TLS_CA"), _setting(args, "tls_cert", "PRIORLAB_CLIENT_CERT")
+    key = _setting(args, "tls_key", "PRIORLAB_CLIENT_KEY")
+    if not (getattr(args, "tls", False) or ca or cert):
+        return grpc.insecure_channel(args.target, options=options)
+    if bool(cert) != bool(key):
+        raise SystemExit("priorlab: --tls-cert and --tls-key go together")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(ca).read_bytes() if ca else None,  # None: the system's roots
+        private_key=Path(key).read_bytes() if key else None,
+        certificate_chain=Path(cert).read_bytes() if cert else None,
+    )
+    return grpc.secure_channel(args.target, credentials, options=options)
+
+
+def call_metadata(args: argparse.Namespace, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...] | None:
+    """The call's metadata: `authorization: Bearer <token>` when a token is set, and `extra`."""
+    token_file = getattr(args, "token_file", None)  # the flag, then $PRIORLAB_TOKEN, then the file variable
+    token = Path(token_file).read_text().strip() if token_file else os.environ.get("PRIORLAB_TOKEN", "")
+    if not token and os.environ.get("PRIORLAB_TOKEN_FILE"):
+        token = Path(os.environ["PRIORLAB_TOKEN_FILE"]).read_text().strip()
+    pairs = ((("authorization", f"Bearer {token}"),) if token else ()) + extra
+    return pairs or None
+
+
 def colorize(args: argparse.Namespace) -> int:
     suffix = args.output.suffix.lower()
     if suffix not in _FORMATS:
@@ -55,9 +92,10 @@ def colorize(args: argparse.Namespace) -> int:
     if args.temperature is not None:
         request.temperature = args.temperature
     request.hints.extend(args.hint)
-    with grpc.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
+    with connect(args) as channel:
         try:
-            response = colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=args.timeout)
+            stub = colorize_pb2_grpc.ColorizerStub(channel)
+            response = stub.Colorize(request, timeout=args.timeout, metadata=call_metadata(args))
         except grpc.RpcError as e:
             print(f"{e.code().name}: {e.details()}", file=sys.stderr)
             return 1
@@ -93,9 +131,10 @@ def suggest(args: argparse.Namespace) -> int:
     request = colorize_pb2.SuggestColorsRequest(
         image=args.input.read_bytes(), x=args.x, y=args.y, k=args.k, seed=args.seed
     )
-    with grpc.insecure_channel(args.target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+    with connect(args, [("grpc.max_send_message_length", 64 << 20)]) as channel:
         try:
-            response = colorize_pb2_grpc.ColorizerStub(channel).SuggestColors(request, timeout=args.timeout)
+            stub = colorize_pb2_grpc.ColorizerStub(channel)
+            response = stub.SuggestColors(request, timeout=args.timeout, metadata=call_metadata(args))
         except grpc.RpcError as e:
             print(f"{e.code().name}: {e.details()}", file=sys.stderr)
             return 1
@@ -175,8 +214,8 @@ def follow(events: Iterable[restore_pb2.RestoreEvent], output: Path | None) -> i
 
 def restore(args: argparse.Namespace) -> int:
     request = restore_request(args)
-    metadata = (("x-client-id", args.client_id),) if args.client_id else None
-    with grpc.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
+    metadata = call_metadata(args, *((("x-client-id", args.client_id),) if args.client_id else ()))
+    with connect(args) as channel:
         stub = restore_pb2_grpc.RestorerStub(channel)
         try:
             if args.detach:
@@ -192,20 +231,24 @@ def restore(args: argparse.Namespace) -> int:
 
 
 def watch(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
+    with connect(args) as channel:
         request = restore_pb2.WatchRestoreRequest(job_id=args.job_id)
         try:
-            return follow(restore_pb2_grpc.RestorerStub(channel).WatchRestore(request), args.output)
+            events = restore_pb2_grpc.RestorerStub(channel).WatchRestore(
+                request, metadata=call_metadata(args)
+            )
+            return follow(events, args.output)
         except grpc.RpcError as e:
             print(f"\n{e.code().name}: {e.details()}", file=sys.stderr)
             return 1
 
 
 def cancel(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
+    with connect(args) as channel:
         request = restore_pb2.CancelRestoreRequest(job_id=args.job_id)
         try:
-            reply = restore_pb2_grpc.RestorerStub(channel).CancelRestore(request, timeout=args.timeout)
+            stub = restore_pb2_grpc.RestorerStub(channel)
+            reply = stub.CancelRestore(request, timeout=args.timeout, metadata=call_metadata(args))
         except grpc.RpcError as e:
             print(f"{e.code().name}: {e.details()}", file=sys.stderr)
             return 1
@@ -224,6 +267,13 @@ def build_parser(default_target: str = DEFAULT_TARGET) -> argparse.ArgumentParse
         help="gateway HOST:PORT (default: $PRIORLAB_TARGET, else %(default)s)",
     )
     connection.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    connection.add_argument("--tls", action="store_true", help="TLS with the system's CA roots")
+    connection.add_argument("--tls-ca", help="TLS, trusting this PEM CA bundle (default: $PRIORLAB_TLS_CA)")
+    connection.add_argument("--tls-cert", help="client certificate, PEM (mutual TLS; $PRIORLAB_CLIENT_CERT)")
+    connection.add_argument("--tls-key", help="client certificate's key, PEM ($PRIORLAB_CLIENT_KEY)")
+    connection.add_argument(
+        "--token-file", help="file holding the bearer token (default: $PRIORLAB_TOKEN, $PRIORLAB_TOKEN_FILE)"
+    )
     parser = argparse.ArgumentParser(prog="priorlab")
     commands = parser.add_subparsers(dest="command", required=True)
     c = commands.add_parser("colorize", parents=[connection], help="colorize one image")
@@ -252,7 +302,9 @@ def build_parser(default_target: str = DEFAULT_TARGET) -> argparse.ArgumentParse
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--priority", type=int, default=0, help="> 0 high, 0 normal, < 0 low")
     r.add_argument("--progress-every", type=int, default=10)
-    r.add_argument("--client-id", default="", help="sent as x-client-id (the per-client quota)")
+    r.add_argument(
+        "--client-id", default="", help="sent as x-client-id (the quota key when the gateway has no auth)"
+    )
     r.add_argument("--job-timeout", type=float, default=None, help="deadline in seconds (cancels the job)")
     r.add_argument("--detach", action="store_true", help="submit, print the job id and exit")
     r.set_defaults(run=restore)

@@ -9,6 +9,7 @@ The hierarchy (the gRPC code each one becomes):
   + InvalidArgument ...... INVALID_ARGUMENT    the request itself is wrong (bad image, limit passed,
   |                                            value out of range); retrying it cannot help
   + NotFound ............. NOT_FOUND           a named thing does not exist (model, job)
+  + Unauthenticated ...... UNAUTHENTICATED     no valid credentials (gateway auth is on, README Security)
   + ResourceExhausted .... RESOURCE_EXHAUSTED  the server is out of capacity (queue full); retry later
   + Unavailable .......... UNAVAILABLE         a backend (Triton, Redis) cannot be reached; retry later
   + DeadlineExceeded ..... DEADLINE_EXCEEDED   the caller's deadline passed before the work finished
@@ -57,6 +58,10 @@ class NotFound(PriorlabError):
     """The request names something that does not exist."""
 
 
+class Unauthenticated(PriorlabError):
+    """The call carries no valid credentials (a bearer token, when the gateway's auth is on)."""
+
+
 class ResourceExhausted(PriorlabError):
     """The server has no capacity for this request right now."""
 
@@ -89,6 +94,7 @@ STATUS_CODES: Final[Mapping[type[PriorlabError], str]] = MappingProxyType(
     {
         InvalidArgument: "INVALID_ARGUMENT",
         NotFound: "NOT_FOUND",
+        Unauthenticated: "UNAUTHENTICATED",
         ResourceExhausted: "RESOURCE_EXHAUSTED",
         Unavailable: "UNAVAILABLE",
         DeadlineExceeded: "DEADLINE_EXCEEDED",

@@ -17,6 +17,7 @@ from contract import ModelSpec
 from service.bus.jobs import JobBus
 from service.bus.timing import BusTiming
 from service.errors import PriorlabError, status_name
+from service.gateway.auth import AuthInterceptor, TokenTable, reflection_pool, server_credentials
 from service.gateway.colorize import ColorizePipeline, served_models
 from service.gateway.colorizer import ColorizerServicer
 from service.gateway.http import HttpServer, serve_http
@@ -181,8 +182,10 @@ def _enable_reflection(services: tuple[str, ...], server: grpc.aio.Server) -> No
 
     The pinned grpcio-reflection implements only v1alpha. The v1 protocol is the same messages under
     a new package name (same fields and numbers, so the same bytes), so the one servicer answers both.
+    It describes only the public types (`auth.reflection_pool`), never the job bus's internal messages.
     """
-    servicer = reflection.aio.ReflectionServicer((*services, REFLECTION_V1, reflection.SERVICE_NAME))
+    listed = (*services, REFLECTION_V1, reflection.SERVICE_NAME)
+    servicer = reflection.aio.ReflectionServicer(listed, pool=reflection_pool(listed))
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
@@ -194,6 +197,17 @@ def _enable_reflection(services: tuple[str, ...], server: grpc.aio.Server) -> No
     )
 
 
+def _bind(server: grpc.aio.Server, settings: Settings) -> int:
+    """The gRPC port: TLS (mutual with a client CA) when a certificate is set, else plaintext."""
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert:
+        creds = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        return int(server.add_secure_port(address, creds))
+    if settings.auth_tokens_file and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("bearer tokens over plaintext gRPC on %s: set PRIORLAB_TLS_CERT/_KEY", address)
+    return int(server.add_insecure_port(address))
+
+
 async def create_server(settings: Settings, backend: InferenceBackend) -> GatewayServer:
     """Build, bind (port 0 = free port) and start the gateway."""
     metrics = Metrics()
@@ -203,7 +217,10 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ]
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(metrics)], options=options)
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(metrics)]
+    if settings.auth_tokens_file:  # after ErrorInterceptor, which counts its refusals
+        interceptors.append(AuthInterceptor(TokenTable.load(settings.auth_tokens_file)))
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     pipeline = ColorizePipeline(backend, settings, metrics)
     colorize_pb2_grpc.add_ColorizerServicer_to_server(ColorizerServicer(pipeline, settings), server)
     services = [COLORIZER_SERVICE]
@@ -214,8 +231,9 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
         services.append(RESTORER_SERVICE)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    _enable_reflection((*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if settings.reflection_on:
+        _enable_reflection((*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
+    port = _bind(server, settings)
     if port == 0:
         raise OSError(f"could not bind the gateway to {settings.host}:{settings.port} (is the port taken?)")
     if settings.metrics_port:
@@ -238,7 +256,9 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
             bus, health_servicer, settings.health_poll_s, timing.worker_ttl_s
         )
         tasks.append(asyncio.create_task(restore_health))
-    log.info("gateway listening on %s:%d (Triton %s)", settings.host, port, settings.triton_url)
+    security = ("mutual TLS" if settings.tls_client_ca else "TLS") if settings.tls_cert else "plaintext"
+    security += ", bearer tokens" if settings.auth_tokens_file else ", no auth"
+    log.info("gateway listening on %s:%d (%s; Triton %s)", settings.host, port, security, settings.triton_url)
     gateway = GatewayServer(server, port, backend, tasks, health_servicer, metrics, bus)
     if http is not None:
         try:  # same pipeline and job bus as the gRPC servicers, in this event loop

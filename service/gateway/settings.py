@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 
 from service.bus.timing import DEFAULT_VISIBILITY_TIMEOUT_S
 
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -44,6 +46,32 @@ class Settings:
     restore_result_ttl_s: int = 3600  # how long a finished job's events and result stay readable
     # The workers' --visibility-timeout (the same value): when a worker counts as gone follows from it.
     restore_visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
+    # Security (README "Security"); all off by default, for `make run` on loopback.
+    tls_cert: str = ""  # PEM certificate chain file; with tls_key, the gRPC port speaks TLS only
+    tls_key: str = ""  # PEM private key file of tls_cert
+    tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed (mutual TLS)
+    # "client-id token" lines (service/gateway/auth.py). Set: every RPC but health needs
+    # `authorization: Bearer <token>`, and the token's client id is the Restore quota key and job owner.
+    auth_tokens_file: str = ""
+    reflection: str = ""  # "" = on unless auth is on; or a boolean (1/0, true/false, yes/no)
+    # Key of the opaque worker labels clients see instead of worker names (several gateways: the same
+    # key, for the same labels); empty = a random key per gateway process.
+    worker_label_key: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("PRIORLAB_TLS_CERT and PRIORLAB_TLS_KEY go together: set both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("PRIORLAB_TLS_CLIENT_CA (mutual TLS) needs PRIORLAB_TLS_CERT and _KEY")
+        if self.reflection.lower() not in ("", *_TRUE, *_FALSE):
+            raise ValueError(f"PRIORLAB_REFLECTION={self.reflection!r} is not a boolean nor empty")
+
+    @property
+    def reflection_on(self) -> bool:
+        """Server reflection: as set, else on exactly when bearer-token auth is off."""
+        if not self.reflection:
+            return not self.auth_tokens_file
+        return self.reflection.lower() in _TRUE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], prefix: str = "PRIORLAB_") -> Settings:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from tritonclient.utils import InferenceServerException
 from contract import ANNEALED_T_DEFAULT, PARAM_CHECKPOINT, PARAM_TEMPERATURE, PARAM_TRAINED, ModelSpec
 from service.errors import (
     DeadlineExceeded,
+    Internal,
     InvalidArgument,
     NotFound,
     PriorlabError,
@@ -97,6 +100,33 @@ def probe_arrays(spec: ModelSpec, size: int = PROBE_SIZE) -> dict[str, NDArray[A
     fill = {"L": 50.0, "T": ANNEALED_T_DEFAULT}
     shape = {t.name: t.shape(1, size, size) for t in spec.inputs}
     return {t.name: np.full(shape[t.name], fill.get(t.name, 0.0), dtype=t.numpy_dtype) for t in spec.inputs}
+
+
+SHM_DIR = "/dev/shm"
+
+
+def _owner_only(key: str, shm_dir: str = SHM_DIR) -> None:
+    """Makes the region `key` readable and writable by this user only (0600), and refuses one it does not
+    own: `create_shared_memory_region` reuses a region that already exists under the name, and one another
+    local user made there (say between our destroy and create when a region grows) would expose the
+    tensors. Python's shared memory already creates 0600; this holds whatever created it."""
+    path = os.path.join(shm_dir, key.lstrip("/"))
+    info = os.stat(path, follow_symlinks=False)
+    if info.st_uid != os.geteuid() or not stat.S_ISREG(info.st_mode):
+        raise Internal(f"shared-memory region {path} is not a file of this user: refusing to use it")
+    if stat.S_IMODE(info.st_mode) != 0o600:
+        os.chmod(path, 0o600, follow_symlinks=False)
+
+
+def _create_region(key: str, size: int) -> Any:
+    """A system shared-memory region `/key` of `size` bytes, this user's only (`_owner_only`)."""
+    handle = shm.create_shared_memory_region(key, f"/{key}", size)
+    try:
+        _owner_only(key)
+    except BaseException:
+        shm.destroy_shared_memory_region(handle)
+        raise
+    return handle
 
 
 def _round_up(n: int) -> int:
@@ -208,18 +238,14 @@ class TritonBackend:
         if slot.in_bytes < in_bytes:
             await self._drop(slot, "in")
             slot.in_bytes = _round_up(in_bytes)
-            slot.in_handle = shm.create_shared_memory_region(
-                f"{slot.key}_in", f"/{slot.key}_in", slot.in_bytes
-            )
+            slot.in_handle = _create_region(f"{slot.key}_in", slot.in_bytes)
             await self._client.register_system_shared_memory(
                 f"{slot.key}_in", f"/{slot.key}_in", slot.in_bytes
             )
         if slot.out_bytes < out_bytes:
             await self._drop(slot, "out")
             slot.out_bytes = _round_up(out_bytes)
-            slot.out_handle = shm.create_shared_memory_region(
-                f"{slot.key}_out", f"/{slot.key}_out", slot.out_bytes
-            )
+            slot.out_handle = _create_region(f"{slot.key}_out", slot.out_bytes)
             await self._client.register_system_shared_memory(
                 f"{slot.key}_out", f"/{slot.key}_out", slot.out_bytes
             )

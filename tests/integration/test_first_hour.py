@@ -64,17 +64,21 @@ def start(clone: Path, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
 def test_make_run_serves_the_readme_commands_and_ctrl_c_leaves_nothing(
     start: Callable[..., Stack], clone: Path
 ) -> None:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, http_port = free_port(), free_port(), free_port()
     stack = start(
         ["make", "--no-print-directory", "run"],
         PRIORLAB_PORT=str(port),
         PRIORLAB_METRICS_PORT=str(metrics_port),
+        PRIORLAB_HTTP_PORT=str(http_port),
     )
     stack.wait_for(r"priorlab is up", UP_TIMEOUT_S)
     assert f"127.0.0.1:{port}" in stack.output()
     assert f"http://127.0.0.1:{metrics_port}/metrics" in stack.output(), "make run prints the metrics URL"
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
         assert b"priorlab_" in reply.read()
+    assert f"http://127.0.0.1:{http_port}/" in stack.output(), "make run prints the web page's URL"
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/", timeout=5) as reply:
+        assert b"<html" in reply.read().lower()
 
     commands = client_commands(clone / "README.md", section="Try it")
     assert {c.split()[1] for c in commands} >= {"colorize", "suggest", "restore"}, commands
@@ -113,6 +117,8 @@ def test_a_redis_that_cannot_start_stops_triton_and_names_the_cause(start: Calla
                 str(free_port()),
                 "--metrics-port",
                 "0",
+                "--http-port",
+                "0",
                 "--redis-port",
                 str(redis_port),
             ]
@@ -142,6 +148,8 @@ def test_a_triton_that_cannot_load_a_model_fails_with_its_log(
             str(free_port()),
             "--metrics-port",
             "0",
+            "--http-port",
+            "0",
         ]
     )
     assert stack.wait_exit(UP_TIMEOUT_S) == 1, stack.output()
@@ -153,7 +161,17 @@ def test_a_triton_that_cannot_load_a_model_fails_with_its_log(
 
 def test_ctrl_c_during_start_up_stops_what_was_started(start: Callable[..., Stack]) -> None:
     stack = start(
-        [".venv/bin/python", "-m", "service.launch.stack", "--port", str(free_port()), "--metrics-port", "0"]
+        [
+            ".venv/bin/python",
+            "-m",
+            "service.launch.stack",
+            "--port",
+            str(free_port()),
+            "--metrics-port",
+            "0",
+            "--http-port",
+            "0",
+        ]
     )
     stack.wait_for(r"starting Triton", 60)
     time.sleep(3)  # Triton is loading: its stub processes are starting

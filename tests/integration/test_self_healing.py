@@ -75,7 +75,17 @@ class Running:
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("self-healing")
     port = free_port()
-    command = [sys.executable, "-m", "service.launch.stack", "--port", str(port), "--metrics-port", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "service.launch.stack",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "0",
+        "--http-port",
+        "0",
+    ]
     with stacks(REPO, tmp) as start:
         stack = start([*command, "--workdir", str(tmp / "run")])
         stack.wait_for(r"priorlab is up", UP_TIMEOUT_S)
@@ -144,7 +154,17 @@ def unsupervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """A stack whose supervisor is off: what the gateway's health sees before anyone repairs it."""
     tmp = tmp_path_factory.mktemp("unsupervised")
     port = free_port()
-    command = [sys.executable, "-m", "service.launch.stack", "--port", str(port), "--metrics-port", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "service.launch.stack",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "0",
+        "--http-port",
+        "0",
+    ]
     with stacks(REPO, tmp) as start:
         stack = start([*command, "--workdir", str(tmp / "run"), "--no-supervise"])
         stack.wait_for(r"priorlab is up", UP_TIMEOUT_S)
