@@ -5,4 +5,5 @@
 * `hue_chroma` Larsson16's hue/chroma decodes
 * `hints`      colour hints -> SIGGRAPH17's ab_hint and hint_mask tensors
 * `suggest`    colour suggestions at a pixel from SIGGRAPH17's 529-bin distribution
+* `quality`    PSNR (8-bit and float images) and the SR protocol's PSNR on Y: the one home of both
 """
