@@ -63,6 +63,12 @@ class Settings:
             raise ValueError("PRIORLAB_TLS_CERT and PRIORLAB_TLS_KEY go together: set both or neither")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("PRIORLAB_TLS_CLIENT_CA (mutual TLS) needs PRIORLAB_TLS_CERT and _KEY")
+        if self.http_port and (self.auth_tokens_file or self.tls_client_ca):
+            # Fail closed: the HTTP API (service/gateway/http.py) checks neither tokens nor certificates.
+            raise ValueError(
+                "the HTTP API has no authentication yet: with PRIORLAB_AUTH_TOKENS_FILE or "
+                "PRIORLAB_TLS_CLIENT_CA set, set PRIORLAB_HTTP_PORT=0 (`make run`: --http-port 0)"
+            )
         if self.reflection.lower() not in ("", *_TRUE, *_FALSE):
             raise ValueError(f"PRIORLAB_REFLECTION={self.reflection!r} is not a boolean nor empty")
 

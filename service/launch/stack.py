@@ -25,7 +25,9 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -54,6 +56,21 @@ class StackOptions:
     supervise: bool = True  # restart a crashed or hung Triton, Redis or worker (service.launch.supervisor)
 
 
+def _private_regions(prefix: str, done: threading.Event, period_s: float = 0.5) -> None:
+    """Takes other users' access to Triton's Python-backend shared-memory regions (`/dev/shm/<prefix>*`).
+
+    The stubs create them 0644 whatever the umask (measured with umask 077: they set the mode themselves),
+    so any local user could read the tensors. Each region is made 0600 within `period_s` of appearing
+    (model load, stub restart); a user who opens one within that window keeps it, so on a machine shared
+    with untrusted users run Triton as its own user or container (README "Security").
+    """
+    while not done.wait(period_s):
+        for region in Path("/dev/shm").glob(f"{prefix}*"):
+            with contextlib.suppress(OSError):  # gone meanwhile
+                if stat.S_IMODE(region.stat().st_mode) & 0o077:
+                    region.chmod(0o600)
+
+
 def _say(message: str) -> None:
     print(message, flush=True)
 
@@ -72,6 +89,11 @@ def started(settings: Settings, options: StackOptions) -> Iterator[Settings]:
             _say("starting Triton (loading the models takes a while)…")
             triton = TritonServer.start(options.repository, options.workdir / "triton")
             running.callback(_stop, triton.stop, lambda: f"Triton (pid {triton.pid})")
+            regions_done = threading.Event()
+            threading.Thread(
+                target=_private_regions, args=(triton.shm_prefix, regions_done), daemon=True
+            ).start()
+            running.callback(regions_done.set)
 
             redis_url, redis = settings.redis_url, None
             if not redis_url:
@@ -157,9 +179,8 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def run(settings: Settings, options: StackOptions) -> int:
     signal.signal(signal.SIGTERM, _terminate)
-    # Everything the stack and its children create is this user's only: Triton's Python-backend stub
-    # shared-memory regions (0644 under the usual umask 022: any local user could read the tensors),
-    # logs, Redis's config (its password) and append-only file.
+    # What the stack and its children create is this user's only: logs, Redis's config (its password)
+    # and append-only file. (Not Triton's stub regions: `_private_regions` sees to those.)
     os.umask(0o077)
     try:
         with started(settings, options) as gateway_settings:
