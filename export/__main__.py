@@ -2,7 +2,10 @@
 
 Writes `<version>/model.onnx`, `<version>/model.py` (the Python-backend host) and
 `configs/{cpu,gpu}.pbtxt`. The checkpoint is the project's default for the model unless
-`--weights FILE` names another registered one (its SHA-256 must be in colorizers.weights).
+`--weights FILE` names another registered one (its SHA-256 must be in colorizers.weights), or
+`--weights-from authors` asks for the authors' released ECCV16 and SIGGRAPH17 checkpoints: fetched
+from their registered URLs into .cache/weights/ once (SHA-256 checked; `export.fetch`), used from
+there after. Larsson16 has no such release and keeps the project's checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from contract import (
     PARAM_TEMPERATURE,
     PARAM_TRAINED,
 )
+from export.fetch import FetchError, fetch_authors
 from export.onnx_export import export_model
 from export.triton_config import cpu_config, gpu_config
 
@@ -64,6 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--model", choices=sorted(MODELS), action="append", help="default: every model")
     parser.add_argument("--weights", type=Path, help="a registered checkpoint file (only with one --model)")
+    parser.add_argument(
+        "--weights-from",
+        choices=("project", "authors"),
+        default="project",
+        help="authors: the authors' ECCV16/SIGGRAPH17 releases (fetched once into .cache/weights/)",
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="with --weights-from authors: use .cache/weights/ only, no request",
+    )
     parser.add_argument("--version", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -71,8 +86,22 @@ def main(argv: list[str] | None = None) -> int:
     models = args.model or sorted(MODELS)
     if args.weights is not None and len({ARCHITECTURE[m] for m in models}) != 1:
         parser.error("--weights belongs to one architecture: name its --model(s)")
+    if args.weights is not None and args.weights_from != "project":
+        parser.error("--weights and --weights-from authors name different checkpoints: give one")
+    files = {arch: args.weights for arch in {ARCHITECTURE[m] for m in models}}
+    if args.weights_from == "authors":
+        # Every file is fetched and verified before anything is written: a failure leaves the
+        # repository as it was (the project's own checkpoints, or the last export).
+        try:
+            fetched = fetch_authors(set(files), offline=args.offline)
+        except FetchError as exc:
+            print(f"priorlab export: {exc}; {args.repository}/ left as it was", file=sys.stderr)
+            return 1
+        files.update({arch: path for arch, (_, path) in fetched.items()})
     for name in models:
-        path = export_to_repository(name, args.repository, version=args.version, weights_file=args.weights)
+        path = export_to_repository(
+            name, args.repository, version=args.version, weights_file=files[ARCHITECTURE[name]]
+        )
         print(f"wrote {path}")
     return 0
 
