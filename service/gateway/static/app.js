@@ -427,7 +427,7 @@ function watch(jobId, url) {
   source.addEventListener("failure", (e) => {
     end();
     const f = JSON.parse(e.data);
-    setStatus(status, `job ${jobId}: ${f.message} (${f.code})`, true);
+    setStatus(status, `${f.message} (${f.code}, HTTP ${f.status})`, true);
   });
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED) setStatus(status, `job ${jobId}: lost the event stream`, true);
