@@ -52,11 +52,22 @@ service/pb/priorlab/v1/.generated: $(PROTOS) $(VENV)/.installed
 	sed -i 's/^from priorlab\.v1 import/from service.pb.priorlab.v1 import/' service/pb/priorlab/v1/*.py service/pb/priorlab/v1/*.pyi
 	touch service/pb/priorlab/__init__.py service/pb/priorlab/v1/__init__.py $@
 
+# WEIGHTS=authors: the authors' released ECCV16 and SIGGRAPH17 checkpoints, fetched once from their
+# registered URLs into .cache/weights/ (SHA-256 checked; export/fetch.py); WEIGHTS=project: ours.
+# Without WEIGHTS the last export's choice stands (ours on a fresh checkout, recorded in .exported) and
+# nothing touches the network: a re-export then takes the authors' files from the cache only.
+EXPORTED_FROM = $(or $(shell cat model_repository/.exported 2>/dev/null),project)
+WEIGHTS_FROM = $(or $(WEIGHTS),$(EXPORTED_FROM))
+
 models: model_repository/.exported
 
+ifneq ($(WEIGHTS_FROM),$(EXPORTED_FROM))
+.PHONY: model_repository/.exported
+endif
+
 model_repository/.exported: $(MODEL_INPUTS) $(VENV)/.installed
-	$(VENV)/bin/priorlab export --repository model_repository
-	touch $@
+	$(VENV)/bin/priorlab export --repository model_repository --weights-from $(WEIGHTS_FROM) $(if $(WEIGHTS),,--offline)
+	echo $(WEIGHTS_FROM) > $@
 
 # Training photos into .cache/colorize-data (never committed); see colorizers/MODEL_CARD.md.
 # The project's package sources always; plus a folder of photos if named (TRAIN_DATA=DIR), never
