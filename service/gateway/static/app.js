@@ -103,7 +103,9 @@ async function runColorize() {
   if (colorize.controller) colorize.controller.abort(); // the previous request is superseded
   const controller = new AbortController();
   colorize.controller = controller;
-  const fields = { model: $("model").value, output_format: "png" };
+  // No output_format: the server answers in the photo's own format (JPEG in, JPEG out: fast to
+  // encode, which a hint's round trip feels; PNG in, PNG out, alpha kept).
+  const fields = { model: $("model").value };
   if (!$("temperature").disabled) fields.temperature = $("temperature").value;
   const status = $("colorize-status");
   setStatus(status, "colorizing…");
@@ -119,6 +121,7 @@ async function runColorize() {
     img.dataset.version = String(Number(img.dataset.version || 0) + 1);
     const link = $("download");
     link.href = colorize.resultUrl;
+    link.download = `colorized.${blob.type === "image/jpeg" ? "jpg" : blob.type.replace("image/", "")}`;
     link.classList.remove("disabled");
     const t = response.headers.get("X-Priorlab-Temperature");
     $("result-caption").textContent = `result: ${response.headers.get("X-Priorlab-Model")}` +
