@@ -5,13 +5,16 @@ Two guards sit in front of the pipeline (issue #16):
 * `Admission` refuses a request at once, with `Overloaded` (RESOURCE_EXHAUSTED and a `retry-after` in
   seconds), when the in-gateway queue is full or when its deadline cannot be met given the work ahead
   of it. The estimate is measured, not configured: for each work class (model, working size, size of
-  the image in pixels) an EWMA of the *busy time per completion*: the time the pipeline had work
-  running, divided among the requests that completed in it. With N requests overlapping (threads,
-  Triton's dynamic batching) that is 1/throughput, not the latency, so the predicted latency of a new
-  request is the sum of the costs of everything admitted and not yet finished, plus its own. Without
-  it, an open loop past capacity queues every request, each waits longer than the one before, and once
-  the wait passes the clients' deadline every call fails (DEADLINE_EXCEEDED) while the server keeps
-  computing answers nobody reads.
+  the image in pixels) an EWMA of each completed request's *share of the pipeline*, the integral of
+  dt / (requests running) over its life (processor sharing). With N requests overlapping (threads,
+  Triton's dynamic batching) that is 1/throughput, not the latency, and the shares of all requests add
+  up to the time the pipeline was busy, so the predicted latency of a new request is the sum of the
+  costs of everything admitted and not yet finished, plus its own. (Sharing the busy time out per
+  completion instead swings between a whole batch's time and zero, because Triton answers a batch of
+  8 at once: just after a batch the estimate read a fifth of the real cost, and requests admitted on
+  it missed their deadline in `bench/overload.py`.) Without it, an open loop past capacity queues
+  every request, each waits longer than the one before, and once the wait passes the clients'
+  deadline every call fails (DEADLINE_EXCEEDED) while the server keeps computing answers nobody reads.
 
 * `PixelBudget` is a FIFO semaphore weighted by decoded pixels, acquired from the image header's size
   before any pixel is decoded: the pipeline peaks at about 22 bytes per input pixel (decoded RGB, L
@@ -41,8 +44,8 @@ from service.errors import DeadlineExceeded, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
-EWMA_ALPHA = 0.2  # weight of the newest sample: about the last 10 completions count
-HEADROOM = 0.9  # admit when the predicted latency fits in this share of the remaining deadline
+EWMA_ALPHA = 0.05  # weight of the newest sample: about the last 40 completions of a class count
+HEADROOM = 0.85  # admit when the predicted latency fits in this share of the remaining deadline
 RETRY_AFTER_MAX_S = 60
 PIXEL_CLASS_BASE = 1 << 18  # 512x512: class 0 up to it, then one class per doubling
 
@@ -108,6 +111,7 @@ class Ticket:
     _admission: Admission = field(repr=False)
     started: bool = False
     finished: bool = False
+    shares_at_start: float = 0.0  # the admission's share clock when it started running
 
     def start(self) -> None:
         """Leaves the queue to run; a request whose deadline passed while queued is not computed."""
@@ -148,8 +152,8 @@ class Admission:
         self._queued = 0
         self._running = 0
         self._backlog_s = 0.0  # sum of the cost estimates of everything admitted and not finished
-        self._busy_s = 0.0  # busy time not yet attributed to a completion
-        self._busy_since: float | None = None  # when the running count last went from 0 to 1
+        self._shares = 0.0  # processor-sharing clock: the integral of dt / running while running > 0
+        self._last = clock()
         self.admitted = 0
         self.refused = 0
 
@@ -194,9 +198,10 @@ class Admission:
     def _start(self, ticket: Ticket) -> None:
         if ticket.started:
             return
-        ticket.started = True
-        self._queued -= 1
         self._settle()
+        ticket.started = True
+        ticket.shares_at_start = self._shares
+        self._queued -= 1
         self._running += 1
 
     def _finish(self, ticket: Ticket, completed: bool) -> None:
@@ -208,20 +213,15 @@ class Admission:
         self._settle()
         self._running -= 1
         if completed:
-            # The busy time since the last completion is what this completion cost the pipeline.
-            self.times.record(ticket.work, self._busy_s)
-            self._busy_s = 0.0
-        if self._running == 0:
-            self._busy_since = None
-            if not completed:
-                self._busy_s = 0.0  # time spent on failures is not a cost of the next success
+            # Its share of the pipeline while it ran: what it cost the others, and they it.
+            self.times.record(ticket.work, self._shares - ticket.shares_at_start)
 
     def _settle(self) -> None:
-        """Moves the busy time up to now into `_busy_s`."""
+        """Advances the share clock to now."""
         now = self.clock()
-        if self._running > 0 and self._busy_since is not None:
-            self._busy_s += now - self._busy_since
-        self._busy_since = now
+        if self._running > 0:
+            self._shares += (now - self._last) / self._running
+        self._last = now
 
 
 def _retry_after(seconds: float) -> int:

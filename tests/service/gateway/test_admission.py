@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
 from service.errors import DeadlineExceeded, ResourceExhausted
 from service.gateway.admission import (
+    HEADROOM,
     RETRY_AFTER_MAX_S,
     Admission,
     Overloaded,
@@ -72,17 +74,64 @@ def test_a_lone_request_costs_its_latency() -> None:
     assert adm.times.estimate(SMALL) == pytest.approx(0.08)
 
 
-def test_overlapping_requests_cost_busy_time_per_completion_not_latency() -> None:
-    """Four at once finishing 0.1 s apart: each costs 0.1 s of throughput, though the last took 0.4 s."""
-    adm, clock = admission()
+class Recorded(ServiceTimes):
+    def __init__(self, alpha: float = 0.1) -> None:
+        super().__init__(alpha)
+        self.samples: list[float] = []
+
+    def record(self, work: WorkClass, seconds: float) -> None:
+        self.samples.append(seconds)
+        super().record(work, seconds)
+
+
+def recorded() -> tuple[Admission, Clock, Recorded]:
+    clock, times = Clock(), Recorded()
+    return Admission(max_queued=100, clock=clock, service_times=times), clock, times
+
+
+def test_overlapping_requests_cost_their_share_of_the_pipeline_not_their_latency() -> None:
+    """Four at once finishing 0.1 s apart: 0.1 s of throughput each, though the last took 0.4 s."""
+    adm, clock, times = recorded()
     tickets = [adm.admit(SMALL, 10.0) for _ in range(4)]
     for t in tickets:
         t.start()
     for t in tickets:
         clock.now += 0.1
         t.finish()
-    assert adm.times.estimate(SMALL) == pytest.approx(0.1)
+    # Shares: 0.1/4, + 0.1/3, + 0.1/2, + 0.1: they add up to the 0.4 s the pipeline was busy.
+    assert times.samples == pytest.approx(
+        [0.025, 0.025 + 0.1 / 3, 0.025 + 0.1 / 3 + 0.05, 0.025 + 0.1 / 3 + 0.05 + 0.1]
+    )
+    assert sum(times.samples) == pytest.approx(0.4)
     assert adm.running == adm.queued == 0 and adm.backlog_s == 0
+
+
+def test_a_batch_answered_at_once_does_not_swing_the_estimate() -> None:
+    """Triton answers batches of 8 together, 0.8 s each, 16 in flight: 0.1 s per request."""
+    adm, clock, times = recorded()
+    for _ in range(6):
+        tickets = [adm.admit(SMALL, 60.0) for _ in range(16)]
+        for t in tickets:
+            t.start()
+        for batch in (tickets[:8], tickets[8:]):
+            clock.now += 0.8
+            for t in batch:
+                t.finish()
+            assert 0.049 <= adm.times.estimate(SMALL) <= 0.151
+    assert sum(times.samples) / len(times.samples) == pytest.approx(0.1)
+    assert adm.times.estimate(SMALL) == pytest.approx(0.1, abs=0.02)
+
+
+def test_a_failure_while_others_run_keeps_their_share() -> None:
+    adm, clock = admission()
+    slow, failing = adm.admit(SMALL, 60.0), adm.admit(SMALL, 60.0)
+    slow.start()
+    failing.start()
+    clock.now += 1.0
+    failing.finish(completed=False)
+    clock.now += 1.0
+    slow.finish()
+    assert adm.times.estimate(SMALL) == pytest.approx(1.5)  # half of the first second, all of the next
 
 
 def test_a_deadline_the_backlog_cannot_meet_is_refused_at_once_with_retry_after() -> None:
@@ -92,12 +141,12 @@ def test_a_deadline_the_backlog_cannot_meet_is_refused_at_once_with_retry_after(
     assert adm.backlog_s == pytest.approx(2.0)
     assert adm.predicted_latency_s(SMALL) == pytest.approx(2.1)
     with pytest.raises(Overloaded) as refused:
-        adm.admit(SMALL, 2.0)  # 2.1 s > 0.9 x 2 s
+        adm.admit(SMALL, 2.0)  # 2.1 s > 0.85 x 2 s
     assert isinstance(refused.value, ResourceExhausted)  # RESOURCE_EXHAUSTED through the one table
     assert refused.value.retry_after_s == 1
     assert "cannot be met" in str(refused.value)
     assert adm.refused == 1 and adm.queued == 20  # the refusal left nothing behind
-    adm.admit(SMALL, 2.5)  # 2.1 s fits in 0.9 x 2.5 s
+    adm.admit(SMALL, 2.5)  # 2.1 s fits in 0.85 x 2.5 s
     for t in admitted:
         t.finish(completed=False)
 
@@ -107,8 +156,8 @@ def test_retry_after_is_the_excess_in_whole_seconds_capped() -> None:
     run_one(adm, clock, BIG, 5.0)
     ahead = [adm.admit(BIG, 1000.0) for _ in range(2)]  # 10 s ahead, +5 own = 15 s
     with pytest.raises(Overloaded) as refused:
-        adm.admit(BIG, 10.0)  # 15 - 9 = 6 s too much
-    assert refused.value.retry_after_s == 6
+        adm.admit(BIG, 10.0)  # 15 s of work for 8.5 s: 6.5 s too much
+    assert refused.value.retry_after_s == math.ceil(15 - HEADROOM * 10) == 7
     more = [adm.admit(BIG, 1000.0) for _ in range(30)]
     with pytest.raises(Overloaded) as refused:
         adm.admit(BIG, 1.0)
@@ -175,7 +224,7 @@ def test_shedding_keeps_the_predicted_wait_inside_the_deadline_at_twice_capacity
             ticket.start()
         queue.append(ticket)
     assert 900 <= refused <= 1100  # about half are shed
-    assert adm.backlog_s <= 9.0 + 0.2
+    assert adm.backlog_s <= HEADROOM * 10.0
 
 
 def test_pixel_budget_queues_big_images_first_come_first_served() -> None:
