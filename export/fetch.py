@@ -109,7 +109,8 @@ def _download(url: str, out: BinaryIO, *, max_bytes: int, timeout: float) -> tup
     digest = hashlib.sha256()
     size = 0
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        # A fresh opener per call: proxies are read from the environment now, not at first use.
+        with urllib.request.build_opener().open(request, timeout=timeout) as response:
             announced = response.headers.get("Content-Length")
             expected = int(announced) if announced is not None and announced.isdigit() else None
             if expected is not None and expected > max_bytes:
