@@ -15,10 +15,14 @@ The hierarchy (the gRPC code each one becomes):
   + DeadlineExceeded ..... DEADLINE_EXCEEDED   the caller's deadline passed before the work finished
   + Cancelled ............ CANCELLED           the work was cancelled (a Restore job, by its owner)
   + Aborted .............. ABORTED             the work was given up (a Restore job whose workers died)
+  + DataLoss ............. DATA_LOSS           state the server had is gone (a Restore job whose record
+  |                                            vanished from the job bus: Redis lost it)
   + Internal ............. INTERNAL            a bug, logged where it happened (a Restore worker)
 
 The message is sent to the client as the status details, so it names the offending value and what
-would have been accepted, and never holds secrets.
+would have been accepted, and never holds secrets. A value the client sent is quoted through `echo`,
+which keeps its first 64 characters: a 20,000-character model name must not make the reply bigger
+than the request (a status message over the peer's metadata limit reads as RESOURCE_EXHAUSTED).
 
 `STATUS_CODES` below is the one table of these pairs: the gateway's interceptor reads it one way, the
 Restore job bus (a worker's failure, a cancel) both ways. It holds the codes by name
@@ -82,6 +86,10 @@ class Aborted(PriorlabError):
     """The work was given up after repeated failures of the machinery, not of the request."""
 
 
+class DataLoss(PriorlabError):
+    """Something the server had accepted is gone: a Restore job whose record vanished from the job bus."""
+
+
 class Internal(PriorlabError):
     """The server itself failed (a bug); it was logged where it happened, which the message names.
 
@@ -100,12 +108,29 @@ STATUS_CODES: Final[Mapping[type[PriorlabError], str]] = MappingProxyType(
         DeadlineExceeded: "DEADLINE_EXCEEDED",
         Cancelled: "CANCELLED",
         Aborted: "ABORTED",
+        DataLoss: "DATA_LOSS",
         Internal: "INTERNAL",
     }
 )
 KINDS: Final[Mapping[str, type[PriorlabError]]] = MappingProxyType(
     {name: kind for kind, name in STATUS_CODES.items()}
 )
+
+
+ECHO_CHARS: Final = 64
+
+
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """`repr` of a client's value for an error message, cut to `limit` characters.
+
+    Longer values keep their first `limit` characters of the repr and say how long the value was:
+    `'aaaa…(20000 chars)`. Messages stay bounded whatever the request held.
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = len(value) if isinstance(value, str | bytes) else len(text)
+    return f"{text[:limit]}…({size} chars)"
 
 
 def status_name(error: PriorlabError) -> str:

@@ -20,7 +20,7 @@ from contract import (
 )
 from service.color import hue_chroma
 from service.color.hints import MAX_HINTS, Hint
-from service.errors import InvalidArgument, NotFound
+from service.errors import InvalidArgument, NotFound, echo
 from service.gateway.colorize import ColorizeOptions, ColorizePipeline, ColorizeResult, SuggestedColor
 from service.gateway.settings import Settings
 from service.gateway.triton import ModelInfo
@@ -69,7 +69,7 @@ def colorize_options(request: colorize_pb2.ColorizeRequest) -> ColorizeOptions:
     hints = _hints(request.hints)
     model = request.model or (HINT_MODEL if hints else DEFAULT_MODEL)
     if model not in PUBLIC_MODELS:
-        raise NotFound(f"model {model!r} is not served; known models: {sorted(PUBLIC_MODELS)}")
+        raise NotFound(f"model {echo(model)} is not served; known models: {sorted(PUBLIC_MODELS)}")
     if hints and model != HINT_MODEL:
         raise InvalidArgument(f"model {model!r} takes no colour hints; {HINT_MODEL!r} does")
     # Unset: the served checkpoint's own default (its config), decided once the model is known.
@@ -110,10 +110,10 @@ def _decode_modes(request: colorize_pb2.ColorizeRequest, model: str) -> tuple[st
     hue = request.hue_decode or hue_chroma.HUE_DEFAULT
     chroma = request.chroma_decode or hue_chroma.CHROMA_DEFAULT
     if hue not in hue_chroma.HUE_METHODS:
-        raise InvalidArgument(f"hue_decode must be one of {list(hue_chroma.HUE_METHODS)}, got {hue!r}")
+        raise InvalidArgument(f"hue_decode must be one of {list(hue_chroma.HUE_METHODS)}, got {echo(hue)}")
     if chroma not in hue_chroma.CHROMA_METHODS:
         raise InvalidArgument(
-            f"chroma_decode must be one of {list(hue_chroma.CHROMA_METHODS)}, got {chroma!r}"
+            f"chroma_decode must be one of {list(hue_chroma.CHROMA_METHODS)}, got {echo(chroma)}"
         )
     return hue, chroma
 

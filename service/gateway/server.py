@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from contract import ModelSpec
 from service.bus.jobs import JobBus
 from service.bus.timing import BusTiming
-from service.errors import PriorlabError, status_name
+from service.errors import InvalidArgument, PriorlabError, echo, status_name
 from service.gateway.auth import AuthInterceptor, TokenTable, reflection_pool, server_credentials
 from service.gateway.colorize import ColorizePipeline, served_models
 from service.gateway.colorizer import ColorizerServicer
@@ -37,11 +37,43 @@ def status_code(error: PriorlabError) -> grpc.StatusCode:
     return grpc.StatusCode[status_name(error)]
 
 
+class _Undecodable:
+    """A request whose bytes are not a valid message: the handler answers INVALID_ARGUMENT for it.
+
+    grpcio answers a deserializer's exception with UNKNOWN before any handler runs, so the interceptor's
+    deserializer hands this back instead and the wrapped handler raises `InvalidArgument`.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    parse = deserializer
+
+    def lenient(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as e:  # protobuf's DecodeError, or anything a parser of bytes may raise
+            return _Undecodable(e)
+
+    return lenient
+
+
+def _check_decoded(request: Any, method: str) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            f"the {method} request is not a valid protobuf message: {echo(str(request.error))}"
+        )
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpcio has no stubs: Any
     """The one place a `PriorlabError` becomes a gRPC status; anything else is INTERNAL.
 
     Wraps unary-unary and unary-stream handlers (Restore streams). It also counts every RPC by method and
-    final code and times it (Prometheus).
+    final code and times it (Prometheus). A request whose bytes do not parse is INVALID_ARGUMENT.
     """
 
     def __init__(self, metrics: Metrics) -> None:
@@ -61,11 +93,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
 
             async def wrapped_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 async with self._handled(details.method, method, context):
+                    _check_decoded(request, method)
                     return await unary(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
                 wrapped_unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -73,12 +106,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
 
             async def wrapped_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with self._handled(details.method, method, context):
+                    _check_decoded(request, method)
                     async for response in stream(request, context):
                         yield response
 
             return grpc.unary_stream_rpc_method_handler(
                 wrapped_stream,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler  # client- and bidi-streaming: none in priorlab.v1
@@ -129,11 +163,17 @@ async def _watch_health(
 async def _watch_restore_health(
     bus: JobBus, servicer: health.aio.HealthServicer, period_s: float, worker_ttl_s: float
 ) -> None:
-    """Restorer is SERVING while Redis answers and at least one worker heartbeat is recent."""
+    """Restorer is SERVING while Redis answers and at least one worker heartbeat is recent.
+
+    Any failure of the check (Redis gone, loading its append-only file, not answering within the poll
+    period) is NOT_SERVING, and the watcher itself never dies, so it cannot leave a stale SERVING behind.
+    """
     while True:
         try:
-            ready = await bus.live_workers(worker_ttl_s) > 0
-        except PriorlabError:
+            ready = await asyncio.wait_for(bus.live_workers(worker_ttl_s), max(period_s, 1.0)) > 0
+        except Exception as e:  # any failure is "not serving"; the loop must go on
+            if not isinstance(e, PriorlabError | TimeoutError):
+                log.warning("Restorer health check failed: %r", e)
             ready = False
         serving = health_pb2.HealthCheckResponse.SERVING
         await servicer.set(RESTORER_SERVICE, serving if ready else health_pb2.HealthCheckResponse.NOT_SERVING)

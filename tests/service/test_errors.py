@@ -49,7 +49,7 @@ def test_a_subclass_of_a_kind_is_that_kind_and_the_bare_base_is_internal() -> No
     assert status_name(PriorlabError("m")) == "INTERNAL"
 
 
-@pytest.mark.parametrize("name", ["UNKNOWN", "DATA_LOSS", "NOT_A_CODE", ""])
+@pytest.mark.parametrize("name", ["UNKNOWN", "FAILED_PRECONDITION", "NOT_A_CODE", ""])
 def test_a_code_no_kind_owns_is_internal(name: str) -> None:
     error = error_for(name, "from a newer worker")
     assert type(error) is Internal and str(error) == "from a newer worker"
