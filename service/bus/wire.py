@@ -32,6 +32,10 @@ from service.errors import InvalidArgument
 from service.pb.priorlab.v1 import restore_pb2
 
 TASKS = ("denoise", "inpaint", "super_resolve", "jpeg")
+# Blind denoising estimates σ from the finest diagonal Haar band, which needs a 2x2 block
+# (`service.worker.early_stop.estimate_noise_sigma`); tests/service/bus/test_wire.py runs the engine's
+# estimate on every small size to hold the two together.
+BLIND_DENOISE_MIN_SIDE = 2
 DEFAULT_PROGRESS_EVERY = 50
 PREVIEW_MAX_SIDE = 128
 
@@ -76,6 +80,11 @@ def decode_inputs(request: restore_pb2.RestoreRequest, *, max_pixels: int, max_b
             sigma = request.denoise.sigma
             if not 0.0 < sigma < 255.0:
                 raise InvalidArgument(f"denoise.sigma must be in (0, 255) (0..255 units), got {sigma:g}")
+        if sigma is None and min(height, width) < BLIND_DENOISE_MIN_SIDE:
+            raise InvalidArgument(
+                f"denoise without sigma needs an image of at least {BLIND_DENOISE_MIN_SIDE}x"
+                f"{BLIND_DENOISE_MIN_SIDE} pixels to estimate the noise, got {width}x{height}: give sigma"
+            )
         task = DenoiseTask(sigma=None if sigma is None else sigma / 255.0)
     elif kind == "super_resolve":
         factor = request.super_resolve.factor

@@ -109,3 +109,30 @@ def test_progress_with_small_preview() -> None:
     message = wire.progress_message(progress)
     assert (message.iteration, message.max_iterations, message.best_iteration) == (3, 9, 0)
     assert max(Image.open(io.BytesIO(message.preview)).size) == wire.PREVIEW_MAX_SIDE
+
+
+@pytest.mark.parametrize(("height", "width"), [(h, w) for h in (1, 2, 3) for w in (1, 2, 16)] + [(16, 1)])
+def test_blind_denoise_is_refused_exactly_where_the_engine_cannot_estimate_sigma(
+    height: int, width: int
+) -> None:
+    """Issue #16: a 16x1 blind denoise was accepted, then failed in the worker. The gateway's check and the
+    engine's estimate must refuse the same sizes (the engine's code is run here, so they cannot drift)."""
+    from service.errors import InvalidArgument
+    from service.worker.early_stop import estimate_noise_sigma  # torch: the worker's own code
+
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8)
+    try:
+        estimate_noise_sigma(pixels[..., None] / 255.0)
+        engine_ok = True
+    except ValueError:
+        engine_ok = False
+    blind = restore_pb2.RestoreRequest(image=png(pixels), denoise=restore_pb2.DenoiseParams())
+    try:
+        wire.decode_inputs(blind, max_pixels=LIMIT, max_bytes=LIMIT)
+        gateway_ok = True
+    except InvalidArgument as e:
+        assert f"got {width}x{height}: give sigma" in str(e)
+        gateway_ok = False
+    assert gateway_ok == engine_ok
+    given = restore_pb2.RestoreRequest(image=png(pixels), denoise=restore_pb2.DenoiseParams(sigma=25))
+    wire.decode_inputs(given, max_pixels=LIMIT, max_bytes=LIMIT)  # σ given: no estimate, any size
