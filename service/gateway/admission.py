@@ -17,13 +17,13 @@ Two guards sit in front of the pipeline (issue #16):
   deadline every call fails (DEADLINE_EXCEEDED) while the server keeps computing answers nobody reads.
 
 * `PixelBudget` is a FIFO semaphore weighted by decoded pixels, acquired from the image header's size
-  before any pixel is decoded: the pipeline peaks at about 22 bytes per input pixel (decoded RGB, L
-  and a, b as float32, the sRGB conversion), so four 7000x7000 images decoding at once took the
-  gateway from 0.5 to 3.6 GB. A request larger than the whole budget runs alone.
+  before any pixel is decoded: the pipeline peaks at 19-24 bytes per input pixel (measured: decoded
+  RGB, L and a, b as float32, the sRGB conversion), so four 7000x7000 images decoding at once took the
+  gateway from 0.5 to 3.6 GB (issue #16). A request larger than the whole budget runs alone.
 
 `trim_heap` hands glibc's freed arenas back to the system after large requests (measured: after four
-concurrent 49 M-pixel requests RSS stayed 230 MB over the baseline; `malloc_trim(0)` returns it to
-within 10 MB; `MALLOC_ARENA_MAX=2` alone kept 200 MB).
+concurrent 49 M-pixel requests RSS stayed 200-230 MB over the baseline; `malloc_trim(0)` brought it
+back to 10-60 MB over; `MALLOC_ARENA_MAX=2` alone still kept 200 MB, so it is not set).
 
 Everything here takes a clock, so the tests run on a fake one and never sleep.
 """
@@ -124,7 +124,7 @@ class Ticket:
         return self.deadline - self._admission.clock()
 
     def finish(self, *, completed: bool = True) -> None:
-        """Idempotent. `completed` = it ran to the end, so its busy time is a service-time sample."""
+        """Idempotent. `completed` = it ran to the end, so its share is a service-time sample."""
         if not self.finished:
             self._admission._finish(self, completed)
 
