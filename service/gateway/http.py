@@ -60,7 +60,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from contract import DEFAULT_MODEL, HINT_MODEL, MODELS, PUBLIC_MODELS, WORKING_SIZE_DEFAULT
-from service.bus.jobs import JobBus, failure_error, failure_event, is_terminal
+from service.bus.jobs import JobBus, failure_event, is_terminal
 from service.bus.timing import BusTiming
 from service.errors import Cancelled, InvalidArgument, NotFound, PriorlabError, Unavailable
 from service.gateway.colorize import ColorizePipeline, served_model, served_models
@@ -616,12 +616,13 @@ class HttpApi:
 
 
 def _sse(index: int, event: restore_pb2.JobEvent) -> bytes:
-    if event.HasField("failure"):  # the same kind and message WatchRestore would end with
-        name = "failure"
-        data: dict[str, Any] = error_body(failure_error(event.failure))["error"]  # type: ignore[assignment]
+    """One event as WatchRestore gives it (through `public_event`), or a failure's status and message."""
+    try:
+        public = public_event(event)
+    except PriorlabError as e:
+        name, data = "failure", error_body(e)["error"]
     else:
-        name = event.event.WhichOneof("event") or "unknown"
-        data = to_json(event.event)
+        name, data = public.WhichOneof("event") or "unknown", to_json(public)
     return f"id: {index}\nevent: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
