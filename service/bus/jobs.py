@@ -20,9 +20,35 @@ Keys (prefix `restore:`):
                            their Queued event as plain fields (`queued`, `length`): Lua cannot build protobuf
 * `job:<id>:cancel`        a cancel request: the name of the gRPC status code the job ends with
                            ("CANCELLED", "DEADLINE_EXCEEDED")
+* `job:<id>:attempts`      list, one line per attempt that failed without an answer ("attempt 1: worker
+                           w1 stopped responding"), written by the start script when it takes a job over
+* `dead:<id>`              the dead-letter record of a job that used up its attempts: hash `job` (the
+                           RestoreJob bytes, to inspect or submit again), client, attempts, `failures`
+                           (the attempts list, one line each), ended_unix. Kept for the result TTL
+* `idem:<client>:<key>`    the job id of a SubmitRestore/Restore/RestoreStream idempotency key; no expiry
+                           while the job is unfinished, the result TTL from its end (as `job:<id>`)
 * `client:<id>`            set of the client's unfinished jobs (the per-client quota)
 * `workers`                zset worker name -> last heartbeat (unix seconds)
 * pub/sub `restore:cancel` "<job id> <code name>": running workers stop the job within one iteration
+
+Job ids (`new_job_id`) are 33 characters: `t`, the submission time in milliseconds (12 hex digits) and 80
+random bits (20 hex digits); unguessable, so an id is the capability to watch or cancel its job. The time
+is what lets a gateway tell a **lost** job from an expired one without any state of its own: a job's record
+lives at least until its submission plus the result TTL (the TTL starts when the job ends), so a record
+missing before then was lost — Redis restarted without persistence (or lost its last second of writes
+with it), or someone flushed it — and the gateway answers DATA_LOSS, "job <id> was lost" (`missing`).
+Past that time the record may simply have expired, and NOT_FOUND says both. Chosen over an index of
+each client's jobs, which would vanish with the records it should vouch for, and over an HMAC of the id:
+that needs a key shared by every gateway and kept across restarts (a new secret setting); without it,
+whoever makes up an id in this format and a recent time reads DATA_LOSS for a job that never was, which
+tells them nothing. Ids of before (32 hex digits, uuid4) read as NOT_FOUND.
+
+Persistence and restarts: `make run` (and compose.yaml) run Redis with an append-only file, fsync every
+second, so a restart keeps every job but the writes of its last second. Both sides reconnect by
+themselves and recreate what they own: the consumer groups (XGROUP CREATE ... MKSTREAM: the enqueue
+script for its level, a worker's `claim` for all levels when Redis answers NOGROUP), and the Lua scripts
+(redis-py's scripts run EVALSHA and SCRIPT LOAD again on NoScriptError). A watcher's event stream
+(`events`) retries a Redis outage with backoff for `RECONNECT_S` before it answers UNAVAILABLE.
 
 States: queued -> running -> done | failed | cancelled, and running -> queued when a worker shuts down
 gracefully. Every transition is one Lua script, so counters and sets never drift, and every write of a
@@ -31,8 +57,10 @@ worker is fenced by the job's `worker` field: a worker that was presumed dead ca
 Retry policy: a running job's worker heartbeats every few seconds; an entry idle past the visibility
 timeout (default 30 s) is claimed by another worker with a free slot and started again from scratch
 (DIP restarts cheaply; the seed makes it the same run). Each start counts one attempt; a job claimed
-after `max_attempts` starts (default 2) ends with ABORTED, "worker died on every attempt". Errors of the
-request itself (INVALID_ARGUMENT) or bugs (INTERNAL) are not retried. A job is never dropped silently.
+after `max_attempts` starts (default 2) ends with ABORTED, "its worker stopped responding on each of 2
+attempts (attempt 1: ...; attempt 2: ...)", and its dead-letter record `dead:<id>` keeps the request and
+the failure of each attempt for the result TTL. Errors of the request itself (INVALID_ARGUMENT) or bugs
+(INTERNAL) are not retried. A job is never dropped silently.
 The periods (visibility timeout, heartbeat, when a worker counts as gone) are derived in `timing`.
 
 Failures: a job that ends without a result ends with a `service.errors` exception, and the bus carries its
@@ -43,7 +71,9 @@ are the two directions, so the gateway raises again exactly the kind the worker 
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -51,11 +81,23 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.errors import NotFound, PriorlabError, ResourceExhausted, Unavailable, error_for, status_name
+from service.errors import (
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    PriorlabError,
+    ResourceExhausted,
+    Unavailable,
+    echo,
+    error_for,
+    status_name,
+)
 from service.pb.priorlab.v1 import restore_pb2
 
 PREFIX = "restore:"
@@ -65,6 +107,10 @@ LEVELS = ("high", "normal", "low")  # claim order
 CANCEL_CHANNEL = "restore:cancel"
 _RELEASED_IDLE_MS = 10**12  # a released entry looks idle for ages: the next sweep of any worker takes it
 _EVENTS_MAXLEN = 10_000  # progress events kept per job (approximate trim; the result is always last)
+RECONNECT_S = 30.0  # how long a watcher's event stream waits for Redis to come back
+_BACKOFF_S = (0.1, 2.0)  # first and longest wait between reconnect attempts (doubling)
+JOB_ID_PREFIX = "t"
+MAX_IDEMPOTENCY_KEY = 128
 
 # JobFailure.code holds the status code's number; the bus's API speaks in names (service.errors).
 _NUMBERS = {code.name: code.value[0] for code in grpc.StatusCode}
@@ -80,13 +126,18 @@ end
 """
 
 _ENQUEUE = """
+local idem = ARGV[9] == '1'
+if idem then
+  local first = redis.call('GET', KEYS[6])
+  if first then return {0, first, 0} end
+end
 pcall(redis.call, 'XGROUP', 'CREATE', KEYS[5], 'workers', '0', 'MKSTREAM')
 local waiting, ahead = 0, 0
 local counts = redis.call('HGETALL', KEYS[4])
 for i = 1, #counts, 2 do
   local n = tonumber(counts[i + 1])
   waiting = waiting + n
-  for j = 9, #ARGV do
+  for j = 10, #ARGV do
     if counts[i] == ARGV[j] then ahead = ahead + n end
   end
 end
@@ -94,7 +145,9 @@ if waiting >= tonumber(ARGV[5]) then return {-1, waiting, 0} end
 local mine = redis.call('SCARD', KEYS[3])
 if mine >= tonumber(ARGV[6]) then return {-2, mine, 0} end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'job', ARGV[2], 'state', 'queued', 'level', ARGV[3],
-  'client', ARGV[4], 'worker', '', 'attempts', 0, 'max_attempts', ARGV[8], 'ttl', ARGV[7])
+  'client', ARGV[4], 'worker', '', 'attempts', 0, 'max_attempts', ARGV[8], 'ttl', ARGV[7],
+  'idem', idem and KEYS[6] or '')
+if idem then redis.call('SET', KEYS[6], ARGV[1]) end
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('HINCRBY', KEYS[4], ARGV[3], 1)
 redis.call('XADD', KEYS[2], '*', 'queued', ahead + 1, 'length', waiting + 1)
@@ -110,12 +163,25 @@ if state ~= 'queued' and state ~= 'running' then
   return {'skip'}
 end
 if state == 'queued' then redis.call('HINCRBY', KEYS[3], redis.call('HGET', KEYS[1], 'level'), -1) end
+local previous = redis.call('HGET', KEYS[1], 'worker')
+local before = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
+if state == 'running' and before > 0 then
+  -- taken over from a worker that went silent past the visibility timeout: that attempt failed
+  redis.call('RPUSH', KEYS[5], 'attempt ' .. before .. ': worker ' .. previous ..
+    ' stopped responding (no heartbeat for the visibility timeout)')
+end
 redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1])
 local cancel = redis.call('GET', KEYS[2])
 if cancel then return {'cancelled', cancel} end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if attempts > tonumber(redis.call('HGET', KEYS[1], 'max_attempts')) then
-  return {'exhausted', attempts - 1}
+  local failures = redis.call('LRANGE', KEYS[5], 0, -1)
+  local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl'))
+  redis.call('HSET', KEYS[6], 'job', redis.call('HGET', KEYS[1], 'job') or '',
+    'client', redis.call('HGET', KEYS[1], 'client'), 'attempts', attempts - 1,
+    'failures', table.concat(failures, '\\n'), 'ended_unix', redis.call('TIME')[1])
+  redis.call('EXPIRE', KEYS[6], ttl)
+  return {'exhausted', attempts - 1, unpack(failures)}
 end
 return {'run', attempts, redis.call('HGET', KEYS[1], 'job')}
 """
@@ -147,7 +213,9 @@ local client = ARGV[5] .. 'client:' .. redis.call('HGET', KEYS[1], 'client')
 redis.call('SREM', client, redis.call('HGET', KEYS[1], 'id'))
 redis.call('XACK', KEYS[3], 'workers', ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
-for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do redis.call('EXPIRE', key, ttl) end
+for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4], KEYS[5]}) do redis.call('EXPIRE', key, ttl) end
+local idem = redis.call('HGET', KEYS[1], 'idem')
+if idem and idem ~= '' then redis.call('EXPIRE', idem, ttl) end
 return 1
 """
 )
@@ -180,6 +248,8 @@ if state == 'queued' then
   redis.call('XADD', KEYS[3], '*', 'e', ARGV[2])
   redis.call('SREM', ARGV[3] .. 'client:' .. redis.call('HGET', KEYS[1], 'client'), ARGV[5])
   for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3]}) do redis.call('EXPIRE', key, ttl) end
+  local idem = redis.call('HGET', KEYS[1], 'idem')
+  if idem and idem ~= '' then redis.call('EXPIRE', idem, ttl) end
 end
 return 1
 """
@@ -217,6 +287,46 @@ def _code_name(raw: bytes | str) -> str:
     return _NAMES.get(int(text), "UNKNOWN") if text.isdigit() else text
 
 
+def new_job_id(now: float) -> str:
+    """A fresh job id: `t`, the submission time in ms (12 hex digits), 80 random bits (see the module)."""
+    return f"{JOB_ID_PREFIX}{int(now * 1000):012x}{secrets.token_hex(10)}"
+
+
+def submitted_unix(job_id: str) -> float | None:
+    """The submission time a `new_job_id` carries; None for an id of another form."""
+    if len(job_id) != 33 or not job_id.startswith(JOB_ID_PREFIX):
+        return None
+    try:
+        return int(job_id[1:13], 16) / 1000
+    except ValueError:
+        return None
+
+
+def missing(job_id: str, *, ttl_s: float, now: float) -> PriorlabError:
+    """The error for a job id whose record is not on the bus: lost (DATA_LOSS) when it cannot have expired.
+
+    A record lives until at least its submission plus the result TTL, so one missing before then was lost.
+    """
+    submitted = submitted_unix(job_id)
+    if submitted is not None and submitted <= now < submitted + ttl_s:
+        return DataLoss(
+            f"job {job_id} was lost: its record vanished from the job bus (Redis restarted without "
+            f"persistence, or was flushed) {now - submitted:.0f} s after it was submitted; submit it again"
+        )
+    return NotFound(
+        f"job {echo(job_id)} not found (unknown, expired after its result TTL, or lost with the job bus)"
+    )
+
+
+def check_idempotency_key(key: str) -> None:
+    """At most `MAX_IDEMPOTENCY_KEY` printable ASCII characters (`InvalidArgument` otherwise)."""
+    if len(key) > MAX_IDEMPOTENCY_KEY or not (key.isascii() and key.isprintable()):
+        raise InvalidArgument(
+            f"idempotency_key must be at most {MAX_IDEMPOTENCY_KEY} printable ASCII characters, "
+            f"got {echo(key)}"
+        )
+
+
 def _redis_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Redis unreachable -> `Unavailable` (UNAVAILABLE at the gateway): the one translation point."""
 
@@ -250,6 +360,7 @@ class Start:
     attempt: int = 0
     job: restore_pb2.RestoreJob | None = None
     code: str = ""
+    failures: tuple[str, ...] = ()  # exhausted: how each attempt failed (the dead-letter record's lines)
 
 
 class JobBus:
@@ -268,7 +379,14 @@ class JobBus:
     @classmethod
     def from_url(cls, url: str) -> JobBus:
         # Lazy: nothing connects until the first command, so a gateway starts while Redis is down.
-        return cls(aioredis.Redis.from_url(url, socket_connect_timeout=2.0))
+        # A pooled connection to a Redis that restarted fails once ("Connection closed by server"): each
+        # command is retried on a new connection a few times within a second (redis-py's `from_url` sets
+        # no retry). Longer outages are the callers' backoff loops (worker, `events`).
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
+        errors = [RedisConnectionError, RedisTimeoutError]
+        return cls(
+            aioredis.Redis.from_url(url, socket_connect_timeout=2.0, retry=retry, retry_on_error=errors)
+        )
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -281,46 +399,90 @@ class JobBus:
 
     # --- gateway side ---
 
-    @_redis_errors
     async def submit(
         self, job: restore_pb2.RestoreJob, *, max_queue: int, max_per_client: int, ttl_s: int
     ) -> restore_pb2.Queued:
         """Queue `job` unless the queue or the client's quota is full (`ResourceExhausted`)."""
+        _, queued = await self.submit_once(
+            job, max_queue=max_queue, max_per_client=max_per_client, ttl_s=ttl_s, idempotency_key=""
+        )
+        assert queued is not None  # without a key a job is always queued (or refused)
+        return queued
+
+    @_redis_errors
+    async def submit_once(
+        self,
+        job: restore_pb2.RestoreJob,
+        *,
+        max_queue: int,
+        max_per_client: int,
+        ttl_s: int,
+        idempotency_key: str,
+    ) -> tuple[str, restore_pb2.Queued | None]:
+        """`submit` with an idempotency key (empty: none): the job id and its place in the queue.
+
+        If this client used the key before (and that job's result has not expired), nothing is queued:
+        the first job's id comes back, with None. One round trip, so two racing retries make one job.
+        """
         level = level_of(job.request.priority)
         key = self._job(job.job_id)
         keys = [key, f"{key}:events", f"{self.prefix}client:{job.client_id}", f"{self.prefix}queued"]
+        keys += [self._stream(level), f"{self.prefix}idem:{job.client_id}:{idempotency_key}"]
         ahead = LEVELS[: LEVELS.index(level) + 1]
         args: list[Any] = [job.job_id, job.SerializeToString(), level, job.client_id, max_queue]
-        args += [max_per_client, ttl_s, job.max_attempts, *ahead]
-        status, a, b = await self._enqueue(keys=[*keys, self._stream(level)], args=args)
+        args += [max_per_client, ttl_s, job.max_attempts, "1" if idempotency_key else "0", *ahead]
+        status, a, b = await self._enqueue(keys=keys, args=args)
+        if status == 0:
+            return a.decode(), None
         if status == -1:
             raise ResourceExhausted(f"the Restore queue is full: {a} jobs waiting (limit {max_queue})")
         if status == -2:
             raise ResourceExhausted(
-                f"client {job.client_id!r} has {a} unfinished Restore jobs (limit {max_per_client})"
+                f"client {echo(job.client_id)} has {a} unfinished Restore jobs (limit {max_per_client})"
             )
-        return restore_pb2.Queued(position=a, queue_length=b)
+        return job.job_id, restore_pb2.Queued(position=a, queue_length=b)
 
     @_redis_errors
-    async def cancel(self, job_id: str, error: PriorlabError) -> bool:
-        """Ask a job to end with `error` (kind and message). False if it had ended; `NotFound` if unknown."""
+    async def cancel(self, job_id: str, error: PriorlabError, *, ttl_s: float = 0.0) -> bool:
+        """Ask a job to end with `error` (kind and message). False if it had ended.
+
+        A job not on the bus raises `missing`'s error (NotFound, or DataLoss within `ttl_s` of its start).
+        """
         key = self._job(job_id)
         event = failure_event(error).SerializeToString()
         keys = [key, f"{key}:cancel", f"{key}:events", f"{self.prefix}queued"]
         args = [status_name(error), event, self.prefix, CANCEL_CHANNEL, job_id]
         done = await self._cancel(keys=keys, args=args)
         if done == -1:
-            raise NotFound(f"job {job_id!r} not found (unknown, or expired after its result TTL)")
+            raise missing(job_id, ttl_s=ttl_s, now=time.time())
         return bool(done)
 
-    async def events(self, job_id: str, *, block_s: float = 1.0) -> AsyncIterator[restore_pb2.JobEvent]:
-        """A job's events from the first, then live, until the terminal one (result or failure)."""
+    async def events(
+        self, job_id: str, *, block_s: float = 1.0, ttl_s: float = 0.0, reconnect_s: float = RECONNECT_S
+    ) -> AsyncIterator[restore_pb2.JobEvent]:
+        """A job's events from the first, then live, until the terminal one (result or failure).
+
+        A job not on the bus, or whose record vanishes while it is read, raises `missing`'s error. Redis
+        unreachable at the first read is `Unavailable` at once; once attached, a read is retried with
+        backoff for `reconnect_s` (a Redis restart), then `Unavailable`.
+        """
         key = f"{self._job(job_id)}:events"
         last = "0-0"
+        attached, down_since, wait_s = False, 0.0, _BACKOFF_S[0]
         while True:
-            batch = await self._read(key, last, block_s)
+            try:
+                batch = await self._read(key, last, block_s)
+            except Unavailable:
+                now = time.monotonic()
+                if not attached or (down_since and now - down_since >= reconnect_s):
+                    raise
+                down_since = down_since or now
+                await asyncio.sleep(wait_s)
+                wait_s = min(2 * wait_s, _BACKOFF_S[1])
+                continue
+            attached, down_since, wait_s = True, 0.0, _BACKOFF_S[0]
             if batch is None:
-                raise NotFound(f"job {job_id!r} not found (unknown, or expired after its result TTL)")
+                raise missing(job_id, ttl_s=ttl_s, now=time.time())
             for entry, fields in batch:
                 last = entry
                 event = self._decode(job_id, fields)
@@ -366,8 +528,18 @@ class JobBus:
         """Take one job (rarely more: see below), or none after `block_s`.
 
         First a job whose worker went silent past `visibility_s` (or released it), then the oldest new
-        job of the highest level, else wait for one. Several round trips.
+        job of the highest level, else wait for one. Several round trips. A consumer group gone (Redis
+        restarted without persistence, or flushed: NOGROUP) is created again, and the claim finds none.
         """
+        try:
+            return await self._claim(worker, visibility_s=visibility_s, block_s=block_s)
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            await self.ensure_groups()
+            return []
+
+    async def _claim(self, worker: str, *, visibility_s: float, block_s: float) -> list[Claim]:
         for level in LEVELS:
             autoclaimed: Any = await self.redis.xautoclaim(
                 self._stream(level), GROUP, worker, int(visibility_s * 1000), "0-0", count=1
@@ -405,6 +577,7 @@ class JobBus:
     async def start(self, worker: str, claim: Claim) -> Start:
         key = self._job(claim.job_id)
         keys = [key, f"{key}:cancel", f"{self.prefix}queued", self._stream(claim.level)]
+        keys += [f"{key}:attempts", self.dead_letter_key(claim.job_id)]
         reply = await self._start(keys=keys, args=[worker, claim.entry])
         outcome = reply[0].decode()
         if outcome == "run":
@@ -412,8 +585,17 @@ class JobBus:
         if outcome == "cancelled":
             return Start("cancelled", code=_code_name(reply[1]))
         if outcome == "exhausted":
-            return Start("exhausted", attempt=int(reply[1]))
+            return Start("exhausted", attempt=int(reply[1]), failures=tuple(f.decode() for f in reply[2:]))
         return Start("skip")
+
+    def dead_letter_key(self, job_id: str) -> str:
+        """The dead-letter record of a job that used up its attempts (see the module's key list)."""
+        return f"{self.prefix}dead:{job_id}"
+
+    async def dead_letter(self, job_id: str) -> dict[str, str]:
+        """The dead-letter record's fields but the job bytes (empty: none, or expired)."""
+        record: Any = await self.redis.hgetall(self.dead_letter_key(job_id))
+        return {k.decode(): v.decode() for k, v in record.items() if k != b"job"}
 
     async def publish(self, worker: str, job_id: str, event: restore_pb2.JobEvent) -> bool:
         """Append a non-terminal event; False if this worker no longer owns the job."""
@@ -430,7 +612,7 @@ class JobBus:
     async def finish(self, worker: str, claim: Claim, event: restore_pb2.JobEvent, state: str) -> bool:
         """Publish the terminal event, acknowledge the entry, start the result TTL. Fenced like publish."""
         key = self._job(claim.job_id)
-        keys = [key, f"{key}:events", self._stream(claim.level), f"{key}:cancel"]
+        keys = [key, f"{key}:events", self._stream(claim.level), f"{key}:cancel", f"{key}:attempts"]
         args = [worker, claim.entry, event.SerializeToString(), state, self.prefix]
         return bool(await self._finish(keys=keys, args=args))
 

@@ -4,6 +4,11 @@ Torch-free: the DIP runs in worker processes (`python -m service.worker`) behind
 (`service.bus.jobs`). Restore and RestoreStream own their job: when the caller's deadline passes or it
 cancels the RPC, the job is cancelled too. SubmitRestore's job lives on its own; WatchRestore only
 watches. Errors are `service.errors` exceptions, mapped to status codes by the server's interceptor.
+
+A request's `idempotency_key` makes a retried call (same key, same client) return or attach to the first
+call's job instead of queueing a second one. A job whose record vanished from the bus is reported lost
+(DATA_LOSS), never as expired: `service.bus.jobs.missing` tells them apart by the time in the job id.
+Validation decodes the image (up to 4 M pixels, some 100 ms), so it runs in a thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -12,14 +17,25 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import grpc
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.bus import wire
-from service.bus.jobs import JobBus, failure_error, is_terminal
-from service.errors import Aborted, Cancelled, DeadlineExceeded, InvalidArgument, PriorlabError
+from service.bus.jobs import JobBus, check_idempotency_key, failure_error, is_terminal, missing, new_job_id
+from service.errors import (
+    Aborted,
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    PriorlabError,
+    Unavailable,
+    echo,
+)
+from service.gateway.auth import PROCESS_LABEL_KEY, authenticated_client, label_key, worker_label
 from service.gateway.settings import Settings
 from service.pb.priorlab.v1 import restore_pb2, restore_pb2_grpc
 
@@ -47,11 +63,15 @@ def build_job(
     now: float,
     time_remaining_s: float | None,
 ) -> restore_pb2.RestoreJob:
-    """Validate `request` (`InvalidArgument` names the field) and wrap it as a job for the bus."""
+    """Validate `request` (`InvalidArgument` names the field) and wrap it as a job for the bus.
+
+    Checks everything the worker will: `wire.decode_inputs` is the worker's own decoding of the request.
+    """
+    check_idempotency_key(request.idempotency_key)
     wire.decode_inputs(request, max_pixels=settings.restore_max_pixels, max_bytes=settings.max_message_bytes)
     wire.check_stopping(request, settings.restore_max_iterations)
     return restore_pb2.RestoreJob(
-        job_id=uuid.uuid4().hex,
+        job_id=new_job_id(now),
         request=request,
         client_id=client,
         submitted_unix=now,
@@ -61,16 +81,28 @@ def build_job(
     )
 
 
-def public_event(event: restore_pb2.JobEvent) -> restore_pb2.RestoreEvent:
-    """A bus event as the client sees it; a failure is raised as the exception it was on the worker."""
+def public_event(event: restore_pb2.JobEvent, key: bytes = PROCESS_LABEL_KEY) -> restore_pb2.RestoreEvent:
+    """A bus event as the client sees it; a failure is raised as the exception it was on the worker.
+
+    The worker's name (HOST-PID by default) becomes an opaque label (`auth.worker_label`, keyed by `key`);
+    the gateway logs the name beside the label when the job starts.
+    """
     if event.HasField("failure"):
         raise failure_error(event.failure)
-    return event.event
+    public = event.event
+    for part in (public.started, public.result):
+        if part.worker:
+            label = worker_label(part.worker, key)
+            if part is public.started:
+                log.info("job %s: worker %s is shown to clients as %s", public.job_id, part.worker, label)
+            part.worker = label
+    return public
 
 
 class RestorerServicer(restore_pb2_grpc.RestorerServicer):
     def __init__(self, bus: JobBus, settings: Settings) -> None:
         self._bus, self._settings = bus, settings
+        self._label_key = label_key(settings.worker_label_key)
 
     async def Restore(  # noqa: N802  (gRPC method names)
         self, request: restore_pb2.RestoreRequest, context: grpc.aio.ServicerContext
@@ -100,28 +132,64 @@ class RestorerServicer(restore_pb2_grpc.RestorerServicer):
     async def WatchRestore(  # noqa: N802
         self, request: restore_pb2.WatchRestoreRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[restore_pb2.RestoreEvent]:
-        async for event in self._bus.events(_job_id(request.job_id)):
-            yield public_event(event)
+        job_id = _job_id(request.job_id)
+        await self._check_owner(job_id)
+        async for event in self._bus.events(job_id, ttl_s=self._ttl_s):
+            yield public_event(event, self._label_key)
 
     async def CancelRestore(  # noqa: N802
         self, request: restore_pb2.CancelRestoreRequest, context: grpc.aio.ServicerContext
     ) -> restore_pb2.CancelRestoreResponse:
         job_id = _job_id(request.job_id)
-        cancelled = await self._bus.cancel(job_id, Cancelled(f"job {job_id} was cancelled by CancelRestore"))
+        await self._check_owner(job_id)
+        cancelled = await self._bus.cancel(
+            job_id, Cancelled(f"job {job_id} was cancelled by CancelRestore"), ttl_s=self._ttl_s
+        )
         return restore_pb2.CancelRestoreResponse(cancelled=cancelled)
+
+    async def _check_owner(self, job_id: str) -> None:
+        """With auth on, another client's job answers exactly as an unknown id does: ids cannot be probed.
+
+        With auth off the job id alone is the capability to watch and cancel (trusted networks only).
+        """
+        client = authenticated_client()
+        if client is None:
+            return
+        try:
+            owner: Any = await self._bus.redis.hget(f"{self._bus.prefix}job:{job_id}", "client")
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            raise Unavailable(f"the Restore job bus (Redis) is unreachable: {e}") from None
+        if owner is not None and owner.decode(errors="replace") != client:
+            raise missing(job_id, ttl_s=self._ttl_s, now=time.time())
+
+    @property
+    def _ttl_s(self) -> float:
+        return float(self._settings.restore_result_ttl_s)
 
     async def _submit(
         self, request: restore_pb2.RestoreRequest, context: grpc.aio.ServicerContext, *, deadline: bool
-    ) -> tuple[restore_pb2.RestoreJob, restore_pb2.Queued]:
-        client = client_id(context.invocation_metadata(), context.peer())
+    ) -> tuple[restore_pb2.RestoreJob, restore_pb2.Queued | None]:
+        """Validate (in a thread) and queue; with a known idempotency key, the first job instead.
+
+        The job returned then carries the first job's id (and this call's deadline, for the cancel reason).
+        """
+        # With auth on, the token's client; never the self-asserted header (README "Security").
+        client = authenticated_client() or client_id(context.invocation_metadata(), context.peer())
         remaining = context.time_remaining() if deadline else None
-        job = build_job(request, self._settings, client=client, now=time.time(), time_remaining_s=remaining)
-        queued = await self._bus.submit(
+        job = await asyncio.to_thread(
+            build_job, request, self._settings, client=client, now=time.time(), time_remaining_s=remaining
+        )
+        job_id, queued = await self._bus.submit_once(
             job,
             max_queue=self._settings.restore_max_queue,
             max_per_client=self._settings.restore_max_jobs_per_client,
             ttl_s=self._settings.restore_result_ttl_s,
+            idempotency_key=request.idempotency_key,
         )
+        if queued is None:
+            log.info("job %s: submitted again by %s (same idempotency key)", job_id, client)
+            job.job_id = job_id
+            return job, None
         log.info("job %s queued for %s at position %d", job.job_id, client, queued.position)
         return job, queued
 
@@ -129,9 +197,9 @@ class RestorerServicer(restore_pb2_grpc.RestorerServicer):
         """The job's public events; if the caller goes away first (deadline, cancel), cancel the job."""
         ended = False
         try:
-            async for event in self._bus.events(job.job_id):
+            async for event in self._bus.events(job.job_id, ttl_s=self._ttl_s):
                 ended = is_terminal(event)
-                yield public_event(event)
+                yield public_event(event, self._label_key)
         finally:
             if not ended:
                 await asyncio.shield(self._cancel_abandoned(job))
@@ -151,5 +219,5 @@ class RestorerServicer(restore_pb2_grpc.RestorerServicer):
 
 def _job_id(job_id: str) -> str:
     if not job_id or len(job_id) > 64 or not job_id.isalnum():
-        raise InvalidArgument(f"job_id must be the id SubmitRestore returned, got {job_id!r}")
+        raise InvalidArgument(f"job_id must be the id SubmitRestore returned, got {echo(job_id)}")
     return job_id

@@ -15,6 +15,12 @@ Shutdown (SIGTERM or SIGINT): stop claiming, stop the running jobs within one it
 to the queue (the attempt does not count), so another worker restarts them at once; then exit. Chosen
 over "finish first" because a DIP job can run for hours on a CPU, far past any deploy's grace period.
 
+Redis restarts: every Redis call is retried with backoff (0.1 s doubling to 5 s) rather than given up on.
+A claim that finds its consumer groups gone (NOGROUP: Redis restarted without persistence) creates them
+again (`JobBus.claim`); a job's result is published once Redis is back if that is within the visibility
+timeout (else another worker runs the job again). The worker only beats while it can claim (or all its
+slots are busy), so the gateway's health does not count a worker that cannot take jobs.
+
 Health and metrics: with `--metrics-port`, `GET /metrics` (Prometheus) and `GET /healthz` (200 while Redis
 answered within the last few heartbeats, else 503) on 127.0.0.1.
 """
@@ -52,6 +58,29 @@ from service.worker.recipes import recipe_for
 log = logging.getLogger("priorlab.worker")
 
 _NO_LIMIT = 1 << 62  # the gateway already enforced the pixel and byte limits
+_BACKOFF_S = (0.1, 5.0)  # first and longest wait between retries of a failing Redis call (doubling)
+
+
+@dataclass
+class Backoff:
+    """Waits that double from `first_s` to `max_s` while a call keeps failing; `reset` after a success."""
+
+    first_s: float = _BACKOFF_S[0]
+    max_s: float = _BACKOFF_S[1]
+    next_s: float = field(init=False, default=0.0)
+    failures: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.next_s = self.first_s
+
+    def failed(self) -> float:
+        """The wait before the next try."""
+        self.failures += 1
+        wait, self.next_s = self.next_s, min(2 * self.next_s, self.max_s)
+        return wait
+
+    def reset(self) -> None:
+        self.next_s, self.failures = self.first_s, 0
 
 
 @dataclass
@@ -140,6 +169,7 @@ class Worker:
         self.bus, self.name, self.devices, self.metrics = bus, name, devices, metrics
         self.timing = timing
         self.last_contact = 0.0  # monotonic time Redis last answered (health)
+        self.last_claim = 0.0  # monotonic time a claim last went through (the beat is sent only then)
         self._running: dict[str, Running] = {}
         self._free = list(range(len(devices)))
         self._slot_freed = asyncio.Event()
@@ -151,8 +181,23 @@ class Worker:
         # The gateway's rule for this worker's beats, applied to its own contact with Redis.
         return time.monotonic() - self.last_contact < self.timing.worker_ttl_s
 
+    @property
+    def can_claim(self) -> bool:
+        """Whether this worker takes jobs: its last claim went through lately, or no slot is free."""
+        return not self._free or time.monotonic() - self.last_claim < self.timing.worker_ttl_s
+
     async def run(self, stop: asyncio.Event) -> None:
-        await self.bus.ensure_groups()
+        backoff = Backoff()
+        while not stop.is_set():  # Redis may be down at the start too: wait for it
+            try:
+                await self.bus.ensure_groups()
+                break
+            except (RedisError, OSError) as e:
+                wait_s = backoff.failed()
+                log.warning("could not create the consumer groups (%s); retrying in %.1f s", e, wait_s)
+                await _first(stop, timeout_s=wait_s)
+        backoff.reset()
+        self.last_claim = time.monotonic()  # about to claim: the first beat may go out
         helpers = [asyncio.create_task(self._heartbeats()), asyncio.create_task(self._cancels())]
         slots: set[asyncio.Task[None]] = set()
         log.info("worker %s: %d slot(s) on %s", self.name, len(self.devices), ", ".join(self.devices))
@@ -166,10 +211,14 @@ class Worker:
                     self.name, visibility_s=self.timing.visibility_timeout_s, block_s=1.0
                 )
             except (RedisError, OSError) as e:
-                log.warning("claim failed (%s); retrying in 1 s", e)
-                await _first(stop, timeout_s=1.0)
+                wait_s = backoff.failed()
+                log.warning("claim failed (%s); retrying in %.1f s", e, wait_s)
+                await _first(stop, timeout_s=wait_s)
                 continue
-            self.last_contact = time.monotonic()
+            if backoff.failures:
+                log.info("claiming again after %d failed tries", backoff.failures)
+            backoff.reset()
+            self.last_contact = self.last_claim = time.monotonic()
             keep = claims[:1] if not stop.is_set() else []
             for extra in claims[len(keep) :]:
                 await self.bus.release_unstarted(self.name, extra)
@@ -211,9 +260,11 @@ class Worker:
             await self.bus.finish(self.name, claim, failure_event(cancelled), "cancelled")
             return
         if start.outcome == "exhausted":
+            failures = "; ".join(start.failures)
             message = (
                 f"job {claim.job_id} failed: its worker stopped responding on each of {start.attempt} "
-                "attempts; not retried again"
+                f"attempts ({failures or 'no failure recorded'}); not retried again. Dead-letter record: "
+                f"{self.bus.dead_letter_key(claim.job_id)}"
             )
             await self.bus.finish(self.name, claim, failure_event(Aborted(message)), "failed")
             self.metrics.jobs.labels("", "failed").inc()
@@ -315,15 +366,36 @@ class Worker:
                 ended = DeadlineExceeded(f"job {job_id} passed its deadline after {iterations} iterations")
             event = failure_event(ended)
             state = "cancelled"
-        if await self.bus.finish(self.name, claim, event, state):
+        if await self._finish(claim, event, state):
             self.metrics.jobs.labels(task, state).inc()
         else:
             log.warning("job %s: another worker owns it now; its %s was not published", job_id, state)
 
+    async def _finish(self, claim: Claim, event: restore_pb2.JobEvent, state: str) -> bool:
+        """`finish`, retried with backoff while Redis is unreachable, for up to the visibility timeout.
+
+        Past it, another worker may have taken the job over (the fence then refuses this result); the
+        last error is raised, and the job is retried as if this worker had died.
+        """
+        backoff = Backoff()
+        give_up = time.monotonic() + self.timing.visibility_timeout_s
+        while True:
+            try:
+                return await self.bus.finish(self.name, claim, event, state)
+            except (RedisError, OSError) as e:
+                wait_s = backoff.failed()
+                if time.monotonic() + wait_s > give_up:
+                    raise
+                log.warning(
+                    "job %s: publishing its end failed (%s); retrying in %.1f s", claim.job_id, e, wait_s
+                )
+                await asyncio.sleep(wait_s)
+
     async def _heartbeats(self) -> None:
         while True:
             try:
-                await self.bus.beat(self.name)
+                if self.can_claim:
+                    await self.bus.beat(self.name)
                 for running in list(self._running.values()):
                     if not await self.bus.heartbeat(self.name, running.claim):
                         running.halt("lost")

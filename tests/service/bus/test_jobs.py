@@ -11,8 +11,17 @@ from typing import Any
 import grpc
 import pytest
 
-from service.bus.jobs import JobBus, failure_error, failure_event, is_terminal, level_of
-from service.errors import Aborted, Cancelled, NotFound, ResourceExhausted, Unavailable
+from service.bus.jobs import (
+    JobBus,
+    failure_error,
+    failure_event,
+    is_terminal,
+    level_of,
+    missing,
+    new_job_id,
+    submitted_unix,
+)
+from service.errors import Aborted, Cancelled, DataLoss, NotFound, ResourceExhausted, Unavailable
 from service.launch.process import free_port
 from service.launch.redis import RedisServer
 from service.pb.priorlab.v1 import restore_pb2
@@ -229,3 +238,142 @@ def test_a_failure_names_its_status_and_an_old_numeric_one_is_still_read() -> No
     assert isinstance(again, Aborted) and again.message == "gone twice"
     old = restore_pb2.JobFailure(code=grpc.StatusCode.ABORTED.value[0], message="from an older worker")
     assert isinstance(failure_error(old), Aborted)
+
+
+# --- issue #16: nothing is lost ---
+
+
+def test_job_ids_carry_their_submission_time_and_are_unguessable() -> None:
+    a, b = new_job_id(1_700_000_000.5), new_job_id(1_700_000_000.5)
+    assert a != b and len(a) == 33 and a.isalnum() and a.startswith("t")
+    assert submitted_unix(a) == 1_700_000_000.5
+    assert submitted_unix("0123456789abcdef0123456789abcdef") is None  # a uuid4 id of before
+    assert submitted_unix("t" + "z" * 32) is None
+
+
+def test_a_vanished_record_reads_as_lost_within_the_ttl_and_not_found_after() -> None:
+    job_id = new_job_id(1000.0)
+    lost = missing(job_id, ttl_s=60, now=1030.0)
+    assert isinstance(lost, DataLoss) and f"job {job_id} was lost" in str(lost)
+    assert "expired" not in str(lost)
+    assert type(missing(job_id, ttl_s=60, now=1061.0)) is NotFound  # may have expired
+    assert type(missing("abc", ttl_s=60, now=1030.0)) is NotFound  # not one of ours
+    assert len(str(missing("x" * 10_000, ttl_s=60, now=1030.0))) < 200  # the id is not echoed whole
+
+
+def test_a_flushed_job_is_lost_for_watch_and_cancel(redis_url: str) -> None:
+    async def body(bus: JobBus) -> None:
+        j = job(new_job_id(time.time()))
+        await submit(bus, j)
+        await bus.redis.flushdb()  # what a restart without persistence does
+        with pytest.raises(DataLoss, match="was lost: its record vanished from the job bus"):
+            await events_ttl(bus, j.job_id)
+        with pytest.raises(DataLoss, match="was lost"):
+            await bus.cancel(j.job_id, stop(), ttl_s=60)
+
+    run(redis_url, body)
+
+
+async def events_ttl(bus: JobBus, job_id: str) -> list[restore_pb2.JobEvent]:
+    return [e async for e in bus.events(job_id, block_s=0.1, ttl_s=60)]
+
+
+def test_an_idempotency_key_returns_the_first_job_per_client_until_its_result_expires(redis_url: str) -> None:
+    async def body(bus: JobBus) -> None:
+        async def once(j: restore_pb2.RestoreJob, key: str) -> tuple[str, restore_pb2.Queued | None]:
+            return await bus.submit_once(j, max_queue=10, max_per_client=10, ttl_s=60, idempotency_key=key)
+
+        first, queued = await once(job("a"), "k1")
+        assert first == "a" and queued is not None and queued.position == 1
+        assert await once(job("b"), "k1") == ("a", None)  # a retry: no second job
+        assert (await once(job("c", client="other"), "k1"))[0] == "c"  # keys are per client
+        assert (await once(job("d"), "k2"))[0] == "d"
+        assert (await once(job("e"), ""))[0] == "e" and (await once(job("f"), ""))[0] == "f"  # no key
+        assert await bus.queue_length() == 5
+        assert await bus.redis.ttl("restore:idem:c:k1") == -1  # kept while the job is unfinished
+        assert await bus.cancel("a", stop())
+        assert 0 < await bus.redis.ttl("restore:idem:c:k1") <= 60  # then for the result TTL
+        assert await once(job("g"), "k1") == ("a", None)
+
+    run(redis_url, body)
+
+
+def test_a_job_out_of_attempts_leaves_a_dead_letter_record_with_each_failure(redis_url: str) -> None:
+    async def body(bus: JobBus) -> None:
+        await submit(bus, job("a", max_attempts=2))
+        (claim,) = await bus.claim("w1", visibility_s=30, block_s=0.1)
+        assert (await bus.start("w1", claim)).attempt == 1
+        await asyncio.sleep(0.25)
+        (claim,) = await bus.claim("w2", visibility_s=0.2, block_s=0.1)  # w1 went silent
+        assert (await bus.start("w2", claim)).attempt == 2
+        await asyncio.sleep(0.25)
+        (claim,) = await bus.claim("w3", visibility_s=0.2, block_s=0.1)  # so did w2
+        start = await bus.start("w3", claim)
+        assert start.outcome == "exhausted" and start.attempt == 2
+        assert start.failures == (
+            "attempt 1: worker w1 stopped responding (no heartbeat for the visibility timeout)",
+            "attempt 2: worker w2 stopped responding (no heartbeat for the visibility timeout)",
+        )
+        record = await bus.dead_letter("a")
+        assert record["attempts"] == "2" and record["client"] == "c"
+        assert record["failures"] == "\n".join(start.failures)
+        kept = await bus.redis.hget("restore:dead:a", "job")
+        assert restore_pb2.RestoreJob.FromString(kept).job_id == "a"  # the request, to submit again
+        assert 0 < await bus.redis.ttl("restore:dead:a") <= 60
+        assert await bus.finish("w3", claim, failure_event(Aborted("out of attempts")), "failed")
+        assert 0 < await bus.redis.ttl("restore:job:a:attempts") <= 60
+
+    run(redis_url, body)
+
+
+def test_a_claim_recreates_consumer_groups_that_vanished(redis_url: str) -> None:
+    """Issue #16: after a restart without persistence the worker logged NOGROUP forever."""
+
+    async def body(bus: JobBus) -> None:
+        await bus.redis.flushdb()  # streams and groups gone
+        assert await bus.claim("w", visibility_s=30, block_s=0.1) == []  # was: ResponseError NOGROUP
+        await submit(bus, job("a", priority=-1))
+        (claim,) = await bus.claim("w", visibility_s=30, block_s=0.1)
+        assert claim.job_id == "a" and (await bus.start("w", claim)).outcome == "run"
+
+    run(redis_url, body)
+
+
+def test_scripts_are_loaded_again_after_a_script_flush(redis_url: str) -> None:
+    async def body(bus: JobBus) -> None:
+        await submit(bus, job("a"))
+        await bus.redis.script_flush()  # what a restarted Redis has: no scripts
+        await submit(bus, job("b"))  # EVALSHA -> NOSCRIPT -> SCRIPT LOAD -> EVALSHA
+        assert await bus.queue_length() == 2
+
+    run(redis_url, body)
+
+
+def test_a_watcher_rides_out_a_redis_restart_with_persistence(tmp_path: Path) -> None:
+    """AOF everysec: the job survives a kill -9 and the watcher's stream resumes where it was."""
+    server = RedisServer.start(tmp_path, persistent=True)
+
+    async def main() -> list[str]:
+        bus = JobBus.from_url(server.url)
+        try:
+            await bus.ensure_groups()
+            await submit(bus, job("a"))
+            seen: list[str] = []
+            stream = bus.events("a", block_s=0.1, ttl_s=60)
+            seen.append(str((await anext(stream)).event.WhichOneof("event")))
+            await asyncio.sleep(1.2)  # the append-only file is synced once a second
+            await asyncio.to_thread(server.handle.process.kill)
+            await asyncio.to_thread(server.restart)
+            (claim,) = await bus.claim("w", visibility_s=30, block_s=0.1)  # the queue survived
+            await bus.start("w", claim)
+            result = restore_pb2.RestoreEvent(job_id="a", result=restore_pb2.RestoreResult(job_id="a"))
+            assert await bus.finish("w", claim, restore_pb2.JobEvent(event=result), "done")
+            seen += [str(e.event.WhichOneof("event")) async for e in stream]
+            return seen
+        finally:
+            await bus.close()
+
+    try:
+        assert asyncio.run(asyncio.wait_for(main(), 30)) == ["queued", "result"]
+    finally:
+        server.stop()

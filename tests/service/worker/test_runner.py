@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from service.bus.jobs import JobBus, failure_error
 from service.bus.timing import BusTiming
 from service.errors import Aborted, Cancelled, DeadlineExceeded, InvalidArgument, PriorlabError
+from service.launch.process import free_port
 from service.launch.redis import RedisServer
 from service.metrics import WorkerMetrics
 from service.pb.priorlab.v1 import restore_pb2
@@ -84,3 +86,87 @@ def test_a_cancel_before_the_start_ends_the_job_with_its_code(
 ) -> None:
     error = ended_with(redis_url, job("a"), cancel=cancel)
     assert type(error) is kind and "cancelled before it started" in str(error)
+
+
+def test_a_job_out_of_attempts_names_each_failure_and_its_dead_letter_record(redis_url: str) -> None:
+    async def main() -> tuple[PriorlabError, dict[str, str]]:
+        bus = JobBus.from_url(redis_url)
+        await bus.redis.flushdb()
+        await bus.ensure_groups()
+        await bus.submit(job("a", max_attempts=1), max_queue=10, max_per_client=10, ttl_s=60)
+        (claim,) = await bus.claim("dead", visibility_s=30, block_s=0.1)
+        await bus.start("dead", claim)  # attempt 1, then silence
+        worker = Worker(bus, name="w", devices=["cpu"], timing=BusTiming(0.5), metrics=WorkerMetrics())
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        try:
+            async for event in bus.events("a", block_s=0.1):
+                if event.HasField("failure"):
+                    return failure_error(event.failure), await bus.dead_letter("a")
+            raise AssertionError("the job ended without a failure")
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 10)
+            await bus.close()
+
+    error, record = asyncio.run(asyncio.wait_for(main(), 30))
+    assert type(error) is Aborted
+    assert "attempt 1: worker dead stopped responding" in str(error)
+    assert "Dead-letter record: restore:dead:a" in str(error)
+    assert record["failures"].startswith("attempt 1: worker dead") and record["attempts"] == "1"
+
+
+def test_a_worker_recreates_its_consumer_groups_after_redis_lost_them(redis_url: str) -> None:
+    """Issue #16: after a Redis restart without persistence the worker logged NOGROUP and took nothing."""
+
+    async def main() -> PriorlabError:
+        bus = JobBus.from_url(redis_url)
+        await bus.redis.flushdb()
+        worker = Worker(bus, name="w", devices=["cpu"], timing=BusTiming(2.0), metrics=WorkerMetrics())
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        try:
+            await asyncio.sleep(0.5)  # claiming
+            await bus.redis.flushdb()  # streams and groups gone, as after a restart without persistence
+            await asyncio.sleep(0.5)
+            await bus.submit(job("b"), max_queue=10, max_per_client=10, ttl_s=60)
+            async for event in bus.events("b", block_s=0.1):
+                if event.HasField("failure"):
+                    return failure_error(event.failure)
+            raise AssertionError("the job ended without a failure")
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 10)
+            await bus.close()
+
+    error = asyncio.run(asyncio.wait_for(main(), 30))
+    assert type(error) is InvalidArgument  # it was claimed and run: the image does not decode
+
+
+def test_a_worker_started_before_redis_waits_for_it_and_beats_only_while_it_can_claim(tmp_path: Path) -> None:
+    port = free_port()
+
+    async def main() -> tuple[bool, bool]:
+        bus = JobBus.from_url(f"redis://127.0.0.1:{port}/0")
+        worker = Worker(bus, name="w", devices=["cpu"], timing=BusTiming(1.0), metrics=WorkerMetrics())
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        server = None
+        try:
+            await asyncio.sleep(1.0)  # Redis is not there: the worker keeps trying
+            assert not running.done() and not worker.can_claim
+            server = await asyncio.to_thread(RedisServer.start, tmp_path, port=port)
+            for _ in range(100):
+                if await bus.redis.zscore("restore:workers", "w") is not None:
+                    break
+                await asyncio.sleep(0.1)
+            joined = await bus.redis.zscore("restore:workers", "w") is not None
+            return joined, worker.can_claim
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 10)
+            await bus.close()
+            if server is not None:
+                server.stop()
+
+    assert asyncio.run(asyncio.wait_for(main(), 40)) == (True, True)
