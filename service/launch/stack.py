@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
+from service.gateway.auth import TokenTable
 from service.gateway.server import create_server
 from service.gateway.settings import Settings
 from service.gateway.triton import TritonBackend
@@ -228,12 +229,17 @@ def main(argv: list[str] | None = None) -> None:
     http_port = args.http_port
     if http_port is None:
         http_port = settings.http_port if "PRIORLAB_HTTP_PORT" in os.environ else HTTP_PORT_DEFAULT
-    settings = dataclasses.replace(
-        settings,
-        port=settings.port if args.port is None else args.port,
-        metrics_port=metrics_port,
-        http_port=http_port,
-    )
+    try:  # a bad combination (say tokens with the HTTP API on) or token file fails here, before any start
+        settings = dataclasses.replace(
+            settings,
+            port=settings.port if args.port is None else args.port,
+            metrics_port=metrics_port,
+            http_port=http_port,
+        )
+        if settings.auth_tokens_file:
+            TokenTable.load(settings.auth_tokens_file)
+    except (ValueError, OSError) as e:
+        sys.exit(f"priorlab: {e}")
     options = StackOptions(args.repository, args.workdir, args.redis_port, supervise=not args.no_supervise)
     sys.exit(run(settings, options))
 
