@@ -82,6 +82,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 COLORIZER_SERVICE = "priorlab.v1.Colorizer"
 MAX_WAIT_S = 60.0  # GET /v1/restore/{id}?wait=S
+KEEPALIVE_S = 15.0  # an SSE comment line while a job's stream is quiet
 # No inline script or style anywhere: the page's code is app.js and app.css, served from here.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
@@ -629,23 +630,35 @@ def _sse(index: int, event: restore_pb2.JobEvent) -> bytes:
 async def _sse_stream(
     first: restore_pb2.JobEvent, rest: AsyncIterator[restore_pb2.JobEvent], skip: int
 ) -> AsyncIterator[bytes]:
+    """The events from the `skip`+1-th on; a comment line every KEEPALIVE_S while none comes (a job
+    can wait in the queue or between progress events for minutes; proxies drop a silent stream)."""
     yield b"retry: 2000\n\n"
     index, event = 1, first
+    pending: asyncio.Future[restore_pb2.JobEvent] | None = None
     try:
         while True:
             if index > skip:
                 yield _sse(index, event)
             if is_terminal(event):
                 return
+            pending = asyncio.ensure_future(anext(rest))
+            while not (await asyncio.wait({pending}, timeout=KEEPALIVE_S))[0]:
+                yield b": keep-alive\n\n"
             try:
-                event = await anext(rest)
+                event = pending.result()
             except StopAsyncIteration:
                 return
             except PriorlabError as e:  # Redis went away mid-stream: say so, as WatchRestore would
                 yield _sse(index + 1, failure_event(e))
                 return
+            finally:
+                pending = None
             index += 1
     finally:
+        if pending is not None:  # the client left while we waited for the next event
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
         with contextlib.suppress(Exception):
             await rest.aclose()  # type: ignore[attr-defined]
 

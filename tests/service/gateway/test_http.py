@@ -10,7 +10,9 @@ import asyncio
 import base64
 import io
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -21,6 +23,7 @@ from PIL import Image
 from skimage import color
 from starlette.routing import Mount, Route
 
+from contract import ModelSpec
 from service.bus.jobs import JobBus, failure_event
 from service.errors import (
     STATUS_CODES,
@@ -29,6 +32,7 @@ from service.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from service.gateway import http
 from service.gateway.http import HttpApi
 from service.gateway.http_openapi import openapi_document
 from service.gateway.http_status import HTTP_STATUS, http_status
@@ -211,6 +215,38 @@ def test_backend_failures_map_to_http(error: PriorlabError, status: int, retry_a
 
     got, retry, reply = run_http(FakeBackend(error=error), body)
     assert (got, retry, reply["error"]["message"]) == (status, retry_after, str(error))
+
+
+@dataclass
+class SlowBackend(FakeBackend):
+    """Takes `delay_s` per inference and records whether a call was cancelled."""
+
+    delay_s: float = 5.0
+    cancelled: int = 0
+
+    async def infer(self, spec: ModelSpec, inputs: dict[str, np.ndarray], *, timeout_s: float) -> Any:
+        try:
+            await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return await super().infer(spec, inputs, timeout_s=timeout_s)
+
+
+def test_a_client_that_leaves_cancels_its_call() -> None:
+    """The page aborts a superseded request: its inference stops instead of finishing for nobody."""
+    backend = SlowBackend()
+
+    async def body(session: aiohttp.ClientSession, base: str) -> float:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await session.post(f"{base}/v1/colorize", data=form(IMAGE))
+        start = time.perf_counter()
+        while not backend.cancelled and time.perf_counter() - start < 3:
+            await asyncio.sleep(0.02)
+        return time.perf_counter() - start
+
+    assert run_http(backend, body) < 3 and backend.cancelled == 1
 
 
 def test_an_unexpected_error_is_500_without_details() -> None:
@@ -490,6 +526,22 @@ def test_submit_watch_and_fetch_a_job(redis_url: str) -> None:
     assert seen["result"] == (200, "image/png", SMALL)
     assert seen["result_json"]["iterations_run"] == 10 and seen["result_json"]["width"] == 24
     assert seen["late_cancel"] == (200, {"cancelled": False})
+
+
+def test_a_quiet_stream_gets_keep_alive_comments(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http, "KEEPALIVE_S", 0.2)
+
+    async def body(session: aiohttp.ClientSession, base: str, bus: JobBus) -> str:
+        async with session.post(f"{base}/v1/restore", data=form(SMALL, task="jpeg")) as r:
+            job_id = (await r.json())["job_id"]
+        async with session.get(f"{base}/v1/restore/{job_id}/events") as r:
+            await asyncio.sleep(0.7)  # queued, no worker: nothing but keep-alives
+            await play_worker(bus, None, progress=0)
+            return await r.text()
+
+    text = run_restore(redis_url, body)
+    assert text.count(": keep-alive\n\n") >= 2
+    assert [name for _, name, _ in parse_sse(text)] == ["queued", "started", "result"]
 
 
 def test_cancel_a_queued_job_ends_its_stream_with_499(redis_url: str) -> None:
