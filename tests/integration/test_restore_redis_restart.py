@@ -61,9 +61,9 @@ class Stack:
         return list(self.stub.WatchRestore(request, timeout=timeout_s))
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    redis = RedisServer.start(tmp_path / "redis", persistent=True)
+@pytest.fixture(params=[True], ids=["aof"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    redis = RedisServer.start(tmp_path / "redis", persistent=request.param)
     worker = gateway = None
     try:
         worker = wait_joined(redis.url, spawn_worker(redis.url, tmp_path, "w1", visibility_s=5.0))
@@ -130,3 +130,27 @@ def test_a_redis_killed_with_jobs_running_and_queued_loses_none(stack: Stack) ->
     while stack.restorer_health() != health_pb2.HealthCheckResponse.SERVING:
         assert time.monotonic() < deadline, "the Restorer never reported SERVING again"
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize("stack", [False], ids=["no-persistence"], indirect=True)
+def test_without_persistence_the_jobs_are_reported_lost_and_the_queues_run_again(stack: Stack) -> None:
+    """The SRE's case: Redis restarted with nothing on disk. Every job reads DATA_LOSS ("was lost"), not
+    "expired"; the worker recreates its consumer groups (it logged NOGROUP forever) and takes new jobs."""
+    running = stack.stub.SubmitRestore(jpeg_job(RUNNING_ITERATIONS), timeout=10).job_id
+    for event in stack.stub.WatchRestore(restore_pb2.WatchRestoreRequest(job_id=running), timeout=120):
+        if event.HasField("progress"):
+            break
+    queued = [stack.stub.SubmitRestore(jpeg_job(5, seed=i), timeout=10).job_id for i in (1, 2)]
+    stack.redis.handle.process.kill()
+    stack.redis.handle.process.wait(10)
+    stack.redis.restart()  # empty
+
+    for job_id in (running, *queued):
+        with pytest.raises(grpc.RpcError) as info:
+            stack.watch(job_id, timeout_s=30)
+        assert info.value.code() == grpc.StatusCode.DATA_LOSS, info.value.details()
+        assert f"job {job_id} was lost" in (info.value.details() or "")
+    started = time.monotonic()
+    result = stack.stub.Restore(jpeg_job(3, seed=3), timeout=120)  # stayed queued >= 45 s before
+    assert result.iterations_run == 3
+    print(f"a new job ran {time.monotonic() - started:.1f} s after the restart")
