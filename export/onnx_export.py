@@ -143,9 +143,15 @@ def check_parity(
     results = []
     for g, w in zip(got, wants, strict=True):
         diff = float(np.max(np.abs(g.astype(np.float32) - w.numpy())))
-        if not diff <= atol:
+        # atol is per unit of the output's own scale: ab reaches ±110 and logits tens, where two correct
+        # fp32 implementations summing in different orders differ by ~1e-5 relative, and on a loaded
+        # host an occasional 2e-3 absolute was seen (fresh clone, siggraph17 logits). A broken export
+        # is off by O(1) or more.
+        limit = atol * max(1.0, float(np.max(np.abs(w.numpy()))))
+        if not diff <= limit:
             raise ValueError(
-                f"ONNX/PyTorch parity failed at {tuple(inputs[0].shape)}: max |diff| {diff} > {atol}"
+                f"ONNX/PyTorch parity failed at {tuple(inputs[0].shape)}: max |diff| {diff} > {limit:.3g}"
+                f" ({atol} x the output's max |value|)"
             )
         results.append(Parity(tuple(inputs[0].shape), diff))
     return results
