@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +24,22 @@ from pathlib import Path
 import pytest
 
 UP_TIMEOUT_S = 240.0  # Triton loads four models and the worker imports torch, on a busy 2-core machine
+
+
+def stack_command(port: int, *extra: str, python: str = sys.executable) -> list[str]:
+    """`make run`'s entry point with its gRPC port on `port`, no metrics or HTTP server (no fixed port)."""
+    base = [
+        python,
+        "-m",
+        "service.launch.stack",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "0",
+        "--http-port",
+        "0",
+    ]
+    return [*base, *extra]
 
 
 @dataclass

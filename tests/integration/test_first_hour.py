@@ -25,12 +25,13 @@ from pathlib import Path
 import pytest
 
 from service.launch.process import free_port
-from tests.integration.stacks import UP_TIMEOUT_S, Stack, stacks
+from tests.integration.stacks import UP_TIMEOUT_S, Stack, stack_command, stacks
 from tests.readme import client_commands
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
+PYTHON = ".venv/bin/python"  # the clone's, as `make run` calls it
 # Not copied: history, caches, local run state, benchmark results (large, and not needed to serve).
 _SKIP = {
     ".git",
@@ -108,21 +109,7 @@ def test_a_redis_that_cannot_start_stops_triton_and_names_the_cause(start: Calla
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         redis_port = taken.getsockname()[1]
-        stack = start(
-            [
-                ".venv/bin/python",
-                "-m",
-                "service.launch.stack",
-                "--port",
-                str(free_port()),
-                "--metrics-port",
-                "0",
-                "--http-port",
-                "0",
-                "--redis-port",
-                str(redis_port),
-            ]
-        )
+        stack = start(stack_command(free_port(), "--redis-port", str(redis_port), python=PYTHON))
         assert stack.wait_exit(UP_TIMEOUT_S) == 1, stack.output()
     output = stack.output()
     assert "priorlab failed to start: redis-server" in output
@@ -137,21 +124,7 @@ def test_a_triton_that_cannot_load_a_model_fails_with_its_log(
     shutil.copytree(clone / "model_repository", broken)
     model = next((broken / "larsson16").glob("[0-9]*/model.onnx"))
     model.write_bytes(b"not an ONNX graph")
-    stack = start(
-        [
-            ".venv/bin/python",
-            "-m",
-            "service.launch.stack",
-            "--repository",
-            str(broken),
-            "--port",
-            str(free_port()),
-            "--metrics-port",
-            "0",
-            "--http-port",
-            "0",
-        ]
-    )
+    stack = start(stack_command(free_port(), "--repository", str(broken), python=PYTHON))
     assert stack.wait_exit(UP_TIMEOUT_S) == 1, stack.output()
     output = stack.output()
     assert "priorlab failed to start: tritonserver" in output
@@ -160,19 +133,7 @@ def test_a_triton_that_cannot_load_a_model_fails_with_its_log(
 
 
 def test_ctrl_c_during_start_up_stops_what_was_started(start: Callable[..., Stack]) -> None:
-    stack = start(
-        [
-            ".venv/bin/python",
-            "-m",
-            "service.launch.stack",
-            "--port",
-            str(free_port()),
-            "--metrics-port",
-            "0",
-            "--http-port",
-            "0",
-        ]
-    )
+    stack = start(stack_command(free_port(), python=PYTHON))
     stack.wait_for(r"starting Triton", 60)
     time.sleep(3)  # Triton is loading: its stub processes are starting
     stack.interrupt()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.launch.process import free_port
 from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc, restore_pb2, restore_pb2_grpc
-from tests.integration.stacks import UP_TIMEOUT_S, Stack, stacks
+from tests.integration.stacks import UP_TIMEOUT_S, Stack, stack_command, stacks
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -71,27 +71,22 @@ class Running:
                 time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    tmp = tmp_path_factory.mktemp("self-healing")
+@contextmanager
+def _running(tmp: Path, *extra: str) -> Iterator[Running]:
+    """A stack from `make run`'s entry point on a free port, up until the module is done."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "service.launch.stack",
-        "--port",
-        str(port),
-        "--metrics-port",
-        "0",
-        "--http-port",
-        "0",
-    ]
     with stacks(REPO, tmp) as start:
-        stack = start([*command, "--workdir", str(tmp / "run")])
+        stack = start(stack_command(port, "--workdir", str(tmp / "run"), *extra))
         stack.wait_for(r"priorlab is up", UP_TIMEOUT_S)
         yield Running(stack, f"127.0.0.1:{port}")
         stack.interrupt()
         assert stack.wait_exit() == 0, stack.output()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with _running(tmp_path_factory.mktemp("self-healing")) as stack:
+        yield stack
 
 
 def test_a_killed_triton_is_restarted_on_the_same_ports(running: Running) -> None:
@@ -152,25 +147,8 @@ def test_a_killed_redis_comes_back_with_its_jobs(running: Running) -> None:
 @pytest.fixture(scope="module")
 def unsupervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """A stack whose supervisor is off: what the gateway's health sees before anyone repairs it."""
-    tmp = tmp_path_factory.mktemp("unsupervised")
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "service.launch.stack",
-        "--port",
-        str(port),
-        "--metrics-port",
-        "0",
-        "--http-port",
-        "0",
-    ]
-    with stacks(REPO, tmp) as start:
-        stack = start([*command, "--workdir", str(tmp / "run"), "--no-supervise"])
-        stack.wait_for(r"priorlab is up", UP_TIMEOUT_S)
-        yield Running(stack, f"127.0.0.1:{port}")
-        stack.interrupt()
-        assert stack.wait_exit() == 0, stack.output()
+    with _running(tmp_path_factory.mktemp("unsupervised"), "--no-supervise") as stack:
+        yield stack
 
 
 def _health(running: Running) -> int:
