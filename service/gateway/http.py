@@ -62,7 +62,7 @@ from starlette.types import Message as AsgiMessage
 from contract import DEFAULT_MODEL, HINT_MODEL, MODELS, PUBLIC_MODELS, WORKING_SIZE_DEFAULT
 from service.bus.jobs import JobBus, failure_event, is_terminal
 from service.bus.timing import BusTiming
-from service.errors import Cancelled, InvalidArgument, NotFound, PriorlabError, Unavailable
+from service.errors import Cancelled, InvalidArgument, NotFound, PriorlabError, Unavailable, echo
 from service.gateway.colorize import ColorizePipeline, served_model, served_models
 from service.gateway.colorizer import (
     colorize_options,
@@ -113,7 +113,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise InvalidArgument(f"Content-Length {declared!r} is not a number")
+            raise InvalidArgument(f"Content-Length {echo(declared)} is not a number")
         if int(declared) > limit:
             raise PayloadTooLarge(f"request body is {int(declared)} bytes, over the limit of {limit} bytes")
     chunks, size = [], 0
@@ -153,7 +153,7 @@ async def read_request(request: Request, limit: int) -> tuple[dict[str, Any], di
             await form.close()
         return fields, files
     raise InvalidArgument(
-        f"Content-Type must be application/json or multipart/form-data, got {kind or 'none'!r}"
+        f"Content-Type must be application/json or multipart/form-data, got {echo(kind or 'none')}"
     )
 
 
@@ -173,7 +173,8 @@ def _parse(data: dict[str, Any], message: Message) -> None:
     try:
         json_format.ParseDict(data, message)
     except json_format.ParseError as e:
-        raise InvalidArgument(str(e)) from None
+        message = str(e)  # names the field and the value: bounded like every echo of a client's value
+        raise InvalidArgument(message if len(message) <= 400 else f"{message[:400]}…") from None
 
 
 def _rgb(value: Any, where: str) -> dict[str, int]:
@@ -181,14 +182,14 @@ def _rgb(value: Any, where: str) -> dict[str, int]:
     if isinstance(value, str):
         match = _HEX.match(value.strip())
         if not match:
-            raise InvalidArgument(f"{where}: colour must be #rrggbb, got {value!r}")
+            raise InvalidArgument(f"{where}: colour must be #rrggbb, got {echo(value)}")
         h = match.group(1)
         return {"r": int(h[0:2], 16), "g": int(h[2:4], 16), "b": int(h[4:6], 16)}
     if isinstance(value, list) and len(value) == 3:
         return dict(zip("rgb", value, strict=True))
     if isinstance(value, dict):
         return value
-    raise InvalidArgument(f"{where}: colour must be #rrggbb, [r, g, b] or {{r, g, b}}, got {value!r}")
+    raise InvalidArgument(f"{where}: colour must be #rrggbb, [r, g, b] or {{r, g, b}}, got {echo(value)}")
 
 
 def _hint(value: Any, i: int) -> dict[str, Any]:
@@ -197,13 +198,13 @@ def _hint(value: Any, i: int) -> dict[str, Any]:
     if isinstance(value, str):
         parts = [p.strip() for p in value.split(",")]
         if len(parts) not in (3, 4) or not all(p.lstrip("-").isdigit() for p in parts[:2] + parts[3:]):
-            raise InvalidArgument(f"{where} must be x,y,#rrggbb[,patch_size], got {value!r}")
+            raise InvalidArgument(f"{where} must be x,y,#rrggbb[,patch_size], got {echo(value)}")
         hint: dict[str, Any] = {"x": int(parts[0]), "y": int(parts[1]), "color": _rgb(parts[2], where)}
         if len(parts) == 4:
             hint["patch_size"] = int(parts[3])
         return hint
     if not isinstance(value, dict):
-        raise InvalidArgument(f"{where} must be an object or x,y,#rrggbb[,patch_size], got {value!r}")
+        raise InvalidArgument(f"{where} must be an object or x,y,#rrggbb[,patch_size], got {echo(value)}")
     hint = dict(value)
     if "color" in hint:
         hint["color"] = _rgb(hint["color"], where)
@@ -286,7 +287,7 @@ def restore_request(data: dict[str, Any], files: dict[str, bytes]) -> restore_pb
     if "task" in data:  # the flat form
         task = str(data.pop("task"))
         if task not in _RESTORE_FORM:
-            raise InvalidArgument(f"task must be one of {list(_RESTORE_FORM)}, got {task!r}")
+            raise InvalidArgument(f"task must be one of {list(_RESTORE_FORM)}, got {echo(task)}")
         params = {key: data.pop(key) for key in _RESTORE_FORM[task] if key in data and data[key] != ""}
         if task == "inpaint":
             mask = _image(data, files, "mask") if ("mask" in files or "mask" in data) else b""
@@ -319,13 +320,13 @@ def _flag(value: Any) -> bool:
         return value
     text = str(value).strip().lower()
     if text not in ("1", "0", "true", "false", "on", "off", "yes", "no"):
-        raise InvalidArgument(f"expected true or false, got {value!r}")
+        raise InvalidArgument(f"expected true or false, got {echo(value)}")
     return text in ("1", "true", "on", "yes")
 
 
 def _job_id(job_id: str) -> str:
     if not job_id or len(job_id) > 64 or not job_id.isalnum():
-        raise InvalidArgument(f"job_id must be the id POST /v1/restore returned, got {job_id!r}")
+        raise InvalidArgument(f"job_id must be the id POST /v1/restore returned, got {echo(job_id)}")
     return job_id
 
 
@@ -433,7 +434,7 @@ class HttpApi:
         asked = request.query_params.get("service", "")
         if asked and asked not in services:
             return error_response(
-                NotFound(f"service {asked!r} is not served here; known: {sorted(services)}")
+                NotFound(f"service {echo(asked)} is not served here; known: {sorted(services)}")
             )
         serving = services[asked] if asked else services[COLORIZER_SERVICE]
         body = {
@@ -548,7 +549,7 @@ class HttpApi:
             wait_s = min(max(float(request.query_params.get("wait", "0")), 0.0), MAX_WAIT_S)
         except ValueError:
             raise InvalidArgument(
-                f"wait must be a number of seconds, got {request.query_params['wait']!r}"
+                f"wait must be a number of seconds, got {echo(request.query_params['wait'])}"
             ) from None
         latest: restore_pb2.RestoreEvent | None = None
         with contextlib.suppress(TimeoutError):

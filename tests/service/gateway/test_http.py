@@ -176,6 +176,18 @@ def test_a_bad_request_gets_the_grpc_status_and_message(
     assert needle in reply["error"]["message"]
 
 
+def test_a_clients_long_value_is_echoed_cut_short() -> None:
+    async def body(session: aiohttp.ClientSession, base: str) -> list[str]:
+        found = []
+        for fields in ({"hint": "1,2," + "z" * 20_000}, {"temperature": "9" * 20_000 + "x"}):
+            async with session.post(f"{base}/v1/colorize", data=form(IMAGE, **fields)) as r:
+                found.append((await r.json())["error"]["message"])
+        return found
+
+    for message in run_http(FakeBackend(), body):
+        assert len(message) < 600, message
+
+
 def test_the_message_is_the_one_grpc_sends() -> None:
     async def body(session: aiohttp.ClientSession, base: str) -> tuple[str, str]:
         async with session.post(f"{base}/v1/colorize", data=form(b"not an image")) as r:
