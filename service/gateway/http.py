@@ -718,6 +718,7 @@ class HttpServer:
     async def start(self, app: ASGIApp, *, grace_s: float = 2.0) -> None:
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="off", http="h11", ws="none",
+            server_header=False,  # no "server: uvicorn" on every response
             timeout_graceful_shutdown=int(max(1, grace_s)),
         )  # fmt: skip
         self._server = _Uvicorn(config)

@@ -101,6 +101,7 @@ def test_multipart_upload_returns_the_image_with_its_metadata_in_headers() -> No
     assert "script-src 'self'" in headers["Content-Security-Policy"]
     assert "'unsafe-inline'" not in headers["Content-Security-Policy"]
     assert "Access-Control-Allow-Origin" not in headers  # no CORS unless configured
+    assert "Server" not in headers and headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_json_body_is_the_grpc_request_and_json_reply_is_the_grpc_response() -> None:
