@@ -224,7 +224,10 @@ def test_a_failure_in_the_worker_reaches_the_client_with_its_status(redis_url: s
                 worker = asyncio.create_task(fail_next_job(bus, kind(f"{kind.__name__} in the worker")))
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await stub.Restore(request(), timeout=10)
-                await worker
+                try:  # a Restore that failed before queueing leaves the worker waiting: say why
+                    await asyncio.wait_for(worker, 10)
+                except TimeoutError:
+                    pytest.fail(f"no job reached the worker: Restore got {info.value!r}")
                 seen[kind.__name__] = (info.value.code(), info.value.details() or "")
         finally:
             await bus.close()
@@ -343,8 +346,8 @@ def test_a_retried_submit_with_the_same_key_gets_the_same_job(redis_url: str) ->
             )
             assert other.job_id != first.job_id and await bus.queue_length() == 2
             # Restore with the key attaches to the job (and, owning it, cancels it when its deadline passes)
-            call = stub.Restore(keyed, metadata=alice, timeout=1)
-            assert dict(await call.initial_metadata())["x-job-id"] == first.job_id
+            call = stub.Restore(keyed, metadata=alice, timeout=2)
+            assert dict(await asyncio.wait_for(call.initial_metadata(), 10))["x-job-id"] == first.job_id
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await call
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
