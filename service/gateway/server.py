@@ -170,7 +170,10 @@ async def _watch_restore_health(
     """
     while True:
         try:
-            ready = await asyncio.wait_for(bus.live_workers(worker_ttl_s), max(period_s, 1.0)) > 0
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow the cancel of stop() when it
+            # races the call finishing, and the gateway then never stops (seen 1 run in 3).
+            async with asyncio.timeout(max(period_s, 1.0)):
+                ready = await bus.live_workers(worker_ttl_s) > 0
         except Exception as e:  # any failure is "not serving"; the loop must go on
             if not isinstance(e, PriorlabError | TimeoutError):
                 log.warning("Restorer health check failed: %r", e)

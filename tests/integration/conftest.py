@@ -59,6 +59,7 @@ def gateway(triton_server: TritonServer, gateway_factory: Callable[..., GatewayP
 # --- Restore: a real redis-server, real worker processes, a real gateway with PRIORLAB_REDIS_URL ---
 
 RESTORER_SERVICE = "priorlab.v1.Restorer"
+WORKER_LABEL_KEY = "integration"  # the gateway's PRIORLAB_WORKER_LABEL_KEY, so tests can name the workers
 
 
 def spawn_worker(redis_url: str, tmp: Path, name: str, *, visibility_s: float = 2.0) -> ManagedProcess:
@@ -86,6 +87,7 @@ def start_restore_gateway(redis_url: str, tmp: Path, **settings: str) -> Gateway
         "triton_url": f"127.0.0.1:{free_port()}",
         "health_poll_s": "0.2",
         "redis_url": redis_url,
+        "worker_label_key": WORKER_LABEL_KEY,
         **settings,
     }
     return launch_gateway.start_gateway(

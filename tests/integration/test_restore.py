@@ -20,12 +20,21 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from service.gateway.auth import worker_label
 from service.pb.priorlab.v1 import restore_pb2, restore_pb2_grpc
-from tests.integration.conftest import RESTORER_SERVICE, RestoreStack, spawn_worker, wait_joined
+from tests.integration.conftest import (
+    RESTORER_SERVICE,
+    WORKER_LABEL_KEY,
+    RestoreStack,
+    spawn_worker,
+    wait_joined,
+)
 
 pytestmark = pytest.mark.slow
 
 LONG = 20_000  # iterations of a job that only ends by being cancelled
+# Clients see opaque worker labels (README "Security"); the gateway's key is known here, so are the labels.
+WORKER = {worker_label(name, WORKER_LABEL_KEY.encode()): name for name in ("w1", "w2")}
 
 
 def png(array: np.ndarray) -> bytes:
@@ -123,7 +132,7 @@ def test_each_task_end_to_end(stub: restore_pb2_grpc.RestorerStub, task: str) ->
         assert diff.max() == 0 if size == (32, 32) else diff.mean() < 1
     assert result.iterations_run == 2 and result.chosen_iteration == 2
     assert result.stop_reason == restore_pb2.STOP_REASON_FIXED_ITERATIONS
-    assert result.worker in ("w1", "w2") and result.attempt == 1 and result.device == "cpu"
+    assert WORKER.get(result.worker) in ("w1", "w2") and result.attempt == 1 and result.device == "cpu"
     assert result.timings.restore_ms > 0 and result.timings.total_ms >= result.timings.restore_ms
 
 
@@ -255,7 +264,7 @@ def test_two_workers_share_the_load(stub: restore_pb2_grpc.RestorerStub) -> None
         events, error = watch_to_end(stub, job_id)
         assert error is None
         results.append(events[-1].result)
-    assert {r.worker for r in results} == {"w1", "w2"}  # each idle worker took one, at the same time
+    assert {WORKER[r.worker] for r in results} == {"w1", "w2"}  # each idle worker took one, at the same time
     first, second = sorted(results, key=lambda r: r.timings.queued_ms)
     assert second.timings.queued_ms < first.timings.total_ms  # the second started before the first ended
 
@@ -271,13 +280,14 @@ def test_sigterm_releases_the_running_job_to_the_other_worker(
         events.append(event)
         kind = event.WhichOneof("event")
         if kind == "started" and victim is None:
-            victim = event.started.worker
+            victim = WORKER[event.started.worker]
         if kind == "progress" and victim is not None and restore_stack.workers[victim].process.poll() is None:
             restore_stack.workers[victim].stop()  # SIGTERM, then wait
     assert victim is not None and restore_stack.workers[victim].process.returncode == 0
     assert kinds(events)[-1] == "result"
     starts = [e.started for e in events if e.WhichOneof("event") == "started"]
-    assert [s.attempt for s in starts] == [1, 1] and starts[0].worker == victim != starts[1].worker
+    assert [s.attempt for s in starts] == [1, 1]
+    assert WORKER[starts[0].worker] == victim != WORKER[starts[1].worker]
     assert "queued" in kinds(events)[2:]  # the release put it back in the queue, visibly
     # Bring the worker back for the next test.
     restore_stack.workers[victim] = wait_joined(
@@ -296,11 +306,12 @@ def test_worker_killed_mid_job_is_retried_by_the_other(
         events.append(event)
         kind = event.WhichOneof("event")
         if kind == "started" and victim is None:
-            victim = event.started.worker
+            victim = WORKER[event.started.worker]
         if kind == "progress" and victim is not None and restore_stack.workers[victim].process.poll() is None:
             os.kill(restore_stack.workers[victim].process.pid, signal.SIGKILL)
             restore_stack.workers[victim].process.wait()
     starts = [e.started for e in events if e.WhichOneof("event") == "started"]
-    assert [s.attempt for s in starts] == [1, 2] and starts[0].worker == victim != starts[1].worker
+    assert [s.attempt for s in starts] == [1, 2]
+    assert WORKER[starts[0].worker] == victim != WORKER[starts[1].worker]
     result = events[-1].result
     assert result.worker == starts[1].worker and result.attempt == 2 and result.iterations_run == 60
