@@ -111,6 +111,7 @@ RECONNECT_S = 30.0  # how long a watcher's event stream waits for Redis to come 
 _BACKOFF_S = (0.1, 2.0)  # first and longest wait between reconnect attempts (doubling)
 JOB_ID_PREFIX = "t"
 MAX_IDEMPOTENCY_KEY = 128
+CLOCK_SKEW_S = 60.0  # how far a gateway's clock may be behind the one that made a job id
 
 # JobFailure.code holds the status code's number; the bus's API speaks in names (service.errors).
 _NUMBERS = {code.name: code.value[0] for code in grpc.StatusCode}
@@ -306,12 +307,14 @@ def missing(job_id: str, *, ttl_s: float, now: float) -> PriorlabError:
     """The error for a job id whose record is not on the bus: lost (DATA_LOSS) when it cannot have expired.
 
     A record lives until at least its submission plus the result TTL, so one missing before then was lost.
+    The id's time is the submitting gateway's clock: another gateway's may be behind by `CLOCK_SKEW_S`.
     """
     submitted = submitted_unix(job_id)
-    if submitted is not None and submitted <= now < submitted + ttl_s:
+    if submitted is not None and submitted - CLOCK_SKEW_S <= now < submitted + ttl_s:
         return DataLoss(
             f"job {job_id} was lost: its record vanished from the job bus (Redis restarted without "
-            f"persistence, or was flushed) {now - submitted:.0f} s after it was submitted; submit it again"
+            f"persistence, or was flushed) within {max(now - submitted, 0):.0f} s of its submission; "
+            "submit it again"
         )
     return NotFound(
         f"job {echo(job_id)} not found (unknown, expired after its result TTL, or lost with the job bus)"

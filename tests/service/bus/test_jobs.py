@@ -257,6 +257,8 @@ def test_a_vanished_record_reads_as_lost_within_the_ttl_and_not_found_after() ->
     assert isinstance(lost, DataLoss) and f"job {job_id} was lost" in str(lost)
     assert "expired" not in str(lost)
     assert type(missing(job_id, ttl_s=60, now=1061.0)) is NotFound  # may have expired
+    assert type(missing(job_id, ttl_s=60, now=990.0)) is DataLoss  # a gateway whose clock is behind
+    assert type(missing(job_id, ttl_s=60, now=900.0)) is NotFound  # an id from the future: not ours
     assert type(missing("abc", ttl_s=60, now=1030.0)) is NotFound  # not one of ours
     assert len(str(missing("x" * 10_000, ttl_s=60, now=1030.0))) < 200  # the id is not echoed whole
 
