@@ -265,6 +265,15 @@ def is_terminal(event: restore_pb2.JobEvent) -> bool:
     return event.HasField("failure") or (event.HasField("event") and event.event.HasField("result"))
 
 
+def redacted_url(url: str) -> str:
+    """A Redis URL fit to print: the address without the password (a banner or a log is no secret)."""
+    scheme, sep, rest = url.partition("://")
+    _, at, host = rest.rpartition("@")
+    if not (sep and at):
+        return url
+    return f"{scheme}://{host}   (with a password)"
+
+
 def failure_event(error: PriorlabError) -> restore_pb2.JobEvent:
     """The terminal event of a job that ends with `error`: its status code and message."""
     name = status_name(error)

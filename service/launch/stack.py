@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
+from service.bus.jobs import redacted_url
 from service.gateway.auth import TokenTable
 from service.gateway.server import create_server
 from service.gateway.settings import Settings
@@ -150,7 +151,7 @@ async def serve(settings: Settings) -> None:
         f"  web page       {web}   (and the HTTP/JSON API: {web}openapi.json)\n"
         f"  metrics        {metrics}\n"
         f"  Triton gRPC    {settings.triton_url}\n"
-        f"  Redis          {_redacted(settings.redis_url)}\n"
+        f"  Redis          {redacted_url(settings.redis_url)}\n"
         f"  try: {CLIENT} colorize samples/aitzgorri.jpg /tmp/aitzgorri-colorized.jpg --target {target}\n"
     )
     stop = asyncio.Event()
@@ -161,15 +162,6 @@ async def serve(settings: Settings) -> None:
     _say("stopping…")
     await gateway.stop()
     _say("gateway stopped")
-
-
-def _redacted(url: str) -> str:
-    """`url` without its credentials (the banner is not a secret; tests read the address from it)."""
-    scheme, sep, rest = url.partition("://")
-    _, at, host = rest.rpartition("@")
-    if not (sep and at):
-        return url
-    return f"{scheme}://{host}   (with a password)"
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

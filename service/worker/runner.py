@@ -46,7 +46,7 @@ import torch
 from redis.exceptions import RedisError
 
 from service.bus import wire
-from service.bus.jobs import Claim, JobBus, failure_event
+from service.bus.jobs import Claim, JobBus, failure_event, redacted_url
 from service.bus.result import Progress, RestoreResult, StopReason
 from service.bus.timing import DEFAULT_VISIBILITY_TIMEOUT_S, BusTiming
 from service.errors import Aborted, DeadlineExceeded, Internal, InvalidArgument, PriorlabError, error_for
@@ -482,7 +482,9 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"priorlab restore worker {name} on {args.redis} ({len(devices)} slot(s))", flush=True)
+    print(
+        f"priorlab restore worker {name} on {redacted_url(args.redis)} ({len(devices)} slot(s))", flush=True
+    )
     try:
         await worker.run(stop)
     finally:
@@ -493,7 +495,12 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m service.worker", description=__doc__)
-    parser.add_argument("--redis", required=True, help="the job bus, e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("PRIORLAB_REDIS_URL"),
+        help="the job bus, e.g. redis://127.0.0.1:6379/0 (default: $PRIORLAB_REDIS_URL, the place for a URL"
+        " with a password: other local users can read a command line)",
+    )
     parser.add_argument("--slots", type=int, help="concurrent jobs (default: 1 per GPU, else 1)")
     parser.add_argument("--device", help="cpu, cuda or cuda:n for every slot (default: per slot, above)")
     parser.add_argument("--metrics-port", type=int, default=0, help="/metrics and /healthz (0 = off)")
@@ -507,6 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads per process")
     args = parser.parse_args(argv)
+    if not args.redis:
+        parser.error("no job bus: give --redis URL or set PRIORLAB_REDIS_URL")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
