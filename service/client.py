@@ -153,6 +153,7 @@ def restore_request(args: argparse.Namespace) -> restore_pb2.RestoreRequest:
         image=args.input.read_bytes(),
         seed=args.seed,
         priority=args.priority,
+        idempotency_key=args.idempotency_key,
         progress_every=args.progress_every,
         preview=False,
     )
@@ -307,6 +308,9 @@ def build_parser(default_target: str = DEFAULT_TARGET) -> argparse.ArgumentParse
     )
     r.add_argument("--job-timeout", type=float, default=None, help="deadline in seconds (cancels the job)")
     r.add_argument("--detach", action="store_true", help="submit, print the job id and exit")
+    r.add_argument(
+        "--idempotency-key", default="", help="a retried submit with the same key gets the same job back"
+    )
     r.set_defaults(run=restore)
     w = commands.add_parser(
         "watch", parents=[connection], help="re-attach to a Restore job (replays it from the start)"

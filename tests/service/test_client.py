@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +19,14 @@ def test_hint_syntax() -> None:
 def test_bad_hint_syntax_names_the_hint(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=text):
         parse_hint(text)
+
+
+def test_restore_sends_its_idempotency_key(tmp_path: Path) -> None:
+    from service.client import build_parser, restore_request
+
+    image = tmp_path / "in.png"
+    image.write_bytes(b"not decoded by the client")
+    args = build_parser().parse_args(
+        ["restore", "denoise", str(image), str(tmp_path / "out.png"), "--idempotency-key", "retry-7"]
+    )
+    assert restore_request(args).idempotency_key == "retry-7"
