@@ -63,6 +63,7 @@ from contract import DEFAULT_MODEL, HINT_MODEL, MODELS, PUBLIC_MODELS, WORKING_S
 from service.bus.jobs import JobBus, failure_event, is_terminal
 from service.bus.timing import BusTiming
 from service.errors import Cancelled, InvalidArgument, NotFound, PriorlabError, Unavailable, echo
+from service.gateway.auth import label_key
 from service.gateway.colorize import ColorizePipeline, served_model, served_models
 from service.gateway.colorizer import (
     colorize_options,
@@ -415,6 +416,9 @@ class HttpApi:
         bus: JobBus | None,
     ) -> None:
         self.pipeline, self.settings, self.backend, self.bus = pipeline, settings, backend, bus
+        # As the gRPC Restorer: a job missing within the result TTL is lost, and workers show as labels.
+        self._ttl_s = float(settings.restore_result_ttl_s)
+        self._label_key = label_key(settings.worker_label_key)
 
     def _bus(self) -> JobBus:
         if self.bus is None:
@@ -538,7 +542,7 @@ class HttpApi:
     async def cancel(self, request: Request) -> Response:
         job_id = _job_id(request.path_params["job_id"])
         ended = Cancelled(f"job {job_id} was cancelled by POST /v1/restore/{job_id}/cancel")
-        cancelled = await self._bus().cancel(job_id, ended)
+        cancelled = await self._bus().cancel(job_id, ended, ttl_s=self._ttl_s)
         return JSONResponse(to_json(restore_pb2.CancelRestoreResponse(cancelled=cancelled)))
 
     @_api
@@ -554,8 +558,10 @@ class HttpApi:
         latest: restore_pb2.RestoreEvent | None = None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(wait_s, 0.3)):
-                async for event in self._bus().events(job_id, block_s=min(1.0, max(wait_s, 0.1))):
-                    latest = public_event(event)  # a failure raises its status here
+                async for event in self._bus().events(
+                    job_id, block_s=min(1.0, max(wait_s, 0.1)), ttl_s=self._ttl_s
+                ):
+                    latest = public_event(event, self._label_key)  # a failure raises its status here
                     if latest.HasField("result"):
                         break
         if latest is not None and latest.HasField("result"):
@@ -580,10 +586,10 @@ class HttpApi:
         job_id = _job_id(request.path_params["job_id"])
         seen = request.headers.get("last-event-id", "0")
         skip = int(seen) if seen.isdigit() else 0
-        events = self._bus().events(job_id).__aiter__()
+        events = self._bus().events(job_id, ttl_s=self._ttl_s).__aiter__()
         first = await anext(events)
         return StreamingResponse(
-            _sse_stream(first, events, skip),
+            _sse_stream(first, events, skip, self._label_key),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -617,10 +623,10 @@ class HttpApi:
         return Starlette(routes=routes, middleware=middleware)
 
 
-def _sse(index: int, event: restore_pb2.JobEvent) -> bytes:
+def _sse(index: int, event: restore_pb2.JobEvent, key: bytes) -> bytes:
     """One event as WatchRestore gives it (through `public_event`), or a failure's status and message."""
     try:
-        public = public_event(event)
+        public = public_event(event, key)
     except PriorlabError as e:
         name, data = "failure", error_body(e)["error"]
     else:
@@ -629,7 +635,7 @@ def _sse(index: int, event: restore_pb2.JobEvent) -> bytes:
 
 
 async def _sse_stream(
-    first: restore_pb2.JobEvent, rest: AsyncIterator[restore_pb2.JobEvent], skip: int
+    first: restore_pb2.JobEvent, rest: AsyncIterator[restore_pb2.JobEvent], skip: int, key: bytes
 ) -> AsyncIterator[bytes]:
     """The events from the `skip`+1-th on; a comment line every KEEPALIVE_S while none comes (a job
     can wait in the queue or between progress events for minutes; proxies drop a silent stream)."""
@@ -639,7 +645,7 @@ async def _sse_stream(
     try:
         while True:
             if index > skip:
-                yield _sse(index, event)
+                yield _sse(index, event, key)
             if is_terminal(event):
                 return
             pending = asyncio.ensure_future(anext(rest))
@@ -650,7 +656,7 @@ async def _sse_stream(
             except StopAsyncIteration:
                 return
             except PriorlabError as e:  # Redis went away mid-stream: say so, as WatchRestore would
-                yield _sse(index + 1, failure_event(e))
+                yield _sse(index + 1, failure_event(e), key)
                 return
             finally:
                 pending = None
