@@ -67,7 +67,10 @@ class Unauthenticated(PriorlabError):
 
 
 class ResourceExhausted(PriorlabError):
-    """The server has no capacity for this request right now."""
+    """The server has no capacity for this request right now; `retry_after_s` says when to try again
+    (sent as `retry-after` by gRPC and HTTP alike)."""
+
+    retry_after_s: int = 1
 
 
 class Unavailable(PriorlabError):

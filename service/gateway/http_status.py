@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import grpc
 
-from service.errors import InvalidArgument, PriorlabError, status_name
+from service.errors import InvalidArgument, PriorlabError, ResourceExhausted, status_name
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -31,9 +31,6 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.DATA_LOSS: 500,
     grpc.StatusCode.UNAUTHENTICATED: 401,
 }
-
-
-RETRY_AFTER_S = 1  # what the gRPC interceptor sends as `retry-after` on RESOURCE_EXHAUSTED
 
 
 class PayloadTooLarge(InvalidArgument):
@@ -58,6 +55,6 @@ def error_body(error: PriorlabError) -> dict[str, object]:
 
 
 def error_headers(error: PriorlabError) -> dict[str, str]:
-    if grpc_code(error) == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return {"Retry-After": str(RETRY_AFTER_S)}
+    if isinstance(error, ResourceExhausted):
+        return {"Retry-After": str(error.retry_after_s)}
     return {}

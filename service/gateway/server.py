@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from contract import ModelSpec
 from service.bus.jobs import JobBus
 from service.bus.timing import BusTiming
-from service.errors import InvalidArgument, PriorlabError, echo, status_name
+from service.errors import InvalidArgument, PriorlabError, ResourceExhausted, echo, status_name
 from service.gateway.auth import AuthInterceptor, TokenTable, reflection_pool, server_credentials
 from service.gateway.colorize import ColorizePipeline, served_models
 from service.gateway.colorizer import ColorizerServicer
@@ -127,8 +127,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
             yield
         except PriorlabError as e:
             code = status_code(e)
-            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                context.set_trailing_metadata((("retry-after", "1"),))
+            if isinstance(e, ResourceExhausted):
+                context.set_trailing_metadata((("retry-after", str(e.retry_after_s)),))
             await context.abort(code, str(e))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED

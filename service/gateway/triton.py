@@ -230,7 +230,10 @@ class TritonBackend:
             tensor.set_data_from_numpy(a)
             request.append(tensor)
         outputs = [grpcclient.InferRequestedOutput(t.name) for t in spec.outputs]
-        result = await self._client.infer(spec.name, request, outputs=outputs, client_timeout=timeout_s)
+        # `timeout` too: Triton drops a request still queued past its deadline (allow_timeout_override).
+        result = await self._client.infer(
+            spec.name, request, outputs=outputs, client_timeout=timeout_s, timeout=int(timeout_s * 1e6)
+        )
         return {t.name: result.as_numpy(t.name) for t in spec.outputs}
 
     async def _ensure(self, slot: _Slot, in_bytes: int, out_bytes: int) -> None:
@@ -291,7 +294,10 @@ class TritonBackend:
             outputs.append(requested)
             offsets.append(offset)
             offset += size
-        result = await self._client.infer(spec.name, request, outputs=outputs, client_timeout=timeout_s)
+        # `timeout` too: Triton drops a request still queued past its deadline (allow_timeout_override).
+        result = await self._client.infer(
+            spec.name, request, outputs=outputs, client_timeout=timeout_s, timeout=int(timeout_s * 1e6)
+        )
         response = {}
         for t, start in zip(spec.outputs, offsets, strict=True):
             meta = result.get_output(t.name)

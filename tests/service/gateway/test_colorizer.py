@@ -474,3 +474,18 @@ def test_calls_whose_deadline_the_backlog_cannot_meet_are_shed_not_timed_out() -
     codes = run_gateway(backend, body)
     assert "DEADLINE_EXCEEDED" not in codes
     assert 4 <= codes.count("OK") <= 8 and codes.count("RESOURCE_EXHAUSTED") == 12 - codes.count("OK")
+
+
+def test_retry_after_is_the_one_the_refusal_computed() -> None:
+    from service.gateway.admission import Overloaded
+
+    request = colorize_pb2.ColorizeRequest(image=png(gray_gradient()))
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=10)
+        return info.value
+
+    error = run_gateway(FakeBackend(error=Overloaded("the backlog is 9 s", 7)), body)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dict(error.trailing_metadata())["retry-after"] == "7"
