@@ -1,4 +1,4 @@
-"""Resuming a training run and shipping its weights, shared by `colorizers.train` and `train_larsson`.
+"""Resuming a training run and shipping its weights: the state `colorizers.harness`'s loop keeps.
 
 `<run-dir>/last.pt` holds everything an interrupted run needs to continue as if it had not stopped:
 model, optimiser, step, training time, the validation history and both RNG states. It is written to

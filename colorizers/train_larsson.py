@@ -23,28 +23,22 @@ is printed with the file's SHA-256.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import math
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from skimage.color import lab2rgb
 
-from colorizers.dataset import DEFAULT_CACHE, LabImages, manifest_sha256
+from colorizers import harness
+from colorizers.harness import DEFAULT_RUNS
 from colorizers.larsson16 import PAD_MULTIPLE, LarssonColorizer
-from colorizers.run_state import Progress, Resumable, RunState, save_shipped
-from colorizers.weights import CHECKPOINTS_DIR
+from colorizers.run_state import RunState
 from contract import NUM_CHROMA_BINS, NUM_HUE_BINS
 
-log = logging.getLogger(__name__)
-
-DEFAULT_RUNS = DEFAULT_CACHE.parent / "colorize-runs"
 WINDOW = 7  # SparseHistogramExtractor(size 7)
 STRIDE = 4  # the deploy graph predicts at H/4
 HUE_LOSS_WEIGHT = 5.0  # train_vgg16.prototxt: loss_weight of the hue KL term
@@ -157,53 +151,23 @@ def validate(model: LarssonColorizer, batches: list[tuple[torch.Tensor, Targets]
     return dict(zip(("val_loss", "val_hue_kl", "val_chroma_kl"), values, strict=True))
 
 
-def _lr(base: float, progress: float) -> float:
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def registry_entry(name: str, width: float, sha256: str, filename: str, meta: dict[str, str]) -> str:
-    meta_text = ", ".join(f"{k!r}: {v!r}" for k, v in meta.items())
-    return (
-        "Checkpoint(\n"
-        f"    name={name!r},\n"
-        "    arch='larsson16',\n"
-        f"    width={width},\n"
-        "    trained=True,\n"
-        '    description="trained by colorizers.train_larsson on the colorizers.data photos",\n'
-        f"    sha256={sha256!r},\n"
-        f"    filename={filename!r},\n"
-        f"    meta={{{meta_text}}},\n"
-        ")"
-    )
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 (default: %(default)s)")
+    p.add_argument("--dropout", type=float, default=0.5, help="after fc6, fc7 and h_fc1 (paper: 0.5)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m colorizers.train_larsson", description=__doc__.splitlines()[0]
     )
-    p.add_argument(
-        "--width", type=float, default=0.125, help="channel width multiplier (default: %(default)s)"
+    harness.add_common_arguments(
+        p,
+        width=0.125,
+        crop_help=f"square crop, a multiple of {PAD_MULTIPLE}",
+        name_help="checkpoint name (default: larsson16-w<width>)",
+        model_arguments=_model_arguments,
     )
-    p.add_argument(
-        "--minutes", type=float, default=90.0, help="budget of training-step time, resumes included"
-    )
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time only)")
-    p.add_argument("--crop", type=int, default=128, help=f"square crop, a multiple of {PAD_MULTIPLE}")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 (default: %(default)s)")
-    p.add_argument("--dropout", type=float, default=0.5, help="after fc6, fc7 and h_fc1 (paper: 0.5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="data cache (default: %(default)s)")
-    p.add_argument("--name", default="", help="checkpoint name (default: larsson16-w<width>)")
-    p.add_argument("--run-dir", type=Path, default=None, help="default: .cache/colorize-runs/<name>")
-    p.add_argument("--out", type=Path, default=CHECKPOINTS_DIR, help="where the fp16 checkpoint goes")
-    p.add_argument("--val-images", type=int, default=64, help="validation images scored periodically")
-    p.add_argument("--val-every", type=float, default=5.0, help="minutes between validations")
-    p.add_argument("--save-every", type=float, default=5.0, help="minutes between resumable checkpoints")
-    p.add_argument("--fresh", action="store_true", help="ignore <run-dir>/last.pt and start over")
     args = p.parse_args(argv)
     if args.crop % PAD_MULTIPLE or args.crop < PAD_MULTIPLE:
         p.error(f"--crop must be a positive multiple of {PAD_MULTIPLE}, got {args.crop}")
@@ -212,93 +176,60 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class LarssonRecipe(harness.Recipe):
+    """Larsson16's part of the shared loop: hue/chroma targets made from each crop's sRGB, Adam."""
+
+    model: LarssonColorizer
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, rng: np.random.Generator) -> None:
+        self.args, self.device = args, device
+        self.model = LarssonColorizer(width=args.width, dropout=args.dropout).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+    def prepare(self, run: RunState, val_lab: torch.Tensor) -> None:
+        self.val_batches = [
+            (chunk[:, :1].to(self.device), make_targets(lab_to_rgb(chunk).to(self.device)))
+            for chunk in val_lab.split(self.args.batch)
+        ]
+
+    def validate(self) -> dict[str, float]:
+        return validate(self.model, self.val_batches)
+
+    def summary(self) -> str:
+        a, params = self.args, sum(p.numel() for p in self.model.parameters())
+        return f"width {a.width:g} ({params} params), crop {a.crop}, batch {a.batch}"
+
+    def step(self, crops: torch.Tensor, run: RunState, fraction: float) -> tuple[float, float, float]:
+        targets = make_targets(lab_to_rgb(crops).to(self.device))
+        return train_step(self.model, self.optimizer, crops[:, :1].to(self.device), targets)
+
+    def progress(self, running: np.ndarray) -> str:
+        return f"loss {running[0]:.4f} (hue {running[1]:.4f}, chroma {running[2]:.4f})"
+
+    def record(self, running: np.ndarray, rate: float) -> dict[str, Any]:
+        return {"loss": float(running[0]), "img_per_s": round(rate, 2)}
+
+    def registry_entry(self, sha256: str, filename: str, common: dict[str, str]) -> str:
+        before_seed = {k: v for k, v in common.items() if k not in ("seed", "data_manifest_sha256")}
+        meta = {**before_seed, "dropout": f"{self.args.dropout:g}", **common}
+        return harness.registry_source(
+            name=self.args.name,
+            arch_source="'larsson16'",
+            width=self.args.width,
+            description="trained by colorizers.train_larsson on the colorizers.data photos",
+            sha256=sha256,
+            filename=filename,
+            meta=meta,
+        )
+
+
 def train(args: argparse.Namespace) -> Path:
     """Run (or resume) training as configured; returns the shipped checkpoint's path."""
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    train_images, val_images = LabImages(args.cache, "train"), LabImages(args.cache, "val")
-    model = LarssonColorizer(width=args.width, dropout=args.dropout).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    checkpoint = Resumable(args.run_dir, model, optimizer, rng, {k: str(v) for k, v in vars(args).items()})
-    run = checkpoint.load(device, fresh=args.fresh)
-    step, elapsed, history = run.step, run.elapsed, run.history
-
-    # Fixed validation: centre crops at the training size, targets made once.
-    val_count = min(args.val_images, len(val_images))
-    val_lab = torch.from_numpy(np.stack([val_images.centre_crop(i, args.crop) for i in range(val_count)]))
-    val_batches = [
-        (chunk[:, :1].to(device), make_targets(lab_to_rgb(chunk).to(device)))
-        for chunk in val_lab.split(args.batch)
-    ]
-
-    log.info(
-        "training %s: width %g (%d params), crop %d, batch %d, %d train / %d val images, %g min on %s",
-        args.name, args.width, sum(p.numel() for p in model.parameters()), args.crop, args.batch,
-        len(train_images), len(val_images), args.minutes, device,
-    )  # fmt: skip
-    progress = Progress()
-    budget = args.minutes * 60
-    last_val, last_save, window = elapsed, elapsed, (time.monotonic(), step)
-    running = np.zeros(3)
-    while elapsed < budget and not (args.max_steps and step >= args.max_steps):
-        started = time.monotonic()
-        fraction = max(elapsed / budget, step / args.max_steps if args.max_steps else 0.0)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(args.lr, fraction)
-        crops = train_images.batch(rng, args.crop, args.batch)
-        targets = make_targets(lab_to_rgb(crops).to(device))
-        losses = np.array(train_step(model, optimizer, crops[:, :1].to(device), targets))
-        if not math.isfinite(losses[0]):
-            raise RuntimeError(f"loss became {losses[0]} at step {step}; lower --lr")
-        step += 1
-        running = 0.9 * running + 0.1 * losses if step > 1 else losses
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed += time.monotonic() - started
-        rate = (step - window[1]) * args.batch / max(1e-9, time.monotonic() - window[0])
-        progress.show(
-            f"step {step} | {elapsed / 60:5.1f}/{args.minutes:g} min | loss {running[0]:.4f} "
-            f"(hue {running[1]:.4f}, chroma {running[2]:.4f}) | {rate:.1f} img/s"
-        )
-        done = elapsed >= budget or bool(args.max_steps and step >= args.max_steps)
-        if elapsed - last_val >= args.val_every * 60 or done:
-            history.append({"step": step, "minutes": round(elapsed / 60, 2), "loss": float(running[0]),
-                            "img_per_s": round(rate, 2), **validate(model, val_batches)})  # fmt: skip
-            log.info("%s", json.dumps(history[-1]))
-            last_val, window = elapsed, (time.monotonic(), step)
-        if elapsed - last_save >= args.save_every * 60 or done:
-            checkpoint.save(RunState(step, elapsed, history))
-            last_save = elapsed
-    progress.close()
-
-    filename = f"{args.name}.pth"
-    path = args.out / filename
-    digest = save_shipped(model, path)
-    size = path.stat().st_size
-    meta = {
-        "crop": str(args.crop),
-        "batch": str(args.batch),
-        "steps": str(step),
-        "minutes": f"{elapsed / 60:.1f}",
-        "lr": f"{args.lr:g}",
-        "dropout": f"{args.dropout:g}",
-        "seed": str(args.seed),
-        "data_manifest_sha256": manifest_sha256(args.cache),
-    }
-    entry = registry_entry(args.name, args.width, digest, filename, meta)
-    (args.run_dir / "registry_entry.txt").write_text(entry)
-    print(f"wrote {path} ({size / 2**20:.2f} MB) sha256 {digest}")
-    print(f"registry entry for colorizers/weights.py:\n{entry}")
-    return path
+    return harness.run(args, LarssonRecipe)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    train(args)
-    return 0
+    return harness.main(parse_args, train, argv)
 
 
 if __name__ == "__main__":
