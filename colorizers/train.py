@@ -44,26 +44,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from colorizers import hint_sim, quantize, weights
-from colorizers.dataset import DEFAULT_CACHE, LabImages, manifest_sha256
+from colorizers import harness, hint_sim, quantize, weights
 from colorizers.eccv16 import ECCVGenerator
-from colorizers.run_state import Progress, Resumable, RunState, save_shipped
+from colorizers.harness import DEFAULT_RUNS
+from colorizers.run_state import RunState
 from colorizers.siggraph17 import SIGGRAPHGenerator
-from colorizers.weights import CHECKPOINTS_DIR
 from contract import AB_NORM, L_CENT, L_NORM
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RUNS = DEFAULT_CACHE.parent / "colorize-runs"
 MASK_OFFSET = 0.5  # our SIGGRAPH17 checkpoints see mask - 0.5, as colorization-pytorch's retrained ones
 L1_WEIGHT = 10.0  # colorization-pytorch: loss_G = CE + 10 · mean L1 in ab/110 units
 # Adam (betas, weight decay) per model: the Caffe ECCV16 solver; colorization-pytorch's optimiser.
@@ -238,23 +235,19 @@ def validate_siggraph(
 def registry_entry(
     name: str, width: float, sha256: str, filename: str, meta: dict[str, str], arch: str = "eccv16"
 ) -> str:
-    meta_text = ", ".join(f"{k!r}: {v!r}" for k, v in meta.items())
     recipe = f"λ={meta['lambda']}" if arch == "eccv16" else f"hints, mask offset {meta['mask_offset']}"
     if arch != "eccv16" and meta.get("lambda", "1") != "1":
         recipe += f", λ={meta['lambda']}"
     if meta.get("init_from"):
         recipe += f", from {meta['init_from']}"
-    return (
-        "Checkpoint(\n"
-        f"    name={name!r},\n"
-        f'    arch="{arch}",\n'
-        f"    width={width},\n"
-        "    trained=True,\n"
-        f'    description="trained by colorizers.train on the colorizers.data photos ({recipe})",\n'
-        f"    sha256={sha256!r},\n"
-        f"    filename={filename!r},\n"
-        f"    meta={{{meta_text}}},\n"
-        ")"
+    return harness.registry_source(
+        name=name,
+        arch_source=f'"{arch}"',
+        width=width,
+        description=f"trained by colorizers.train on the colorizers.data photos ({recipe})",
+        sha256=sha256,
+        filename=filename,
+        meta=meta,
     )
 
 
@@ -272,22 +265,7 @@ def init_weights(model: torch.nn.Module, source: str, arch: str) -> None:
     model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()}, strict=True)
 
 
-def _lr(base: float, progress: float) -> float:
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m colorizers.train", description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=("eccv16", "siggraph17"), default="eccv16")
-    p.add_argument(
-        "--width", type=float, default=0.25, help="channel width multiplier (default: %(default)s)"
-    )
-    p.add_argument(
-        "--minutes", type=float, default=90.0, help="budget of training-step time, resumes included"
-    )
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time only)")
-    p.add_argument("--crop", type=int, default=128, help="square crop size, a multiple of 8")
-    p.add_argument("--batch", type=int, default=16)
+def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lambda-rebal",
         type=float,
@@ -315,19 +293,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.3,
         help="siggraph17: share of the budget for stage 1 (CE only, no hints) (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="data cache (default: %(default)s)")
-    p.add_argument(
-        "--name", default="", help="checkpoint name (default: eccv16-w<width>-l<λ>, siggraph17-w<width>)"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m colorizers.train", description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=("eccv16", "siggraph17"), default="eccv16")
+    harness.add_common_arguments(
+        p,
+        width=0.25,
+        crop_help="square crop size, a multiple of 8",
+        name_help="checkpoint name (default: eccv16-w<width>-l<λ>, siggraph17-w<width>)",
+        model_arguments=_model_arguments,
     )
-    p.add_argument("--run-dir", type=Path, default=None, help="default: .cache/colorize-runs/<name>")
-    p.add_argument("--out", type=Path, default=CHECKPOINTS_DIR, help="where the fp16 checkpoint goes")
-    p.add_argument("--val-images", type=int, default=64, help="validation images scored periodically")
-    p.add_argument("--val-every", type=float, default=5.0, help="minutes between validations")
-    p.add_argument("--save-every", type=float, default=5.0, help="minutes between resumable checkpoints")
-    p.add_argument("--fresh", action="store_true", help="ignore <run-dir>/last.pt and start over")
     args = p.parse_args(argv)
     if args.lambda_rebal is None:
         args.lambda_rebal = 0.5 if args.model == "eccv16" else 1.0
@@ -349,191 +326,156 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class _Colorizer(harness.Recipe):
+    """What both models share: rebalancing weights from our training prior, Adam, `--init-from`,
+    the log fields and the registry entry."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        device: torch.device,
+        rng: np.random.Generator,
+        model: ECCVGenerator | SIGGRAPHGenerator,
+    ) -> None:
+        self.args, self.device, self.rng = args, device, rng
+        prior = np.load(args.cache / "prior.npy")
+        self.centres = torch.from_numpy(quantize.bin_centres()).to(device)
+        self.bin_weights = (
+            torch.from_numpy(quantize.rebalance_weights(prior, args.lambda_rebal)).float().to(device)
+        )
+        self.model = model.to(device)
+        self.optimizer = torch.optim.Adam(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=args.lr,
+            betas=ADAM[args.model][0],
+            weight_decay=args.weight_decay,
+        )
+
+    def prepare(self, run: RunState, val_lab: torch.Tensor) -> None:
+        if run.step == 0 and self.args.init_from:
+            init_weights(self.model, self.args.init_from, self.args.model)
+            log.info("starting from the weights of %s", self.args.init_from)
+        self.prepare_validation(val_lab)
+
+    def prepare_validation(self, val_lab: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        a = self.args
+        return f"width {a.width:g}, crop {a.crop}, batch {a.batch}, λ {a.lambda_rebal:g}"
+
+    def begin(self, run: RunState, training: bool) -> None:
+        if training and run.step == 0 and self.args.init_from:
+            run.history.append(
+                {"step": 0, "minutes": 0.0, "init_from": self.args.init_from, **self.validate()}
+            )
+            log.info("%s", json.dumps(run.history[-1]))
+
+    def progress(self, running: np.ndarray) -> str:
+        lr = self.optimizer.param_groups[0]["lr"]
+        return f"loss {running[0]:.3f} (ce {running[1]:.3f}) | lr {lr:.2e}"
+
+    def record(self, running: np.ndarray, rate: float) -> dict[str, Any]:
+        return {"loss": float(running[0]), "ce": float(running[1]), "img_per_s": round(rate, 1)}
+
+    def registry_entry(self, sha256: str, filename: str, common: dict[str, str]) -> str:
+        a = self.args
+        recipe = (
+            {"lambda": f"{a.lambda_rebal:g}"}
+            if a.model == "eccv16"
+            else {
+                "mask_offset": f"{MASK_OFFSET:g}",
+                "classification_fraction": f"{a.classification_fraction:g}",
+                **({"lambda": f"{a.lambda_rebal:g}"} if a.lambda_rebal < 1 else {}),
+            }
+        )
+        if a.init_from:
+            recipe["init_from"] = a.init_from
+        return registry_entry(a.name, a.width, sha256, filename, {**recipe, **common}, a.model)
+
+
+class EccvRecipe(_Colorizer):
+    model: ECCVGenerator
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, rng: np.random.Generator) -> None:
+        super().__init__(args, device, rng, ECCVGenerator(width=args.width))
+
+    def prepare_validation(self, val_lab: torch.Tensor) -> None:
+        self.val_batches = [
+            make_batch(chunk.to(self.device), self.centres, self.bin_weights)
+            for chunk in val_lab.split(self.args.batch)
+        ]
+
+    def validate(self) -> dict[str, float]:
+        return validate(self.model, self.val_batches, self.centres)
+
+    def step(self, crops: torch.Tensor, run: RunState, fraction: float) -> tuple[float, float]:
+        batch = make_batch(crops.to(self.device), self.centres, self.bin_weights)
+        return train_step(self.model, self.optimizer, batch)
+
+
+class SiggraphRecipe(_Colorizer):
+    model: SIGGRAPHGenerator
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, rng: np.random.Generator) -> None:
+        super().__init__(args, device, rng, SIGGRAPHGenerator(width=args.width, mask_offset=MASK_OFFSET))
+        self.rebalance = args.lambda_rebal < 1
+
+    def prepare_validation(self, val_lab: torch.Tensor) -> None:
+        # Own generator: the validation hints are the same whatever the training RNG has done.
+        val_rng = np.random.default_rng(self.args.seed + 1)
+        made = [
+            (
+                make_hint_batch(
+                    chunk, val_rng, hints=False, centres=self.centres, bin_weights=self.bin_weights
+                ),
+                make_hint_batch(
+                    chunk, val_rng, hints=True, centres=self.centres, bin_weights=self.bin_weights
+                ),
+            )
+            for chunk in val_lab.to(self.device).split(self.args.batch)
+        ]
+        self.val_auto = [a for a, _ in made if a is not None]
+        self.val_hinted = [h for _, h in made if h is not None]
+
+    def validate(self) -> dict[str, float]:
+        return validate_siggraph(self.model, self.val_auto, self.val_hinted)
+
+    def begin(self, run: RunState, training: bool) -> None:
+        log.info("siggraph17: classification (no hints) for the first %g of the budget, then hints",
+                 self.args.classification_fraction)  # fmt: skip
+        super().begin(run, training)
+
+    def step(self, crops: torch.Tensor, run: RunState, fraction: float) -> tuple[float, float] | None:
+        classification = fraction < self.args.classification_fraction
+        hint_batch = make_hint_batch(
+            crops.to(self.device),
+            self.rng,
+            hints=not classification,
+            centres=self.centres if self.rebalance else None,
+            bin_weights=self.bin_weights if self.rebalance else None,
+        )
+        if hint_batch is None:  # every crop gray: draw again
+            return None
+        if not classification and not any(h.get("stage") == "regression" for h in run.history):
+            run.history.append(
+                {"step": run.step, "minutes": round(run.elapsed / 60, 2), "stage": "regression"}
+            )
+            log.info("siggraph17: regression with hints from step %d", run.step)
+        return siggraph_step(self.model, self.optimizer, hint_batch, classification=classification)
+
+
 def train(args: argparse.Namespace) -> Path:
     """Run (or resume) training as configured; returns the shipped checkpoint's path.
 
     Progress also goes to `<run-dir>/train.log` (the `colorizers` loggers at INFO).
     """
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(args.run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    package_log = logging.getLogger("colorizers")
-    level = package_log.level
-    package_log.addHandler(handler)
-    package_log.setLevel(logging.INFO)
-    try:
-        return _train(args)
-    finally:
-        package_log.removeHandler(handler)
-        package_log.setLevel(level)
-        handler.close()
-
-
-def _train(args: argparse.Namespace) -> Path:
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    train_images, val_images = LabImages(args.cache, "train"), LabImages(args.cache, "val")
-    prior = np.load(args.cache / "prior.npy")
-    centres = torch.from_numpy(quantize.bin_centres()).to(device)
-    bin_weights = torch.from_numpy(quantize.rebalance_weights(prior, args.lambda_rebal)).float().to(device)
-
-    model: ECCVGenerator | SIGGRAPHGenerator = (
-        ECCVGenerator(width=args.width)
-        if args.model == "eccv16"
-        else SIGGRAPHGenerator(width=args.width, mask_offset=MASK_OFFSET)
-    ).to(device)
-    optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=args.lr,
-        betas=ADAM[args.model][0],
-        weight_decay=args.weight_decay,
-    )
-    checkpoint = Resumable(args.run_dir, model, optimizer, rng, {k: str(v) for k, v in vars(args).items()})
-    if args.ship_only and not checkpoint.path.is_file():
-        raise FileNotFoundError(f"--ship-only: no {checkpoint.path}")
-    run = checkpoint.load(device, fresh=args.fresh)
-    step, elapsed, history = run.step, run.elapsed, run.history
-    if step == 0 and args.init_from:
-        init_weights(model, args.init_from, args.model)
-        log.info("starting from the weights of %s", args.init_from)
-
-    # Fixed validation crops (centre, at the training crop size), encoded once.
-    val_count = min(args.val_images, len(val_images))
-    val_lab = torch.from_numpy(np.stack([val_images.centre_crop(i, args.crop) for i in range(val_count)]))
-    if isinstance(model, ECCVGenerator):
-        val_batches = [
-            make_batch(chunk.to(device), centres, bin_weights) for chunk in val_lab.split(args.batch)
-        ]
-        eccv = model
-
-        def run_validation() -> dict[str, float]:
-            return validate(eccv, val_batches, centres)
-    else:
-        # Own generator: the validation hints are the same whatever the training RNG has done.
-        val_rng = np.random.default_rng(args.seed + 1)
-        made = [
-            (
-                make_hint_batch(chunk, val_rng, hints=False, centres=centres, bin_weights=bin_weights),
-                make_hint_batch(chunk, val_rng, hints=True, centres=centres, bin_weights=bin_weights),
-            )
-            for chunk in val_lab.to(device).split(args.batch)
-        ]
-        val_auto = [a for a, _ in made if a is not None]
-        val_hinted = [h for _, h in made if h is not None]
-
-        siggraph = model
-
-        def run_validation() -> dict[str, float]:
-            return validate_siggraph(siggraph, val_auto, val_hinted)
-
-    log.info(
-        "training %s: width %g, crop %d, batch %d, λ %g, %d train / %d val images, %g min on %s",
-        args.name, args.width, args.crop, args.batch, args.lambda_rebal, len(train_images), len(val_images),
-        args.minutes, device,
-    )  # fmt: skip
-    if isinstance(model, SIGGRAPHGenerator):
-        log.info("siggraph17: classification (no hints) for the first %g of the budget, then hints",
-                 args.classification_fraction)  # fmt: skip
-    rebalance = isinstance(model, SIGGRAPHGenerator) and args.lambda_rebal < 1
-    progress = Progress()
-    budget = args.minutes * 60
-    if args.ship_only:
-        budget = elapsed  # no step: straight to writing the checkpoint
-    elif step == 0 and args.init_from:
-        history.append({"step": 0, "minutes": 0.0, "init_from": args.init_from, **run_validation()})
-        log.info("%s", json.dumps(history[-1]))
-    last_val, last_save, window = elapsed, elapsed, (time.monotonic(), step)
-    running = [0.0, 0.0]
-    while elapsed < budget and not (args.max_steps and step >= args.max_steps):
-        started = time.monotonic()
-        fraction = max(elapsed / budget, step / args.max_steps if args.max_steps else 0.0)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(args.lr, fraction)
-        crops = train_images.batch(rng, args.crop, args.batch).to(device)
-        if isinstance(model, ECCVGenerator):
-            loss, plain = train_step(model, optimizer, make_batch(crops, centres, bin_weights))
-        else:
-            classification = fraction < args.classification_fraction
-            hint_batch = make_hint_batch(
-                crops,
-                rng,
-                hints=not classification,
-                centres=centres if rebalance else None,
-                bin_weights=bin_weights if rebalance else None,
-            )
-            if hint_batch is None:  # every crop gray: draw again
-                continue
-            if not classification and not any(h.get("stage") == "regression" for h in history):
-                history.append({"step": step, "minutes": round(elapsed / 60, 2), "stage": "regression"})
-                log.info("siggraph17: regression with hints from step %d", step)
-            loss, plain = siggraph_step(model, optimizer, hint_batch, classification=classification)
-        if not math.isfinite(loss):
-            raise RuntimeError(f"loss became {loss} at step {step}; lower --lr")
-        step += 1
-        running = (
-            [0.9 * running[0] + 0.1 * loss, 0.9 * running[1] + 0.1 * plain] if step > 1 else [loss, plain]
-        )
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed += time.monotonic() - started
-        rate = (step - window[1]) * args.batch / max(1e-9, time.monotonic() - window[0])
-        progress.show(
-            f"step {step} | {elapsed / 60:5.1f}/{args.minutes:g} min | loss {running[0]:.3f}"
-            f" (ce {running[1]:.3f}) | lr {optimizer.param_groups[0]['lr']:.2e} | {rate:.1f} img/s"
-        )
-        done = elapsed >= budget or (args.max_steps and step >= args.max_steps)
-        if elapsed - last_val >= args.val_every * 60 or done:
-            metrics = run_validation()
-            history.append({"step": step, "minutes": round(elapsed / 60, 2), "loss": running[0],
-                            "ce": running[1], "img_per_s": round(rate, 1), **metrics})  # fmt: skip
-            log.info("%s", json.dumps(history[-1]))
-            last_val, window = elapsed, (time.monotonic(), step)
-        if elapsed - last_save >= args.save_every * 60 or done:
-            checkpoint.save(RunState(step, elapsed, history))
-            last_save = elapsed
-    progress.close()
-
-    filename = f"{args.name}.pth"
-    path = args.out / filename
-    digest = save_shipped(model, path)
-    size = path.stat().st_size
-    recipe = (
-        {"lambda": f"{args.lambda_rebal:g}"}
-        if args.model == "eccv16"
-        else {
-            "mask_offset": f"{MASK_OFFSET:g}",
-            "classification_fraction": f"{args.classification_fraction:g}",
-            **({"lambda": f"{args.lambda_rebal:g}"} if args.lambda_rebal < 1 else {}),
-        }
-    )
-    if args.init_from:
-        recipe["init_from"] = args.init_from
-    meta = {
-        **recipe,
-        "crop": str(args.crop),
-        "batch": str(args.batch),
-        "steps": str(step),
-        "minutes": f"{elapsed / 60:.1f}",
-        "lr": f"{args.lr:g}",
-        "seed": str(args.seed),
-        "data_manifest_sha256": manifest_sha256(args.cache),
-    }
-    (args.run_dir / "registry_entry.txt").write_text(
-        registry_entry(args.name, args.width, digest, filename, meta, args.model)
-    )
-    print(f"wrote {path} ({size / 2**20:.2f} MB) sha256 {digest}")
-    print("registry entry for colorizers/weights.py:")
-    print(registry_entry(args.name, args.width, digest, filename, meta, args.model))
-    return path
+    recipe = EccvRecipe if args.model == "eccv16" else SiggraphRecipe
+    return harness.run(args, recipe, ship_only=args.ship_only, log_file=args.run_dir / "train.log")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    train(args)
-    return 0
+    return harness.main(parse_args, train, argv)
 
 
 if __name__ == "__main__":
