@@ -207,8 +207,10 @@ class GatewayServer:
         await self.server.stop(grace_s)
         for task in self._tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Bounded: a watcher that swallowed its cancel must not keep the gateway from stopping.
+        _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TASKS_S) if self._tasks else ((), ())
+        for task in stuck:
+            log.error("a background task did not stop within %.0f s: %r", STOP_TASKS_S, task)
         await self._backend.close()
         if self._bus is not None:
             await self._bus.close()
@@ -217,6 +219,7 @@ class GatewayServer:
         await self.server.wait_for_termination()
 
 
+STOP_TASKS_S = 5.0  # how long stop() waits for the health watchers to end
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
+import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,19 @@ from tests.service.gateway.test_colorizer import TARGET_AB, FakeBackend, gray_gr
 Body = Callable[[aiohttp.ClientSession, str], Awaitable[Any]]
 
 
+@contextlib.asynccontextmanager
+async def _dumped_on_timeout(seconds: float) -> AsyncIterator[None]:
+    """asyncio.timeout that prints every task's stack before failing, to say where it hung."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        for task in asyncio.all_tasks():
+            print("pending:", task, file=sys.stderr)
+            task.print_stack(file=sys.stderr)
+        raise
+
+
 def run_http(backend: FakeBackend, body: Body, **settings: Any) -> Any:
     """A gateway with the HTTP API on a free port; `body(session, base_url)`."""
 
@@ -54,10 +69,12 @@ def run_http(backend: FakeBackend, body: Body, **settings: Any) -> Any:
         gateway = await create_server(config, backend)
         try:
             assert gateway.http is not None
-            async with aiohttp.ClientSession() as session:
+            # Bounded: a hang (seen once, under load, in a full run) fails with the tasks' stacks.
+            async with aiohttp.ClientSession() as session, _dumped_on_timeout(60):
                 return await body(session, f"http://127.0.0.1:{gateway.http.port}")
         finally:
-            await gateway.stop(0)
+            async with _dumped_on_timeout(30):
+                await gateway.stop(0)
 
     return asyncio.run(main())
 
