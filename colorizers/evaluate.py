@@ -1,6 +1,6 @@
 """Evaluate an ECCV16 checkpoint on the validation split of the data cache.
 
-Metrics (reference/colorization.md §5.1), on each validation image's centre `--size`² crop, colour
+Metrics (docs/colorization.md §5.1), on each validation image's centre `--size`² crop, colour
 predicted at H/4, upsampled x4 and recombined with the true L:
 
 - ab L2: mean per-pixel Euclidean ab error, in Lab units.

@@ -1,6 +1,6 @@
 """Evaluate a SIGGRAPH17 checkpoint on the validation split: PSNR vs number of hints, automatic metrics.
 
-PSNR vs hints follows colorization-pytorch `test_sweep.py` (reference/colorization.md §5.2): each
+PSNR vs hints follows colorization-pytorch `test_sweep.py` (docs/colorization.md §5.2): each
 validation image resized to 256x256 (cropped to a multiple of 8), `k` random 6x6 hint patches at
 centred-Gaussian locations carrying the patch-mean ground-truth ab (`hint_sim`, fixed seed per
 image), PSNR of the 8-bit sRGB result against the 8-bit truth, mean ± s.e. over images, for

@@ -1,7 +1,7 @@
 """SIGGRAPH17 training data: simulated user hints, the 529-class targets and the grayscale filter.
 
 Follows colorization-pytorch @66a1cb2e `util/util.py` (`add_color_patches_rand_gt`, `encode_ab_ind`,
-`get_colorization_data`), reference/colorization.md §3.2:
+`get_colorization_data`), docs/colorization.md §3.2:
 
 - number of hints: `while rand() < 1 - p: add a hint`, a geometric count with P(N = k) = (1-p)^k p;
   training uses p = 1/8 (P(no hints) = 1/8, E[N] = 7), evaluation a fixed count;

@@ -1,5 +1,5 @@
 """Larsson16 hypercolumn colorizer: Larsson, Maire, Shakhnarovich, "Learning Representations for
-Automatic Colorization", ECCV 2016 (gustavla/autocolorize @79d4ce10, reference/colorization.md §4).
+Automatic Colorization", ECCV 2016 (gustavla/autocolorize @79d4ce10, docs/colorization.md §4).
 
 A single-channel VGG-16 trunk (conv1_1 … conv5_3 with 2x2 max-pools; fc6 a 7x7 conv with pad 3 and
 fc7 a 1x1 conv, 4096 channels each, dropout 0.5 in training). Sixteen of its layers (the input,

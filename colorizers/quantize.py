@@ -1,6 +1,6 @@
 """The quantised ab space of ECCV16 training: soft-encoding, class rebalancing, annealed mean.
 
-Follows richzhang/colorization `resources/caffe_traininglayers.py` @a1642d6a (reference/colorization.md
+Follows richzhang/colorization `resources/caffe_traininglayers.py` @a1642d6a (docs/colorization.md
 §3.1): targets are the 10 nearest of the 313 bin centres weighted by a Gaussian (σ = 5), and each pixel's
 loss is scaled by the rebalancing weight of its most likely bin, w ∝ ((1 − λ)·p + λ/Q)^−1 with E_p[w] = 1.
 The prior p is measured on our own training photos (`colorizers.data` writes it); `compare_priors`

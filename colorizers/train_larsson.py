@@ -1,6 +1,6 @@
 """Train the Larsson16 hypercolumn colorizer on the cached photos (`python -m colorizers.data` first).
 
-Recipe of reference/colorization.md §4, scaled to a CPU budget:
+Recipe of docs/colorization.md §4, scaled to a CPU budget:
 
 - Targets: from each crop's sRGB, HSV hue h in [0, 1) and chroma c = max - min of RGB (upstream's
   `BgrToMunsell`), each one-hot encoded into 32 uniform bins and averaged over a 7x7 window
