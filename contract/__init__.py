@@ -171,6 +171,9 @@ PARAM_TRAINED = "trained"
 # The annealed-mean T a request gets when it names none: the checkpoint's own, picked by its
 # evaluation's temperature sweep (colorizers/MODEL_CARD.md); the paper's 0.38 otherwise.
 PARAM_TEMPERATURE = "default_temperature"
+# The logit scale SuggestColors softens SIGGRAPH17's 529-bin distribution with: the checkpoint's own
+# (`suggest_soften` in colorizers/weights.py, calibrated on validation data); ideepcolor's 0.2 otherwise.
+PARAM_SUGGEST_SOFTEN = "suggest_soften"
 
 
 def asset_path(name: str) -> Path:

@@ -22,9 +22,11 @@ from colorizers import weights
 from contract import (
     ANNEALED_T_DEFAULT,
     ARCHITECTURE,
+    HINT_MODEL,
     MODELS,
     PARAM_CHECKPOINT,
     PARAM_CHECKPOINT_SHA256,
+    PARAM_SUGGEST_SOFTEN,
     PARAM_TEMPERATURE,
     PARAM_TRAINED,
 )
@@ -58,6 +60,8 @@ def export_to_repository(
         PARAM_TRAINED: "true" if checkpoint.trained else "false",
         PARAM_TEMPERATURE: checkpoint.meta.get("temperature", f"{ANNEALED_T_DEFAULT:g}"),
     }
+    if model_name == HINT_MODEL:  # the model SuggestColors samples
+        params[PARAM_SUGGEST_SOFTEN] = f"{checkpoint.suggest_soften:g}"
     (model_dir / "configs" / "cpu.pbtxt").write_text(cpu_config(spec, params))
     (model_dir / "configs" / "gpu.pbtxt").write_text(gpu_config(spec, params))
     return version_dir

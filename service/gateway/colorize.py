@@ -137,7 +137,7 @@ def served_models(settings: Settings) -> list[ModelSpec]:
 
 
 def suggestions_at(
-    prepared: _Prepared, logits: NDArray[Any], x: int, y: int, size: int, k: int, seed: int
+    prepared: _Prepared, logits: NDArray[Any], x: int, y: int, size: int, k: int, seed: int, soften: float
 ) -> list[SuggestedColor]:
     """Suggestions for input pixel (x, y) from the (529, S/4, S/4) logits, in sRGB at that pixel's L."""
     height, width = prepared.lightness.shape
@@ -145,7 +145,7 @@ def suggestions_at(
         raise InvalidArgument(f"point (x={x}, y={y}) is outside the {width}x{height} image")
     row, col = hints.to_working(x, y, height, width, size)
     stride = size // logits.shape[-1]
-    found = suggest.suggest(logits[:, row // stride, col // stride], k, seed)
+    found = suggest.suggest(logits[:, row // stride, col // stride], k, seed, soften)
     lightness = float(prepared.lightness[y, x])
     colours = lab.lab_to_srgb_uint8(np.array([[lightness, *s.ab] for s in found], np.float32))
     return [
@@ -262,6 +262,7 @@ class ColorizePipeline:
             remaining = max(0.001, timeout_s - (time.perf_counter() - arrived))
             outputs = await self._backend.infer(spec, prepared.inputs, timeout_s=remaining)
             found = await asyncio.to_thread(
-                suggestions_at, prepared, outputs["logits"][0], x, y, options.working_size, k, seed
-            )
+                suggestions_at,
+                prepared, outputs["logits"][0], x, y, options.working_size, k, seed, info.suggest_soften,
+            )  # fmt: skip
         return found, info

@@ -26,7 +26,15 @@ import tritonclient.utils.shared_memory as shm
 from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
-from contract import ANNEALED_T_DEFAULT, PARAM_CHECKPOINT, PARAM_TEMPERATURE, PARAM_TRAINED, ModelSpec
+from contract import (
+    ANNEALED_T_DEFAULT,
+    PARAM_CHECKPOINT,
+    PARAM_SUGGEST_SOFTEN,
+    PARAM_TEMPERATURE,
+    PARAM_TRAINED,
+    ModelSpec,
+)
+from service.color.suggest import SOFTEN
 from service.errors import (
     DeadlineExceeded,
     Internal,
@@ -47,6 +55,7 @@ class ModelInfo:
     checkpoint: str
     trained: bool
     default_temperature: float = ANNEALED_T_DEFAULT
+    suggest_soften: float = SOFTEN  # SuggestColors' logit scale for this checkpoint
 
 
 class InferenceBackend(Protocol):
@@ -183,6 +192,9 @@ class TritonBackend:
                 float(params[PARAM_TEMPERATURE].string_value)
                 if PARAM_TEMPERATURE in params
                 else ANNEALED_T_DEFAULT
+            ),
+            suggest_soften=(
+                float(params[PARAM_SUGGEST_SOFTEN].string_value) if PARAM_SUGGEST_SOFTEN in params else SOFTEN
             ),
         )
         self._info[spec.name] = info

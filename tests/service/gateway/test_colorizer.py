@@ -35,6 +35,7 @@ class FakeBackend:
     error: PriorlabError | None = None
     calls: list[dict[str, Any]] = field(default_factory=list)
     is_ready: bool = True
+    suggest_soften: float = 0.2  # the served checkpoint's SuggestColors softening (its config)
 
     async def infer(
         self, spec: ModelSpec, inputs: dict[str, np.ndarray], *, timeout_s: float
@@ -62,7 +63,7 @@ class FakeBackend:
         return {"logits": logits}
 
     async def model_info(self, spec: ModelSpec) -> ModelInfo:
-        return ModelInfo(spec.name, "1", "fake-checkpoint", trained=False)
+        return ModelInfo(spec.name, "1", "fake-checkpoint", trained=False, suggest_soften=self.suggest_soften)
 
     async def ready(self, spec: ModelSpec) -> bool:
         return self.is_ready
@@ -489,3 +490,11 @@ def test_retry_after_is_the_one_the_refusal_computed() -> None:
     error = run_gateway(FakeBackend(error=Overloaded("the backlog is 9 s", 7)), body)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert dict(error.trailing_metadata())["retry-after"] == "7"
+
+
+def test_suggest_colors_softens_by_the_served_checkpoints_factor() -> None:
+    # Logit 50 against 0: x0.2 leaves ~98 % on the bin; x0.01 (softmax of 0.5 vs 0) is nearly uniform.
+    request = colorize_pb2.SuggestColorsRequest(image=png(gray_gradient(64, 96)), x=10, y=30, seed=3)
+    peaked = suggest_colors(FakeBackend(suggest_soften=0.2), request).colors[0].confidence
+    flat = suggest_colors(FakeBackend(suggest_soften=0.01), request).colors[0].confidence
+    assert peaked > 0.9 and flat < 0.5
