@@ -20,6 +20,10 @@ The servicers read the caller's id from `authenticated_client()` (a context vari
 for the call), never from metadata. With auth off it is None and the Restorer keeps its self-asserted
 `x-client-id` (else the peer host): for trusted networks only.
 
+**HTTP.** The HTTP API (`service/gateway/http.py`, `BearerAuth`) checks the same table, built once by
+the server, for `Authorization: Bearer <token>` (`client_of_header`, the one parser: `bearer_token`), and
+sets the same context variable; its port has the gRPC port's TLS files (`http_ssl_context`).
+
 **Worker labels.** Clients see `worker_label(name, key)` (an HMAC, "worker-1a2b3c4d5e6f") where the job bus
 carries the worker's name (by default HOST-PID); the gateway logs the name beside the label.
 
@@ -37,6 +41,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import ssl
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -53,6 +58,8 @@ log = logging.getLogger(__name__)
 AUTHORIZATION_KEY = "authorization"
 OPEN_SERVICES = ("grpc.health.v1.Health",)  # answered without credentials
 MIN_TOKEN_CHARS = 16
+# The refusal's message, over gRPC (UNAUTHENTICATED) and HTTP (401) alike.
+UNAUTHENTICATED_MESSAGE = "this call needs `authorization: Bearer <token>` with a valid token"
 
 _client: contextvars.ContextVar[str | None] = contextvars.ContextVar("priorlab_client", default=None)
 
@@ -124,13 +131,22 @@ class TokenTable:
     def client_of(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
         """The client of the call's `authorization: Bearer <token>`, else None."""
         for key, value in metadata or ():
-            if key != AUTHORIZATION_KEY:
-                continue
-            text = value if isinstance(value, str) else value.decode(errors="replace")
-            scheme, _, token = text.strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return self.client_for(token.strip())
+            token = bearer_token(value) if key == AUTHORIZATION_KEY else None
+            if token is not None:
+                return self.client_for(token)
         return None
+
+    def client_of_header(self, value: str | None) -> str | None:
+        """The client of an HTTP `Authorization: Bearer <token>` header's value, else None."""
+        token = bearer_token(value) if value is not None else None
+        return None if token is None else self.client_for(token)
+
+
+def bearer_token(value: str | bytes) -> str | None:
+    """The token of a `Bearer <token>` value (the scheme in any case), else None."""
+    text = value if isinstance(value, str) else value.decode(errors="replace")
+    scheme, _, token = text.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _service(method: str) -> str:
@@ -210,7 +226,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
             return handler
         client = self._tokens.client_of(details.invocation_metadata)
         if client is None:
-            return _refusal(handler, "this call needs `authorization: Bearer <token>` with a valid token")
+            return _refusal(handler, UNAUTHENTICATED_MESSAGE)
         return _as_client(handler, client)
 
 
@@ -228,6 +244,29 @@ def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerC
     return grpc.ssl_server_credentials(
         [(private, chain)], root_certificates=ca, require_client_auth=ca is not None
     )
+
+
+# TLS 1.2's forward-secret AEAD suites only, as gRPC's defaults (TLS 1.3's are all of that kind).
+HTTP_TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def http_ssl_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLContext:
+    """The HTTP port's TLS, from the same files as `server_credentials`: TLS 1.2 or later only; with
+    `client_ca`, a client must show a certificate it signed (refused at the handshake, as over gRPC)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(HTTP_TLS_CIPHERS)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise OSError(f"could not load the TLS certificate {cert} with the key {key}: {e}") from e
+    if client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as e:
+            raise OSError(f"could not read the client CA bundle {client_ca}: {e}") from e
+    return context
 
 
 PROCESS_LABEL_KEY = secrets.token_bytes(32)  # the worker-label key when none is configured

@@ -16,6 +16,11 @@ uvicorn is the reference ASGI server and can be given an already bound socket, s
 start-up before anything is served. A WSGI framework (Flask) would need threads and a second loop;
 aiohttp would work too but brings its own server model instead of the ASGI one.
 
+Security is the gRPC port's (README "Security"): with `PRIORLAB_TLS_CERT`/`_KEY` the port speaks TLS
+only (and with `PRIORLAB_TLS_CLIENT_CA` wants a client certificate), and with a token file every route
+but the page, /healthz and /openapi.json needs `Authorization: Bearer <token>` (`BearerAuth`: the same
+token table, and the token's client id as the Restore quota key and job owner, as over gRPC).
+
 Routes (the OpenAPI document at /openapi.json, `service/gateway/http_openapi.py`, lists them in full):
 
     GET  /                              the web page (static/index.html, app.js, app.css)
@@ -39,6 +44,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -48,7 +54,7 @@ import uvicorn
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from starlette.applications import Starlette
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -62,8 +68,23 @@ from starlette.types import Message as AsgiMessage
 from contract import DEFAULT_MODEL, HINT_MODEL, MODELS, PUBLIC_MODELS, WORKING_SIZE_DEFAULT
 from service.bus.jobs import JobBus, failure_event, is_terminal
 from service.bus.timing import BusTiming
-from service.errors import Cancelled, InvalidArgument, NotFound, PriorlabError, Unavailable, echo
-from service.gateway.auth import label_key
+from service.errors import (
+    Cancelled,
+    InvalidArgument,
+    NotFound,
+    PriorlabError,
+    Unauthenticated,
+    Unavailable,
+    echo,
+)
+from service.gateway.auth import (
+    UNAUTHENTICATED_MESSAGE,
+    TokenTable,
+    as_client,
+    authenticated_client,
+    http_ssl_context,
+    label_key,
+)
 from service.gateway.colorize import ColorizePipeline, served_model, served_models
 from service.gateway.colorizer import (
     colorize_options,
@@ -73,7 +94,7 @@ from service.gateway.colorizer import (
 )
 from service.gateway.http_openapi import openapi_document
 from service.gateway.http_status import PayloadTooLarge, error_body, error_headers
-from service.gateway.restorer import RESTORER_SERVICE, build_job, public_event
+from service.gateway.restorer import RESTORER_SERVICE, build_job, check_owner, public_event
 from service.gateway.settings import Settings
 from service.gateway.triton import InferenceBackend
 from service.pb.priorlab.v1 import colorize_pb2, restore_pb2
@@ -99,6 +120,12 @@ EXPOSED_HEADERS = [
     "X-Priorlab-Model", "X-Priorlab-Model-Version", "X-Priorlab-Checkpoint", "X-Priorlab-Trained",
     "X-Priorlab-Temperature", "X-Priorlab-Working-Size", "Server-Timing", "Retry-After",
 ]  # fmt: skip
+# Open with tokens on: the page and its files (public; its API calls are not), health for load
+# balancers (as gRPC's health service), and the API's own description. Everything else needs a token.
+OPEN_PATHS = ("/", "/healthz", "/openapi.json")
+OPEN_PREFIXES = ("/static/",)
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"  # SubmitRestore's idempotency_key, the HTTP way
+CORS_HEADERS = ["Authorization", "Content-Type", "X-Client-Id", "Last-Event-ID", IDEMPOTENCY_KEY_HEADER]
 _FORMATS = {"png": "IMAGE_FORMAT_PNG", "jpeg": "IMAGE_FORMAT_JPEG", "jpg": "IMAGE_FORMAT_JPEG"}
 _FORMATS["webp"] = "IMAGE_FORMAT_WEBP"
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
@@ -414,8 +441,12 @@ class HttpApi:
         settings: Settings,
         backend: InferenceBackend,
         bus: JobBus | None,
+        tokens: TokenTable | None = None,
     ) -> None:
+        if settings.auth_tokens_file and tokens is None:  # fail closed: never an open API by omission
+            raise ValueError("PRIORLAB_AUTH_TOKENS_FILE is set but the HTTP API was given no token table")
         self.pipeline, self.settings, self.backend, self.bus = pipeline, settings, backend, bus
+        self.tokens = tokens
         # As the gRPC Restorer: a job missing within the result TTL is lost, and workers show as labels.
         self._ttl_s = float(settings.restore_result_ttl_s)
         self._label_key = label_key(settings.worker_label_key)
@@ -522,25 +553,41 @@ class HttpApi:
         bus = self._bus()
         data, files = await read_request(request, self.settings.max_message_bytes)
         message = restore_request(data, files)
-        client = client_id(request)
-        job = await asyncio.to_thread(  # decodes the image to check it: off the loop
+        key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+        if key is not None:
+            if message.idempotency_key and message.idempotency_key != key:
+                raise InvalidArgument(
+                    f"the {IDEMPOTENCY_KEY_HEADER} header ({echo(key)}) and the body's idempotency_key "
+                    f"({echo(message.idempotency_key)}) differ: send one of them"
+                )
+            message.idempotency_key = key
+        # With auth on, the token's client; never the self-asserted header (as the gRPC Restorer).
+        client = authenticated_client() or client_id(request)
+        job = await asyncio.to_thread(  # decodes the image and checks the key: off the loop
             build_job, message, self.settings, client=client, now=time.time(), time_remaining_s=None
         )
-        queued = await bus.submit(
+        job_id, queued = await bus.submit_once(
             job,
             max_queue=self.settings.restore_max_queue,
             max_per_client=self.settings.restore_max_jobs_per_client,
             ttl_s=self.settings.restore_result_ttl_s,
+            idempotency_key=message.idempotency_key,
         )
-        log.info("job %s queued over HTTP for %s at position %d", job.job_id, client, queued.position)
-        base = f"/v1/restore/{job.job_id}"
-        body = to_json(restore_pb2.SubmitRestoreResponse(job_id=job.job_id, queued=queued))
+        base = f"/v1/restore/{job_id}"
+        headers = {"Location": base}
+        if queued is None:  # a retry: the first submission's job, nothing queued again
+            log.info("job %s: submitted again over HTTP by %s (same idempotency key)", job_id, client)
+            headers["Idempotent-Replayed"] = "true"
+        else:
+            log.info("job %s queued over HTTP for %s at position %d", job_id, client, queued.position)
+        body = to_json(restore_pb2.SubmitRestoreResponse(job_id=job_id, queued=queued))
         body["links"] = {"job": base, "events": f"{base}/events", "cancel": f"{base}/cancel"}
-        return JSONResponse(body, status_code=202, headers={"Location": base})
+        return JSONResponse(body, status_code=202, headers=headers)
 
     @_api
     async def cancel(self, request: Request) -> Response:
         job_id = _job_id(request.path_params["job_id"])
+        await check_owner(self._bus(), job_id, ttl_s=self._ttl_s)
         ended = Cancelled(f"job {job_id} was cancelled by POST /v1/restore/{job_id}/cancel")
         cancelled = await self._bus().cancel(job_id, ended, ttl_s=self._ttl_s)
         return JSONResponse(to_json(restore_pb2.CancelRestoreResponse(cancelled=cancelled)))
@@ -549,6 +596,7 @@ class HttpApi:
     async def job(self, request: Request) -> Response:
         """The result once the job has one (waiting up to `?wait=S`), else 202 and the latest event."""
         job_id = _job_id(request.path_params["job_id"])
+        await check_owner(self._bus(), job_id, ttl_s=self._ttl_s)
         try:
             wait_s = min(max(float(request.query_params.get("wait", "0")), 0.0), MAX_WAIT_S)
         except ValueError:
@@ -584,6 +632,7 @@ class HttpApi:
         missed. The first event is read before the response starts, so an unknown job is a plain 404.
         """
         job_id = _job_id(request.path_params["job_id"])
+        await check_owner(self._bus(), job_id, ttl_s=self._ttl_s)
         seen = request.headers.get("last-event-id", "0")
         skip = int(seen) if seen.isdigit() else 0
         events = self._bus().events(job_id, ttl_s=self._ttl_s).__aiter__()
@@ -608,6 +657,8 @@ class HttpApi:
             Route("/v1/restore/{job_id}/cancel", self.cancel, methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
+        # Outermost first: every answer (a 401 too) gets the security headers, and CORS answers a
+        # preflight (which carries no credentials) before the token check.
         middleware: list[Middleware] = [Middleware(SecurityHeaders)]
         origins = [o.strip() for o in self.settings.http_cors_origins.split(",") if o.strip()]
         if origins:  # no CORS unless configured: the page itself is same-origin
@@ -616,10 +667,12 @@ class HttpApi:
                     CORSMiddleware,
                     allow_origins=origins,
                     allow_methods=["GET", "POST"],
-                    allow_headers=["Content-Type", "X-Client-Id", "Last-Event-ID"],
+                    allow_headers=CORS_HEADERS,
                     expose_headers=EXPOSED_HEADERS,
                 )
             )
+        if self.tokens is not None:
+            middleware.append(Middleware(BearerAuth, tokens=self.tokens))
         return Starlette(routes=routes, middleware=middleware)
 
 
@@ -670,6 +723,28 @@ async def _sse_stream(
             await rest.aclose()  # type: ignore[attr-defined]
 
 
+class BearerAuth:
+    """The gRPC `AuthInterceptor`'s check, over HTTP: anything but `OPEN_PATHS` needs
+    `Authorization: Bearer <token>` with a token of the same table (401 otherwise, with the gRPC
+    refusal's message), and runs with `authenticated_client()` set to the token's client id: the
+    Restore quota key and job owner, exactly as for a gRPC call."""
+
+    def __init__(self, app: ASGIApp, tokens: TokenTable) -> None:
+        self.app, self.tokens = app, tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        client = self.tokens.client_of_header(Headers(scope=scope).get("authorization"))
+        if client is None:
+            await error_response(Unauthenticated(UNAUTHENTICATED_MESSAGE))(scope, receive, send)
+            return
+        with as_client(client):
+            await self.app(scope, receive, send)
+
+
 class SecurityHeaders:
     """Content-Security-Policy (no inline script or style), nosniff and no referrer on every response."""
 
@@ -706,6 +781,7 @@ class HttpServer:
         self.port: int = sock.getsockname()[1]
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task[None] | None = None
+        self.scheme = "http"  # "https" once started with TLS
 
     @classmethod
     def bind(cls, host: str, port: int) -> HttpServer:
@@ -721,12 +797,15 @@ class HttpServer:
             raise OSError(f"could not serve HTTP on {host}:{port}: {e}") from e
         return cls(sock)
 
-    async def start(self, app: ASGIApp, *, grace_s: float = 2.0) -> None:
+    async def start(self, app: ASGIApp, *, grace_s: float = 2.0, tls: ssl.SSLContext | None = None) -> None:
+        """Serve `app`; with `tls`, over TLS only (`auth.http_ssl_context`, the gRPC port's files)."""
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="off", http="h11", ws="none",
             server_header=False,  # no "server: uvicorn" on every response
             timeout_graceful_shutdown=int(max(1, grace_s)),
+            ssl_context_factory=None if tls is None else (lambda config, default: tls),
         )  # fmt: skip
+        self.scheme = "http" if tls is None else "https"
         self._server = _Uvicorn(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self.socket]))
         while not self._server.started:
@@ -751,8 +830,16 @@ async def serve_http(
     settings: Settings,
     backend: InferenceBackend,
     bus: JobBus | None,
+    tokens: TokenTable | None = None,
 ) -> HttpServer:
-    """Serve the API and the page on `server`'s socket, in this event loop."""
-    await server.start(HttpApi(pipeline, settings, backend, bus).app())
-    log.info("HTTP API and web page on http://%s:%d/", settings.host, server.port)
+    """Serve the API and the page on `server`'s socket, in this event loop, with the gRPC port's
+    security: its TLS (and client CA), and its token table (`tokens`, None = auth off)."""
+    app = HttpApi(pipeline, settings, backend, bus, tokens).app()
+    tls = None
+    if settings.tls_cert:
+        tls = http_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    elif tokens is not None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("bearer tokens over plaintext HTTP on %s: set PRIORLAB_TLS_CERT/_KEY", settings.host)
+    await server.start(app, tls=tls)
+    log.info("HTTP API and web page on %s://%s:%d/", server.scheme, settings.host, server.port)
     return server

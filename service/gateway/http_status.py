@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import grpc
 
-from service.errors import InvalidArgument, PriorlabError, ResourceExhausted, status_name
+from service.errors import InvalidArgument, PriorlabError, ResourceExhausted, Unauthenticated, status_name
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -57,4 +57,6 @@ def error_body(error: PriorlabError) -> dict[str, object]:
 def error_headers(error: PriorlabError) -> dict[str, str]:
     if isinstance(error, ResourceExhausted):
         return {"Retry-After": str(error.retry_after_s)}
+    if isinstance(error, Unauthenticated):  # RFC 9110: a 401 names the scheme it wants (RFC 6750's)
+        return {"WWW-Authenticate": 'Bearer realm="priorlab"'}
     return {}

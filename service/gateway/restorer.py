@@ -99,6 +99,23 @@ def public_event(event: restore_pb2.JobEvent, key: bytes = PROCESS_LABEL_KEY) ->
     return public
 
 
+async def check_owner(bus: JobBus, job_id: str, *, ttl_s: float) -> None:
+    """With auth on, another client's job answers exactly as an unknown id does: ids cannot be probed.
+
+    With auth off the job id alone is the capability to watch and cancel (trusted networks only).
+    The HTTP API calls this too, so both answer alike.
+    """
+    client = authenticated_client()
+    if client is None:
+        return
+    try:
+        owner: Any = await bus.redis.hget(f"{bus.prefix}job:{job_id}", "client")
+    except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+        raise Unavailable(f"the Restore job bus (Redis) is unreachable: {e}") from None
+    if owner is not None and owner.decode(errors="replace") != client:
+        raise missing(job_id, ttl_s=ttl_s, now=time.time())
+
+
 class RestorerServicer(restore_pb2_grpc.RestorerServicer):
     def __init__(self, bus: JobBus, settings: Settings) -> None:
         self._bus, self._settings = bus, settings
@@ -148,19 +165,7 @@ class RestorerServicer(restore_pb2_grpc.RestorerServicer):
         return restore_pb2.CancelRestoreResponse(cancelled=cancelled)
 
     async def _check_owner(self, job_id: str) -> None:
-        """With auth on, another client's job answers exactly as an unknown id does: ids cannot be probed.
-
-        With auth off the job id alone is the capability to watch and cancel (trusted networks only).
-        """
-        client = authenticated_client()
-        if client is None:
-            return
-        try:
-            owner: Any = await self._bus.redis.hget(f"{self._bus.prefix}job:{job_id}", "client")
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise Unavailable(f"the Restore job bus (Redis) is unreachable: {e}") from None
-        if owner is not None and owner.decode(errors="replace") != client:
-            raise missing(job_id, ttl_s=self._ttl_s, now=time.time())
+        await check_owner(self._bus, job_id, ttl_s=self._ttl_s)
 
     @property
     def _ttl_s(self) -> float:

@@ -264,8 +264,10 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ]
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(metrics)]
-    if settings.auth_tokens_file:  # after ErrorInterceptor, which counts its refusals
-        interceptors.append(AuthInterceptor(TokenTable.load(settings.auth_tokens_file)))
+    # One table for gRPC and HTTP.
+    tokens = TokenTable.load(settings.auth_tokens_file) if settings.auth_tokens_file else None
+    if tokens is not None:  # after ErrorInterceptor, which counts its refusals
+        interceptors.append(AuthInterceptor(tokens))
     server = grpc.aio.server(interceptors=interceptors, options=options)
     pipeline = ColorizePipeline(backend, settings, metrics)
     colorize_pb2_grpc.add_ColorizerServicer_to_server(ColorizerServicer(pipeline, settings), server)
@@ -308,7 +310,7 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
     gateway = GatewayServer(server, port, backend, tasks, health_servicer, metrics, bus)
     if http is not None:
         try:  # same pipeline and job bus as the gRPC servicers, in this event loop
-            gateway.http = await serve_http(http, pipeline, settings, backend, bus)
+            gateway.http = await serve_http(http, pipeline, settings, backend, bus, tokens)
         except BaseException:
             await gateway.stop(0)
             raise

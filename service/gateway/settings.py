@@ -35,7 +35,7 @@ class Settings:
     metrics_port: int = 0  # 0 = no Prometheus endpoint
     redis_url: str = ""  # empty = no Restore service
     # HTTP/JSON API and the web page (service/gateway/http.py), in the gateway's own event loop.
-    http_port: int = 0  # 0 = off; `make run` uses 8080
+    http_port: int = 0  # 0 = off; `make run` uses 8080. TLS and tokens as the gRPC port's (below)
     http_cors_origins: str = ""  # comma-separated origins allowed cross-origin; empty = no CORS
     # Restore (DIP jobs on the Redis bus; README "Restore").
     restore_max_pixels: int = 4_000_000  # input pixels, and output pixels for super-resolution
@@ -47,11 +47,12 @@ class Settings:
     # The workers' --visibility-timeout (the same value): when a worker counts as gone follows from it.
     restore_visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
     # Security (README "Security"); all off by default, for `make run` on loopback.
-    tls_cert: str = ""  # PEM certificate chain file; with tls_key, the gRPC port speaks TLS only
+    tls_cert: str = ""  # PEM certificate chain file; with tls_key, the gRPC and HTTP ports speak TLS only
     tls_key: str = ""  # PEM private key file of tls_cert
     tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed (mutual TLS)
-    # "client-id token" lines (service/gateway/auth.py). Set: every RPC but health needs
-    # `authorization: Bearer <token>`, and the token's client id is the Restore quota key and job owner.
+    # "client-id token" lines (service/gateway/auth.py). Set: every RPC but health, and every HTTP call
+    # but the page, /healthz and /openapi.json, needs `authorization: Bearer <token>`; the token's
+    # client id is the Restore quota key and job owner.
     auth_tokens_file: str = ""
     reflection: str = ""  # "" = on unless auth is on; or a boolean (1/0, true/false, yes/no)
     # Key of the opaque worker labels clients see instead of worker names (several gateways: the same
@@ -63,12 +64,6 @@ class Settings:
             raise ValueError("PRIORLAB_TLS_CERT and PRIORLAB_TLS_KEY go together: set both or neither")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("PRIORLAB_TLS_CLIENT_CA (mutual TLS) needs PRIORLAB_TLS_CERT and _KEY")
-        if self.http_port and (self.auth_tokens_file or self.tls_client_ca):
-            # Fail closed: the HTTP API (service/gateway/http.py) checks neither tokens nor certificates.
-            raise ValueError(
-                "the HTTP API has no authentication yet: with PRIORLAB_AUTH_TOKENS_FILE or "
-                "PRIORLAB_TLS_CLIENT_CA set, set PRIORLAB_HTTP_PORT=0 (`make run`: --http-port 0)"
-            )
         if self.reflection.lower() not in ("", *_TRUE, *_FALSE):
             raise ValueError(f"PRIORLAB_REFLECTION={self.reflection!r} is not a boolean nor empty")
 

@@ -137,8 +137,8 @@ def test_security_settings_are_checked_and_reflection_follows_auth() -> None:
         Settings(tls_client_ca="ca.pem")
     with pytest.raises(ValueError, match="PRIORLAB_REFLECTION='maybe'"):
         Settings.from_env({"PRIORLAB_REFLECTION": "maybe"})
-    with pytest.raises(ValueError, match="the HTTP API has no authentication yet"):
-        Settings(http_port=8080, auth_tokens_file="t")  # fail closed: it would bypass the tokens
+    # The HTTP API has the gRPC port's security now (tests/service/gateway/test_http_auth.py).
+    assert Settings(http_port=8080, auth_tokens_file="t", tls_cert="c", tls_key="k", tls_client_ca="ca")
     assert Settings().reflection_on and not Settings(auth_tokens_file="t").reflection_on
     assert Settings(auth_tokens_file="t", reflection="1").reflection_on
     assert not Settings(reflection="no").reflection_on
