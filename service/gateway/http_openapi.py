@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.bus.jobs import MAX_IDEMPOTENCY_KEY
+
 _ERROR = {"$ref": "#/components/responses/Error"}
 
 
@@ -32,6 +34,15 @@ _HINT_FIELD = {
     "or `hints` as a JSON list",
 }
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
+    "description": "SubmitRestore's idempotency_key (printable ASCII): a retry with the same key, by the "
+    "same client, returns the first submission's job (202, no `queued`, Idempotent-Replayed: true) "
+    "instead of queueing another, until that job's result expires. Or `idempotency_key` in the body.",
+}
+_OPEN: list[dict[str, list[str]]] = []  # an operation that needs no token even with tokens on
 
 
 def openapi_document() -> dict[str, Any]:
@@ -79,13 +90,24 @@ def openapi_document() -> dict[str, Any]:
         "application/json": {"schema": {"$ref": "#/components/schemas/ColorizeResponse"}},
     }
     paths: dict[str, Any] = {
-        "/": {"get": {"summary": "The web page", "responses": {"200": {"description": "HTML"}}}},
+        "/": {
+            "get": {
+                "summary": "The web page",
+                "security": _OPEN,
+                "responses": {"200": {"description": "HTML"}},
+            }
+        },
         "/openapi.json": {
-            "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
+            "get": {
+                "summary": "This document",
+                "security": _OPEN,
+                "responses": {"200": {"description": "OpenAPI 3.1"}},
+            }
         },
         "/healthz": {
             "get": {
                 "summary": "Health of the Colorizer (or ?service=priorlab.v1.Restorer)",
+                "security": _OPEN,
                 "parameters": [{"name": "service", "in": "query", "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "SERVING"}, "503": {"description": "NOT_SERVING"}},
             }
@@ -93,7 +115,7 @@ def openapi_document() -> dict[str, Any]:
         "/v1/models": {
             "get": {
                 "summary": "The public models, their checkpoints and defaults",
-                "responses": {"200": {"description": "models"}},
+                "responses": {"200": {"description": "models"}, **_errors(401)},
             }
         },
         "/v1/colorize": {
@@ -104,7 +126,7 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": _body("#/components/schemas/ColorizeRequest", multipart=colorize_form),
                 "responses": {
                     "200": {"description": "the colorized image", "content": image_or_json},
-                    **_errors(400, 404, 413, 429, 499, 500, 503, 504),
+                    **_errors(400, 401, 404, 413, 429, 499, 500, 503, 504),
                 },
             }
         },
@@ -114,7 +136,7 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": _body("#/components/schemas/SuggestColorsRequest", multipart=suggest_form),
                 "responses": {
                     "200": {"description": "suggested colours (each with hex)"},
-                    **_errors(400, 413, 429, 499, 500, 503, 504),
+                    **_errors(400, 401, 413, 429, 499, 500, 503, 504),
                 },
             }
         },
@@ -122,11 +144,28 @@ def openapi_document() -> dict[str, Any]:
             "post": {
                 "summary": "SubmitRestore: queue a Deep Image Prior job",
                 "description": "JSON: the gRPC RestoreRequest as proto3 JSON. Multipart: flat fields.",
-                "parameters": [{"name": "X-Client-Id", "in": "header", "schema": {"type": "string"}}],
+                "parameters": [
+                    _IDEMPOTENCY_KEY,
+                    {
+                        "name": "X-Client-Id",
+                        "in": "header",
+                        "schema": {"type": "string"},
+                        "description": "the quota key without tokens (with tokens: the token's client)",
+                    },
+                ],
                 "requestBody": _body("#/components/schemas/RestoreRequest", multipart=restore_form),
                 "responses": {
-                    "202": {"description": "job_id, queue position, links"},
-                    **_errors(400, 413, 429, 500, 503),
+                    "202": {
+                        "description": "job_id, queue position (`queued`, absent for a replayed key), links",
+                        "headers": {
+                            "Location": {"schema": {"type": "string"}},
+                            "Idempotent-Replayed": {
+                                "schema": {"const": "true"},
+                                "description": "this is the job of an earlier submission with the same key",
+                            },
+                        },
+                    },
+                    **_errors(400, 401, 413, 429, 500, 503),
                 },
             }
         },
@@ -145,7 +184,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "the result"},
                     "202": {"description": "not done yet"},
-                    **_errors(400, 404, 409, 499, 500, 503, 504),
+                    **_errors(400, 401, 404, 409, 499, 500, 503, 504),
                 },
             }
         },
@@ -155,14 +194,14 @@ def openapi_document() -> dict[str, Any]:
                 "description": "Events queued, started, progress (iteration, loss, eta_s, preview), result; "
                 "or failure {code, status, message}. Each id is the event's index (Last-Event-ID resumes).",
                 "parameters": [_JOB_ID],
-                "responses": {"200": {"description": "text/event-stream"}, **_errors(400, 404, 503)},
+                "responses": {"200": {"description": "text/event-stream"}, **_errors(400, 401, 404, 503)},
             }
         },
         "/v1/restore/{job_id}/cancel": {
             "post": {
                 "summary": "CancelRestore",
                 "parameters": [_JOB_ID],
-                "responses": {"200": {"description": "{cancelled}"}, **_errors(400, 404, 503)},
+                "responses": {"200": {"description": "{cancelled}"}, **_errors(400, 401, 404, 503)},
             }
         },
     }
@@ -171,14 +210,25 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "priorlab", "version": "1", "description": "HTTP/JSON beside the gRPC API"},
         "paths": paths,
+        # With PRIORLAB_AUTH_TOKENS_FILE set; without it the gateway asks for nothing.
+        "security": [{"bearer": []}],
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": 'a token of the gateway\'s token file (README "Security"), if it has '
+                    "one; its client id owns the jobs it submits. A missing or unknown token: 401.",
+                }
+            },
             "schemas": {
                 name: {"type": "object", "description": proto}
                 for name in ("ColorizeRequest", "ColorizeResponse", "SuggestColorsRequest", "RestoreRequest")
             },
             "responses": {
                 "Error": {
-                    "description": "the gRPC status and message; Retry-After on 429",
+                    "description": "the gRPC status and message; Retry-After on 429, "
+                    'WWW-Authenticate: Bearer realm="priorlab" on 401',
                     "content": {
                         "application/json": {
                             "schema": {

@@ -19,7 +19,8 @@ import grpc
 import pytest
 
 from service.bus.jobs import MAX_IDEMPOTENCY_KEY, JobBus, new_job_id
-from service.gateway.http import HttpApi
+from service.gateway.http import OPEN_PATHS, HttpApi
+from service.gateway.http_openapi import openapi_document
 from service.gateway.server import create_server
 from service.gateway.settings import Settings
 from service.launch.process import free_port
@@ -160,6 +161,21 @@ def test_a_cors_preflight_needs_no_token_and_may_send_one(tokens_file: Path) -> 
 def test_the_api_is_never_open_by_omission() -> None:
     with pytest.raises(ValueError, match="given no token table"):
         HttpApi(None, Settings(auth_tokens_file="tokens"), FakeBackend(), None)  # type: ignore[arg-type]
+
+
+def test_the_openapi_document_says_which_routes_need_the_token() -> None:
+    document = openapi_document()
+    scheme = document["components"]["securitySchemes"]["bearer"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            open_ = operation.get("security", document["security"]) == []
+            assert open_ == (path in OPEN_PATHS), (path, method)
+            assert ("401" in operation["responses"]) == (not open_), (path, method)
+    (key,) = [
+        p for p in document["paths"]["/v1/restore"]["post"]["parameters"] if p["name"] == "Idempotency-Key"
+    ]
+    assert key["in"] == "header" and key["schema"]["maxLength"] == MAX_IDEMPOTENCY_KEY
 
 
 # --- Restore: owner and quota key -----------------------------------------------------------------
