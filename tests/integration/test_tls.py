@@ -1,26 +1,40 @@
-"""TLS and mutual TLS on the gateway's gRPC port (issue #16), with a throwaway CA made here by `openssl`.
+"""TLS and mutual TLS on the gateway's gRPC and HTTP ports (issues #16, #17), with a throwaway CA made
+here by `openssl`.
 
-The gateway runs in this process (no Triton, no Redis: the health service is what is called); the
-command-line client's `connect` is checked against it too.
+The gRPC tests run the gateway in this process (no Triton, no Redis: the health service is what is
+called); the command-line client's `connect` is checked against it too. The HTTP test starts a real
+gateway process with `start_gateway` (TLS, a client CA and tokens; Redis for Restore, no Triton) and calls
+its HTTPS API as any client would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 import shutil
+import ssl
 import subprocess
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contract import ModelSpec
+from service.bus.jobs import JobBus, new_job_id, submitted_unix
 from service.client import build_parser, call_metadata, connect
 from service.gateway.server import create_server
 from service.gateway.settings import Settings
+from service.launch.gateway import ClientTls, start_gateway
+from service.launch.process import free_port
+from service.launch.redis import RedisServer
+from service.pb.priorlab.v1 import restore_pb2
+from tests.integration.conftest import REPO
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -158,3 +172,141 @@ def test_the_command_line_client_speaks_mutual_tls_and_sends_its_token(
     assert results[0] == (grpc.StatusCode.OK, (("authorization", f"Bearer {token}"),))
     assert results[1][0] == grpc.StatusCode.UNAVAILABLE  # no client certificate
     assert results[2][0] == grpc.StatusCode.UNAVAILABLE  # plaintext
+
+
+# --- HTTP: a gateway process with TLS, a client CA and tokens --------------------------------------
+
+ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210xx"
+CALL_TIMEOUT = aiohttp.ClientTimeout(total=20)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def same_age(message: str, job_id: str) -> str:
+    """`message` without the job id and the seconds since its submission (they differ call to call)."""
+    return re.sub(r"within \d+ s", "within N s", message.replace(job_id, "ID"))
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
+
+
+def test_start_gateway_needs_to_know_how_to_reach_a_tls_gateway(pki: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs tls=ClientTls"):
+        start_gateway(tls_settings(pki), tmp_path)
+    with pytest.raises(ValueError, match="mutual-TLS gateway"):
+        start_gateway(
+            tls_settings(pki, tls_client_ca=str(pki / "ca.pem")), tmp_path, tls=ClientTls(pki / "ca.pem")
+        )
+
+
+def test_the_http_api_over_mutual_tls_with_tokens(pki: Path, redis_url: str, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice {ALICE}\nbob {BOB}\n")
+    tokens.chmod(0o600)
+    settings = tls_settings(
+        pki,
+        tls_client_ca=str(pki / "ca.pem"),
+        auth_tokens_file=str(tokens),
+        redis_url=redis_url,
+        http_port=str(free_port()),
+        health_poll_s="0.2",
+    )
+    client = ClientTls(pki / "ca.pem", pki / "client.pem", pki / "client.key")
+    # No Triton: the Colorizer is NOT_SERVING, but the probe gets its answer over mutual TLS.
+    gateway = start_gateway(settings, tmp_path, cwd=REPO, serving=False, tls=client)
+    try:
+        with gateway.channel() as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert gateway.http_url is not None and gateway.http_url.startswith("https://127.0.0.1:")
+        seen = asyncio.run(_https_calls(gateway.http_url, client, pki, redis_url))
+    finally:
+        gateway.stop()
+    assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+    status, submitted = seen["alice submits"]
+    assert status == 202 and submitted["queued"]["position"] == 1
+    status, reply, challenge = seen["no token"]
+    assert status == 401 and reply["error"]["code"] == "UNAUTHENTICATED" and challenge.startswith("Bearer")
+    assert seen["wrong token"][0] == 401
+    assert seen["alice reads hers"][0] == 202 and seen["alice reads hers"][1]["state"] == "queued"
+    theirs, unknown = seen["bob reads hers"]
+    assert theirs == unknown and theirs[0] != 202  # exactly an unknown id of the same age (DATA_LOSS)
+    theirs, unknown = seen["bob reads her old one"]
+    assert theirs == unknown and theirs[0] == 404  # past the result TTL: NOT_FOUND, as unknown
+    assert seen["alice reads her old one"] == 202
+    assert seen["health, no token"] == 503 and seen["page, no token"] == 200  # open (NOT_SERVING: no Triton)
+    for name in ("no client certificate", "plaintext", "untrusted server"):
+        refused = seen[name]
+        assert isinstance(refused, aiohttp.ClientError), (name, refused)
+        assert not isinstance(refused, TimeoutError), (name, refused)  # refused, not left hanging
+
+
+async def _https_calls(base: str, client: ClientTls, pki: Path, redis_url: str) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    image = base64.b64encode((REPO / "samples" / "aitzgorri_96.png").read_bytes()).decode()
+    job = {"image": image, "jpeg": {}, "fixed_iterations": 10}
+
+    connector = aiohttp.TCPConnector(ssl=client.ssl_context())
+    # Each call bounded on its own, so a hang fails at the line of the call that hung.
+    async with aiohttp.ClientSession(connector=connector, timeout=CALL_TIMEOUT) as session:
+        async with session.post(f"{base}/v1/restore", json=job, headers=bearer(ALICE)) as r:
+            seen["alice submits"] = (r.status, await r.json())
+        job_id = seen["alice submits"][1]["job_id"]
+        async with session.get(f"{base}/v1/models") as r:
+            seen["no token"] = (r.status, await r.json(), r.headers.get("WWW-Authenticate", ""))
+        async with session.get(f"{base}/v1/models", headers=bearer("not-a-token-0123456789")) as r:
+            seen["wrong token"] = (r.status,)
+        async with session.get(f"{base}/healthz") as r:
+            seen["health, no token"] = r.status
+        async with session.get(f"{base}/") as r:
+            seen["page, no token"] = r.status
+        async with session.get(f"{base}/v1/restore/{job_id}", headers=bearer(ALICE)) as r:
+            seen["alice reads hers"] = (r.status, await r.json())
+
+        # A job of alice's from before the result TTL, put on the bus directly.
+        bus = JobBus.from_url(redis_url)
+        try:
+            old = restore_pb2.RestoreJob(
+                job_id=new_job_id(time.time() - 7200), client_id="alice", max_attempts=1
+            )
+            old.request.CopyFrom(restore_pb2.RestoreRequest(jpeg=restore_pb2.JpegParams()))
+            await bus.submit(old, max_queue=10, max_per_client=10, ttl_s=3600)
+        finally:
+            await bus.close()
+        for name, theirs, unknown in [
+            ("bob reads hers", job_id, new_job_id(submitted_unix(job_id) or 0)),
+            ("bob reads her old one", old.job_id, new_job_id(submitted_unix(old.job_id) or 0)),
+        ]:
+            found = []
+            for job_id_ in (theirs, unknown):
+                async with session.get(f"{base}/v1/restore/{job_id_}", headers=bearer(BOB)) as r:
+                    message = (await r.json())["error"]["message"]
+                    found.append((r.status, same_age(message, job_id_)))
+            seen[name] = found
+        async with session.get(f"{base}/v1/restore/{old.job_id}", headers=bearer(ALICE)) as r:
+            seen["alice reads her old one"] = r.status
+
+    # Refused at the handshake: no client certificate, no TLS at all, a server the client does not trust.
+    no_cert = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    untrusted = ClientTls(pki / "other-ca.pem", pki / "client.pem", pki / "client.key").ssl_context()
+    contexts: list[tuple[str, str, ssl.SSLContext | bool]] = [
+        ("no client certificate", base, no_cert),
+        ("plaintext", base.replace("https://", "http://"), False),
+        ("untrusted server", base, untrusted),
+    ]
+    for name, url, context in contexts:
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=CALL_TIMEOUT) as session,
+                session.get(f"{url}/healthz", ssl=context) as r,
+            ):
+                seen[name] = r.status
+        except aiohttp.ClientError as e:
+            seen[name] = e
+    return seen
