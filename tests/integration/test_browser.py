@@ -1,11 +1,13 @@
 """The web page in a real browser (Debian's chromium, driven by Playwright) against a real stack.
 
 Triton, Redis, one worker and a gateway process with its HTTP port, started the way the other
-integration tests start them. Each step writes a screenshot to the test's tmp dir (`web-*.png`).
+integration tests start them, and a second gateway beside it with bearer tokens on, for the page's token
+field. Each step writes a screenshot to the test's tmp dir (`web-*.png`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import time
@@ -28,11 +30,15 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TIMEOUT_MS = 120_000  # a CPU colorize or a 10-iteration DIP on a shared 2-core machine
 
 
+TOKEN = "web-token-0123456789abcdef"
+
+
 @dataclass
 class WebStack:
     base: str
     gateway: GatewayProcess
     worker: ManagedProcess
+    auth_base: str  # the same stack through a gateway that wants TOKEN
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +55,22 @@ def web_stack(
         "redis_url": redis_server.url,
         "http_port": str(http_port),
     }
+    tokens = tmp / "tokens"
+    tokens.write_text(f"web {TOKEN}\n")
+    tokens.chmod(0o600)
+    auth_settings = {**settings, "http_port": str(free_port()), "auth_tokens_file": str(tokens)}
+    started: list[GatewayProcess] = []
     try:
-        gateway = launch_gateway.start_gateway(settings, tmp, name="web-gateway", cwd=REPO)
+        started.append(launch_gateway.start_gateway(settings, tmp, name="web-gateway", cwd=REPO))
+        started.append(launch_gateway.start_gateway(auth_settings, tmp, name="web-auth-gateway", cwd=REPO))
     except BaseException:
+        for gateway in started:
+            gateway.stop()
         worker.stop()
         raise
-    yield WebStack(f"http://127.0.0.1:{http_port}", gateway, worker)
+    gateway, auth_gateway = started
+    yield WebStack(f"http://127.0.0.1:{http_port}", gateway, worker, auth_gateway.http_url or "")
+    auth_gateway.stop()
     gateway.stop()
     worker.stop()
 
@@ -76,8 +92,8 @@ def console() -> list[str]:
     return []
 
 
-@pytest.fixture
-def page(browser: Any, web_stack: WebStack, console: list[str]) -> Iterator[Any]:
+@contextlib.contextmanager
+def opened_page(browser: Any, url: str, console: list[str]) -> Iterator[Any]:
     # The page runs under its real Content-Security-Policy, so the test, too, reads the page through
     # the DOM (locators, evaluate) and never asks the page to eval a string (wait_for_function).
     context = browser.new_context(viewport={"width": 1280, "height": 1100})
@@ -85,11 +101,23 @@ def page(browser: Any, web_stack: WebStack, console: list[str]) -> Iterator[Any]
     opened.set_default_timeout(TIMEOUT_MS)
     opened.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
     opened.on("pageerror", lambda e: console.append(str(e)))
-    opened.goto(web_stack.base + "/")
+    opened.goto(url)
     yield opened
     context.close()
     # No script error and no Content-Security-Policy violation (reported as console errors).
     assert not console, console
+
+
+@pytest.fixture
+def page(browser: Any, web_stack: WebStack, console: list[str]) -> Iterator[Any]:
+    with opened_page(browser, web_stack.base + "/", console) as opened:
+        yield opened
+
+
+@pytest.fixture
+def auth_page(browser: Any, web_stack: WebStack, console: list[str]) -> Iterator[Any]:
+    with opened_page(browser, web_stack.auth_base + "/", console) as opened:
+        yield opened
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout_s: float = TIMEOUT_MS / 1000) -> None:
@@ -236,3 +264,36 @@ def test_cancel_a_running_restore(page: Any, samples: Path, tmp_path: Path) -> N
     assert "CANCELLED" in page.inner_text("#restore-status")
     assert "was cancelled" in page.inner_text("#restore-status")
     shot(page, tmp_path, "5-cancelled")
+
+
+def test_with_tokens_the_page_shows_the_401_and_sends_the_token(
+    auth_page: Any, console: list[str], samples: Path, tmp_path: Path
+) -> None:
+    page = auth_page
+    # The page itself is public; its first API call (the model list) is refused with the server's message.
+    page.wait_for_selector("#colorize-status.error")
+    refused = page.inner_text("#colorize-status")
+    assert "Bearer <token>" in refused and "UNAUTHENTICATED, HTTP 401" in refused, refused
+    assert "needed" in (page.get_attribute("#token", "class") or "")
+    shot(page, tmp_path, "6-token-wanted")
+    assert console == ["Failed to load resource: the server responded with a status of 401 (Unauthorized)"]
+    console.clear()
+
+    page.fill("#token", TOKEN)
+    page.press("#token", "Tab")  # "change": stored for this tab, and the models are asked for again
+    wait_until(lambda: page.locator("#model option").count() == 3, "the model list")
+    assert page.evaluate("() => sessionStorage.getItem('priorlab.token')") == TOKEN
+    assert TOKEN not in page.url
+
+    page.set_input_files("#colorize-file", str(samples / "aitzgorri_96.png"))
+    wait_result(page, 1)
+
+    # Restore: the submit, and the event stream read with fetch (EventSource could not send the token).
+    page.set_input_files("#restore-file", str(samples / "aitzgorri_96.png"))
+    page.select_option("#restore-task", "denoise")
+    page.fill("#restore-iterations", "10")
+    page.click("#restore-submit")
+    wait_until(lambda: number(page, "#restore-progress") >= 100, "the progress bar at 100 %")
+    page.wait_for_selector("#compare-figure:not([hidden])")
+    assert "done in" in page.inner_text("#restore-status")
+    shot(page, tmp_path, "7-with-token")

@@ -4,14 +4,29 @@
 
 const $ = (id) => document.getElementById(id);
 const DEBOUNCE_MS = 150;
+const TOKEN_KEY = "priorlab.token"; // in sessionStorage: this tab only, gone when it closes; never in a URL
+const STREAM_RETRIES = 5; // reconnections of a job's event stream in a row before giving up
 
 // --- helpers ---------------------------------------------------------------------------------------
 
+/** fetch() of this gateway's API, with the token (when one is set) as `Authorization: Bearer`. */
+function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.set("Authorization", `Bearer ${token}`);
+  return fetch(path, { ...options, headers });
+}
+
 /** The server's error message (its JSON `error.message`), or the HTTP status line. */
 async function errorOf(response) {
+  // 401: the gateway wants a token (none, or not one it knows): point at the field.
+  $("token").classList.toggle("needed", response.status === 401);
   try {
     const body = await response.json();
-    if (body && body.error) return `${body.error.message} (${body.error.code}, HTTP ${response.status})`;
+    if (body && body.error) {
+      const hint = response.status === 401 ? ": enter your token at the top of the page" : "";
+      return `${body.error.message} (${body.error.code}, HTTP ${response.status})${hint}`;
+    }
   } catch (_) { /* not JSON */ }
   return `HTTP ${response.status} ${response.statusText}`;
 }
@@ -48,7 +63,7 @@ const colorize = {
 async function loadModels() {
   const select = $("model");
   try {
-    const response = await fetch("/v1/models");
+    const response = await api("/v1/models");
     if (!response.ok) throw new Error(await errorOf(response));
     const body = await response.json();
     for (const model of body.models) {
@@ -111,7 +126,7 @@ async function runColorize() {
   setStatus(status, "colorizing…");
   const started = performance.now();
   try {
-    const response = await fetch("/v1/colorize", { method: "POST", body: formFor(fields), signal: controller.signal });
+    const response = await api("/v1/colorize", { method: "POST", body: formFor(fields), signal: controller.signal });
     if (!response.ok) throw new Error(await errorOf(response));
     const blob = await response.blob();
     if (colorize.resultUrl) URL.revokeObjectURL(colorize.resultUrl);
@@ -213,7 +228,7 @@ async function openPicker(event, point, index) {
   form.append("y", point[1]);
   form.append("k", $("k").value || "5");
   try {
-    const response = await fetch("/v1/suggest", { method: "POST", body: form });
+    const response = await api("/v1/suggest", { method: "POST", body: form });
     if (!response.ok) throw new Error(await errorOf(response));
     const body = await response.json();
     if (colorize.point !== point) return; // the picker moved on meanwhile
@@ -284,7 +299,7 @@ function setupColorize() {
 
 // --- Restore ---------------------------------------------------------------------------------------
 
-const restore = { file: null, maskFile: null, source: null, jobId: null, painted: false, resultUrl: null };
+const restore = { file: null, maskFile: null, stream: null, jobId: null, painted: false, resultUrl: null };
 
 function syncTask() {
   const task = $("restore-task").value;
@@ -373,12 +388,12 @@ async function submitRestore() {
     form.append("progress_every", String(Math.max(1, Math.floor(iterations / 50)))); // ~50 updates
   }
   form.append("preview", $("restore-preview").checked ? "true" : "false");
-  if (restore.source) restore.source.close();
+  if (restore.stream) restore.stream.abort(); // stop watching the previous job
   $("restore-progress").value = 0;
   $("restore-progress-text").textContent = "";
   $("compare-figure").hidden = true;
   setStatus(status, "submitting…");
-  const response = await fetch("/v1/restore", { method: "POST", body: form });
+  const response = await api("/v1/restore", { method: "POST", body: form });
   if (!response.ok) {
     setStatus(status, await errorOf(response), true);
     return;
@@ -390,56 +405,113 @@ async function submitRestore() {
   watch(job.job_id, job.links.events);
 }
 
+/** One Server-Sent Events block -> {id, name, data} (data null for a comment or keep-alive). */
+function parseEvent(block) {
+  const event = { id: null, name: "message", data: null, retry: null };
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (!line || line.startsWith(":")) continue; // a comment: the server's keep-alive
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "id") event.id = value;
+    else if (field === "event") event.name = value;
+    else if (field === "data") data.push(value);
+    else if (field === "retry" && /^\d+$/.test(value)) event.retry = Number(value);
+  }
+  if (data.length) event.data = data.join("\n");
+  return event;
+}
+
+/**
+ * A job's event stream, read with fetch: EventSource cannot send the Authorization header. Calls
+ * handlers[name](data) for each event until `result` or `failure`; a dropped stream is opened again
+ * with Last-Event-ID (what EventSource does), so only the missed events come. Rejects with the
+ * server's message if it refuses the stream, or after STREAM_RETRIES failed reconnections.
+ */
+async function readEvents(url, handlers, signal) {
+  let lastId = null;
+  let retryMs = 2000;
+  let failures = 0;
+  for (;;) {
+    const headers = lastId === null ? {} : { "Last-Event-ID": lastId };
+    try {
+      const response = await api(url, { headers, signal });
+      if (!response.ok) throw Object.assign(new Error(await errorOf(response)), { final: true });
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value.replace(/\r\n?/g, "\n");
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const event = parseEvent(buffer.slice(0, end));
+          buffer = buffer.slice(end + 2);
+          if (event.retry !== null) retryMs = event.retry;
+          if (event.id !== null) lastId = event.id;
+          if (event.data === null) continue;
+          failures = 0;
+          const handle = handlers[event.name];
+          if (handle) handle(JSON.parse(event.data));
+          if (event.name === "result" || event.name === "failure") return;
+        }
+      }
+    } catch (error) {
+      if (signal.aborted) return; // a newer job replaced this one
+      if (error.final) throw error;
+    }
+    failures += 1;
+    if (failures > STREAM_RETRIES) throw new Error("lost the event stream");
+    await new Promise((resolve) => setTimeout(resolve, retryMs));
+    if (signal.aborted) return;
+  }
+}
+
 function watch(jobId, url) {
   const status = $("restore-status");
-  const source = new EventSource(url);
-  restore.source = source;
-  const end = () => {
-    source.close();
-    $("restore-cancel").disabled = true;
+  const controller = new AbortController();
+  restore.stream = controller;
+  const handlers = {
+    queued: (e) => setStatus(status, `job ${jobId}: queued at ${e.queued.position} of ${e.queued.queue_length}`),
+    started: (e) => {
+      const s = e.started;
+      setStatus(status, `job ${jobId}: running on ${s.worker} (${s.device}), attempt ${s.attempt}`);
+    },
+    progress: (e) => {
+      const p = e.progress;
+      const percent = p.max_iterations ? (100 * p.iteration) / p.max_iterations : 0;
+      $("restore-progress").value = percent;
+      $("restore-progress-text").textContent =
+        `iteration ${p.iteration}/${p.max_iterations} · loss ${Number(p.loss).toPrecision(4)} · ETA ${Math.round(p.eta_s)} s`;
+      if (p.preview) $("restore-preview-img").src = `data:image/png;base64,${p.preview}`;
+    },
+    result: (e) => {
+      const r = e.result;
+      $("restore-progress").value = 100;
+      $("restore-progress-text").textContent = `done: ${r.iterations_run} iterations (iterate ${r.chosen_iteration} chosen)`;
+      const bytes = Uint8Array.from(atob(r.image), (c) => c.charCodeAt(0));
+      if (restore.resultUrl) URL.revokeObjectURL(restore.resultUrl);
+      restore.resultUrl = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
+      $("restore-result").src = restore.resultUrl;
+      $("restore-download").href = restore.resultUrl;
+      $("compare-figure").hidden = false;
+      setStatus(status, `job ${jobId}: done in ${(r.timings.total_ms / 1000).toFixed(1)} s on ${r.device}`);
+    },
+    failure: (f) => setStatus(status, `${f.message} (${f.code}, HTTP ${f.status})`, true),
   };
-  source.addEventListener("queued", (e) => {
-    const q = JSON.parse(e.data).queued;
-    setStatus(status, `job ${jobId}: queued at ${q.position} of ${q.queue_length}`);
-  });
-  source.addEventListener("started", (e) => {
-    const s = JSON.parse(e.data).started;
-    setStatus(status, `job ${jobId}: running on ${s.worker} (${s.device}), attempt ${s.attempt}`);
-  });
-  source.addEventListener("progress", (e) => {
-    const p = JSON.parse(e.data).progress;
-    const percent = p.max_iterations ? (100 * p.iteration) / p.max_iterations : 0;
-    $("restore-progress").value = percent;
-    $("restore-progress-text").textContent =
-      `iteration ${p.iteration}/${p.max_iterations} · loss ${Number(p.loss).toPrecision(4)} · ETA ${Math.round(p.eta_s)} s`;
-    if (p.preview) $("restore-preview-img").src = `data:image/png;base64,${p.preview}`;
-  });
-  source.addEventListener("result", (e) => {
-    end();
-    const r = JSON.parse(e.data).result;
-    $("restore-progress").value = 100;
-    $("restore-progress-text").textContent = `done: ${r.iterations_run} iterations (iterate ${r.chosen_iteration} chosen)`;
-    const bytes = Uint8Array.from(atob(r.image), (c) => c.charCodeAt(0));
-    if (restore.resultUrl) URL.revokeObjectURL(restore.resultUrl);
-    restore.resultUrl = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
-    $("restore-result").src = restore.resultUrl;
-    $("restore-download").href = restore.resultUrl;
-    $("compare-figure").hidden = false;
-    setStatus(status, `job ${jobId}: done in ${(r.timings.total_ms / 1000).toFixed(1)} s on ${r.device}`);
-  });
-  source.addEventListener("failure", (e) => {
-    end();
-    const f = JSON.parse(e.data);
-    setStatus(status, `${f.message} (${f.code}, HTTP ${f.status})`, true);
-  });
-  source.onerror = () => {
-    if (source.readyState === EventSource.CLOSED) setStatus(status, `job ${jobId}: lost the event stream`, true);
-  };
+  readEvents(url, handlers, controller.signal)
+    .catch((error) => setStatus(status, `job ${jobId}: ${error.message}`, true))
+    .finally(() => {
+      if (restore.stream !== controller) return; // a newer job's stream owns the page now
+      restore.stream = null;
+      $("restore-cancel").disabled = true;
+    });
 }
 
 async function cancelRestore() {
   if (!restore.jobId) return;
-  const response = await fetch(`/v1/restore/${restore.jobId}/cancel`, { method: "POST" });
+  const response = await api(`/v1/restore/${restore.jobId}/cancel`, { method: "POST" });
   if (!response.ok) setStatus($("restore-status"), await errorOf(response), true);
   // The stream then ends with a `failure` event (CANCELLED), which the watcher shows.
 }
@@ -454,5 +526,21 @@ function setupRestore() {
   $("compare-slider").addEventListener("input", (e) => { $("compare-before").style.width = `${e.target.value}%`; });
 }
 
+function setupToken() {
+  const field = $("token");
+  field.value = sessionStorage.getItem(TOKEN_KEY) || "";
+  field.addEventListener("change", () => {
+    const token = field.value.trim();
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+    field.classList.remove("needed");
+    if (!Object.keys(colorize.models).length) { // the list failed without a token: try again
+      setStatus($("colorize-status"), "");
+      loadModels();
+    }
+  });
+}
+
+setupToken();
 setupColorize();
 setupRestore();
