@@ -144,7 +144,9 @@ async def serve(settings: Settings) -> None:
         raise
     target = f"{settings.host}:{gateway.port}"
     metrics = f"http://{settings.host}:{settings.metrics_port}/metrics" if settings.metrics_port else "off"
-    web = f"http://{settings.host}:{gateway.http.port}/" if gateway.http is not None else "off"
+    web = (
+        f"{gateway.http.scheme}://{settings.host}:{gateway.http.port}/" if gateway.http is not None else "off"
+    )
     _say(
         f"\npriorlab is up (Ctrl-C stops it):\n"
         f"  gateway gRPC   {target}   (priorlab.v1.Colorizer, priorlab.v1.Restorer, health, reflection)\n"
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     http_port = args.http_port
     if http_port is None:
         http_port = settings.http_port if "PRIORLAB_HTTP_PORT" in os.environ else HTTP_PORT_DEFAULT
-    try:  # a bad combination (say tokens with the HTTP API on) or token file fails here, before any start
+    try:  # a bad combination (say a key without its certificate) or token file fails here, before any start
         settings = dataclasses.replace(
             settings,
             port=settings.port if args.port is None else args.port,
