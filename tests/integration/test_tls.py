@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from contract import ModelSpec
 from service.bus.jobs import JobBus, new_job_id, submitted_unix
 from service.client import build_parser, call_metadata, connect
+from service.gateway.auth import http_ssl_context
 from service.gateway.server import create_server
 from service.gateway.settings import Settings
 from service.launch.gateway import ClientTls, start_gateway
@@ -172,6 +173,18 @@ def test_the_command_line_client_speaks_mutual_tls_and_sends_its_token(
     assert results[0] == (grpc.StatusCode.OK, (("authorization", f"Bearer {token}"),))
     assert results[1][0] == grpc.StatusCode.UNAVAILABLE  # no client certificate
     assert results[2][0] == grpc.StatusCode.UNAVAILABLE  # plaintext
+
+
+def test_the_http_ports_tls_is_the_grpc_ports(pki: Path, tmp_path: Path) -> None:
+    context = http_ssl_context(str(pki / "server.pem"), str(pki / "server.key"), str(pki / "ca.pem"))
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert http_ssl_context(str(pki / "server.pem"), str(pki / "server.key")).verify_mode == ssl.CERT_NONE
+    with pytest.raises(OSError, match=r"could not load the TLS certificate .*missing\.pem"):
+        http_ssl_context(str(tmp_path / "missing.pem"), str(pki / "server.key"))
+    with pytest.raises(OSError, match="could not load"):
+        http_ssl_context(str(pki / "server.pem"), str(pki / "client.key"))  # not the certificate's key
+    with pytest.raises(OSError, match=r"could not read the client CA bundle .*none\.pem"):
+        http_ssl_context(str(pki / "server.pem"), str(pki / "server.key"), str(tmp_path / "none.pem"))
 
 
 # --- HTTP: a gateway process with TLS, a client CA and tokens --------------------------------------

@@ -123,6 +123,15 @@ def test_a_bad_token_file_fails_start_up_naming_the_line(tmp_path: Path, text: s
     assert str(path) in str(info.value)
 
 
+def test_the_http_header_goes_through_the_same_parser(tokens_file: Path) -> None:
+    table = TokenTable.load(tokens_file)
+    assert table.client_of_header(f"Bearer {ALICE}") == "alice"
+    assert table.client_of_header(f"bearer  {BOB} ") == "bob"  # scheme case, spaces
+    assert table.client_of_header(ALICE) is None and table.client_of_header(f"Basic {ALICE}") is None
+    assert table.client_of_header("Bearer ") is None and table.client_of_header(None) is None
+    assert table.client_of_header("Bearer not-a-known-token-0123") is None
+
+
 def test_one_client_may_have_two_tokens_for_rotation(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     path.write_text(f"alice {ALICE}\nalice {BOB}\n")
