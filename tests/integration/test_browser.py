@@ -297,3 +297,30 @@ def test_with_tokens_the_page_shows_the_401_and_sends_the_token(
     page.wait_for_selector("#compare-figure:not([hidden])")
     assert "done in" in page.inner_text("#restore-status")
     shot(page, tmp_path, "7-with-token")
+
+
+def test_a_dropped_event_stream_is_resumed_where_it_stopped(page: Any, samples: Path, tmp_path: Path) -> None:
+    """The page reads the stream with fetch, so it reconnects itself (EventSource did): after the cut,
+    again with Last-Event-ID, and the server sends only what came after."""
+    asked: list[str | None] = []
+
+    def cut_the_first(route: Any) -> None:
+        asked.append(route.request.headers.get("last-event-id"))
+        if len(asked) > 1:
+            route.continue_()
+            return
+        # One event, then the connection ends, as a proxy that cut the stream would leave it.
+        queued = 'id: 1\nevent: queued\ndata: {"queued": {"position": 7, "queue_length": 7}}\n\n'
+        route.fulfill(
+            status=200, headers={"Content-Type": "text/event-stream"}, body="retry: 100\n\n" + queued
+        )
+
+    page.route(re.compile(r"/v1/restore/\w+/events$"), cut_the_first)
+    page.set_input_files("#restore-file", str(samples / "aitzgorri_96.png"))
+    page.select_option("#restore-task", "denoise")
+    page.fill("#restore-iterations", "10")
+    page.click("#restore-submit")
+    wait_until(lambda: number(page, "#restore-progress") >= 100, "the progress bar at 100 %")
+    page.wait_for_selector("#compare-figure:not([hidden])")
+    assert "done in" in page.inner_text("#restore-status")
+    assert asked == [None, "1"]
