@@ -34,6 +34,7 @@ log = logging.getLogger("bench")
 MODULES = {
     "perf_analyzer": "bench.sweep",
     "gateway": "bench.load",
+    "gateway_overhead": "bench.gateway_overhead",
     "baseline": "bench.baseline",
     "kernels": "bench.kernels",
     "placement": "bench.placement",

@@ -14,7 +14,7 @@ BENCH_DATA_ENV = "PRIORLAB_BENCH_DATA"
 EVAL_IMAGES = Path(os.environ.get(BENCH_DATA_ENV) or ROOT / "samples")
 MODEL_REPOSITORY = ROOT / "model_repository"
 
-PARTS = ("perf_analyzer", "gateway", "baseline", "kernels", "placement", "dip")
+PARTS = ("perf_analyzer", "gateway", "gateway_overhead", "baseline", "kernels", "placement", "dip")
 
 
 @dataclass(frozen=True)

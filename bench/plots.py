@@ -79,6 +79,42 @@ def breakdown(stages: Mapping[str, float], path: Path, title: str) -> Path | Non
     return _save(fig, plt, path)
 
 
+def stacked_bars(
+    panels: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path, title: str
+) -> Path | None:
+    """One panel per group (e.g. an image size), in it one horizontal stacked bar per row (e.g. the
+    bare codec and each model), one colour per stage (ms): where each row's time goes."""
+    if not panels:
+        return None
+    plt = _pyplot()
+    stages = list(dict.fromkeys(s for rows in panels.values() for row in rows.values() for s in row))
+    colours = {stage: plt.get_cmap("tab10")(i % 10) for i, stage in enumerate(stages)}
+    heights = [len(rows) for rows in panels.values()]
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(10, 0.42 * sum(heights) + 1.2 * len(panels) + 0.8), squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )  # fmt: skip
+    for ax, (group, rows) in zip(axes[:, 0], panels.items(), strict=True):
+        names = list(rows)
+        for y, name in enumerate(names):
+            left = 0.0
+            for stage, ms in rows[name].items():
+                ax.barh([y], [ms], left=left, color=colours[stage])
+                left += ms
+            ax.annotate(f"{left:.1f} ms", (left, y), xytext=(3, 0), textcoords="offset points", va="center")
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(group, fontsize=9, loc="left")
+        ax.set_xlim(right=ax.get_xlim()[1] * 1.12)  # room for the totals
+        ax.grid(alpha=0.3, axis="x")
+    axes[-1, 0].set_xlabel("ms")
+    fig.suptitle(title, fontsize=10)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[s]) for s in stages]
+    fig.legend(handles, stages, ncol=4, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, -0.06))
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
 def bars(values: Mapping[str, float], path: Path, title: str, ylabel: str) -> Path | None:
     if not values:
         return None

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,46 +85,76 @@ class _Prepared:
         return self.source_format if self.source_format in codec.OUTPUT_FORMATS else "PNG"
 
 
+# Called with a stage's name as each stage ends: bench.gateway_overhead times the real functions so.
+Lap = Callable[[str], None]
+
+
+def _no_lap(stage: str) -> None:
+    pass
+
+
 def prepare(
-    image: bytes, spec: ModelSpec, options: ColorizeOptions, *, max_pixels: int, max_bytes: int
+    image: bytes,
+    spec: ModelSpec,
+    options: ColorizeOptions,
+    *,
+    max_pixels: int,
+    max_bytes: int,
+    lap: Lap = _no_lap,
 ) -> _Prepared:
     """Decode and validate; L at full resolution, and the model's inputs at the working size."""
     decoded = codec.decode(image, max_pixels=max_pixels, max_bytes=max_bytes)
+    lap("decode")
     # A gray image needs one table lookup per pixel, not a colour conversion.
     lightness = lab.gray_to_l(decoded.pixels) if decoded.is_gray else lab.srgb_to_l(decoded.pixels)
+    lap("sRGB→L")
     size = options.working_size
     inputs = {"L": ab_decode.resize_l(lightness, (size, size))[None, None]}
+    lap("resize L")
     names = {t.name for t in spec.inputs}
     if "T" in names:
         inputs["T"] = np.full((1, 1), options.temperature or ANNEALED_T_DEFAULT, np.float32)
     if "ab_hint" in names:
         height, width = lightness.shape
         inputs["ab_hint"], inputs["hint_mask"] = hints.hint_tensors(options.hints, height, width, size)
+        lap("hints")
     return _Prepared(lightness, inputs, decoded.alpha, decoded.format)
 
 
-def finish(prepared: _Prepared, ab_small: NDArray[Any], options: ColorizeOptions) -> tuple[bytes, str]:
+def finish(
+    prepared: _Prepared, ab_small: NDArray[Any], options: ColorizeOptions, *, lap: Lap = _no_lap
+) -> tuple[bytes, str]:
     """(2, h, w) ab -> bilinear to full resolution -> with the original L -> sRGB -> (bytes, format)."""
     height, width = prepared.lightness.shape
     a, b = ab_decode.resize_ab(ab_small, (height, width))
     rgb = lab.lab_planes_to_srgb_uint8(prepared.lightness, a, b)
+    lap("ab upsample + Lab→sRGB")
     fmt = prepared.output_format(options.output_format)
-    return codec.encode(rgb, prepared.alpha, fmt, options.quality), fmt
+    encoded = codec.encode(rgb, prepared.alpha, fmt, options.quality)
+    lap("encode")
+    return encoded, fmt
 
 
 def postprocess(
-    prepared: _Prepared, outputs: dict[str, NDArray[Any]], options: ColorizeOptions
+    prepared: _Prepared,
+    outputs: dict[str, NDArray[Any]],
+    options: ColorizeOptions,
+    *,
+    lap: Lap = _no_lap,
 ) -> tuple[bytes, str]:
     if "ab" in outputs:  # decoded in the graph (eccv16_ab) or regressed (siggraph17)
         ab_small = outputs["ab"][0].astype(np.float32)
+        lap("ab to float32")
     elif "hue" in outputs:  # larsson16: decoded with the working-size L the network saw
         ab_small = hue_chroma.decode_ab(
             outputs["hue"][0], outputs["chroma"][0], prepared.inputs["L"][0, 0],
             hue_method=options.hue_decode, chroma_method=options.chroma_decode,
         )  # fmt: skip
+        lap("hue/chroma decode")
     else:
         ab_small = ab_decode.annealed_mean(outputs["logits"], options.temperature or ANNEALED_T_DEFAULT)[0]
-    return finish(prepared, ab_small, options)
+        lap("annealed mean")
+    return finish(prepared, ab_small, options, lap=lap)
 
 
 def served_model(model: str, settings: Settings) -> ModelSpec:

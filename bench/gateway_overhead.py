@@ -1,0 +1,477 @@
+"""The gateway's own work on one image against the bare codec on the same image (issue #19, ask 3).
+
+    .venv/bin/python -m bench.gateway_overhead            # -> bench/results/gateway_overhead.{json,md,png}
+    .venv/bin/python -m bench.gateway_overhead --quick    # -> bench/results/quick/
+    .venv/bin/python -m bench --only gateway_overhead     # the same, as a part of the benchmark report
+
+For each size (768×512, 512², 2048²) the photos of samples/ (or PRIORLAB_BENCH_DATA) are centre-cropped
+to the size's aspect, resized and written as JPEG q90; then, in one loop that interleaves them:
+
+- the bare codec: decode + encode of that JPEG (q90, 4:2:0) with every codec candidate importable here;
+- the gateway's own work with its real functions, `service.gateway.colorize.prepare` and `postprocess`
+  (JPEG in, JPEG out, working size 256), per model kind. Triton is replaced by a precomputed output of
+  the model's shape, made from the photo's own colours (a peaked distribution around its true ab), so
+  the decoders see realistic values; the Triton call is not the gateway's work and is excluded.
+
+The figure is gateway ÷ bare codec per size and model, against the fastest candidate's bare time (the
+strictest denominator). The stages come from the same calls (the `lap` hook of `prepare`/`postprocess`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from bench import machine, plots
+from bench.config import RESULTS
+from bench.figures import Figure, format_value, goal_text, verdict
+from bench.inputs import jpeg_bytes, load_rgb, photo_paths
+from bench.report import table
+from contract import MODELS, WORKING_SIZE_DEFAULT, ModelSpec
+from service.color import ab_decode, lab
+from service.gateway import colorize
+
+log = logging.getLogger(__name__)
+
+GOAL = 2.0  # gateway's own time <= 2x the bare codec's on the same image
+SIZES: tuple[tuple[int, int], ...] = ((768, 512), (512, 512), (2048, 2048))  # (width, height)
+MODEL_KINDS = ("eccv16", "siggraph17", "larsson16")  # 313-bin annealed mean, direct ab, hue/chroma
+QUALITY = 90
+_LIMITS = {"max_pixels": 50_000_000, "max_bytes": 64 << 20}
+# ISA extensions worth naming in a report, in rising order (x86-64 psABI levels v2..v4, then extras).
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_fp16", "avx_vnni", "amx_tile")
+
+
+# ---- what the numbers were measured on -------------------------------------------------------------
+
+
+def isa(flags: Iterable[str]) -> dict[str, Any]:
+    """x86-64 micro-architecture level and the SIMD extensions present, from /proc/cpuinfo's flags."""
+    present = set(flags)
+    levels = (
+        ("x86-64-v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
+        ("x86-64-v3", {"avx", "avx2", "bmi1", "bmi2", "fma", "movbe"}),
+        ("x86-64-v2", {"sse4_1", "sse4_2", "ssse3", "popcnt"}),
+    )
+    level = next((name for name, needed in levels if needed <= present), "x86-64" if present else "unknown")
+    return {"level": level, "simd": [f for f in _ISA_FLAGS if f in present]}
+
+
+def cpu_flags(path: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The first CPU's `flags` line (empty where the file is missing, e.g. not Linux)."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == "flags":
+                return value.split()
+    except OSError:
+        pass
+    return []
+
+
+# ---- inputs ----------------------------------------------------------------------------------------
+
+
+def fit(rgb: NDArray[np.uint8], width: int, height: int) -> NDArray[np.uint8]:
+    """Centre crop to width:height, then PIL bicubic to width x height."""
+    rows, cols = rgb.shape[:2]
+    if cols * height > rows * width:  # too wide: keep the full height
+        crop_w, crop_h = rows * width // height, rows
+    else:
+        crop_w, crop_h = cols, cols * height // width
+    top, left = (rows - crop_h) // 2, (cols - crop_w) // 2
+    image = Image.fromarray(np.ascontiguousarray(rgb[top : top + crop_h, left : left + crop_w]))
+    return np.asarray(image.resize((width, height), Image.Resampling.BICUBIC))
+
+
+def true_ab(rgb: NDArray[np.uint8], size: int) -> NDArray[np.float32]:
+    """(2, size, size) ab of the photo at the working size: what a perfect colorizer would predict."""
+    small = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC))
+    return np.ascontiguousarray(lab.srgb_to_lab(small)[..., 1:].transpose(2, 0, 1), np.float32)
+
+
+def _pooled(ab: NDArray[np.float32], stride: int) -> NDArray[np.float32]:
+    _, rows, cols = ab.shape
+    return ab.reshape(2, rows // stride, stride, cols // stride, stride).mean(axis=(2, 4))
+
+
+def _peaked(distance2: NDArray[Any], width: float) -> NDArray[np.float16]:
+    """Logits of a distribution peaked where `distance2` (bins, h, w) is small."""
+    return (-distance2 / np.float32(2 * width * width)).astype(np.float16)[None]
+
+
+def model_outputs(spec: ModelSpec, ab: NDArray[np.float32]) -> dict[str, NDArray[Any]]:
+    """Triton's answer for `spec`, shaped by the contract, peaked around the photo's true ab `(2, S, S)`."""
+    size = ab.shape[-1]
+    outputs: dict[str, NDArray[Any]] = {}
+    for tensor in spec.outputs:
+        stride = tensor.stride
+        small = _pooled(ab, stride) if stride > 1 else ab
+        if tensor.name == "ab":
+            outputs["ab"] = small[None].astype(tensor.numpy_dtype)
+        elif tensor.name == "logits":
+            grid = ab_decode.ab_bins() if tensor.dims[0] == ab_decode.ab_bins().shape[0] else _grid_bins()
+            d2 = ((grid[:, :, None, None] - small[None]) ** 2).sum(axis=1)
+            outputs["logits"] = _peaked(d2, 10.0)
+        elif tensor.name in ("hue", "chroma"):
+            rgb = lab.lab_to_srgb(np.stack([np.full(small.shape[1:], 50.0, np.float32), *small], axis=-1))
+            value = _hue(rgb) if tensor.name == "hue" else rgb.max(axis=-1) - rgb.min(axis=-1)
+            centres = (np.arange(tensor.dims[0], dtype=np.float32) + 0.5) / tensor.dims[0]
+            d2 = (centres[:, None, None] - value[None]) ** 2
+            outputs[tensor.name] = np.exp(_peaked(d2, 0.05).astype(np.float32)).astype(np.float16)
+        else:
+            raise ValueError(f"no synthetic output for {spec.name}'s {tensor.name!r}")
+        if outputs[tensor.name].shape != tensor.shape(1, size, size):
+            raise ValueError(f"{tensor.name}: made {outputs[tensor.name].shape}, contract says otherwise")
+    return outputs
+
+
+def _grid_bins() -> NDArray[np.float32]:
+    """SIGGRAPH17's 23x23 ab grid, a-major, 10 units apart from -110."""
+    axis = np.arange(-110, 120, 10, dtype=np.float32)
+    return np.stack(np.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2)
+
+
+def _hue(rgb: NDArray[np.float32]) -> NDArray[np.float32]:
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return (np.arctan2(np.sqrt(3) * (g - b), 2 * r - g - b) / (2 * np.pi) % 1.0).astype(np.float32)
+
+
+# ---- the two sides of the ratio --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A JPEG codec candidate for the bare-codec baseline: decode to RGB, encode RGB at q90, 4:2:0."""
+
+    name: str
+    decode: Callable[[bytes], NDArray[np.uint8]]
+    encode: Callable[[NDArray[np.uint8]], bytes]
+
+
+def codec_candidates() -> list[Codec]:
+    """Every candidate importable here (Pillow always)."""
+    found = [Codec("pillow", _pil_decode, _pil_encode)]
+    try:
+        import simplejpeg
+    except ImportError:
+        log.info("simplejpeg not installed: not a candidate")
+    else:
+        found.append(
+            Codec(
+                "simplejpeg",
+                lambda data: simplejpeg.decode_jpeg(data, colorspace="RGB"),
+                lambda rgb: simplejpeg.encode_jpeg(rgb, QUALITY, colorspace="RGB", colorsubsampling="420"),
+            )
+        )
+    try:
+        import turbojpeg
+
+        tj = turbojpeg.TurboJPEG()  # OSError/RuntimeError: no (or too old a) libturbojpeg
+    except (ImportError, OSError, RuntimeError) as exc:
+        log.info("PyTurboJPEG not usable: %s", exc)
+    else:
+        found.append(
+            Codec(
+                "pyturbojpeg",
+                lambda data: tj.decode(data, pixel_format=turbojpeg.TJPF_RGB),
+                lambda rgb: tj.encode(rgb, QUALITY, turbojpeg.TJPF_RGB, turbojpeg.TJSAMP_420),
+            )
+        )
+    return found
+
+
+def _pil_decode(data: bytes) -> NDArray[np.uint8]:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image)
+
+
+def _pil_encode(rgb: NDArray[np.uint8]) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=QUALITY)
+    return buffer.getvalue()
+
+
+class Laps:
+    """The `lap` hook of colorize.prepare/postprocess: ms per stage since the previous lap."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._last) * 1e3
+        self._last = now
+
+    def restart(self) -> None:
+        self._last = time.perf_counter()
+
+
+def gateway_once(image: bytes, spec: ModelSpec, outputs: Mapping[str, NDArray[Any]]) -> dict[str, float]:
+    """One JPEG-in, JPEG-out Colorize without Triton: ms per stage and 'total'."""
+    options = colorize.ColorizeOptions(
+        model=spec.name,
+        temperature=None,
+        working_size=WORKING_SIZE_DEFAULT,
+        output_format="",
+        quality=QUALITY,
+    )
+    laps = Laps()
+    laps.restart()
+    start = time.perf_counter()
+    prepared = colorize.prepare(image, spec, options, **_LIMITS, lap=laps)
+    prepared_at = time.perf_counter()
+    laps.restart()  # the Triton call would be here: not the gateway's work
+    post_start = time.perf_counter()
+    encoded, fmt = colorize.postprocess(prepared, dict(outputs), options, lap=laps)
+    end = time.perf_counter()
+    if fmt != "JPEG" or not encoded:
+        raise RuntimeError(f"{spec.name}: expected JPEG out, got {fmt} ({len(encoded)} bytes)")
+    return {**laps.ms, "total": (prepared_at - start + end - post_start) * 1e3}
+
+
+# ---- one run ---------------------------------------------------------------------------------------
+
+
+def medians(samples: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    return {name: statistics.median(values) for name, values in samples.items() if values}
+
+
+def measure_size(
+    width: int, height: int, photos: Sequence[NDArray[np.uint8]], codecs: Sequence[Codec], reps: int
+) -> dict[str, Any]:
+    """Bare codec per candidate and the gateway per model kind on the same JPEGs, interleaved."""
+    jpegs = [jpeg_bytes(fit(rgb, width, height), QUALITY) for rgb in photos]
+    specs = [MODELS[kind] for kind in MODEL_KINDS]
+    outputs = {
+        spec.name: [
+            model_outputs(spec, true_ab(fit(rgb, width, height), WORKING_SIZE_DEFAULT)) for rgb in photos
+        ]
+        for spec in specs
+    }
+    bare: dict[str, dict[str, list[float]]] = {
+        c.name: {"decode": [], "encode": [], "total": []} for c in codecs
+    }
+    gateway: dict[str, dict[str, list[float]]] = {spec.name: {} for spec in specs}
+    for rep in range(reps + 1):  # the first pass warms caches, tables and lazy imports: not counted
+        for index, image in enumerate(jpegs):
+            for codec in codecs:
+                start = time.perf_counter()
+                rgb = codec.decode(image)
+                decoded = time.perf_counter()
+                codec.encode(rgb)
+                end = time.perf_counter()
+                if rep:
+                    for key, ms in (
+                        ("decode", decoded - start),
+                        ("encode", end - decoded),
+                        ("total", end - start),
+                    ):
+                        bare[codec.name][key].append(ms * 1e3)
+            for spec in specs:
+                stages = gateway_once(image, spec, outputs[spec.name][index])
+                if rep:
+                    for key, ms in stages.items():
+                        gateway[spec.name].setdefault(key, []).append(ms)
+    bare_ms = {name: medians(s) for name, s in bare.items()}
+    fastest = min(bare_ms, key=lambda name: bare_ms[name]["total"])
+    return {
+        "size": f"{width}x{height}",
+        "jpeg_kib": round(statistics.mean(len(j) for j in jpegs) / 1024, 1),
+        "samples": reps * len(jpegs),
+        "bare_ms": bare_ms,
+        "fastest_codec": fastest,
+        "gateway_ms": {name: medians(s) for name, s in gateway.items()},
+    }
+
+
+def figures(sizes: Sequence[Mapping[str, Any]]) -> list[Figure]:
+    """gateway ÷ fastest bare codec, per size and model kind."""
+    found = []
+    for entry in sizes:
+        bare = entry["bare_ms"][entry["fastest_codec"]]["total"]
+        for model, stages in entry["gateway_ms"].items():
+            found.append(
+                Figure(
+                    key=f"gateway_over_codec_{model}_{entry['size']}",
+                    label=f"gateway's own time ÷ bare JPEG decode+encode ({model}, {entry['size']} JPEG in "
+                    "and out, working size 256, Triton excluded)",
+                    value=stages["total"] / bare,
+                    goal=GOAL,
+                    direction="<=",
+                    context=f"gateway {stages['total']:.1f} ms, bare {entry['fastest_codec']} {bare:.1f} ms",
+                )
+            )
+    return found
+
+
+def breakdown_rows(sizes: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Plot panels: per size, the fastest bare codec's decode and encode, then each model's stages (ms)."""
+    panels: dict[str, dict[str, dict[str, float]]] = {}
+    for entry in sizes:
+        fastest = entry["fastest_codec"]
+        bare = entry["bare_ms"][fastest]
+        rows = {f"bare codec ({fastest})": {"decode": bare["decode"], "encode": bare["encode"]}}
+        for model, stages in entry["gateway_ms"].items():
+            rows[f"gateway, {model}"] = {k: v for k, v in stages.items() if k != "total"}
+        panels[entry["size"]] = rows
+    return panels
+
+
+def render(document: Mapping[str, Any]) -> str:
+    """gateway_overhead.md from the JSON document (pure)."""
+    env = document["environment"]
+    lines = [
+        "# Gateway overhead: the gateway's own work ÷ the bare codec",
+        "",
+        f"`{document['command']}` on {document['generated']}"
+        + (" — **quick smoke run**: noisy, do not quote." if document["quick"] else "."),
+        f"CPU {env['cpu']} ({env['isa']['level']}: {', '.join(env['isa']['simd'])}), "
+        f"load average {env['load_before']} → {env['load_after']}, OMP threads {env['omp_threads']}.",
+        "Gateway = `colorize.prepare` + `colorize.postprocess` (JPEG in, JPEG out q90, working size 256, the "
+        "model's output precomputed: Triton excluded). Bare = decode + encode of the same JPEG. Medians.",
+        "",
+        "## Figures",
+        "",
+        *table(
+            ("size", "model", "gateway ms", "bare ms (fastest)", "ratio", "goal", "verdict"),
+            (
+                (
+                    f["key"].rsplit("_", 1)[1],
+                    f["key"].split("_")[3],
+                    f["context"].split(",")[0].removeprefix("gateway ").removesuffix(" ms"),
+                    f["context"].split(", bare ")[1],
+                    format_value(f["value"], "×"),
+                    goal_text(f),
+                    verdict(f),
+                )
+                for f in document["figures"]
+            ),
+        ),
+        "## Bare codec candidates (decode + encode ms)",
+        "",
+    ]
+    codecs = list(document["sizes"][0]["bare_ms"]) if document["sizes"] else []
+    lines += table(
+        ("size", *codecs),
+        (
+            (
+                e["size"],
+                *(_codec_cell(e["bare_ms"][c]) for c in codecs),
+            )
+            for e in document["sizes"]
+        ),
+    )
+    lines += ["## Gateway stages (ms)", ""]
+    for entry in document["sizes"]:
+        stage_names = list(dict.fromkeys(k for s in entry["gateway_ms"].values() for k in s))
+        lines += [f"{entry['size']} ({entry['jpeg_kib']} KiB JPEG, {entry['samples']} samples per cell):", ""]
+        lines += table(
+            ("model", *stage_names),
+            (
+                (model, *(f"{stages[k]:.2f}" if k in stages else "—" for k in stage_names))
+                for model, stages in entry["gateway_ms"].items()
+            ),
+        )
+    lines += [f"![{document['plot']}]({document['plot']})", ""] if document.get("plot") else []
+    lines += [f"- {note}" for note in document.get("notes", [])]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _codec_cell(ms: Mapping[str, float]) -> str:
+    return f"{ms['decode']:.2f} + {ms['encode']:.2f} = {ms['total']:.2f}"
+
+
+def measure(*, quick: bool, max_photos: int) -> dict[str, Any]:
+    paths = photo_paths(max_photos)
+    photos = [load_rgb(p) for p in paths]
+    codecs = codec_candidates()
+    load_before = machine.load_average()
+    sizes = []
+    for width, height in SIZES:
+        reps = (1 if quick else 3) if width * height > 1_000_000 else (2 if quick else 15)
+        log.info("%dx%d: %d photos x %d passes", width, height, len(photos), reps)
+        sizes.append(measure_size(width, height, photos, codecs, reps))
+    return {
+        "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "quick": quick,
+        "photos": [p.name for p in paths],
+        "environment": {
+            **machine.describe(),
+            "isa": isa(cpu_flags()),
+            "omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+            "load_before": load_before,
+            "load_after": machine.load_average(),
+        },
+        "codecs": [c.name for c in codecs],
+        "sizes": sizes,
+        "figures": [f.as_dict() for f in figures(sizes)],
+    }
+
+
+def write(document: dict[str, Any], out: Path, stem: str = "gateway_overhead") -> dict[str, Any]:
+    """JSON, markdown and the stage breakdown PNG under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    plot = plots.stacked_bars(
+        breakdown_rows(document["sizes"]),
+        out / f"{stem}.png",
+        "gateway's own work per stage vs the bare codec (JPEG in/out, Triton excluded)",
+    )
+    document["plot"] = plot.name if plot else None
+    (out / f"{stem}.json").write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+    (out / f"{stem}.md").write_text(render(document))
+    return document
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    """As a part of `python -m bench` (bench/__main__.py)."""
+    document = measure(quick=ctx.config.quick, max_photos=ctx.config.max_photos)
+    document["command"] = "python -m bench" + (" --quick" if ctx.config.quick else "")
+    write(document, ctx.out)
+    return {
+        "markdown": "gateway_overhead.md",
+        "plots": [document["plot"]] if document["plot"] else [],
+        "notes": [f"per-stage tables: gateway_overhead.md; ISA {document['environment']['isa']['level']}"],
+        "sizes": document["sizes"],
+        "figures": document["figures"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gateway_overhead", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="2 passes (1 at 2048²): a smoke run")
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
+    parser.add_argument("--max-photos", type=int, default=5)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    document = measure(quick=args.quick, max_photos=args.max_photos)
+    document["command"] = "python -m bench.gateway_overhead" + (" --quick" if args.quick else "")
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    write(document, out)
+    for figure in document["figures"]:
+        value = format_value(figure["value"], "×")
+        print(f"{value:>8}  {verdict(figure):<12} {figure['context']}  {figure['key']}")
+    print(f"wrote {out / 'gateway_overhead.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

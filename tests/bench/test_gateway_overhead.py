@@ -1,0 +1,165 @@
+"""bench.gateway_overhead: its pure parts, and one real gateway pass on a small JPEG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench import gateway_overhead as go
+from bench.inputs import jpeg_bytes
+from contract import MODELS, WORKING_SIZE_DEFAULT
+from service.color import ab_decode, hue_chroma, lab
+
+
+def _photo(height: int = 120, width: int = 200) -> np.ndarray:
+    """A smooth colourful image (not noise): hue across, lightness down."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x / width, y / height, 1 - x / width], axis=-1) * 255
+    return rgb.astype(np.uint8)
+
+
+class TestIsa:
+    def test_levels(self) -> None:
+        v2 = ["sse4_1", "sse4_2", "ssse3", "popcnt"]
+        v3 = [*v2, "avx", "avx2", "bmi1", "bmi2", "fma", "movbe"]
+        v4 = [*v3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_fp16"]
+        assert go.isa(v2)["level"] == "x86-64-v2"
+        assert go.isa(v3) == {"level": "x86-64-v3", "simd": ["sse4_2", "avx", "avx2", "fma"]}
+        assert go.isa(v4)["level"] == "x86-64-v4" and "avx512_fp16" in go.isa(v4)["simd"]
+        assert go.isa(["fpu"])["level"] == "x86-64"
+        assert go.isa([])["level"] == "unknown"
+
+    def test_cpu_flags_reads_the_first_flags_line(self, tmp_path: Path) -> None:
+        info = tmp_path / "cpuinfo"
+        info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+        assert go.cpu_flags(info) == ["fpu", "avx2", "fma"]
+        assert go.cpu_flags(tmp_path / "missing") == []
+
+
+class TestInputs:
+    @pytest.mark.parametrize(("width", "height"), [(768, 512), (512, 512), (96, 160)])
+    def test_fit_crops_to_the_aspect_then_resizes(self, width: int, height: int) -> None:
+        rgb = _photo()
+        out = go.fit(rgb, width, height)
+        assert out.shape == (height, width, 3) and out.dtype == np.uint8
+        # A centre crop: the middle pixel keeps its colour.
+        np.testing.assert_allclose(out[height // 2, width // 2], rgb[60, 100], atol=6)
+
+    @pytest.mark.parametrize("model", go.MODEL_KINDS)
+    def test_model_outputs_follow_the_contract(self, model: str) -> None:
+        spec = MODELS[model]
+        ab = go.true_ab(_photo(), 64)
+        outputs = go.model_outputs(spec, ab)
+        assert set(outputs) == {t.name for t in spec.outputs}
+        for tensor in spec.outputs:
+            assert outputs[tensor.name].shape == tensor.shape(1, 64, 64)
+            assert outputs[tensor.name].dtype == np.dtype(tensor.numpy_dtype)
+            assert np.isfinite(outputs[tensor.name].astype(np.float32)).all()
+
+    def test_eccv16_logits_decode_near_the_true_colour(self) -> None:
+        ab = go.true_ab(_photo(), 64)
+        logits = go.model_outputs(MODELS["eccv16"], ab)["logits"]
+        decoded = ab_decode.annealed_mean(logits, 1.0)[0]
+        expected = ab.reshape(2, 16, 4, 16, 4).mean(axis=(2, 4))
+        assert np.median(np.abs(decoded - expected)) < 3.0  # Lab units; bins are 10 apart
+
+    def test_larsson16_hue_peaks_at_the_true_hue(self) -> None:
+        ab = go.true_ab(_photo(), 64)
+        outputs = go.model_outputs(MODELS["larsson16"], ab)
+        hue, _ = hue_chroma.hue_from(outputs["hue"][0], "mode")
+        small = ab.reshape(2, 16, 4, 16, 4).mean(axis=(2, 4))
+        rgb = lab.lab_to_srgb(np.stack([np.full((16, 16), 50.0), *small], axis=-1))
+        expected = go._hue(rgb.astype(np.float32))
+        circular = np.minimum(np.abs(hue - expected), 1 - np.abs(hue - expected))
+        assert np.median(circular) <= 1 / 32
+
+
+class TestResults:
+    @staticmethod
+    def _sizes() -> list[dict[str, Any]]:
+        return [
+            {
+                "size": "768x512",
+                "jpeg_kib": 80.0,
+                "samples": 10,
+                "bare_ms": {
+                    "pillow": {"decode": 2.0, "encode": 1.5, "total": 3.5},
+                    "simplejpeg": {"decode": 1.5, "encode": 1.0, "total": 2.5},
+                },
+                "fastest_codec": "simplejpeg",
+                "gateway_ms": {
+                    "eccv16": {"decode": 1.5, "annealed mean": 1.0, "encode": 1.0, "total": 4.0},
+                    "siggraph17": {"decode": 1.5, "encode": 1.0, "total": 6.0},
+                },
+            }
+        ]
+
+    def test_figures_divide_by_the_fastest_codec(self) -> None:
+        found = {f.key: f for f in go.figures(self._sizes())}
+        assert found["gateway_over_codec_eccv16_768x512"].value == pytest.approx(1.6)
+        assert found["gateway_over_codec_eccv16_768x512"].met is True
+        assert found["gateway_over_codec_siggraph17_768x512"].value == pytest.approx(2.4)
+        assert found["gateway_over_codec_siggraph17_768x512"].met is False
+
+    def test_breakdown_rows(self) -> None:
+        panels = go.breakdown_rows(self._sizes())
+        rows = panels["768x512"]
+        assert list(rows) == ["bare codec (simplejpeg)", "gateway, eccv16", "gateway, siggraph17"]
+        assert rows["gateway, eccv16"] == {"decode": 1.5, "annealed mean": 1.0, "encode": 1.0}
+
+    def test_render(self) -> None:
+        sizes = self._sizes()
+        document = {
+            "command": "python -m bench.gateway_overhead",
+            "generated": "2026-11-30 14:00",
+            "quick": False,
+            "environment": {
+                "cpu": "Xeon",
+                "isa": {"level": "x86-64-v4", "simd": ["avx2", "avx512f"]},
+                "load_before": 0.5,
+                "load_after": 0.6,
+                "omp_threads": "1",
+            },
+            "sizes": sizes,
+            "figures": [f.as_dict() for f in go.figures(sizes)],
+            "plot": "gateway_overhead.png",
+        }
+        text = go.render(document)
+        assert "| 768x512 | eccv16 | 4.0 | simplejpeg 2.5 ms | 1.60× | ≤ 2.00× | met |" in text
+        assert "| 768x512 | siggraph17 | 6.0 | simplejpeg 2.5 ms | 2.40× | ≤ 2.00× | **missed** |" in text
+        assert "| 768x512 | 2.00 + 1.50 = 3.50 | 1.50 + 1.00 = 2.50 |" in text
+        assert "x86-64-v4: avx2, avx512f" in text and "quick" not in text
+        assert "![gateway_overhead.png](gateway_overhead.png)" in text
+
+
+def test_gateway_once_times_the_real_pipeline() -> None:
+    image = jpeg_bytes(go.fit(_photo(), 96, 64))
+    spec = MODELS["eccv16"]
+    outputs = go.model_outputs(spec, go.true_ab(go.fit(_photo(), 96, 64), WORKING_SIZE_DEFAULT))
+    stages = go.gateway_once(image, spec, outputs)
+    assert list(stages) == [
+        "decode", "sRGB→L", "resize L", "annealed mean", "ab upsample + Lab→sRGB", "encode", "total",
+    ]  # fmt: skip
+    parts = sum(v for k, v in stages.items() if k != "total")
+    assert stages["total"] == pytest.approx(parts, rel=0.05, abs=0.2)
+
+
+def test_laps_accumulate_per_stage() -> None:
+    laps = go.Laps()
+    laps("a")
+    laps("b")
+    laps("a")
+    assert set(laps.ms) == {"a", "b"} and all(v >= 0 for v in laps.ms.values())
+
+
+def test_codec_candidates_round_trip() -> None:
+    rgb = go.fit(_photo(), 64, 48)
+    data = jpeg_bytes(rgb)
+    for codec in go.codec_candidates():
+        decoded = codec.decode(data)
+        assert decoded.shape == rgb.shape, codec.name
+        again = codec.decode(codec.encode(decoded))
+        assert np.abs(again.astype(int) - decoded).mean() < 3, codec.name
