@@ -108,13 +108,15 @@ def run(ctx: Context) -> dict[str, Any]:
     ]
     series: list[dict[str, Any]] = []
     measured = [name for name in served if name in MODELS]
-    for index, name in enumerate(measured):
-        # An equal share of what is left per model, so every served model gets its rows (one model
-        # spending the whole budget left siggraph17 out of a report), and a fast one passes on its rest.
-        stop_at = time.monotonic() + (part_end - time.monotonic()) / (len(measured) - index)
+    remaining = 2 * len(measured)  # (model, transport) series still to run
+    for name in measured:
         spec = MODELS[name]
         data = inputs.write_input_data(ctx.raw / f"input_data_{name}.json", spec, ctx.l_planes)
         for shm in (False, True):
+            # An equal share of what is left per series, so every served model gets its rows (one model
+            # spending the whole budget left siggraph17 out of a report); a fast one passes on its rest.
+            stop_at = time.monotonic() + (part_end - time.monotonic()) / remaining
+            remaining -= 1
             rows = []
             for concurrency in ctx.config.pa_concurrency:
                 if time.monotonic() > stop_at:  # the part's budget keeps the run under 20 minutes
