@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import simplejpeg
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageOps, JpegImagePlugin
 
 from service import codec
 from service.errors import InvalidArgument
@@ -172,6 +173,56 @@ class TestExifOrientation:
         rgb = _smooth_rgb()
         decoded = codec.decode(self._jpeg_with_orientation(rgb, 1), **LIMITS)
         assert decoded.size == (48, 64)
+
+    @pytest.mark.parametrize("orientation", range(1, 9))
+    @pytest.mark.parametrize("mode", ["RGB", "L"])
+    def test_every_orientation_as_pillow_transposes_it(self, orientation: int, mode: str) -> None:
+        # The JPEG fast path turns the pixels itself: it must agree with Pillow's exif_transpose.
+        stored = Image.fromarray(_smooth_rgb(24, 40)).convert(mode)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        data = _save(stored, "JPEG", quality=95, exif=exif.tobytes())
+        with Image.open(io.BytesIO(data)) as image:
+            expected = np.asarray(ImageOps.exif_transpose(image))
+        decoded = codec.decode(data, **LIMITS)
+        np.testing.assert_array_equal(decoded.pixels, expected)
+        assert decoded.pixels.flags.c_contiguous and not decoded.pixels.flags.writeable
+
+
+class TestJpegFastPath:
+    """simplejpeg decodes and encodes plain JPEGs; Pillow keeps everything it refuses."""
+
+    def test_decode_equals_pillow(self) -> None:
+        data = _save(Image.fromarray(_smooth_rgb(97, 131)), "JPEG", quality=85)
+        with Image.open(io.BytesIO(data)) as image:
+            expected = np.asarray(image)
+        np.testing.assert_array_equal(codec.decode(data, **LIMITS).pixels, expected)
+
+    def test_stream_simplejpeg_refuses_is_decoded_by_pillow(self) -> None:
+        # Bytes before the end marker: libjpeg warns ("extraneous bytes"), strict simplejpeg refuses,
+        # Pillow decodes the image as it always has.
+        data = _save(Image.fromarray(_smooth_rgb()), "JPEG", quality=90)
+        damaged = data[:-2] + b"\x00\x01\x02" + data[-2:]
+        with pytest.raises(ValueError):
+            simplejpeg.decode_jpeg(damaged, strict=True)
+        with Image.open(io.BytesIO(damaged)) as image:
+            expected = np.asarray(image.convert("RGB"))
+        np.testing.assert_array_equal(codec.decode(damaged, **LIMITS).pixels, expected)
+
+    def test_encode_is_a_420_jpeg_at_the_quality(self) -> None:
+        rgb = _smooth_rgb(64, 96)
+        data = codec.encode(rgb, None, "JPEG", quality=90)
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == "JPEG" and image.mode == "RGB"
+            assert JpegImagePlugin.get_sampling(image) == 2  # 4:2:0, Pillow's default
+            # Same quantisation tables as Pillow's writer at the same quality.
+            reference = Image.open(io.BytesIO(_save(Image.fromarray(rgb), "JPEG", quality=90)))
+            assert getattr(image, "quantization", None) == getattr(reference, "quantization", 0)
+            assert np.abs(np.asarray(image).astype(int) - rgb).mean() < 2
+
+    def test_encode_refusal_is_invalid_argument(self) -> None:
+        with pytest.raises(InvalidArgument, match="cannot encode a 70000x1 image as JPEG"):
+            codec.encode(np.zeros((1, 70000, 3), np.uint8), None, "JPEG")
 
 
 class TestDecodeLimitsAndErrors:
