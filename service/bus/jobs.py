@@ -31,17 +31,24 @@ Keys (prefix `restore:`):
 * `workers`                zset worker name -> last heartbeat (unix seconds)
 * pub/sub `restore:cancel` "<job id> <code name>": running workers stop the job within one iteration
 
-Job ids (`new_job_id`) are 33 characters: `t`, the submission time in milliseconds (12 hex digits) and 80
-random bits (20 hex digits); unguessable, so an id is the capability to watch or cancel its job. The time
-is what lets a gateway tell a **lost** job from an expired one without any state of its own: a job's record
-lives at least until its submission plus the result TTL (the TTL starts when the job ends), so a record
-missing before then was lost — Redis restarted without persistence (or lost its last second of writes
-with it), or someone flushed it — and the gateway answers DATA_LOSS, "job <id> was lost" (`missing`).
-Past that time the record may simply have expired, and NOT_FOUND says both. Chosen over an index of
-each client's jobs, which would vanish with the records it should vouch for, and over an HMAC of the id:
-that needs a key shared by every gateway and kept across restarts (a new secret setting); without it,
-whoever makes up an id in this format and a recent time reads DATA_LOSS for a job that never was, which
-tells them nothing. Ids of before (32 hex digits, uuid4) read as NOT_FOUND.
+Job ids (`new_job_id`) are 41 characters: `t`, the submission time in milliseconds (12 hex digits), the
+owner tag (8 hex digits: the start of SHA-256 of the submitting client id, `owner_tag`) and 80 random
+bits (20 hex digits). The random bits make an id unguessable, so with auth off an id is the capability to
+watch or cancel its job. The time is what lets a gateway tell a **lost** job from an expired one without
+any state of its own: a job's record lives at least until its submission plus the result TTL (the TTL
+starts when the job ends), so a record missing before then was lost — Redis restarted without persistence
+(or lost its last second of writes with it), or someone flushed it — and the gateway answers DATA_LOSS,
+"job <id> was lost" (`missing`). Past that time the record may simply have expired, and NOT_FOUND says
+both. The tag is what lets it say so to the job's owner only (auth on, `restorer.check_owner`): a record
+that is there names its client, one that vanished cannot, so the id itself says whose it was. Anyone
+else gets NOT_FOUND (`unknown_job`) whether the job is there or vanished, and cannot probe ids.
+Chosen over an index of each client's jobs, which would vanish with the records it should vouch for. A
+tag and not an HMAC of the id: an HMAC needs a key shared by every gateway and kept across restarts (a
+new secret setting), and buys nothing here — the caller's identity comes from their token, not from the
+id, so a forged tag only ever matches the forger's own (non-existent) jobs. The tag is a digest, not a
+secret: it tells whoever holds an id a 32-bit fingerprint of its owner's client id. Ids of before tags
+(33 characters, no tag) still parse (`submitted_unix`); with auth on, one whose record vanished reads as
+NOT_FOUND to everyone, as it names no owner. Ids of before that (32 hex digits, uuid4) read as NOT_FOUND.
 
 Persistence and restarts: `make run` (and compose.yaml) run Redis with an append-only file, fsync every
 second, so a restart keeps every job but the writes of its last second. Both sides reconnect by
@@ -73,6 +80,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -110,6 +118,10 @@ _EVENTS_MAXLEN = 10_000  # progress events kept per job (approximate trim; the r
 RECONNECT_S = 30.0  # how long a watcher's event stream waits for Redis to come back
 _BACKOFF_S = (0.1, 2.0)  # first and longest wait between reconnect attempts (doubling)
 JOB_ID_PREFIX = "t"
+_TAG_DIGITS = 8  # the owner tag: 32 bits of SHA-256 of the client id
+_ID_LENGTH = 1 + 12 + _TAG_DIGITS + 20  # prefix, time in ms, owner tag, 80 random bits
+_UNTAGGED_ID_LENGTH = 1 + 12 + 20  # the ids of before tags, still on the bus for a result TTL
+_HEX_DIGITS = frozenset("0123456789abcdef")
 MAX_IDEMPOTENCY_KEY = 128
 CLOCK_SKEW_S = 60.0  # how far a gateway's clock may be behind the one that made a job id
 
@@ -297,19 +309,46 @@ def _code_name(raw: bytes | str) -> str:
     return _NAMES.get(int(text), "UNKNOWN") if text.isdigit() else text
 
 
-def new_job_id(now: float) -> str:
-    """A fresh job id: `t`, the submission time in ms (12 hex digits), 80 random bits (see the module)."""
-    return f"{JOB_ID_PREFIX}{int(now * 1000):012x}{secrets.token_hex(10)}"
+def owner_tag(client: str) -> str:
+    """The 8 hex digits a job id carries for the client that submitted it (see the module)."""
+    return hashlib.sha256(client.encode()).hexdigest()[:_TAG_DIGITS]
+
+
+def new_job_id(now: float, client: str = "") -> str:
+    """A fresh job id: `t`, the submission time in ms, `client`'s owner tag, 80 random bits (see the module).
+
+    `client` is the quota key the job is submitted under (the token's client id with auth on).
+    """
+    return f"{JOB_ID_PREFIX}{int(now * 1000):012x}{owner_tag(client)}{secrets.token_hex(10)}"
+
+
+def _id_parts(job_id: str) -> tuple[float, str] | None:
+    """(submission time, owner tag) of an id `new_job_id` makes, or made before tags (tag ""); else None."""
+    if len(job_id) not in (_ID_LENGTH, _UNTAGGED_ID_LENGTH) or not job_id.startswith(JOB_ID_PREFIX):
+        return None
+    if not set(job_id[1:]) <= _HEX_DIGITS:
+        return None
+    tag = job_id[13 : 13 + _TAG_DIGITS] if len(job_id) == _ID_LENGTH else ""
+    return int(job_id[1:13], 16) / 1000, tag
 
 
 def submitted_unix(job_id: str) -> float | None:
-    """The submission time a `new_job_id` carries; None for an id of another form."""
-    if len(job_id) != 33 or not job_id.startswith(JOB_ID_PREFIX):
-        return None
-    try:
-        return int(job_id[1:13], 16) / 1000
-    except ValueError:
-        return None
+    """The submission time a `new_job_id` carries (either form); None for an id of another form."""
+    parts = _id_parts(job_id)
+    return None if parts is None else parts[0]
+
+
+def tagged_for(job_id: str, client: str) -> bool:
+    """Whether `job_id` carries `client`'s owner tag; False for an id without one (older, or not ours)."""
+    parts = _id_parts(job_id)
+    return parts is not None and parts[1] == owner_tag(client)
+
+
+def unknown_job(job_id: str) -> NotFound:
+    """The answer for an id with no record that may never have been, or have expired: one text for all."""
+    return NotFound(
+        f"job {echo(job_id)} not found (unknown, expired after its result TTL, or lost with the job bus)"
+    )
 
 
 def missing(job_id: str, *, ttl_s: float, now: float) -> PriorlabError:
@@ -317,6 +356,8 @@ def missing(job_id: str, *, ttl_s: float, now: float) -> PriorlabError:
 
     A record lives until at least its submission plus the result TTL, so one missing before then was lost.
     The id's time is the submitting gateway's clock: another gateway's may be behind by `CLOCK_SKEW_S`.
+    Whose the id is, is not checked here: with auth on, `restorer.check_owner` lets only the client the
+    id is tagged for get this far (everyone else gets `unknown_job`).
     """
     submitted = submitted_unix(job_id)
     if submitted is not None and submitted - CLOCK_SKEW_S <= now < submitted + ttl_s:
@@ -325,9 +366,7 @@ def missing(job_id: str, *, ttl_s: float, now: float) -> PriorlabError:
             f"persistence, or was flushed) within {max(now - submitted, 0):.0f} s of its submission; "
             "submit it again"
         )
-    return NotFound(
-        f"job {echo(job_id)} not found (unknown, expired after its result TTL, or lost with the job bus)"
-    )
+    return unknown_job(job_id)
 
 
 def check_idempotency_key(key: str) -> None:

@@ -587,7 +587,7 @@ class HttpApi:
     @_api
     async def cancel(self, request: Request) -> Response:
         job_id = _job_id(request.path_params["job_id"])
-        await check_owner(self._bus(), job_id, ttl_s=self._ttl_s)
+        await check_owner(self._bus(), job_id)
         ended = Cancelled(f"job {job_id} was cancelled by POST /v1/restore/{job_id}/cancel")
         cancelled = await self._bus().cancel(job_id, ended, ttl_s=self._ttl_s)
         return JSONResponse(to_json(restore_pb2.CancelRestoreResponse(cancelled=cancelled)))
@@ -596,7 +596,7 @@ class HttpApi:
     async def job(self, request: Request) -> Response:
         """The result once the job has one (waiting up to `?wait=S`), else 202 and the latest event."""
         job_id = _job_id(request.path_params["job_id"])
-        await check_owner(self._bus(), job_id, ttl_s=self._ttl_s)
+        await check_owner(self._bus(), job_id)
         try:
             wait_s = min(max(float(request.query_params.get("wait", "0")), 0.0), MAX_WAIT_S)
         except ValueError:
@@ -632,7 +632,7 @@ class HttpApi:
         missed. The first event is read before the response starts, so an unknown job is a plain 404.
         """
         job_id = _job_id(request.path_params["job_id"])
-        await check_owner(self._bus(), job_id, ttl_s=self._ttl_s)
+        await check_owner(self._bus(), job_id)
         seen = request.headers.get("last-event-id", "0")
         skip = int(seen) if seen.isdigit() else 0
         events = self._bus().events(job_id, ttl_s=self._ttl_s).__aiter__()

@@ -7,7 +7,8 @@ watches. Errors are `service.errors` exceptions, mapped to status codes by the s
 
 A request's `idempotency_key` makes a retried call (same key, same client) return or attach to the first
 call's job instead of queueing a second one. A job whose record vanished from the bus is reported lost
-(DATA_LOSS), never as expired: `service.bus.jobs.missing` tells them apart by the time in the job id.
+(DATA_LOSS), never as expired: `service.bus.jobs.missing` tells them apart by the time in the job id;
+with auth on, only to its owner (`check_owner`: the id's owner tag), anyone else reads NOT_FOUND.
 Validation decodes the image (up to 4 M pixels, some 100 ms), so it runs in a thread, off the event loop.
 """
 
@@ -25,7 +26,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.bus import wire
-from service.bus.jobs import JobBus, check_idempotency_key, failure_error, is_terminal, missing, new_job_id
+from service.bus.jobs import (
+    JobBus,
+    check_idempotency_key,
+    failure_error,
+    is_terminal,
+    new_job_id,
+    tagged_for,
+    unknown_job,
+)
 from service.errors import (
     Aborted,
     Cancelled,
@@ -71,7 +80,7 @@ def build_job(
     wire.decode_inputs(request, max_pixels=settings.restore_max_pixels, max_bytes=settings.max_message_bytes)
     wire.check_stopping(request, settings.restore_max_iterations)
     return restore_pb2.RestoreJob(
-        job_id=new_job_id(now),
+        job_id=new_job_id(now, client),
         request=request,
         client_id=client,
         submitted_unix=now,
@@ -99,9 +108,13 @@ def public_event(event: restore_pb2.JobEvent, key: bytes = PROCESS_LABEL_KEY) ->
     return public
 
 
-async def check_owner(bus: JobBus, job_id: str, *, ttl_s: float) -> None:
-    """With auth on, another client's job answers exactly as an unknown id does: ids cannot be probed.
+async def check_owner(bus: JobBus, job_id: str) -> None:
+    """With auth on, only the job's owner may watch, cancel or read it: anyone else gets NOT_FOUND.
 
+    A record on the bus names its client. One that vanished cannot, so the owner tag of the id stands in:
+    the caller it is tagged for goes on, and reads DATA_LOSS (lost) or NOT_FOUND (expired) from the bus
+    (`jobs.missing`); anyone else gets the plain NOT_FOUND of an unknown id (`jobs.unknown_job`), whether
+    the job is there or vanished, so holding or making up an id tells nothing about another's jobs.
     With auth off the job id alone is the capability to watch and cancel (trusted networks only).
     The HTTP API calls this too, so both answer alike.
     """
@@ -112,8 +125,10 @@ async def check_owner(bus: JobBus, job_id: str, *, ttl_s: float) -> None:
         owner: Any = await bus.redis.hget(f"{bus.prefix}job:{job_id}", "client")
     except (RedisConnectionError, RedisTimeoutError, OSError) as e:
         raise Unavailable(f"the Restore job bus (Redis) is unreachable: {e}") from None
-    if owner is not None and owner.decode(errors="replace") != client:
-        raise missing(job_id, ttl_s=ttl_s, now=time.time())
+    if owner is None and tagged_for(job_id, client):
+        return  # vanished or expired, and the id is the caller's: the bus's read says which
+    if owner is None or owner.decode(errors="replace") != client:
+        raise unknown_job(job_id)
 
 
 class RestorerServicer(restore_pb2_grpc.RestorerServicer):
@@ -165,7 +180,7 @@ class RestorerServicer(restore_pb2_grpc.RestorerServicer):
         return restore_pb2.CancelRestoreResponse(cancelled=cancelled)
 
     async def _check_owner(self, job_id: str) -> None:
-        await check_owner(self._bus, job_id, ttl_s=self._ttl_s)
+        await check_owner(self._bus, job_id)
 
     @property
     def _ttl_s(self) -> float:

@@ -248,11 +248,12 @@ def test_the_http_api_over_mutual_tls_with_tokens(pki: Path, redis_url: str, tmp
     assert status == 401 and reply["error"]["code"] == "UNAUTHENTICATED" and challenge.startswith("Bearer")
     assert seen["wrong token"][0] == 401
     assert seen["alice reads hers"][0] == 202 and seen["alice reads hers"][1]["state"] == "queued"
-    theirs, unknown = seen["bob reads hers"]
-    assert theirs == unknown and theirs[0] != 202  # exactly an unknown id of the same age (DATA_LOSS)
-    theirs, unknown = seen["bob reads her old one"]
-    assert theirs == unknown and theirs[0] == 404  # past the result TTL: NOT_FOUND, as unknown
+    for name in ("bob reads hers", "bob reads her old one", "bob reads her vanished one"):
+        theirs, unknown = seen[name]  # another's job is exactly an unknown id: NOT_FOUND, whatever its state
+        assert theirs == unknown and theirs[0] == 404 and "not found (unknown" in theirs[1], (name, theirs)
     assert seen["alice reads her old one"] == 202
+    status, message = seen["alice reads her vanished one"]
+    assert status == 500 and message.startswith("job ID was lost"), (status, message)  # DATA_LOSS
     assert seen["health, no token"] == 503 and seen["page, no token"] == 200  # open (NOT_SERVING: no Triton)
     for name in ("no client certificate", "plaintext", "untrusted server"):
         refused = seen[name]
@@ -286,24 +287,31 @@ async def _https_calls(base: str, client: ClientTls, pki: Path, redis_url: str) 
         bus = JobBus.from_url(redis_url)
         try:
             old = restore_pb2.RestoreJob(
-                job_id=new_job_id(time.time() - 7200), client_id="alice", max_attempts=1
+                job_id=new_job_id(time.time() - 7200, "alice"), client_id="alice", max_attempts=1
             )
             old.request.CopyFrom(restore_pb2.RestoreRequest(jpeg=restore_pb2.JpegParams()))
             await bus.submit(old, max_queue=10, max_per_client=10, ttl_s=3600)
+
+            async def read(token: str, job_id_: str) -> tuple[int, str]:
+                async with session.get(f"{base}/v1/restore/{job_id_}", headers=bearer(token)) as r:
+                    return r.status, same_age((await r.json())["error"]["message"], job_id_)
+
+            async def bob_reads(theirs: str) -> list[tuple[int, str]]:
+                # Beside an id of the same time and owner tag that never was.
+                return [
+                    await read(BOB, j) for j in (theirs, new_job_id(submitted_unix(theirs) or 0, "alice"))
+                ]
+
+            seen["bob reads hers"] = await bob_reads(job_id)
+            seen["bob reads her old one"] = await bob_reads(old.job_id)
+            async with session.get(f"{base}/v1/restore/{old.job_id}", headers=bearer(ALICE)) as r:
+                seen["alice reads her old one"] = r.status
+            # Her record vanishes (what Redis restarted without persistence does): lost, to her alone.
+            await bus.redis.delete(f"restore:job:{job_id}", f"restore:job:{job_id}:events")
+            seen["bob reads her vanished one"] = await bob_reads(job_id)
+            seen["alice reads her vanished one"] = await read(ALICE, job_id)
         finally:
             await bus.close()
-        for name, theirs, unknown in [
-            ("bob reads hers", job_id, new_job_id(submitted_unix(job_id) or 0)),
-            ("bob reads her old one", old.job_id, new_job_id(submitted_unix(old.job_id) or 0)),
-        ]:
-            found = []
-            for job_id_ in (theirs, unknown):
-                async with session.get(f"{base}/v1/restore/{job_id_}", headers=bearer(BOB)) as r:
-                    message = (await r.json())["error"]["message"]
-                    found.append((r.status, same_age(message, job_id_)))
-            seen[name] = found
-        async with session.get(f"{base}/v1/restore/{old.job_id}", headers=bearer(ALICE)) as r:
-            seen["alice reads her old one"] = r.status
 
     # Refused at the handshake: no client certificate, no TLS at all, a server the client does not trust.
     no_cert = ssl.create_default_context(cafile=str(pki / "ca.pem"))

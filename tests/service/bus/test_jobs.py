@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,10 @@ from service.bus.jobs import (
     level_of,
     missing,
     new_job_id,
+    owner_tag,
     submitted_unix,
+    tagged_for,
+    unknown_job,
 )
 from service.errors import Aborted, Cancelled, DataLoss, NotFound, ResourceExhausted, Unavailable
 from service.launch.process import free_port
@@ -243,16 +247,35 @@ def test_a_failure_names_its_status_and_an_old_numeric_one_is_still_read() -> No
 # --- issue #16: nothing is lost ---
 
 
-def test_job_ids_carry_their_submission_time_and_are_unguessable() -> None:
-    a, b = new_job_id(1_700_000_000.5), new_job_id(1_700_000_000.5)
-    assert a != b and len(a) == 33 and a.isalnum() and a.startswith("t")
+def test_job_ids_carry_their_submission_time_and_owner_tag_and_are_unguessable() -> None:
+    a, b = new_job_id(1_700_000_000.5, "alice"), new_job_id(1_700_000_000.5, "alice")
+    assert a != b and len(a) == 41 and a.isalnum() and a.startswith("t")
+    assert a[:21] == b[:21] and a[21:] != b[21:]  # same time and owner; 80 random bits of their own
     assert submitted_unix(a) == 1_700_000_000.5
-    assert submitted_unix("0123456789abcdef0123456789abcdef") is None  # a uuid4 id of before
-    assert submitted_unix("t" + "z" * 32) is None
+    tag = hashlib.sha256(b"alice").hexdigest()[:8]
+    assert owner_tag("alice") == tag and a[13:21] == tag
+    assert tagged_for(a, "alice") and not tagged_for(a, "bob") and not tagged_for(a, "")
+    assert owner_tag("bob") != tag and new_job_id(1.0, "bob")[13:21] == owner_tag("bob")
+
+
+def test_job_ids_of_before_tags_still_parse_and_others_do_not() -> None:
+    untagged = "t" + f"{1_700_000_000_500:012x}" + "0123456789abcdef0123"  # 33 characters, as before
+    assert submitted_unix(untagged) == 1_700_000_000.5
+    assert not tagged_for(untagged, "alice")  # no owner to read from it
+    assert submitted_unix("0123456789abcdef0123456789abcdef") is None  # a uuid4 id of before that
+    for bad in (
+        "t" + "z" * 32,
+        "t" + "z" * 40,
+        "T" + "0" * 40,
+        "t" + "0" * 39,
+        "t" + "0" * 41,
+        "t" + "A" * 40,
+    ):
+        assert submitted_unix(bad) is None and not tagged_for(bad, "alice"), bad
 
 
 def test_a_vanished_record_reads_as_lost_within_the_ttl_and_not_found_after() -> None:
-    job_id = new_job_id(1000.0)
+    job_id = new_job_id(1000.0, "alice")
     lost = missing(job_id, ttl_s=60, now=1030.0)
     assert isinstance(lost, DataLoss) and f"job {job_id} was lost" in str(lost)
     assert "expired" not in str(lost)
@@ -260,6 +283,10 @@ def test_a_vanished_record_reads_as_lost_within_the_ttl_and_not_found_after() ->
     assert type(missing(job_id, ttl_s=60, now=990.0)) is DataLoss  # a gateway whose clock is behind
     assert type(missing(job_id, ttl_s=60, now=900.0)) is NotFound  # an id from the future: not ours
     assert type(missing("abc", ttl_s=60, now=1030.0)) is NotFound  # not one of ours
+    untagged = job_id[:13] + job_id[21:]  # the same id made before tags: still tells lost from expired
+    assert type(missing(untagged, ttl_s=60, now=1030.0)) is DataLoss
+    assert type(missing(untagged, ttl_s=60, now=1061.0)) is NotFound
+    assert str(unknown_job("abc")) == str(missing("abc", ttl_s=60, now=1030.0))  # one text for all
     assert len(str(missing("x" * 10_000, ttl_s=60, now=1030.0))) < 200  # the id is not echoed whole
 
 

@@ -24,7 +24,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from contract import ModelSpec
-from service.bus.jobs import JobBus, new_job_id
+from service.bus.jobs import JobBus, new_job_id, owner_tag
+from service.errors import echo
 from service.gateway.auth import TokenTable, as_client, authenticated_client, worker_label
 from service.gateway.restorer import public_event
 from service.gateway.server import create_server
@@ -281,18 +282,29 @@ def test_jobs_belong_to_the_authenticated_client(redis_url: str, tokens_file: Pa
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "client 'alice'" in details
             assert (await stub.SubmitRestore(restore_request(), timeout=10, metadata=bearer(BOB))).job_id
 
-            # Bob gets exactly what an unknown id of the same age gets: the id cannot be probed.
-            unknown = new_job_id(time.time())
+            # Another client's job is NOT_FOUND for Bob, in the words of an id that never was: live or
+            # vanished, he learns nothing about it (an id he makes up is tagged for him, or NOT_FOUND).
+            assert job_id[13:21] == owner_tag("alice") and job_id[13:21] != owner_tag("bob")
+            unknown = new_job_id(time.time(), "alice")
             watch = restore_pb2.WatchRestoreRequest
             cancel = restore_pb2.CancelRestoreRequest
-            for make in (
-                lambda j: read_all(stub.WatchRestore(watch(job_id=j), timeout=10, metadata=bearer(BOB))),
-                lambda j: stub.CancelRestore(cancel(job_id=j), timeout=10, metadata=bearer(BOB)),
-            ):
-                theirs = await code_of(make(job_id))
-                none = await code_of(make(unknown))
-                assert theirs[0] == none[0] != grpc.StatusCode.OK
-                assert theirs[1].replace(job_id, "ID") == none[1].replace(unknown, "ID")
+
+            def calls(token: str) -> list[Callable[[str], Awaitable[Any]]]:
+                return [
+                    lambda j: read_all(
+                        stub.WatchRestore(watch(job_id=j), timeout=10, metadata=bearer(token))
+                    ),
+                    lambda j: stub.CancelRestore(cancel(job_id=j), timeout=10, metadata=bearer(token)),
+                ]
+
+            async def bob_sees_nothing() -> None:
+                for make in calls(BOB):
+                    theirs, none = await code_of(make(job_id)), await code_of(make(unknown))
+                    assert theirs[0] == none[0] == grpc.StatusCode.NOT_FOUND, (theirs, none)
+                    assert theirs[1].replace(job_id, "ID") == none[1].replace(unknown, "ID")
+                    assert f"job {echo(job_id)} not found (unknown" in theirs[1]
+
+            await bob_sees_nothing()
             assert (
                 await bus.redis.hget(f"restore:job:{job_id}", "state") == b"queued"
             )  # bob's cancel did nothing
@@ -304,6 +316,17 @@ def test_jobs_belong_to_the_authenticated_client(redis_url: str, tokens_file: Pa
                 read_all(stub.WatchRestore(watch(job_id=job_id), timeout=10, metadata=bearer(ALICE)))
             )
             assert code == grpc.StatusCode.CANCELLED
+
+            # Her record vanishes (what Redis restarted without persistence does): lost, to her alone.
+            assert await bus.redis.delete(f"restore:job:{job_id}", f"restore:job:{job_id}:events") == 2
+            await bob_sees_nothing()
+            for make in calls(ALICE):
+                code, details = await code_of(make(job_id))
+                assert code == grpc.StatusCode.DATA_LOSS and f"job {job_id} was lost" in details
+            # An id Bob makes up with his own tag tells him only about his own (non-existent) jobs.
+            mine = new_job_id(time.time(), "bob")
+            assert (await code_of(calls(BOB)[0](mine)))[0] == grpc.StatusCode.DATA_LOSS
+            assert (await code_of(calls(ALICE)[0](mine)))[0] == grpc.StatusCode.NOT_FOUND
         finally:
             await bus.close()
 

@@ -37,6 +37,9 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+JOB_ROUTES = [("GET", ""), ("GET", "/events"), ("POST", "/cancel")]  # read, watch, cancel a job
+
+
 def same_age(message: str, job_id: str) -> str:
     """`message` without the job id and the seconds since its submission (they differ call to call)."""
     return re.sub(r"within \d+ s", "within N s", message.replace(job_id, "ID"))
@@ -201,25 +204,29 @@ def test_jobs_belong_to_the_token_client(redis_url: str, tokens_file: Path) -> N
             async with session.post(f"{base}/v1/restore", json=restore_json(), headers=headers) as r:
                 seen["over quota"] = await answer(r)
 
-            # Bob gets exactly what an unknown id of the same age gets (gRPC's answer: DATA_LOSS for
-            # an id this recent), and an id past the result TTL is NOT_FOUND (404) for him, as unknown.
+            # Another client's job is 404 for Bob, in the words of an id that never was (one tagged for
+            # alice, of the same time): live, past the result TTL, or vanished, he learns nothing of it.
             old = restore_pb2.RestoreJob(
-                job_id=new_job_id(time.time() - 7200), client_id="alice", max_attempts=1
+                job_id=new_job_id(time.time() - 7200, "alice"), client_id="alice", max_attempts=1
             )
             old.request.CopyFrom(restore_pb2.RestoreRequest(image=SMALL, jpeg=restore_pb2.JpegParams()))
             await bus.submit(old, max_queue=10, max_per_client=10, ttl_s=3600)
-            for name, theirs, unknown in [
-                ("recent", job_id, new_job_id(submitted_unix(job_id) or 0)),
-                ("old", old.job_id, new_job_id(submitted_unix(old.job_id) or 0)),
-            ]:
-                for method, path in [("GET", ""), ("GET", "/events"), ("POST", "/cancel")]:
-                    found = []
-                    for job in (theirs, unknown):
-                        url = f"{base}/v1/restore/{job}{path}"
-                        async with session.request(method, url, headers=bearer(BOB)) as r:
-                            status, reply = await answer(r)
-                            found.append((status, same_age(reply["error"]["message"], job)))
-                    seen[f"bob {name} {method} {path}"] = found
+
+            async def on_every_route(token: str, job: str) -> list[tuple[int, str]]:
+                found = []
+                for method, path in JOB_ROUTES:
+                    url = f"{base}/v1/restore/{job}{path}"
+                    async with session.request(method, url, headers=bearer(token)) as r:
+                        status, reply = await answer(r)
+                        found.append((status, same_age(reply["error"]["message"], job)))
+                return found
+
+            async def bob_on(theirs: str) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+                unknown = new_job_id(submitted_unix(theirs) or 0, "alice")
+                return await on_every_route(BOB, theirs), await on_every_route(BOB, unknown)
+
+            seen["bob on her live one"] = await bob_on(job_id)
+            seen["bob on her old one"] = await bob_on(old.job_id)
             seen["state"] = await bus.redis.hget(f"restore:job:{job_id}", "state")  # bob's cancel did nothing
 
             # Alice can read, watch and cancel hers.
@@ -229,6 +236,11 @@ def test_jobs_belong_to_the_token_client(redis_url: str, tokens_file: Path) -> N
                 seen["alice cancels"] = await answer(r)
             async with session.get(f"{base}/v1/restore/{job_id}/events", headers=bearer(ALICE)) as r:
                 seen["alice watches"] = (r.status, (await r.text()).count("event: failure"))
+
+            # Her record vanishes (what Redis restarted without persistence does): lost, to her alone.
+            seen["deleted"] = await bus.redis.delete(f"restore:job:{job_id}", f"restore:job:{job_id}:events")
+            seen["bob on her vanished one"] = await bob_on(job_id)
+            seen["alice on her vanished one"] = await on_every_route(ALICE, job_id)
         finally:
             await bus.close()
         return seen
@@ -239,15 +251,18 @@ def test_jobs_belong_to_the_token_client(redis_url: str, tokens_file: Path) -> N
     assert seen["submit"][0] == 202 and seen["owner"] == b"alice"
     status, reply = seen["over quota"]
     assert status == 429 and "client 'alice'" in reply["error"]["message"]
-    for name, expected in (("recent", 500), ("old", 404)):
-        for method, path in [("GET", ""), ("GET", "/events"), ("POST", "/cancel")]:
-            theirs, unknown = seen[f"bob {name} {method} {path}"]
-            assert theirs == unknown and theirs[0] == expected, (name, method, path, theirs)
-    assert "not found" in seen["bob old GET "][0][1]
+    for name in ("bob on her live one", "bob on her old one", "bob on her vanished one"):
+        theirs, unknown = seen[name]
+        assert theirs == unknown, (name, theirs, unknown)
+        for status, message in theirs:
+            assert status == 404 and message.startswith("job 'ID' not found (unknown"), (name, message)
     assert seen["state"] == b"queued"
     assert seen["alice reads"] == 202
     assert seen["alice cancels"] == (200, {"cancelled": True})
     assert seen["alice watches"] == (200, 1)
+    assert seen["deleted"] == 2
+    for status, message in seen["alice on her vanished one"]:  # DATA_LOSS is 500 (http_status.py)
+        assert status == 500 and message.startswith("job ID was lost: its record vanished"), (status, message)
 
 
 def test_an_idempotency_key_returns_the_first_job_over_http_and_grpc(

@@ -21,7 +21,7 @@ from PIL import Image
 
 from contract import ModelSpec
 from service.bus import wire
-from service.bus.jobs import JobBus, failure_event, new_job_id
+from service.bus.jobs import JobBus, failure_event, new_job_id, submitted_unix, tagged_for
 from service.errors import (
     STATUS_CODES,
     Aborted,
@@ -64,7 +64,8 @@ class TestBuildJob:
         req = request(denoise=restore_pb2.DenoiseParams(sigma=25), fixed_iterations=10, priority=3)
         settings = Settings(restore_max_attempts=3, restore_max_iterations=500)
         built = build_job(req, settings, client="alice", now=100.0, time_remaining_s=2.5)
-        assert built.request == req and built.client_id == "alice" and len(built.job_id) == 33
+        assert built.request == req and built.client_id == "alice" and len(built.job_id) == 41
+        assert tagged_for(built.job_id, "alice") and submitted_unix(built.job_id) == 100.0  # the owner's id
         assert built.deadline_unix == 102.5 and built.submitted_unix == 100.0
         assert built.max_attempts == 3 and built.max_iterations == 500
         assert job(req).deadline_unix == 0.0  # no deadline
