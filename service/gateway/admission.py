@@ -12,9 +12,14 @@ Two guards sit in front of the pipeline (issue #16):
   costs of everything admitted and not yet finished, plus its own. (Sharing the busy time out per
   completion instead swings between a whole batch's time and zero, because Triton answers a batch of
   8 at once: just after a batch the estimate read a fifth of the real cost, and requests admitted on
-  it missed their deadline in `bench/overload.py`.) Without it, an open loop past capacity queues
-  every request, each waits longer than the one before, and once the wait passes the clients'
-  deadline every call fails (DEADLINE_EXCEEDED) while the server keeps computing answers nobody reads.
+  it missed their deadline in `bench/overload.py`.) The sum is then scaled by the measured *slowdown*,
+  an EWMA of each completed request's real latency over the one predicted when it was admitted (at
+  least 1): under overload the refusals and the clients take CPU from the pipeline on a small host,
+  so it serves fewer requests per second than the costs measured before say, and the first
+  2-second calls admitted past the knee missed their deadline by a few percent. Without admission
+  control, an open loop past capacity queues every request, each waits longer than the one before,
+  and once the wait passes the clients' deadline every call fails (DEADLINE_EXCEEDED) while the
+  server keeps computing answers nobody reads.
 
 * `PixelBudget` is a FIFO semaphore weighted by decoded pixels, acquired from the image header's size
   before any pixel is decoded: the pipeline peaks at 19-24 bytes per input pixel (measured: decoded
@@ -45,7 +50,9 @@ from service.errors import DeadlineExceeded, ResourceExhausted
 log = logging.getLogger(__name__)
 
 EWMA_ALPHA = 0.05  # weight of the newest sample: about the last 40 completions of a class count
-HEADROOM = 0.85  # admit when the predicted latency fits in this share of the remaining deadline
+HEADROOM = 0.8  # admit when the predicted latency fits in this share of the remaining deadline
+SLOWDOWN_ALPHA = 0.1  # the slowdown follows the last ~10 completions: it must catch the knee quickly
+MAX_SLOWDOWN = 4.0  # one stalled request (a Triton restart) must not shut the door for long
 RETRY_AFTER_MAX_S = 60
 PIXEL_CLASS_BASE = 1 << 18  # 512x512: class 0 up to it, then one class per doubling
 
@@ -108,6 +115,8 @@ class Ticket:
     work: WorkClass
     cost_s: float  # the estimate it was admitted with (its share of the predicted backlog)
     deadline: float  # on the admission clock
+    predicted_s: float  # its latency as predicted at admission, before the slowdown
+    admitted_at: float  # on the admission clock
     _admission: Admission = field(repr=False)
     started: bool = False
     finished: bool = False
@@ -153,6 +162,7 @@ class Admission:
         self._running = 0
         self._backlog_s = 0.0  # sum of the cost estimates of everything admitted and not finished
         self._shares = 0.0  # processor-sharing clock: the integral of dt / running while running > 0
+        self.slowdown = 1.0  # EWMA of real / predicted latency of completed requests, >= 1
         self._last = clock()
         self.admitted = 0
         self.refused = 0
@@ -170,7 +180,7 @@ class Admission:
         return self._backlog_s
 
     def predicted_latency_s(self, work: WorkClass) -> float:
-        return self._backlog_s + self.times.estimate(work)
+        return (self._backlog_s + self.times.estimate(work)) * self.slowdown
 
     def admit(self, work: WorkClass, timeout_s: float) -> Ticket:
         """A ticket, or `Overloaded` now: the queue is full, or the deadline cannot be met."""
@@ -182,7 +192,8 @@ class Admission:
                 _retry_after(self.times.estimate(work)),
             )
         cost = self.times.estimate(work)
-        predicted = self._backlog_s + cost
+        raw = self._backlog_s + cost
+        predicted = raw * self.slowdown
         if predicted > timeout_s * self._headroom:
             self.refused += 1
             raise Overloaded(
@@ -193,7 +204,8 @@ class Admission:
         self.admitted += 1
         self._queued += 1
         self._backlog_s += cost
-        return Ticket(work, cost, self.clock() + timeout_s, self)
+        now = self.clock()
+        return Ticket(work, cost, now + timeout_s, raw, now, self)
 
     def _start(self, ticket: Ticket) -> None:
         if ticket.started:
@@ -215,6 +227,10 @@ class Admission:
         if completed:
             # Its share of the pipeline while it ran: what it cost the others, and they it.
             self.times.record(ticket.work, self._shares - ticket.shares_at_start)
+            if ticket.predicted_s > 0:
+                ratio = (self.clock() - ticket.admitted_at) / ticket.predicted_s
+                self.slowdown += SLOWDOWN_ALPHA * (ratio - self.slowdown)
+                self.slowdown = min(MAX_SLOWDOWN, max(1.0, self.slowdown))
 
     def _settle(self) -> None:
         """Advances the share clock to now."""

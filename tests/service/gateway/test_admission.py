@@ -141,12 +141,12 @@ def test_a_deadline_the_backlog_cannot_meet_is_refused_at_once_with_retry_after(
     assert adm.backlog_s == pytest.approx(2.0)
     assert adm.predicted_latency_s(SMALL) == pytest.approx(2.1)
     with pytest.raises(Overloaded) as refused:
-        adm.admit(SMALL, 2.0)  # 2.1 s > 0.85 x 2 s
+        adm.admit(SMALL, 2.0)  # 2.1 s > 0.8 x 2 s
     assert isinstance(refused.value, ResourceExhausted)  # RESOURCE_EXHAUSTED through the one table
     assert refused.value.retry_after_s == 1
     assert "cannot be met" in str(refused.value)
     assert adm.refused == 1 and adm.queued == 20  # the refusal left nothing behind
-    adm.admit(SMALL, 2.5)  # 2.1 s fits in 0.85 x 2.5 s
+    adm.admit(SMALL, 2.7)  # 2.1 s fits in 0.8 x 2.7 s
     for t in admitted:
         t.finish(completed=False)
 
@@ -156,7 +156,7 @@ def test_retry_after_is_the_excess_in_whole_seconds_capped() -> None:
     run_one(adm, clock, BIG, 5.0)
     ahead = [adm.admit(BIG, 1000.0) for _ in range(2)]  # 10 s ahead, +5 own = 15 s
     with pytest.raises(Overloaded) as refused:
-        adm.admit(BIG, 10.0)  # 15 s of work for 8.5 s: 6.5 s too much
+        adm.admit(BIG, 10.0)  # 15 s of work for 8 s: 7 s too much
     assert refused.value.retry_after_s == math.ceil(15 - HEADROOM * 10) == 7
     more = [adm.admit(BIG, 1000.0) for _ in range(30)]
     with pytest.raises(Overloaded) as refused:
@@ -164,6 +164,30 @@ def test_retry_after_is_the_excess_in_whole_seconds_capped() -> None:
     assert refused.value.retry_after_s == RETRY_AFTER_MAX_S
     for t in ahead + more:
         t.finish(completed=False)
+
+
+def test_a_pipeline_slower_than_predicted_scales_the_predictions_until_the_costs_catch_up() -> None:
+    """Requests that take twice their predicted latency scale the next predictions up at once; as the
+    costs' slower EWMA catches up the scale goes back to 1, and never below."""
+
+    def run(n: int, seconds: float) -> None:
+        for _ in range(n):
+            ticket = adm.admit(SMALL, 10.0)
+            ticket.start()
+            clock.now += seconds
+            ticket.finish()
+
+    adm, clock = admission()
+    run_one(adm, clock, SMALL, 0.1)
+    assert adm.slowdown == 1.0
+    run(10, 0.2)  # the pipeline got twice as slow
+    assert adm.times.estimate(SMALL) < 0.15  # the costs have not caught up yet ...
+    assert adm.slowdown > 1.3  # ... the slowdown has
+    assert adm.predicted_latency_s(SMALL) == pytest.approx(adm.times.estimate(SMALL) * adm.slowdown)
+    run(200, 0.2)
+    assert adm.slowdown < 1.05  # the costs say it now
+    run(100, 0.01)
+    assert adm.slowdown == 1.0
 
 
 def test_a_full_queue_is_refused_even_with_a_long_deadline() -> None:
