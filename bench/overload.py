@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import grpc
 from PIL import Image
 
 from bench.config import EVAL_IMAGES, RESULTS, ROOT
+from bench.machine import group_cpu_seconds, isa, load_average
 from bench.plots import _pyplot, _save
 from bench.stack import Stack
 from bench.stats import percentile
@@ -52,6 +54,7 @@ DEADLINES_S = (2.0, 5.0, 10.0)
 WINDOW_S = 10.0
 OK_SHARE_GOAL = 0.9
 REFUSAL_MS_GOAL = 50.0
+CPU_COLUMNS = ("gateway", "triton", "client")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,22 @@ def custom_gateway(stack: Stack, name: str, settings: Mapping[str, str]) -> Gate
     gateway = start_gateway(values, stack.workdir, name=name, cwd=ROOT)
     log.info("%s pid %d on %s with %s", name, gateway.pid, gateway.target, dict(settings))
     return gateway
+
+
+@contextlib.contextmanager
+def cpu_use(groups: Mapping[str, int]) -> Iterator[dict[str, float]]:
+    """CPU seconds each process group (and this client) used inside the block, with its wall time.
+
+    On a 2-core host the client, the gateway and Triton share the cores: this says where they went.
+    """
+    used: dict[str, float] = {}
+    before = {name: group_cpu_seconds(pgid) for name, pgid in groups.items()}
+    client, wall = time.process_time(), time.perf_counter()
+    yield used
+    for name, pgid in groups.items():
+        used[name] = round(group_cpu_seconds(pgid) - before[name], 2)
+    used["client"] = round(time.process_time() - client, 2)
+    used["wall"] = round(time.perf_counter() - wall, 2)
 
 
 def write_report(out: Path, name: str, result: Mapping[str, Any], markdown: str) -> None:
@@ -227,12 +246,16 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
     gateway = None
     try:
         gateway = custom_gateway(stack, "gateway-overload", {})
-        cap = asyncio.run(capacity(gateway.target, request, plan.capacity_s))
+        groups = {"gateway": gateway.pid, "triton": stack.triton_server().pid}
+        load_before = load_average()
+        with cpu_use(groups) as cap_cpu:
+            cap = asyncio.run(capacity(gateway.target, request, plan.capacity_s))
         rate = plan.factor * cap["ok_per_s"]
         log.info(
             "capacity %.1f OK/s; open loop at %.1f req/s for %.0f s", cap["ok_per_s"], rate, plan.overload_s
         )
-        calls, start = asyncio.run(open_loop(gateway.target, request, rate, plan.overload_s))
+        with cpu_use(groups) as over_cpu:
+            calls, start = asyncio.run(open_loop(gateway.target, request, rate, plan.overload_s))
     finally:
         if gateway is not None:
             gateway.stop()
@@ -240,6 +263,9 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
     summary = summarize(calls, start, plan.overload_s, cap["ok_per_s"])
     return {
         "plan": plan.__dict__,
+        "isa": isa(),
+        "load_average": {"before": load_before, "after": load_average()},
+        "cpu_s": {"capacity": cap_cpu, "overload": over_cpu},
         "deadlines_s": DEADLINES_S,
         "capacity": cap,
         "rate_per_s": rate,
@@ -272,6 +298,12 @@ def markdown(r: Mapping[str, Any], quick: bool) -> str:
         f"0: {mark(g['no_deadline_exceeded'])} |",
         f"| OK latency p50 / p99 | {ms(s['ok_p50_ms'])} / {ms(s['ok_p99_ms'])} ms | |",
     ]
+    cpu_rows = "\n".join(
+        f"| {phase} | {use['wall']:.0f} | "
+        + " | ".join(f"{use[name]:.1f} ({100 * use[name] / use['wall']:.0f} %)" for name in CPU_COLUMNS)
+        + f" | {sum(use[name] for name in CPU_COLUMNS) / use['wall']:.2f} |"
+        for phase, use in r["cpu_s"].items()
+    )
     windows = "\n".join(
         f"| {w['t']:.0f} | {w.get('OK', 0)} | {w.get('RESOURCE_EXHAUSTED', 0)} "
         f"| {w.get('DEADLINE_EXCEEDED', 0)} |"
@@ -289,6 +321,13 @@ in turn.
 | measure | value | goal |
 |---|---|---|
 {chr(10).join(rows)}
+
+CPU seconds per phase ({r["isa"]}; load average {r["load_average"]["before"]} before,
+{r["load_average"]["after"]} after; the client runs on the same cores):
+
+| phase | wall s | {" | ".join(CPU_COLUMNS)} | cores busy |
+|---|---|{"---|" * len(CPU_COLUMNS)}---|
+{cpu_rows}
 
 Calls per {WINDOW_S:.0f} s window of arrival:
 
