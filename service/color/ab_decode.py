@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
@@ -26,6 +27,9 @@ from service.errors import InvalidArgument
 # bin whose logit is 0.03 below the maximum already weighs exp(-30) ~ 1e-13 of it, far under float32
 # resolution, so the two agree except at near-ties; and 1/T stays a safe float32 factor.
 ARGMAX_BELOW_T = 1e-3
+# Pixels per annealed-mean block: 313 x 1024 float32 (1.3 MB) stays in L2 through its five passes, where
+# the whole 64 x 64 map (5 MB) would stream from L3 on each (measured 2-3x slower).
+_ANNEAL_BLOCK = 1024
 
 
 @functools.cache
@@ -72,12 +76,26 @@ def annealed_mean(logits: NDArray[Any], temperature: float) -> NDArray[np.float3
         return np.ascontiguousarray(centres.transpose(0, 2, 1)).reshape(n, 2, h, w)
     # Shift by the per-pixel maximum first: every exponent is then <= 0, so exp cannot overflow, and the
     # largest weight is exactly 1, so the denominator cannot underflow. All in float32, in place.
-    weights = flat.astype(np.float32)  # a copy to work in; float16 arithmetic in numpy is slow
-    weights -= weights.max(axis=1, keepdims=True)
-    weights *= np.float32(1.0 / temperature)
-    np.exp(weights, out=weights)
-    sums = np.matmul(_expectation_matrix(), weights)  # (N, 3, hw): sum w*a, sum w*b, sum w
+    scale = np.float32(1.0 / temperature)
+    matrix = _expectation_matrix()
+    sums = np.empty((n, 3, h * w), np.float32)  # per pixel: sum w*a, sum w*b, sum w
+    for item in range(n):
+        for start in range(0, h * w, _ANNEAL_BLOCK):
+            block = slice(start, start + _ANNEAL_BLOCK)
+            weights = _float32_copy(flat[item, :, block])
+            weights -= weights.max(axis=0)
+            weights *= scale
+            np.exp(weights, out=weights)
+            sums[item, :, block] = matrix @ weights
     return np.divide(sums[:, :2], sums[:, 2:]).reshape(n, 2, h, w)
+
+
+def _float32_copy(values: NDArray[Any]) -> NDArray[np.float32]:
+    """A float32 copy to work in. float16 goes through OpenCV's F16C conversion: numpy 1.26 converts
+    half floats one at a time, 5x slower (float16 arithmetic in numpy is slower still)."""
+    if values.dtype == np.float16:
+        return np.asarray(cv2.convertFp16(values))
+    return values.astype(np.float32)
 
 
 def resize_ab(ab: NDArray[Any], size: tuple[int, int]) -> NDArray[np.float32]:
@@ -95,6 +113,25 @@ def resize_ab(ab: NDArray[Any], size: tuple[int, int]) -> NDArray[np.float32]:
     rows = _bilinear_weights(ab.shape[-2], height)
     cols = _bilinear_weights(ab.shape[-1], width)
     return rows @ (ab.astype(np.float32, copy=False) @ cols.T)
+
+
+def upsample_ab(ab: NDArray[Any], size: tuple[int, int]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """`resize_ab` of `(2, h, w)` a and b planes by OpenCV's bilinear resize: the gateway's path.
+
+    `cv2.INTER_LINEAR` uses the same half-pixel rule (src = (i + 0.5) * in / out - 0.5, clamped at the
+    edges) but computes each source coordinate in float32, so it agrees with `resize_ab` (and torch) to
+    ~1e-3 Lab units, not bit for bit; it is 4-5x faster, one pass over the output instead of two dense
+    matrix products.
+    """
+    height, width = size
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if ab.ndim != 3 or ab.shape[0] != 2:
+        raise ValueError(f"ab must have shape (2, h, w), got {ab.shape}")
+    planes = np.ascontiguousarray(ab, np.float32)
+    a, b = (cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR) for plane in planes)
+    # OpenCV drops a length-1 axis it was asked for (e.g. (1, W) comes back as (W,)): restore it.
+    return np.asarray(a).reshape(height, width), np.asarray(b).reshape(height, width)
 
 
 @functools.lru_cache(maxsize=64)

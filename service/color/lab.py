@@ -12,7 +12,11 @@ Where the speed comes from:
 - powers are exp(p * log x): numpy's SIMD float32 exp and log are 2-4x faster than float32 pow or cbrt;
 - integer images skip the sRGB curve with a lookup table, and the uint8 output quantises linear values
   against precomputed thresholds instead of raising every pixel to 1/2.4;
-- work is planar (one contiguous array per channel), so the 3x3 colour matrices are nine scaled adds.
+- work is planar (one contiguous array per channel), so the 3x3 colour matrices are nine scaled adds;
+- uint8 sRGB -> L (the gateway's decode path) takes Y's three per-channel lookups in one `cv2.LUT` and
+  their sum in one `cv2.transform`: 1.3x faster than three `np.take` and two adds (bench/results/
+  gateway_overhead.md), the same float32 sums. The same fusion of Lab -> uint8 sRGB (cv2.merge,
+  cv2.transform, cv2.addWeighted) measured no faster than these numpy passes, so that path stays numpy.
 
 Arrays are channel-last `(..., 3)`. float64 input is computed (and returned) in float64; float16/32 and
 uint8/uint16 input in float32.
@@ -24,6 +28,7 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -97,6 +102,8 @@ def srgb_to_l(rgb: NDArray[Any]) -> FloatArray:
     Returns:
         `(...)` L in [0, 100].
     """
+    if rgb.dtype == np.uint8 and rgb.ndim >= 2:
+        return _srgb8_to_l(rgb)
     pixels = _pixels(rgb, "rgb")
     l = np.empty(len(pixels), _work_dtype(rgb.dtype))  # noqa: E741 (the channel's name)
     luts = _luminance_luts(_levels(rgb.dtype)) if rgb.dtype.kind == "u" else None
@@ -109,6 +116,29 @@ def srgb_to_l(rgb: NDArray[Any]) -> FloatArray:
             y += np.take(luts[2], pixels[block, 2])
         l[block] = _l_from_y(y)
     return l.reshape(rgb.shape[:-1])
+
+
+def _srgb8_to_l(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """`srgb_to_l` of uint8 sRGB: Y's three lookups in one `cv2.LUT`, their sum in one `cv2.transform`."""
+    _check_channels(rgb, "rgb")
+    pixels = rgb.reshape(-1, 1, 3)  # OpenCV's view: a column of 3-channel pixels
+    l = np.empty(len(pixels), np.float32)  # noqa: E741
+    shares = _luminance_lut3()
+    for block in _blocks(len(pixels)):
+        y = cv2.transform(cv2.LUT(pixels[block], shares), _ONES_ROW)
+        l[block] = _l_from_y(np.asarray(y, np.float32).reshape(-1))
+    return l.reshape(rgb.shape[:-1])
+
+
+_ONES_ROW = np.ones((1, 3), np.float32)
+
+
+@functools.cache
+def _luminance_lut3() -> NDArray[np.float32]:
+    """`_luminance_luts(256)` as one 256-entry, 3-channel table for `cv2.LUT`."""
+    lut = np.ascontiguousarray(np.stack(_luminance_luts(256), axis=-1).reshape(1, 256, 3))
+    lut.flags.writeable = False
+    return lut
 
 
 def gray_to_l(gray: NDArray[Any]) -> FloatArray:

@@ -126,7 +126,7 @@ def finish(
 ) -> tuple[bytes, str]:
     """(2, h, w) ab -> bilinear to full resolution -> with the original L -> sRGB -> (bytes, format)."""
     height, width = prepared.lightness.shape
-    a, b = ab_decode.resize_ab(ab_small, (height, width))
+    a, b = ab_decode.upsample_ab(ab_small, (height, width))
     rgb = lab.lab_planes_to_srgb_uint8(prepared.lightness, a, b)
     lap("ab upsample + Lab→sRGB")
     fmt = prepared.output_format(options.output_format)

@@ -139,6 +139,38 @@ class TestResizeAb:
             ab_decode.resize_ab(np.zeros((2, 3, 3), np.float32), (0, 4))
 
 
+class TestUpsampleAb:
+    """The gateway's OpenCV path against `resize_ab`, the torch-exact reference."""
+
+    @pytest.mark.parametrize(
+        ("size_in", "size_out"),
+        [((64, 64), (512, 768)), ((64, 64), (2048, 2048)), ((64, 48), (1000, 751)), ((30, 40), (11, 13)),
+         ((1, 1), (3, 2)), ((64, 64), (1, 200)), ((64, 64), (64, 64))],
+    )  # fmt: skip
+    def test_matches_resize_ab(self, size_in: tuple[int, int], size_out: tuple[int, int]) -> None:
+        ab = np.random.default_rng(3).uniform(-110, 110, (2, *size_in)).astype(np.float32)
+        a, b = ab_decode.upsample_ab(ab, size_out)
+        assert a.shape == b.shape == size_out and a.dtype == b.dtype == np.float32
+        # 2e-3 Lab units, looser than resize_ab's 1e-4 to torch: OpenCV computes each output pixel's
+        # source coordinate in float32 (~1e-5 px at 2048 px), times ab steps of up to 220 between
+        # neighbouring random pixels. Real ab is smooth; 2e-3 moves no uint8 code except at a tie.
+        np.testing.assert_allclose(np.stack([a, b]), ab_decode.resize_ab(ab, size_out), rtol=0, atol=2e-3)
+
+    def test_hand_computed_2x2_to_4x4(self) -> None:
+        ab = np.array([[[0.0, 1.0], [2.0, 3.0]], [[0.0, 0.0], [0.0, 0.0]]], np.float32)
+        axis = np.array([0.0, 0.25, 0.75, 1.0])
+        np.testing.assert_allclose(ab_decode.upsample_ab(ab, (4, 4))[0], 2 * axis[:, None] + axis, atol=1e-6)
+
+    @pytest.mark.parametrize("shape", [(3, 4, 4), (4, 4), (1, 2, 4, 4)])
+    def test_rejects_other_than_two_planes(self, shape: tuple[int, ...]) -> None:
+        with pytest.raises(ValueError, match="must have shape"):
+            ab_decode.upsample_ab(np.zeros(shape, np.float32), (8, 8))
+
+    def test_rejects_empty_size(self) -> None:
+        with pytest.raises(ValueError, match=r"\(4, 0\)"):
+            ab_decode.upsample_ab(np.zeros((2, 3, 3), np.float32), (4, 0))
+
+
 class TestResizeL:
     def test_shape_dtype_and_constant(self) -> None:
         out = ab_decode.resize_l(np.full((300, 200), 42.0, np.float64), (256, 128))
