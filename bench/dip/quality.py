@@ -9,10 +9,12 @@ Sections (`--only a,b`; all by default):
             vs the best iterate seen (goal: within 0.5 dB), plus where MSE <= σ² would have stopped.
             Plot: autostop.png.
 * stoprules the same images and noise with the default AutoStop (held-out pixels, then the refit read
-            off the autostop trace), σ given and blind, and the discrepancy rule read off the autostop
-            traces. barbara and pepper were not used to choose tau, baboon and comic were not used to
-            choose anything. --autostop-images / --sigmas run a
-            subset; runs merge into the section, so one invocation per core works.
+            off the autostop trace): returned iterate, gap, total iterations (held-out run + refit)
+            against the reference's fixed 3000, and wall time; σ given and blind, and the discrepancy
+            rule read off the autostop traces. barbara and pepper were not used to choose tau.
+            --autostop-images / --sigmas run a subset; runs merge into the section, so one invocation
+            per core works. The default on other images: `python -m bench.dip.traces` records them and
+            its --report writes autostop_spread.json, drawn here as its own table.
 * inpaint   kate.png + kate_mask.png, centre crop: PSNR vs the masked input.
 * sr        Set5 butterfly (and --sr-images) x4 from a PIL-Lanczos LR: Y-channel PSNR (authors' protocol,
             4 px border) vs bicubic.
@@ -21,7 +23,7 @@ Sections (`--only a,b`; all by default):
     .venv/bin/python -m bench.dip.quality --data DIR --quick                # smoke test, ~1-2 min
     .venv/bin/python -m bench.dip.quality --data DIR --only denoise         # ~6-8 min on 2 quiet cores
     .venv/bin/python -m bench.dip.quality --data DIR --only autostop        # ~40-70 min
-    .venv/bin/python -m bench.dip.quality --data DIR --only stoprules --threads 1 --sigmas 25  # ~30 min per σ
+    .venv/bin/python -m bench.dip.quality --data DIR --only stoprules --threads 1 --sigmas 25  # ~25 min per σ
     .venv/bin/python -m bench.dip.quality --data DIR --only inpaint,sr,jpeg --max-iterations 1500
 
 --data DIR (or PRIORLAB_DIP_DATA) is required: the reference numbers are for the DIP authors' test
@@ -42,6 +44,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,7 @@ from PIL import Image
 
 from bench import plots
 from bench.dip.common import OUT, Image_, centre_crop, load, noisy_pair, out_dir
+from bench.dip.traces import RECORD, fit_traced, outcome
 from bench.report import table
 from service.bus.request import (
     AutoStop,
@@ -85,6 +89,9 @@ AUTOSTOP_IMAGES = {
 }
 DATA_FILES = (*AUTOSTOP_IMAGES.values(), KATE_MASK, "eval/set5/butterfly.png")
 REF_DENOISE_EMA = {100: 16.73, 200: 21.42, 300: 24.30, 500: 27.11}  # docs/dip.md §5, reference code on CPU
+# The default AutoStop on images outside the set above: `python -m bench.dip.traces --report` writes it.
+SPREAD = "autostop_spread.json"
+REFERENCE_DENOISE_ITERATIONS = 3000  # the reference denoising notebook's fixed num_iter (docs/dip.md §1.3)
 
 
 def reference_noisy(img: Image_, sigma: float) -> Image_:
@@ -207,26 +214,43 @@ def _json_path(args: argparse.Namespace) -> Path:
     return args.out / "quality.json"
 
 
-def _refit_outcomes(run: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    """The default AutoStop's result (held-out run, then the refit on every pixel) for a stoprules row: the
-    autostop run's PSNR at the held-out run's iteration (blind: only where σ̂ picks σ's setting)."""
-    out: dict[str, Any] = {}
-    for key, held in (("refit", "holdout"), ("refit_blind", "holdout_blind")):
-        if key == "refit_blind" and not row["same_recipe_blind"]:
+def _held_out_outcomes(
+    noisy: Image_, gt: Image_, task: DenoiseTask, run: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The default AutoStop on one run: the held-out run recorded under `traces.RECORD` (which stops no
+    earlier), the default's stop replayed on its held-out error (the stopper only reads the run, so this
+    is where the default stops), the refit read off the autostop run's trace (same seed, every pixel:
+    tests/service/worker/test_engine.py checks it bit for bit). Wall time: the recorded seconds per
+    iteration x (held-out iterations + refit iterations)."""
+    record = replace(RECORD, max_iterations=args.max_iterations)
+    default = AutoStop(max_iterations=args.max_iterations)
+    if args.quick:
+        record = replace(record, warmup=5, holdout_patience=10, max_iterations=40)
+        default = replace(default, warmup=5, holdout_patience=10, max_iterations=40)
+    holdout_psnr, holdout_mse, s_per_iter = fit_traced(noisy, gt, task, record)
+    trace: dict[str, Any] = {
+        "holdout_mse": holdout_mse,
+        "holdout_psnr": holdout_psnr,
+        "all_psnr": np.asarray(run["psnr_trace"]),
+        "holdout_s_per_iter": np.float64(s_per_iter),
+        "all_s_per_iter": np.float64(s_per_iter),  # the same network and image size
+    }
+    out: dict[str, Any] = {"recorded_iterations": len(holdout_mse), "s_per_iter": round(s_per_iter, 4)}
+    for key, policy in (("refit", default), ("holdout", replace(default, refit=False))):
+        try:
+            out[key] = outcome(trace, policy)
+        except ValueError as exc:  # --quick: the autostop run ended before the chosen iteration
+            print(f"  {key}: {exc}", flush=True)
             out[key] = None
-            continue
-        it = row[held]["iteration"]
-        if not 0 < it <= len(run["psnr_trace"]):  # the autostop run ended before it (--quick)
-            out[key] = None
-            continue
-        out[key] = {"iteration": it, "psnr": run["psnr_trace"][it - 1]}
-        out[key]["gap_db"] = run["best_psnr"] - out[key]["psnr"]
+    # The held-out error and PSNR per iteration, so other settings can be judged offline (`replay`).
+    out["holdout_trace"] = [round(float(x), 8) for x in holdout_mse]
+    out["holdout_psnr_trace"] = [round(float(x), 3) for x in holdout_psnr]
     return out
 
 
 def section_stoprules(args: argparse.Namespace) -> dict[str, Any]:
-    """The default AutoStop (held-out pixels) through the engine, and the discrepancy rule on the
-    autostop section's traces, on the same crops and noise; gaps against the autostop run's best iterate.
+    """The default AutoStop (held-out pixels, then the refit), and the discrepancy rule on the autostop
+    section's traces, on the same crops and noise; gaps against the autostop run's best iterate.
 
     The autostop runs use the paper's algorithm (every pixel in the loss), so their best iterate is the
     target for every rule. The discrepancy rule does not change the trajectory, only where it ends, so its
@@ -251,22 +275,13 @@ def section_stoprules(args: argparse.Namespace) -> dict[str, Any]:
         row |= {"best_iteration": run["best_iteration"], "estimated_sigma": sigma_hat * 255}
         row["same_recipe_blind"] = same_recipe
         print(f"stop rules {run['image']} sigma {run['sigma']}", flush=True)
-        # One pass: the refit's image is the autostop run's iterate at the chosen iteration (same seed,
-        # every pixel: tests/service/worker/test_engine.py checks it bit for bit).
-        policy = AutoStop(refit=False, max_iterations=args.max_iterations)
-        if args.quick:
-            policy = AutoStop(refit=False, warmup=5, holdout_patience=10, max_iterations=40)
-        result = restore(noisy, DenoiseTask(sigma=sigma), stopping=policy)
-        value = psnr(result.image, gt)
-        row["holdout"] = {"psnr": value, "gap_db": run["best_psnr"] - value} | _meta(result)
-        # The held-out error per iteration, so other waits and tolerances can be judged offline.
-        row["holdout_trace"] = [round(float(x), 8) for x in result.statistic]
-        if not same_recipe:
+        row |= _held_out_outcomes(noisy, gt, DenoiseTask(sigma=sigma), run, args)
+        if same_recipe:
+            row["holdout_blind"], row["refit_blind"] = row["holdout"], row["refit"]
+        else:  # another reg_noise_std setting: another trajectory, not on the autostop trace
             print(f"stop rules {run['image']} sigma {run['sigma']} blind", flush=True)
-            result = restore(noisy, DenoiseTask(), stopping=policy)
-            value = psnr(result.image, gt)
-        row["holdout_blind"] = {"psnr": value, "gap_db": run["best_psnr"] - value} | _meta(result)
-        row |= _refit_outcomes(run, row)
+            blind = _held_out_outcomes(noisy, gt, DenoiseTask(), run, args)
+            row["holdout_blind"], row["refit_blind"] = blind["holdout"], None
         losses = np.asarray(run["loss_trace"])
         for key, floor in (("discrepancy", noise_floor(noisy, sigma)), ("discrepancy_blind", sigma_hat**2)):
             if key == "discrepancy_blind" and not same_recipe:
@@ -277,13 +292,20 @@ def section_stoprules(args: argparse.Namespace) -> dict[str, Any]:
             row[key] = {"iteration": it, "psnr": run["psnr_trace"][it - 1]}
             row[key]["gap_db"] = run["best_psnr"] - row[key]["psnr"]
         rows.append(row)
+        # Each run takes minutes on a CPU: keep what is done if the section is interrupted.
+        _save_section(_json_path(args), "stoprules_partial", {"runs": rows, "crop": done["crop"]})
     rows = _merge_runs(args, "stoprules", rows, done["crop"])
     gaps = [r[k]["gap_db"] for r in rows for k in ("refit", "refit_blind") if r[k] is not None]
     # No gap where every held-out run stopped past the end of its autostop run (--quick: 40 iterations).
     worst = max(gaps, default=None)
+    work = [r["refit"]["total_iterations"] for r in rows if r["refit"] is not None]
+    median_work = float(np.median(work)) if work else None
     return {
         "runs": rows,
         "max_gap_db": worst,
+        "within_0_5_db": sum(g <= 0.5 for g in (r["refit"]["gap_db"] for r in rows if r["refit"])),
+        "median_total_iterations": median_work,
+        "median_work_vs_reference": median_work / REFERENCE_DENOISE_ITERATIONS if median_work else None,
         "pass": worst is not None and worst <= 0.5,
         "crop": done["crop"],
     }
@@ -362,7 +384,7 @@ def _meta(result: RestoreResult) -> dict[str, Any]:
     }
 
 
-def _markdown(res: dict[str, Any], meta: dict[str, Any]) -> str:
+def _markdown(res: dict[str, Any], meta: dict[str, Any], spread: dict[str, Any] | None = None) -> str:
     lines = ["# DIP engine quality", "", f"Generated by `python -m bench.dip.quality` {meta}.", ""]
     if "denoise" in res:
         d = res["denoise"]
@@ -416,6 +438,8 @@ def _markdown(res: dict[str, Any], meta: dict[str, Any]) -> str:
         ]
     if "stoprules" in res:
         lines += _stoprules_markdown(res["stoprules"])
+    if spread is not None:
+        lines += _spread_markdown(spread)
     for key, title, base in (
         ("inpaint", "Inpainting, kate", "masked_psnr"),
         ("jpeg", "JPEG q=10, F16", "jpeg_psnr"),
@@ -460,29 +484,39 @@ def _markdown(res: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
+    stop = AutoStop()
     lines = [
         f"## Stop rules, same {d['crop']}² crops and noise (gap: the autostop run's best PSNR minus the "
         "returned iterate's)",
         "",
-        f"Held-out pixels (the default): {AutoStop().holdout:.0%} of the pixels left out of the loss; "
-        f"the run stops once their error had no new minimum for {AutoStop().holdout_wait:g}x as long as "
-        f"the minimum took to come (>= {AutoStop().holdout_patience} iterations; set on barbara σ=25, "
-        "where the fit stalls; baboon and comic were added after), then the "
-        "paper's fit on every pixel runs again, same seed, to that iteration and is returned (refit; the "
-        "held-out run's own iterate is the refit=False result). The refit's PSNR is the autostop run's "
-        "at that iteration (bit-exact equivalence tested). σ only picks the reg_noise_std setting, so "
+        f"Held-out pixels (the default): {stop.holdout:.0%} of the pixels left out of the loss; "
+        f"the run stops once their error, at least {stop.holdout_patience} iterations after its minimum, "
+        f"rose {stop.holdout_rise:.0%} of its descent (from the first tracked iteration down to the "
+        f"minimum) above it, or had no new minimum for {stop.holdout_wait:g}x as long as the minimum took "
+        "to come; then the paper's fit on every pixel runs again, same seed, to the minimum's iteration and "
+        "is returned (refit; the held-out run's own iterate is the refit=False result). The held-out run "
+        f"is recorded under a policy that stops no earlier (rise {RECORD.holdout_rise:.0%}) and the "
+        "default's stop is replayed on its held-out error by the engine's own stopper (the stopper only "
+        "reads the run); the refit's PSNR is the autostop run's at that iteration (bit-exact equivalence "
+        "tested). Total iterations: held-out run + refit, against the reference notebook's fixed "
+        f"{REFERENCE_DENOISE_ITERATIONS}; wall time: that many iterations at the recorded run's seconds "
+        "per iteration (1 thread). σ only picks the reg_noise_std setting, so "
         "blind is the σ-given run wherever σ̂ picks the same setting. "
-        f"Discrepancy (τ = {AutoStop().tau:g}; tuned on F16, zebra and kate): the first iteration of "
+        f"Discrepancy (τ = {stop.tau:g}; tuned on F16, zebra and kate): the first iteration of "
         "the autostop run whose loss is <= τ x the floor (the clipped-noise variance at the observed "
         "pixels with σ given, σ̂² blind).",
         "",
     ]
 
-    def cell(x: dict[str, Any] | None, reason: bool = False) -> str:
+    def cell(x: dict[str, Any] | None) -> str:
         if x is None:
             return "-"  # not on the autostop run's trajectory (σ̂ picks another setting)
-        tail = f" ({x['stop_reason']})" if reason else ""
-        return f"{x['iteration']} / {x['psnr']:.2f} / **{x['gap_db']:.2f}**{tail}"
+        return f"{x['iteration']} / {x['psnr']:.2f} / **{x['gap_db']:.2f}**"
+
+    def work(x: dict[str, Any] | None) -> str:
+        if x is None:
+            return "-"
+        return f"{x['stopped_at']} + {x['iteration']} = **{x['total_iterations']}** / {x['wall_s']:.0f} s"
 
     lines += table(
         (
@@ -491,6 +525,7 @@ def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
             "σ̂",
             "best it / PSNR",
             "**held-out + refit** (default): it / PSNR / gap",
+            "held-out stop + refit = total it / wall",
             "held-out run, no refit",
             "discrepancy, σ given",
             "discrepancy, σ̂",
@@ -502,7 +537,8 @@ def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
                 f"{r['estimated_sigma']:.1f}",
                 f"{r['best_iteration']} / {r['best_psnr']:.2f}",
                 cell(r["refit"]),
-                cell(r["holdout"], True),
+                work(r["refit"]),
+                cell(r["holdout"]),
                 cell(r["discrepancy"]),
                 cell(r["discrepancy_blind"]),
             )
@@ -522,6 +558,54 @@ def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
         lines.append(
             f"- {label}: within 0.5 dB on **{within} of {len(gaps)}** runs"
             + (f", max gap {max(gaps):.2f} dB." if gaps else ".")
+        )
+    refits = [r["refit"] for r in d["runs"] if r["refit"] is not None]
+    if refits:
+        its = float(np.median([x["total_iterations"] for x in refits]))
+        wall = float(np.median([x["wall_s"] for x in refits]))
+        low, high = (f(x["total_iterations"] for x in refits) for f in (min, max))
+        ref = REFERENCE_DENOISE_ITERATIONS
+        lines.append(
+            f"- default total work: median **{its:.0f}** iterations = **{its / ref:.2f}x** the reference's "
+            f"{ref} (range {low}-{high}); median wall {wall:.0f} s."
+        )
+    return [*lines, ""]
+
+
+def _spread_markdown(d: dict[str, Any]) -> list[str]:
+    """The default AutoStop on images no setting was chosen on (`python -m bench.dip.traces --report`)."""
+    lines = [
+        f"## The default auto-stop on other images ({d['crop']}² centre crops, file names only)",
+        "",
+        "Held-out run and fit on every pixel recorded by `python -m bench.dip.traces` (1 thread); the "
+        "default's stop replayed on the held-out error, gap to the best iterate of the fit on every pixel.",
+        "",
+    ]
+    lines += table(
+        (
+            "image",
+            "σ",
+            "best it / PSNR",
+            "returned it / PSNR / gap",
+            "held-out stop + refit = total it / wall",
+        ),
+        (
+            (
+                r["image"],
+                r["sigma"],
+                f"{r['best_iteration']} / {r['best_psnr']:.2f}",
+                f"{r['iteration']} / {r['psnr']:.2f} / **{r['gap_db']:.2f}**",
+                f"{r['stopped_at']} + {r['iteration']} = **{r['total_iterations']}** / {r['wall_s']:.0f} s",
+            )
+            for r in d["runs"]
+        ),
+    )
+    if d["runs"]:
+        lines.append(
+            f"- {len(d['runs'])} runs: within 0.5 dB on **{d['within_0_5_db']}**, median gap "
+            f"{d['median_gap_db']:.2f} dB, max {d['max_gap_db']:.2f} dB; median total work "
+            f"{d['median_total_iterations']:.0f} iterations = "
+            f"{d['median_total_iterations'] / REFERENCE_DENOISE_ITERATIONS:.2f}x the reference's."
         )
     return [*lines, ""]
 
@@ -585,11 +669,14 @@ def main(argv: list[str] | None = None) -> int:
     if "autostop" in res:
         plots.autostop_traces(res["autostop"]["runs"], res.get("stoprules"), args.out / "autostop.png")
     stale: list[str] = ["autostop_partial"] if "autostop" in res else []
+    stale += ["stoprules_partial"] if "stoprules" in res else []
     stale += ["discrepancy"] if "stoprules" in res else []  # superseded by stoprules (2026-11-29)
     if [res.pop(k) for k in stale if k in res]:
         json_path.write_text(json.dumps(res, indent=1))
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": args.threads}
-    (args.out / f"{stem}.md").write_text(_markdown(res, meta))
+    spread_path = args.out / SPREAD
+    spread = json.loads(spread_path.read_text()) if spread_path.exists() else None
+    (args.out / f"{stem}.md").write_text(_markdown(res, meta, spread))
     print(f"wrote {json_path} and {stem}.md")
     return 0
 

@@ -95,16 +95,16 @@ class AutoStop:
     seed) is left out of the loss. Their noise is independent of the fit, so the MSE between the iterate
     and the noisy image on them is the iterate's MSE to the clean image there plus a constant: its minimum
     marks the best iteration without knowing σ (self-validation, Li et al. BMVC 2021; J-invariance,
-    Batson & Royer ICML 2019). The run stops once no new minimum came for `holdout_wait` times as long as
-    the minimum took to come (at least `holdout_patience` iterations), as DIP fits in stages and can stall
-    between them. With `refit` (default) the
-    paper's fit on every pixel then runs again from the same seed to that iteration and is returned,
-    exactly what `FixedIterations(t)` would return (the fit on 90% of the pixels peaks 0.1-0.5 dB lower;
-    `refit=False` returns it, a quarter fewer iterations). σ, given or estimated, only picks the recipe.
-    On fourteen 96² runs (seven images, σ = 25 and 50; bench/results/dip/quality.md) it lands within
-    0.5 dB of the best iterate on thirteen (0.40 at most), blind or not. On baboon at σ=25 it stops
-    0.75 dB short: the fur keeps improving where the network sees the pixels, while the error at the
-    held-out ones rises from iteration 540 on.
+    Batson & Royer ICML 2019). At least `holdout_patience` iterations after the minimum, the run stops as
+    soon as that error has risen `holdout_rise` times its descent (from the first tracked iteration to
+    the minimum) above it, or once no new minimum came for `holdout_wait` times as long as the minimum
+    took to come: DIP fits in stages and can stall between them, and a stall stays flat where the turn
+    to fitting the noise rises (service/worker/early_stop.py). With `refit` (default) the paper's fit on
+    every pixel then runs again from the same seed to that iteration and is returned, exactly what
+    `FixedIterations(t)` would return (the fit on 90% of the pixels peaks 0.1-0.5 dB lower; `refit=False`
+    returns it, for fewer iterations). σ, given or estimated, only picks the recipe. The numbers on
+    fourteen 96² runs (seven images, σ = 25 and 50) and on images no setting was chosen on are in
+    bench/results/dip/quality.md.
     Images with fewer than `MIN_HOLDOUT_PIXELS` held-out pixels fall back to the rules below.
 
     Otherwise, the blind running-variance rule (Wang et al., arXiv 2112.06074): after `warmup`
@@ -128,7 +128,8 @@ class AutoStop:
     estimate_sigma: bool = True
     holdout: float = 0.1  # denoising: fraction of pixels held out of the loss (0: off)
     holdout_patience: int = 200  # the least wait for a new held-out minimum
-    holdout_wait: float = 2.0  # the wait for a new held-out minimum, in multiples of the minimum's age
+    holdout_wait: float = 2.0  # the longest wait for a new held-out minimum, in multiples of its age
+    holdout_rise: float = 0.01  # stop sooner once the error rose this fraction of its descent
     refit: bool = True  # denoising with holdout: refit every pixel to the chosen iteration
     max_iterations: int | None = None
 
@@ -146,6 +147,8 @@ class AutoStop:
             raise ValueError(f"holdout must be in [0, 0.5] (a fraction of the pixels), got {self.holdout}")
         if self.holdout_wait <= 0.0:
             raise ValueError(f"holdout_wait must be > 0, got {self.holdout_wait}")
+        if not self.holdout_rise >= 0.0:  # also refuses NaN; inf turns the rise test off
+            raise ValueError(f"holdout_rise must be >= 0, got {self.holdout_rise}")
         if self.tau <= 0.0:
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if self.max_iterations is not None and self.max_iterations < 1:

@@ -105,6 +105,12 @@ def noise_floor(noisy: NDArray[np.floating], sigma: float | None) -> float:
     return float(clipped_noise_variance(observed, sigma).mean())
 
 
+def holdout_rose(first: float, low: float, last: float, rise: float) -> bool:
+    """Whether the held-out error `last` is `rise` x its descent (`first`, at the first tracked iteration,
+    down to the minimum `low`) above its minimum: the curve turned up, not just a stall."""
+    return last - low >= rise * (first - low)
+
+
 class _ExponentialVariance:
     """ES-EMV statistic."""
 
@@ -201,6 +207,8 @@ class EarlyStopper:
         self.best_stat = torch.full((), math.inf, device=device)
         self.best_iter = torch.zeros((), dtype=torch.long, device=device)
         self.best_image: torch.Tensor | None = None
+        self.first_stat = torch.full((), math.inf, device=device)  # at the first tracked iteration
+        self.last_stat = torch.full((), math.inf, device=device)
         self.hit_iter = torch.zeros((), dtype=torch.long, device=device)  # 0: not reached yet
         self.hit_image: torch.Tensor | None = None
         self.tracking = False
@@ -219,8 +227,10 @@ class EarlyStopper:
             self.best_iter = torch.where(improved, self.counter, self.best_iter)
             if self.best_image is None:
                 self.best_image = product.detach().clone()  # the first tracked iterate always improves
+                self.first_stat = stat.detach().clone()
             else:
                 self.best_image.copy_(torch.where(improved, product, self.best_image))
+            self.last_stat = stat.detach()
             self.tracking = True
         if self.threshold is not None:
             hit = (loss.detach() <= self.threshold) & (self.hit_iter == 0)
@@ -237,15 +247,14 @@ class EarlyStopper:
         if not self.tracking:
             return None
         best = int(self.best_iter)
-        if isinstance(self.stat, _HeldOutError):
-            # DIP fits in stages: a stall can put a shallow minimum before the real one, so the wait
-            # grows with the minimum's age (at least `patience`). Barbara at σ=25 has a minimum at 354
-            # in a stall and a deeper one at 858: waiting 1x its age stops at 708, 2x catches it.
-            if iteration - best >= max(self.patience, self.policy.holdout_wait * best):
-                return StopReason.HOLDOUT
-        elif iteration - best >= self.patience:
+        if iteration - best < self.patience:
+            return None
+        if not isinstance(self.stat, _HeldOutError):
             return StopReason.PLATEAU
-        return None
+        if iteration - best >= self.policy.holdout_wait * best:
+            return StopReason.HOLDOUT
+        first, low, last = torch.stack((self.first_stat, self.best_stat, self.last_stat)).tolist()
+        return StopReason.HOLDOUT if holdout_rose(first, low, last, self.policy.holdout_rise) else None
 
     def choice(self) -> tuple[int, torch.Tensor] | None:
         """The iterate the rule returns now, as (iteration, image), or None before the warm-up ends."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +17,7 @@ from service.worker.early_stop import (
     clipped_noise_variance,
     estimate_noise_sigma,
     holdout_mask,
+    holdout_rose,
     noise_floor,
 )
 
@@ -190,7 +194,8 @@ class TestHoldout:
         weights = (torch.rand(1, 1, 16, 16, generator=gen) < 0.3).float()
         direction = torch.randn(target.shape, generator=gen)
         outs = [target + (abs(t - 120) / 100 + 0.01) * direction for t in range(1, 501)]
-        policy = AutoStop(warmup=20, holdout_patience=50)
+        # holdout_rise=inf: the rise test off, so only the wait ends the run.
+        policy = AutoStop(warmup=20, holdout_patience=50, holdout_rise=math.inf)
         stopper = EarlyStopper(policy, noise_floor=1.0, device=CPU, held_out=(target, weights))
         reason, stopped_at = _run(stopper, outs, [0.0] * len(outs))  # loss 0 <= any floor: ignored
         choice = stopper.choice()
@@ -202,21 +207,66 @@ class TestHoldout:
         want = (outs[119] - target)[held].square().mean()
         torch.testing.assert_close(stopper.best_stat, want)
 
+    @staticmethod
+    def _held_out_run(
+        error: Callable[[int], float], policy: AutoStop, n: int
+    ) -> tuple[StopReason | None, int, int]:
+        """(reason, stop, chosen iteration) for a run whose held-out error at iteration t is error(t)."""
+        target, weights = torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8)
+        outs = [torch.full((1, 1, 8, 8), math.sqrt(error(t)), dtype=torch.float64) for t in range(1, n + 1)]
+        stopper = EarlyStopper(policy, None, CPU, held_out=(target, weights))
+        reason, stopped_at = _run(stopper, outs, [1.0] * n)
+        choice = stopper.choice()
+        return reason, stopped_at, choice[0] if choice is not None else 0
+
+    @pytest.mark.parametrize(("rise", "stop"), [(0.0101, 700), (0.0455, 910), (0.3, 1500)])
+    def test_stops_once_the_error_rose_a_fraction_of_its_descent(self, rise: float, stop: int) -> None:
+        # Down from 1.0 at the first tracked iteration (11) to 0.1 at 500, then up 1e-4 per iteration: a
+        # rise of r x the 0.9 descent comes 9000 r iterations after the minimum. 1%: 91 iterations, but
+        # not before the patience (200); 4.55%: 410; 30% (2700) comes after the wait of 2x 500.
+        def error(t: int) -> float:
+            return 1.0 - 0.9 * (t - 11) / 489 if t <= 500 else 0.1 + (t - 500) * 1e-4
+
+        policy = AutoStop(warmup=10, holdout_patience=200, holdout_rise=rise)
+        reason, stopped_at, chosen = self._held_out_run(error, policy, 2000)
+        assert reason is StopReason.HOLDOUT and chosen == 500 and stopped_at == stop
+
+    @pytest.mark.parametrize(("bump", "minimum", "stop"), [(0.003, 300, 350), (0.05, 100, 150)])
+    def test_a_flat_stall_does_not_end_the_run(self, bump: float, minimum: int, stop: int) -> None:
+        # Down to 0.5 at 100, a stall to 250 whose bump peaks at `bump`, then down to 0.1 at 300 and up,
+        # as barbara at σ=25 (minima at 354 and 858). A bump under 1% of the 0.5 descent so far (0.005)
+        # is a stall: the run goes on to the deeper minimum. A bump over it reads as the turn.
+        def error(t: int) -> float:
+            if t <= 100:
+                return 1.0 - 0.5 * (t - 11) / 89
+            if t <= 250:
+                return 0.5 + bump * math.sin(math.pi * (t - 100) / 150)
+            return max(0.1, 0.5 - 0.4 * (t - 250) / 50) if t <= 300 else 0.1 + (t - 300) * 1e-3
+
+        policy = AutoStop(warmup=10, holdout_patience=50, holdout_rise=0.01)
+        reason, stopped_at, chosen = self._held_out_run(error, policy, 1000)
+        assert reason is StopReason.HOLDOUT and chosen == minimum and stopped_at == stop
+
     @pytest.mark.parametrize(("wait", "minimum", "stop"), [(1.0, 100, 200), (2.0, 250, 750)])
     def test_waits_through_a_stall_for_the_deeper_minimum(self, wait: float, minimum: int, stop: int) -> None:
-        # A shallow minimum at 100 (the fit stalls), then a deeper one at 250, as barbara at σ=25 (354 and
-        # 858): waiting 1x the minimum's age stops at 200 with the first, 2x (the default) finds the second.
+        # With the rise test off, the wait alone: a shallow minimum at 100, then a deeper one at 250.
+        # Waiting 1x the minimum's age stops at 200 with the first, 2x (the default) finds the second.
         def error(t: int) -> float:
             if t <= 150:
                 return 0.05 + abs(t - 100) / 200
             return 0.30 - (t - 150) * 0.0028 if t <= 250 else 0.02 + (t - 250) / 100
 
-        target = torch.zeros(1, 1, 8, 8)
-        weights = torch.ones(1, 1, 8, 8)
-        outs = [torch.full((1, 1, 8, 8), error(t)) for t in range(1, 1001)]
-        policy = AutoStop(warmup=10, holdout_patience=50, holdout_wait=wait)
-        stopper = EarlyStopper(policy, None, CPU, held_out=(target, weights))
-        reason, stopped_at = _run(stopper, outs, [1.0] * len(outs))
-        choice = stopper.choice()
-        assert reason is StopReason.HOLDOUT and choice is not None
-        assert choice[0] == minimum and stopped_at == stop
+        policy = AutoStop(warmup=10, holdout_patience=50, holdout_wait=wait, holdout_rise=math.inf)
+        reason, stopped_at, chosen = self._held_out_run(error, policy, 1000)
+        assert reason is StopReason.HOLDOUT and chosen == minimum and stopped_at == stop
+
+    def test_rose_is_relative_to_the_descent(self) -> None:
+        assert holdout_rose(first=1.0, low=0.5, last=0.51, rise=0.01)  # 0.01 >= 1% of 0.5
+        assert not holdout_rose(first=1.0, low=0.5, last=0.504, rise=0.01)
+        # The same absolute rise on a curve that fell 10x as far is a stall, not a turn.
+        assert not holdout_rose(first=5.5, low=0.5, last=0.51, rise=0.01)
+
+    @pytest.mark.parametrize("rise", [-0.01, math.nan])
+    def test_rise_must_be_a_fraction(self, rise: float) -> None:
+        with pytest.raises(ValueError, match="holdout_rise"):
+            AutoStop(holdout_rise=rise)
