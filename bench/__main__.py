@@ -1,6 +1,6 @@
 """`python -m bench`: every benchmark part in one process tree, then JSON + REPORT.md + PNG plots.
 
-    .venv/bin/python -m bench                  # full run, < 20 min on 2 cores -> bench/results/
+    .venv/bin/python -m bench                  # full run, < 30 min on 2 cores -> bench/results/
     .venv/bin/python -m bench --quick          # ~2 min smoke run, tiny settings -> bench/results/quick/
     .venv/bin/python -m bench --only kernels   # one part (or a comma list); others kept from the last run
 
@@ -39,6 +39,9 @@ MODULES = {
     "kernels": "bench.kernels",
     "placement": "bench.placement",
     "dip": "bench.dip_hook",
+    "http_hint": "bench.service_parts:run_http_hint",
+    "overload": "bench.service_parts:run_overload",
+    "memory": "bench.service_parts:run_memory",
 }
 
 
@@ -86,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run with tiny settings (~2 min)")
     parser.add_argument("--only", help=f"comma-separated parts: {', '.join(PARTS)}")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
-    parser.add_argument("--budget-min", type=float, help="wall-clock budget (default 19 full, 5 quick)")
+    parser.add_argument("--budget-min", type=float, help="wall-clock budget (default 29 full, 8 quick)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     config = BenchConfig.smoke() if args.quick else BenchConfig.full()
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     parts = _parts(args.only)
-    budget_s = 60 * (args.budget_min or (5 if args.quick else 19))
+    budget_s = 60 * (args.budget_min or (8 if args.quick else 29))
     signal.signal(signal.SIGTERM, _terminate)
 
     previous = out / "results.json"
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("== part %s (%.0f s left)", name, ctx.seconds_left())
             started, load_before, clock = datetime.datetime.now(), machine.load_average(), time.monotonic()
             try:
-                part = importlib.import_module(MODULES[name]).run(ctx)
+                module, _, function = MODULES[name].partition(":")
+                part = getattr(importlib.import_module(module), function or "run")(ctx)
             except Exception as exc:  # one broken part must not cost the others' results
                 log.exception("part %s failed", name)
                 part = {"error": f"{type(exc).__name__}: {exc}", "figures": []}

@@ -1,4 +1,4 @@
-"""Run settings: the full benchmark (< 20 min on 2 cores) and the `--quick` smoke run (~2 min)."""
+"""Run settings: the full benchmark (< 30 min on 2 cores) and the `--quick` smoke run (~5 min)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,18 @@ BENCH_DATA_ENV = "PRIORLAB_BENCH_DATA"
 EVAL_IMAGES = Path(os.environ.get(BENCH_DATA_ENV) or ROOT / "samples")
 MODEL_REPOSITORY = ROOT / "model_repository"
 
-PARTS = ("perf_analyzer", "gateway", "gateway_overhead", "baseline", "kernels", "placement", "dip")
+PARTS = (
+    "perf_analyzer",
+    "gateway",
+    "gateway_overhead",
+    "baseline",
+    "kernels",
+    "placement",
+    "dip",
+    "http_hint",
+    "overload",
+    "memory",
+)
 
 
 @dataclass(frozen=True)

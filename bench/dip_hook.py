@@ -1,22 +1,18 @@
 """Part 6: Restore (DIP) speed, measured by `bench.dip.speed` (bench/dip/speed.py).
 
-It runs as a child process (its own session, so a timeout stops it and the per-config processes it
-starts, by its process-group id) with its own arguments and a wall-clock budget; its JSON and
-markdown land in `<results>/dip/` (a quick run's: `<results>/dip/quick/`) and the report links them.
+It runs as a child process (`bench.child`: a timeout stops it and the per-config processes it starts)
+with its own arguments and a wall-clock budget; its JSON and markdown land in `<results>/dip/` (a quick
+run's: `<results>/dip/quick/`) and the report links them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
-from bench.config import ROOT
+from bench.child import run_child
 from bench.context import Context, figures_of, skipped
 from bench.dip import speed
 from bench.figures import Figure
@@ -29,25 +25,13 @@ def run(ctx: Context) -> dict[str, Any]:
     arguments = [*ctx.config.dip_args, "--out", str(ctx.out / "dip")]
     json_path = speed.json_path(speed.parse(arguments))  # where the child writes: its own parser says
     budget = min(ctx.config.dip_timeout_s, max(30.0, ctx.seconds_left() - 30))
-    command = [sys.executable, "-m", MODULE, *arguments]
     started = time.time()
-    process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        output, _ = process.communicate(timeout=budget)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    child = run_child(MODULE, arguments, budget, ctx.raw / "dip_speed.log")
+    if child.returncode is None:
         return skipped(f"{MODULE} did not finish within {budget:.0f} s")
-    finally:
-        if process.poll() is None:  # interrupted: leave no DIP process behind
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    ctx.raw.mkdir(parents=True, exist_ok=True)
-    (ctx.raw / "dip_speed.log").write_text(output)
-    if process.returncode != 0:
-        return skipped(f"{MODULE} failed ({process.returncode}): {output[-800:]}")
+    output = child.output
+    if child.returncode != 0:
+        return skipped(f"{MODULE} failed ({child.returncode}): {output[-800:]}")
     if not json_path.is_file() or json_path.stat().st_mtime < started - 1:  # not an earlier run's table
         return skipped(f"{MODULE} wrote no {json_path}: {output[-800:]}")
     md_path = json_path.with_suffix(".md")

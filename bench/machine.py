@@ -43,6 +43,7 @@ def describe() -> dict[str, Any]:
     mem_kib = _first("/proc/meminfo", "MemTotal").split()
     return {
         "cpu": _first("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
+        "isa": isa(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
         "memory_gib": round(int(mem_kib[0]) / 2**20, 1) if mem_kib else None,

@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, help="concurrent calls (default 16, quick 8)")
     parser.add_argument("--side", type=int, help="image side in pixels (default 7071, quick 3000)")
     parser.add_argument("--budget", type=int, help="PRIORLAB_MAX_PIXELS_IN_FLIGHT for the gateway")
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     plan = QUICK if args.quick else FULL
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         budget=args.budget or plan.budget,
         timeout_s=plan.timeout_s,
     )
-    out = RESULTS / "quick" if args.quick else RESULTS
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     result = run(plan, out)
     write_report(out, "memory", result, markdown(result, args.quick))
     plot(result, out / "memory.png")

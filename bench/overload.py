@@ -369,11 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="8 s capacity, 20 s overload")
     parser.add_argument("--factor", type=float, help="offered load / capacity (default 2)")
     parser.add_argument("--seconds", type=float, help="overload duration (default 180, quick 20)")
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     plan = QUICK if args.quick else FULL
     plan = Plan(plan.capacity_s, args.seconds or plan.overload_s, args.factor or plan.factor)
-    out = RESULTS / "quick" if args.quick else RESULTS
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     result = run(plan, out)
     write_report(out, "overload", result, markdown(result, args.quick))
     plot(result, out / "overload.png")

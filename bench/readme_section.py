@@ -24,7 +24,8 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         "## Performance",
         "",
-        f"Measured by `make bench` on {results.get('generated', '?')}: {m.get('cpu', '?')}, "
+        f"Measured by `make bench` on {results.get('generated', '?')}: {m.get('cpu', '?')} "
+        f"({m.get('isa', '?')}), "
         f"{m.get('cores', '?')} cores, {m.get('memory_gib', '?')} GiB, {m.get('os', '?')}; Python "
         f"{m.get('python', '?')}, Triton {results.get('triton_version', '?')} (Python backend + onnxruntime "
         f"{packages.get('onnxruntime', '?')}), torch {packages.get('torch', '?')}. Served checkpoint "
@@ -40,12 +41,14 @@ def render(results: dict[str, Any]) -> str:
         "Each figure is a ratio of two things measured in the same run (the machine is shared and "
         "noisy; absolute times are in the full report, `bench/results/REPORT.md`).",
         "",
-        "| figure | measured | goal | |",
-        "|---|---|---|---|",
+        "| figure | measured | goal | | ISA, load average |",
+        "|---|---|---|---|---|",
     ]
     for figure in all_figures(results):
         value = format_value(figure["value"], figure.get("unit", ""))
-        lines.append(f"| {figure['label']} | {value} | {goal_text(figure)} | {verdict(figure)} |")
+        lines.append(
+            f"| {figure['label']} | {value} | {goal_text(figure)} | {verdict(figure)} | {figure['host']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

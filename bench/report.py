@@ -15,6 +15,10 @@ TITLES = {
     "kernels": "4. Kernels",
     "placement": "5. Decode placement",
     "dip": "6. Restore (DIP) speed",
+    "gateway_overhead": "2b. Gateway overhead against the bare codec",
+    "http_hint": "7. A hint over HTTP (the web page's loop)",
+    "overload": "8. Twice the capacity, open loop (shedding)",
+    "memory": "9. A burst of the largest images (memory)",
 }
 
 
@@ -32,18 +36,25 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
 
 
 def all_figures(results: dict[str, Any]) -> list[dict[str, Any]]:
-    return [f for part in results.get("parts", {}).values() for f in part.get("figures", [])]
+    """Every part's figures, each with the host it was measured on: ISA and the part's load average."""
+    isa = results.get("machine", {}).get("isa", "?")
+    return [
+        {**f, "host": f"{isa}, load {part.get('load_before', '?')} → {part.get('load_after', '?')}"}
+        for part in results.get("parts", {}).values()
+        for f in part.get("figures", [])
+    ]
 
 
 def figures_table(figures: Sequence[dict[str, Any]]) -> list[str]:
     return table(
-        ("figure", "value", "goal", "verdict", "context (absolute numbers, noisy)"),
+        ("figure", "value", "goal", "verdict", "ISA, load average", "context (absolute numbers, noisy)"),
         (
             (
                 f["label"],
                 format_value(f["value"], f.get("unit", "")),
                 goal_text(f),
                 verdict(f),
+                f.get("host", "?"),
                 f.get("context", ""),
             )
             for f in figures
@@ -56,7 +67,7 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
     packages = ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items())
     served = results.get("served", {})
     return [
-        f"- **Machine**: {m.get('cpu', '?')}, {m.get('cores', '?')} cores "
+        f"- **Machine**: {m.get('cpu', '?')} ({m.get('isa', '?')}), {m.get('cores', '?')} cores "
         f"({m.get('usable_cores', '?')} usable), {m.get('memory_gib', '?')} GiB, "
         f"{m.get('os', '?')} (kernel {m.get('kernel', '?')}), "
         f"Python {m.get('python', '?')}",
@@ -258,6 +269,21 @@ SECTIONS = {
 }
 
 
+def _linked(part: dict[str, Any]) -> list[str]:
+    """A part measured by its own module: the command and its own report."""
+    lines = (
+        [
+            f"`{part['command']}`"
+            + (f"; its report: [{part['markdown']}]({part['markdown']})" if part.get("markdown") else "")
+            + ".",
+            "",
+        ]
+        if part.get("command")
+        else []
+    )
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     quick = results.get("quick", False)
     lines = [
@@ -287,7 +313,7 @@ def render(results: dict[str, Any]) -> str:
         if part.get("error"):
             lines += [f"**Failed**: {part['error']}", ""]
             continue
-        lines += SECTIONS.get(name, lambda _p: [])(part)
+        lines += SECTIONS.get(name, _linked)(part)
         for note in part.get("notes", []):
             lines.append(f"- note: {note}")
         for plot in part.get("plots", []):

@@ -24,10 +24,12 @@ def results() -> dict[str, Any]:
 def test_report_has_machine_figures_with_goals_and_every_part(results: dict[str, Any]) -> None:
     text = report.render(results)
     assert text.startswith("# priorlab benchmark report")
-    assert "AMD EPYC, 2 cores (2 usable)" in text and "Triton 2.51.0" in text
+    assert "AMD EPYC (AVX2), 2 cores (2 usable)" in text and "Triton 2.51.0" in text
     assert "UNTRAINED" in text and "5.36 GFLOP" in text
-    assert "| achieved dynamic batch, eccv16, c=4, system shm | 2.50 | ≥ 1.80 | met |" in text
-    assert "| gateway p50 ÷ Triton-direct p50 | 1.88× | ≤ 1.30× | **missed** | 150 vs 80 ms |" in text
+    # each figure with the ISA and its part's load average
+    assert "| achieved dynamic batch, eccv16, c=4, system shm | 2.50 | ≥ 1.80 | met | AVX2, load " in text
+    assert "| gateway p50 ÷ Triton-direct p50 | 1.88× | ≤ 1.30× | **missed** | AVX2, load " in text
+    assert "| 150 vs 80 ms |" in text
     assert "| FLOP/s ÷ sgemm | n/a | ≥ 0.50× | not measured |" in text
     assert "| eccv16 | system shm | 4 | 12.50 | 300.0 | 420.0 | 450.0 | 2.50 | 2:50, 3:50 | **no** |" in text
     assert "| 1 | 10 | 0 | 5.00 | 150.0 | 170.0 | n/a | 6.0 / 82.0 / 55.0 |" in text
@@ -48,8 +50,8 @@ def test_quick_runs_say_so(results: dict[str, Any]) -> None:
 def test_readme_section(results: dict[str, Any]) -> None:
     text = readme_section.render(results)
     assert text.startswith("## Performance")
-    assert "AMD EPYC, 2 cores" in text and "Triton 2.51.0" in text and "untrained" in text
-    assert "| gateway p50 ÷ Triton-direct p50 | 1.88× | ≤ 1.30× | **missed** |" in text
+    assert "AMD EPYC (AVX2), 2 cores" in text and "Triton 2.51.0" in text and "untrained" in text
+    assert "| gateway p50 ÷ Triton-direct p50 | 1.88× | ≤ 1.30× | **missed** | AVX2, load " in text
     assert len(text.splitlines()) < 20
 
 
