@@ -65,7 +65,9 @@ class TritonServer:
         config_name: str = "cpu",
         ready_timeout_s: float = 120.0,
         extra_args: tuple[str, ...] = (),
+        nice: int = 0,
     ) -> TritonServer:
+        """`nice` > 0 runs Triton (the stubs it forks, its restarts) below the gateway's priority."""
         root = _pytriton_dir()
         # Absolute: Triton is given these paths, and the stack's default work dir is relative.
         workdir = workdir.absolute()
@@ -108,6 +110,8 @@ class TritonServer:
             "--log-verbose=0",
             *extra_args,
         ]
+        if nice:
+            args = ["nice", "-n", str(nice), *args]  # at exec, so every thread and child inherits it
         handle = ManagedProcess.spawn("tritonserver", args, workdir / "triton.log", env=env)
         server = cls(handle, grpc_port, http_port, metrics_port, shm_prefix, workdir, args, env)
         server._wait_ready(ready_timeout_s)

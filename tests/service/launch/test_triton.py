@@ -14,9 +14,12 @@ pytestmark = pytest.mark.triton
 def test_a_second_server_gets_its_own_ports_and_shm_prefix_and_stops_by_pid(
     triton_server: TritonServer, tmp_path: Path
 ) -> None:
-    second = TritonServer.start(MODEL_REPOSITORY, tmp_path)
+    second = TritonServer.start(MODEL_REPOSITORY, tmp_path, nice=3)
     try:
         assert second.is_ready() and triton_server.is_ready()
+        # niced at exec: the server and the stubs it forked run below the gateway's priority
+        assert _nice(second.pid) == 3
+        assert all(_nice(pid) == 3 for pid in _group(second.pid)) and len(_group(second.pid)) > 1
         assert {second.grpc_port, second.http_port} & {
             triton_server.grpc_port,
             triton_server.http_port,
@@ -30,6 +33,22 @@ def test_a_second_server_gets_its_own_ports_and_shm_prefix_and_stops_by_pid(
     assert second.handle.process.poll() is not None
     assert not list(Path("/dev/shm").glob(f"{second.shm_prefix}*"))
     assert triton_server.is_ready()
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16])
+
+
+def _group(pgid: int) -> list[int]:
+    """Live processes of the group (the server's session: itself and its backend stubs)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[2]) == pgid:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return pids
 
 
 def test_a_broken_repository_fails_fast_with_the_log(tmp_path: Path) -> None:
