@@ -84,6 +84,18 @@ class TestAnnealedMean:
         out = ab_decode.annealed_mean(one_hot, 1.0)
         np.testing.assert_allclose(out[0, :, 0, :].T, bins, atol=1e-3)
 
+    @pytest.mark.parametrize("temperature", [1.0, contract.ANNEALED_T_DEFAULT])
+    def test_widely_spread_logits_match_the_reference(
+        self, bins: NDArray[np.float64], temperature: float
+    ) -> None:
+        # Spreads of 100+ put most exponents under the floor the decode clamps them to (e^-80, to keep
+        # exp out of subnormals): the floored weights must not move the mean.
+        rng = np.random.default_rng(4)
+        values = rng.uniform(-150.0, 0.0, (1, 313, 6, 6)).astype(np.float32)
+        values[:, rng.integers(0, 313, 3)] += 140.0  # a few near-top bins, so the mean is not one bin
+        out = ab_decode.annealed_mean(values, temperature)
+        np.testing.assert_allclose(out, reference(values, bins, temperature), rtol=0, atol=1e-3)
+
     def test_huge_logits_stay_finite(self) -> None:
         values = np.random.default_rng(1).normal(0, 1e4, (1, 313, 4, 4)).astype(np.float32)
         out = ab_decode.annealed_mean(values, 0.002)  # filterwarnings=error turns overflow into a failure
