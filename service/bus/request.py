@@ -173,10 +173,17 @@ Stopping = AutoStop | FixedIterations
 class EngineOptions:
     """Speed switches; the defaults are the fastest correct setting measured by bench/dip/speed.py.
 
-    They change speed, not the algorithm (results agree up to float rounding).
+    They change speed, not the algorithm (results agree up to float rounding; bf16 within 0.1 dB of fp32
+    on the denoising PSNR trace, bench/results/dip/speed.md). None: the worker decides for its device
+    (service/worker/tuning.py).
     """
 
-    channels_last: bool = False  # NHWC activations for the oneDNN/cuDNN convolutions
+    # NHWC activations for the oneDNN/cuDNN convolutions. None: on exactly when bf16 is (oneDNN's bf16
+    # kernels are NHWC; in fp32 NCHW is as fast or faster).
+    channels_last: bool | None = None
+    # CPU only: the network's forward under bfloat16 autocast (the output layer, loss, EMA and Adam stay
+    # fp32). None: on where the CPU has native bf16 (avx512_bf16 or AMX); True where it has not is refused.
+    bf16: bool | None = None
     compile: bool = False  # torch.compile the network (pays a one-off compile per image size)
     fused_updates: bool = True  # fused Adam; in-place noise/EMA (normal_ + add(out=), lerp_), no temporaries
     sync_every: int | None = None  # host reads of the stop rule every n iterations; None: 1 on CPU, 16 on GPU
@@ -194,6 +201,10 @@ class EngineOptions:
         return self.cuda_graphs
 
     def __post_init__(self) -> None:
+        for name in ("channels_last", "bf16"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{name} must be True, False or None (auto), got {value!r}")
         if self.cuda_graphs is True and (self.compile or not self.fused_updates):
             raise ValueError(
                 "cuda_graphs needs fused_updates=True and compile=False (set cuda_graphs=False to use those)"

@@ -39,6 +39,7 @@ from service.worker.problem import Problem, make_problem
 from service.worker.recipes import NOISE_SCALE, Recipe, recipe_for
 from service.worker.skip import skip
 from service.worker.step import TrainStep
+from service.worker.tuning import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -138,12 +139,13 @@ def restore(
     else:
         budget = stopping.max_iterations if stopping.max_iterations is not None else recipe.iterations
     dev = resolve_device(device)
+    options = resolve(options, dev)  # bf16 and channels_last decided for this device
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # shapes are fixed for the whole run, as in the reference
     holdout = None
     if isinstance(stopping, AutoStop) and isinstance(task, DenoiseTask):
         holdout = holdout_mask(img.shape[0], img.shape[1], stopping.holdout, seed)
-    problem = make_problem(img, task, recipe.net, dev, options.channels_last, holdout)
+    problem = make_problem(img, task, recipe.net, dev, bool(options.channels_last), holdout)
     stopper = _stopper(stopping, task, img, dev, problem) if isinstance(stopping, AutoStop) else None
     hooks = _Hooks(t0, on_progress, progress_every, preview, should_cancel, time_budget_s, ndim)
     logger.debug("restore %s: %s, budget %d, device %s", type(task).__name__, img.shape, budget, dev)
@@ -162,7 +164,7 @@ def restore(
     if refit:
         # The held-out run only chose the iteration; the paper's fit on every pixel, same seed, for that
         # many iterations is what gets returned (0.1-0.5 dB above the 90% fit's iterate on the bench).
-        full = make_problem(img, task, recipe.net, dev, options.channels_last)
+        full = make_problem(img, task, recipe.net, dev, bool(options.channels_last))
         again = _fit(full, recipe, seed, iteration, None, hooks, options, dev, offset=done)
         losses.append(again.losses)
         stats.append(torch.full_like(again.losses, math.nan))
@@ -236,7 +238,7 @@ def _fit(
         net.parameters(), lr=recipe.lr, fused=options.fused_updates or None, capturable=graphs
     )
     model: Callable[[torch.Tensor], torch.Tensor] = torch.compile(net) if options.compile else net
-    step = TrainStep(model, problem.loss, optimizer, graphs)
+    step = TrainStep(model, problem.loss, optimizer, graphs, bf16=bool(options.bf16))
 
     sync_every = options.sync_every or (1 if dev.type == "cpu" else GPU_SYNC_EVERY)
     losses = torch.full((budget,), math.nan, device=dev)

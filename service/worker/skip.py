@@ -145,7 +145,11 @@ class Skip(nn.Module):
         self.head = nn.Sequential(_conv(cfg.channels_up[0], cfg.out_channels, 1), nn.Sigmoid())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(z))
+        body = self.body(z)
+        # The output layer stays fp32 under bf16 autocast (3 output channels: cheap), so the image, the
+        # loss and the EMA see fp32 values rather than bf16's 8-bit mantissa (steps of 1/512 near 0.5).
+        with torch.autocast(z.device.type, enabled=False):
+            return self.head(body.to(z.dtype))  # a no-op without autocast
 
 
 def skip(cfg: SkipConfig | None = None) -> Skip:

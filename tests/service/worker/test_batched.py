@@ -68,7 +68,11 @@ def test_each_job_follows_its_single_run() -> None:
     ]
     results = restore_batch(jobs, device="cpu")
     for job, got in zip(jobs, results, strict=True):
-        want = restore(job.image, job.task, stopping=FixedIterations(job.iterations), seed=job.seed)
+        # restore_batch runs fp32: compare with restore's fp32 path (bf16 is restore's CPU switch)
+        fp32 = EngineOptions(bf16=False)
+        want = restore(
+            job.image, job.task, stopping=FixedIterations(job.iterations), seed=job.seed, options=fp32
+        )
         assert got.stop_reason is StopReason.FIXED_ITERATIONS
         assert got.iteration == got.iterations_run == job.iterations == len(got.losses)
         assert got.image.shape == want.image.shape == job.image.shape

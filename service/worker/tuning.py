@@ -1,0 +1,62 @@
+"""The speed settings a run actually gets: `EngineOptions`' automatic (None) switches, decided per device.
+
+bf16: on a CPU whose oneDNN convolutions run bfloat16 natively (avx512_bf16 or AMX, with torch's kernels
+at AVX512), the network's forward runs under bf16 autocast and NHWC (channels_last) activations, which
+oneDNN's bf16 kernels want: 2.2-2.5x fewer s/iteration than fp32 on the 256² denoising net
+(bench/results/dip/speed.md). Elsewhere bf16 convolutions are emulated and slower, so auto means off.
+The loss, the output EMA, Adam and its state stay fp32 (docs/dip.md §5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import torch
+
+from service.bus.request import EngineOptions
+
+logger = logging.getLogger(__name__)
+
+# ONEDNN_MAX_CPU_ISA values that still include bf16 instructions (oneDNN's names; ALL/DEFAULT: no cap).
+_BF16_ONEDNN_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AMX", "AVX10", "ALL", "DEFAULT")
+
+
+def native_bf16() -> tuple[bool, str]:
+    """Whether this CPU runs bf16 convolutions natively, and why (not), for logs and errors."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != "AVX512":
+        return False, f"torch's CPU kernels run at {capability} (bf16 needs AVX512 with avx512_bf16 or AMX)"
+    # oneDNN has its own ISA cap; read when a run starts, not at import.
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and not any(isa in cap for isa in _BF16_ONEDNN_ISAS):
+        return False, f"ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN below its bf16 instructions"
+    if torch.cpu._is_amx_tile_supported():
+        return True, "AMX"
+    if torch.cpu._is_avx512_bf16_supported():
+        return True, "avx512_bf16"
+    return False, "this CPU has neither avx512_bf16 nor AMX (bf16 would be emulated, slower than fp32)"
+
+
+def resolve(options: EngineOptions, device: torch.device) -> EngineOptions:
+    """`options` with `bf16` and `channels_last` decided for `device` (no None left).
+
+    Raises ValueError for bf16=True where it cannot run natively: asked-for speed that would be a
+    slow-down is refused, with the reason, rather than silently ignored.
+    """
+    if device.type != "cpu":
+        if options.bf16:
+            raise ValueError(f"bf16=True is a CPU option; {device.type} runs fp32 (set bf16=None or False)")
+        return dataclasses.replace(options, bf16=False, channels_last=bool(options.channels_last))
+    bf16 = options.bf16
+    if bf16 is not False:
+        native, why = native_bf16()
+        if bf16 and not native:
+            raise ValueError(f"bf16=True needs native bf16 on the CPU, but {why}; set bf16=None or False")
+        logger.debug("bf16 %s: %s", "on" if native else "off", why)
+        bf16 = native
+    # NHWC pays with bf16 (oneDNN's bf16/AMX kernels are NHWC); fp32 NCHW is faster on AVX2 and about
+    # even on AVX512 (bench/results/dip/speed.md).
+    channels_last = bf16 if options.channels_last is None else options.channels_last
+    return dataclasses.replace(options, bf16=bf16, channels_last=channels_last)
