@@ -40,7 +40,7 @@ def _to_l(decoded: codec.DecodedImage, size: int) -> NDArray[Any]:
 
 def _to_rgb(lightness: NDArray[Any], ab: NDArray[Any]) -> NDArray[np.uint8]:
     height, width = lightness.shape
-    a, b = ab_decode.resize_ab(ab, (height, width))
+    a, b = ab_decode.upsample_ab(ab, (height, width))
     return lab.lab_planes_to_srgb_uint8(lightness, a, b)
 
 

@@ -140,9 +140,7 @@ def decode_rgb(
 
 def l_to_gray(lightness: NDArray[Any]) -> FloatArray:
     """L `(H, W)` in [0, 100] -> the sRGB gray level in [0, 1] of the neutral colour (L, 0, 0)."""
-    neutral = np.zeros((*lightness.shape, 3), np.float32)
-    neutral[..., 0] = lightness
-    return lab.lab_to_srgb(neutral).mean(axis=-1, dtype=np.float32)
+    return lab.neutral_gray(np.asarray(lightness, np.float32))
 
 
 def pool_to(plane: FloatArray, size: tuple[int, int]) -> FloatArray:

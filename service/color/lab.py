@@ -186,6 +186,34 @@ def lab_to_srgb(lab: NDArray[Any], *, clip: bool = True) -> FloatArray:
     return rgb.reshape(lab.shape)
 
 
+def neutral_gray(l: NDArray[Any]) -> FloatArray:  # noqa: E741 (the channel's name)
+    """The sRGB gray level of the neutral colour (L, 0, 0): `lab_to_srgb` of it, averaged over channels.
+
+    With a = b = 0, X/Xn = Y/Yn = Z/Zn, so each linear channel is Y times its row of the matrix summed
+    (each sum is 1 to 1e-6): no 3x3 product, and one L -> Y inversion instead of three.
+
+    Args:
+        l: `(...)` float L in [0, 100].
+
+    Returns:
+        `(...)` gray level in [0, 1]; float64 for float64 input, else float32.
+    """
+    dtype = _work_dtype(l.dtype)
+    values = l.reshape(-1)
+    gray = np.empty(len(values), dtype)
+    row_sums = [sum(row) for row in _rgb_from_xyzn()]
+    for block in _blocks(len(values)):
+        y = np.add(values[block], 16.0, dtype=dtype)
+        y *= 1.0 / 116.0
+        _lab_f_inverse(y)
+        total = np.zeros_like(y)
+        for row_sum in row_sums:
+            channel = _encode(y * row_sum)
+            total += np.clip(channel, 0.0, 1.0, out=channel)
+        gray[block] = total / 3.0
+    return gray.reshape(l.shape)
+
+
 def lab_to_srgb_uint8(lab: NDArray[Any]) -> NDArray[np.uint8]:
     """CIE Lab `(..., 3)` to gamut-clamped uint8 sRGB: `round(255 * lab_to_srgb(lab))` (see below)."""
     _check_channels(lab, "lab")

@@ -216,3 +216,20 @@ class TestLabToSrgbUint8:
     def test_planes_must_share_a_shape(self) -> None:
         with pytest.raises(ValueError, match=r"\(2, 2\), \(2, 3\)"):
             lab.lab_planes_to_srgb_uint8(np.zeros((2, 2)), np.zeros((2, 3)), np.zeros((2, 2)))
+
+
+class TestNeutralGray:
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_is_the_channel_mean_of_lab_to_srgb(self, dtype: Any) -> None:
+        lightness = np.linspace(0.0, 100.0, 70_007).astype(dtype).reshape(7, 10_001)  # spans two blocks
+        neutral = np.stack([lightness, np.zeros_like(lightness), np.zeros_like(lightness)], axis=-1)
+        out = lab.neutral_gray(lightness)
+        assert out.shape == lightness.shape and out.dtype == dtype
+        # Y x (row sum) vs the 3x3 product of (Y, Y, Y): one rounding apart in the working precision.
+        atol = 1e-6 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(out, lab.lab_to_srgb(neutral).mean(axis=-1), rtol=0, atol=atol)
+
+    def test_matches_skimage(self) -> None:
+        lightness = np.linspace(0.0, 100.0, 1001)
+        neutral = np.stack([lightness, np.zeros_like(lightness), np.zeros_like(lightness)], axis=-1)
+        np.testing.assert_allclose(lab.neutral_gray(lightness), _lab2rgb(neutral).mean(axis=-1), atol=TOL)
