@@ -349,10 +349,13 @@ def _power(x: FloatArray, exponent: float) -> None:
 
 
 def _l_from_y(y: FloatArray) -> FloatArray:
-    _lab_f(y)
-    y *= 116.0
-    y -= 16.0
-    return y
+    """L = 116 f(Y) - 16, with f's two branches and the affine map folded into one `cv2.addWeighted`:
+    116 max(Y, eps)^(1/3) + 116 kappa (min(Y, eps) - eps) - 16 (the mask-free form of `_lab_f`)."""
+    below = np.minimum(y, _LAB_EPSILON)
+    np.maximum(y, _LAB_EPSILON, out=y)
+    _power(y, 1.0 / 3.0)
+    slope = 116.0 * _LAB_KAPPA
+    return np.asarray(cv2.addWeighted(y, 116.0, below, slope, -16.0 - slope * _LAB_EPSILON)).reshape(y.shape)
 
 
 def _mix(
