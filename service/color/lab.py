@@ -355,7 +355,8 @@ def _l_from_y(y: FloatArray) -> FloatArray:
     np.maximum(y, _LAB_EPSILON, out=y)
     _power(y, 1.0 / 3.0)
     slope = 116.0 * _LAB_KAPPA
-    return np.asarray(cv2.addWeighted(y, 116.0, below, slope, -16.0 - slope * _LAB_EPSILON)).reshape(y.shape)
+    cv2.addWeighted(y, 116.0, below, slope, -16.0 - slope * _LAB_EPSILON, dst=y)
+    return y
 
 
 def _mix(
