@@ -194,7 +194,10 @@ class ColorizerServicer(colorize_pb2_grpc.ColorizerServicer):
         return suggest_response(found, info)
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
-        """The client's remaining deadline, capped; propagated to Triton."""
+        """The client's remaining deadline, or `triton_timeout_s` when it set none; propagated to Triton.
+
+        Not capped: a client that gives a 15-minute deadline for huge images (they queue for the pixel
+        budget) means it; admission refuses at once what cannot finish within it.
+        """
         remaining = context.time_remaining()
-        cap = self._settings.triton_timeout_s
-        return cap if remaining is None else min(remaining, cap)
+        return self._settings.triton_timeout_s if remaining is None else remaining
