@@ -13,7 +13,8 @@ straight into the numpy array and encodes from it, which measured 1.3-1.8x faste
 decoder and encoder (both libjpeg-turbo; Pillow pays for its tiled decode loop and array copies;
 bench/results/gateway_overhead.md). The header is still read by Pillow first, for the limits, the
 mode and EXIF orientation; a JPEG that simplejpeg will not take (CMYK, or a corrupt stream) is decoded
-by Pillow as before, so errors and odd modes behave as they always did.
+by Pillow as before, so errors and odd modes behave as they always did. Where simplejpeg is not
+installed (the worker's image), Pillow does all of it.
 """
 
 from __future__ import annotations
@@ -25,11 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import simplejpeg
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidArgument
+
+# The gateway's image installs simplejpeg (requirements.lock); the worker's image decodes Restore inputs
+# through this module too (service/bus/wire.py) with Pillow alone, so without it Pillow does all JPEG.
+try:
+    import simplejpeg
+except ImportError:  # pragma: no cover - exercised only in the worker's image
+    simplejpeg = None
 
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
 OUTPUT_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -115,7 +122,7 @@ def decode(data: bytes, *, max_pixels: int, max_bytes: int) -> DecodedImage:
     image = _open(data, max_pixels=max_pixels, max_bytes=max_bytes)
     container = _container(image)
     try:
-        if image.format == "JPEG" and image.mode in _TURBO_MODES:
+        if simplejpeg is not None and image.format == "JPEG" and image.mode in _TURBO_MODES:
             turbo = _decode_turbo(data, image)
             if turbo is not None:
                 return DecodedImage(pixels=turbo, alpha=None, format=container)
@@ -266,7 +273,7 @@ def encode(
         raise ValueError(f"alpha must be {rgb.shape[:2]}, got {alpha.shape}")
 
     alpha8 = None if alpha is None else _alpha_uint8(alpha)
-    if name == "JPEG":
+    if name == "JPEG" and simplejpeg is not None:
         # 4:2:0 chroma and libjpeg's quality scaling: what Pillow's JPEG writer does by default.
         pixels = np.ascontiguousarray(rgb if alpha8 is None else _over_white(rgb, alpha8))
         try:
@@ -277,6 +284,8 @@ def encode(
             raise InvalidArgument(f"cannot encode a {width}x{height} image as {name}: {exc}") from None
     if alpha8 is None:
         image = Image.fromarray(np.ascontiguousarray(rgb))
+    elif name == "JPEG":
+        image = Image.fromarray(_over_white(rgb, alpha8))
     else:
         image = Image.fromarray(np.dstack([rgb, alpha8]))
 

@@ -220,6 +220,21 @@ class TestJpegFastPath:
             assert getattr(image, "quantization", None) == getattr(reference, "quantization", 0)
             assert np.abs(np.asarray(image).astype(int) - rgb).mean() < 2
 
+    @pytest.mark.parametrize("orientation", [1, 6])
+    def test_without_simplejpeg_pillow_does_the_same(
+        self, monkeypatch: pytest.MonkeyPatch, orientation: int
+    ) -> None:
+        # The worker's image has no simplejpeg (service/bus/wire.py decodes through this module).
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        data = _save(Image.fromarray(_smooth_rgb(24, 40)), "JPEG", quality=95, exif=exif.tobytes())
+        fast = codec.decode(data, **LIMITS).pixels
+        monkeypatch.setattr(codec, "simplejpeg", None)
+        np.testing.assert_array_equal(codec.decode(data, **LIMITS).pixels, fast)
+        encoded = codec.encode(fast.astype(np.uint8), np.full(fast.shape[:2], 128, np.uint8), "JPEG")
+        with Image.open(io.BytesIO(encoded)) as image:
+            assert image.format == "JPEG" and image.size == (fast.shape[1], fast.shape[0])
+
     def test_encode_refusal_is_invalid_argument(self) -> None:
         with pytest.raises(InvalidArgument, match="cannot encode a 70000x1 image as JPEG"):
             codec.encode(np.zeros((1, 70000, 3), np.uint8), None, "JPEG")
