@@ -444,6 +444,13 @@ def measure(*, quick: bool, max_photos: int, clock: str = "cpu") -> dict[str, An
             "load_after": machine.load_average(),
         },
         "codecs": [c.name for c in codecs],
+        "notes": [
+            "Candidates are the codecs importable here: Pillow (libjpeg-turbo inside), simplejpeg (its wheel "
+            "bundles libjpeg-turbo; the gateway's JPEG codec), PyTurboJPEG where it loads a libturbojpeg "
+            "(PyTurboJPEG 2.x needs libjpeg-turbo >= 3; Debian 12's libturbojpeg0 is 2.1.5, so 1.8.x). "
+            "Pillow-SIMD has no wheel (source only, and it replaces Pillow): not a candidate.",
+            "The denominator is the fastest candidate's decode + encode of the same JPEG (q90, 4:2:0).",
+        ],
         "sizes": sizes,
         "figures": [f.as_dict() for f in figures(sizes)],
     }
