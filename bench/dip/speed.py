@@ -1,20 +1,32 @@
-"""DIP engine speed: s/iteration, peak RSS, achieved GFLOP/s vs sgemm, per task network and speed trick.
+"""DIP engine speed: s/iteration, peak RSS and achieved GFLOP/s vs sgemm, per task and speed variant.
 
     .venv/bin/python -m bench.dip.speed          # full: 256², 5 warm-up + 20 timed iterations per config
     .venv/bin/python -m bench.dip.speed --quick  # smoke test: 64², 1 + 3 iterations, 2 tasks x 2 variants
+    bash .cache/quiet.sh .venv/bin/python -m bench.dip.speed --warmup 2 --timed 5   # a quiet ~5-min window
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python -m bench.dip.speed --name speed_avx2
+    .venv/bin/python -m bench.dip.speed --bf16-check --data DIR   # fp32 vs bf16 PSNR trace (no timing)
     python -m bench.dip.speed --device cuda --variants fused,cuda_graphs   # GPU: writes speed_cuda.*
 
 Each (task, variant) runs in a fresh subprocess (so peak RSS is its own) through the real engine
-(`restore(..., FixedIterations)`), timing iterations with the progress hook. The sgemm reference is a
-2048³ fp32 `torch.mm` measured in this run with the same thread count. Compare medians, and only trust runs
-whose cpu/wall is close to the thread count (dip.md §5: the machine is shared; the reference code ran
-0.88 s/iteration at 256² on 2 threads). Writes bench/results/dip/speed.{json,md} (--quick: under quick/).
+(`restore(..., FixedIterations)`), timing iterations with the progress hook. The denoising task (the
+issue's) gets every variant (`--variants`), the other tasks `--other-variants`; every row's ratio is to
+the same run's `reference_loop`. The sgemm reference is a 2048³ fp32 `torch.mm` measured in this run with
+the same thread count (bf16 variants can pass 100% of it). Then torch.profiler's top ops by self CPU time
+for `reference_loop` and the fastest denoising variant (a few iterations). Compare medians, and only trust
+runs whose cpu/wall is close to the thread count (dip.md §5: the machine is shared; the reference code ran
+0.88 s/iteration at 256² on 2 threads).
+
+`--bf16-check` runs the F16 256² denoise trace of bench/dip/quality.py (reference noise, 500 iterations)
+in fp32 and in bf16 (two processes side by side) and records the EMA PSNR at 100/200/300/500; the bf16
+variants pass when every point is within 0.1 dB of fp32. It is kept in the same JSON and markdown.
+Writes bench/results/dip/<name>.{json,md} (default speed; --quick: under quick/).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -26,9 +38,9 @@ import numpy as np
 import torch
 
 from bench.config import ROOT
-from bench.dip.common import OUT, out_dir
+from bench.dip.common import OUT, centre_crop, load, out_dir
 from bench.flops import sgemm_gflops
-from bench.machine import load_average
+from bench.machine import cpu_flags, load_average
 from bench.report import table
 from bench.stats import percentile
 from service.bus.request import (
@@ -40,22 +52,40 @@ from service.bus.request import (
     SuperResolveTask,
     Task,
 )
-from service.worker.engine import restore
+from service.color.quality import psnr
+from service.worker.engine import resolve_device, restore
 from service.worker.problem import make_problem
 from service.worker.recipes import recipe_for
 from service.worker.skip import skip
+from service.worker.tuning import native_bf16, resolve
 
 REFERENCE_S_PER_ITER = 0.88  # dip.md §5, reference code, 256², 2 threads
+GOAL_RATIO = 0.7  # issue #19: the service's s/iteration <= 0.7x reference_loop's, same host and run
 VARIANTS: dict[str, EngineOptions] = {
-    # temporaries for noise and EMA, like the notebooks
-    "reference_loop": EngineOptions(fused_updates=False),
-    "fused": EngineOptions(fused_updates=True, cuda_graphs=False),
-    "channels_last": EngineOptions(fused_updates=True, channels_last=True, cuda_graphs=False),
-    "compile": EngineOptions(fused_updates=True, compile=True),
-    "compile_channels_last": EngineOptions(fused_updates=True, compile=True, channels_last=True),
+    # temporaries for noise and EMA, like the notebooks; fp32, NCHW
+    "reference_loop": EngineOptions(fused_updates=False, channels_last=False, bf16=False),
+    "fused": EngineOptions(fused_updates=True, channels_last=False, bf16=False, cuda_graphs=False),
+    "channels_last": EngineOptions(fused_updates=True, channels_last=True, bf16=False, cuda_graphs=False),
+    "bf16": EngineOptions(fused_updates=True, channels_last=False, bf16=True, cuda_graphs=False),
+    "bf16_channels_last": EngineOptions(channels_last=True, bf16=True, cuda_graphs=False),
+    "compile": EngineOptions(compile=True, channels_last=False, bf16=False),
+    "compile_channels_last": EngineOptions(compile=True, channels_last=True, bf16=False),
+    "compile_bf16_channels_last": EngineOptions(compile=True, channels_last=True, bf16=True),
+    "default": EngineOptions(),  # what the service runs: EngineOptions(), decided for this host
+    "default_pinned": EngineOptions(),  # the same, OpenMP threads bound one per core (VARIANT_ENV)
     "cuda_graphs": EngineOptions(fused_updates=True, cuda_graphs=True),  # as `fused` on CPU
 }
+# Environment a variant's process gets on top of this one's (libgomp reads it when torch starts).
+VARIANT_ENV: dict[str, dict[str, str]] = {"default_pinned": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}}
+# Measured on CPU by default. Not compile: at 128², 1 thread, compile_bf16_channels_last spent 606 s in its
+# first iteration and then ran no faster than eager bf16_channels_last (docs/dip.md §5); name it to run it.
+CPU_VARIANTS = ("reference_loop", "fused", "channels_last", "bf16", "bf16_channels_last", "default",
+                "default_pinned")  # fmt: skip
 TASKS = ["denoise", "jpeg", "sr4", "inpaint"]
+PROFILE_ITERATIONS = 3  # profiled after the warm-up, per variant
+CHECK_ITERATIONS = (100, 200, 300, 500)  # bench/dip/quality.py's denoise trace points
+CHECK_TOLERANCE_DB = 0.1
+F16 = "dip/denoising/F16_GT.png"  # under --data, as bench/dip/quality.py
 
 
 def _task(name: str, size: int) -> tuple[Task, tuple[int, int]]:
@@ -98,11 +128,26 @@ def _sgemm_gflops(device: str) -> float:
     return sgemm_gflops(_sgemm_n(device), reps, device, numpy=False)["torch"]
 
 
+def _settings(variant: str, device: str) -> str:
+    """What the variant runs as on this host: layout, precision, compile (its None switches decided)."""
+    o = resolve(VARIANTS[variant], resolve_device(device))
+    parts = ["NHWC" if o.channels_last else "NCHW", "bf16" if o.bf16 else "fp32"]
+    parts += ["compiled"] if o.compile else []
+    parts += ["fused" if o.fused_updates else "unfused"]
+    parts += [f"{k}={v}" for k, v in VARIANT_ENV.get(variant, {}).items()]
+    return " ".join(parts)
+
+
 def run_one(
     task_name: str, variant: str, size: int, warmup: int, timed: int, device: str = "cpu"
 ) -> dict[str, Any]:
     """One config in this process: per-iteration wall and CPU times through the engine."""
     task, hw = _task(task_name, size)
+    load = load_average()
+    try:
+        settings = _settings(variant, device)
+    except ValueError as e:  # e.g. bf16 on a CPU without it: a row that says why, not a crash
+        return {"task": task_name, "variant": variant, "size": size, "skipped": str(e)}
     img = np.random.default_rng(0).random((*hw, 3)).astype(np.float32)
     stamps: list[tuple[float, float]] = []
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -124,6 +169,7 @@ def run_one(
     return {
         "task": task_name,
         "variant": variant,
+        "settings": settings,
         "size": size,
         "s_per_iter_median": median,
         "s_per_iter_p10": percentile(walls, 10),
@@ -136,38 +182,201 @@ def run_one(
         "gflop_per_iter": flops / 1e9,
         "achieved_gflops": flops / median / 1e9,
         "threads": torch.get_num_threads(),
+        "load_before": load,
         "device": device,
         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
     }
 
 
-COLUMNS = ("task", "variant", "s/iter (median)", "p10-p90", "cpu/wall", "GFLOP/iter", "GFLOP/s", "% sgemm",
-           "peak RSS MiB", "first iter s")  # fmt: skip
+def profile_one(task_name: str, variant: str, size: int, warmup: int) -> dict[str, Any]:
+    """torch.profiler's top-10 ops by self CPU time over PROFILE_ITERATIONS iterations after `warmup`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    task, hw = _task(task_name, size)
+    img = np.random.default_rng(0).random((*hw, 3)).astype(np.float32)
+    prof = profile(activities=[ProfilerActivity.CPU])
+
+    def hook(p: Any) -> None:  # called after each iteration: profile the ones after the warm-up
+        if p.iteration == warmup:
+            prof.start()
+        elif p.iteration == warmup + PROFILE_ITERATIONS:
+            prof.stop()
+
+    stopping = FixedIterations(warmup + PROFILE_ITERATIONS)
+    restore(img, task, stopping=stopping, on_progress=hook, progress_every=1, options=VARIANTS[variant])
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+    allocations = [e for e in events if e.key in ("aten::empty", "aten::empty_strided")]
+    return {
+        "task": task_name,
+        "variant": variant,
+        "iterations": PROFILE_ITERATIONS,
+        "self_cpu_ms_per_iter": total / 1e3 / PROFILE_ITERATIONS,
+        "top": [
+            {
+                "op": e.key,
+                "self_ms_per_iter": e.self_cpu_time_total / 1e3 / PROFILE_ITERATIONS,
+                "share": e.self_cpu_time_total / total,
+                "calls_per_iter": e.count / PROFILE_ITERATIONS,
+            }
+            for e in top
+        ],
+        # allocation churn: tensors created per iteration and the time spent creating them
+        "allocations_per_iter": sum(e.count for e in allocations) / PROFILE_ITERATIONS,
+        "allocation_ms_per_iter": sum(e.self_cpu_time_total for e in allocations) / 1e3 / PROFILE_ITERATIONS,
+    }
 
 
-def _cells(r: dict[str, Any], sgemm_gflops: float) -> tuple[str, ...]:
+def trace_one(variant: str, data: Path, size: int) -> dict[str, Any]:
+    """bench/dip/quality.py's F16 denoise trace under `variant`: EMA PSNR at CHECK_ITERATIONS."""
+    from bench.dip.quality import reference_noisy
+
+    gt = centre_crop(load(data / F16), size)
+    noisy = reference_noisy(gt, 25 / 255)
+    at: dict[int, float] = {}
+
+    def hook(p: Any) -> None:
+        if p.iteration in CHECK_ITERATIONS and p.preview is not None:
+            at[p.iteration] = psnr(p.preview, gt)
+
+    t0 = time.perf_counter()
+    restore(
+        noisy,
+        DenoiseTask(sigma=25 / 255),
+        stopping=FixedIterations(max(CHECK_ITERATIONS)),
+        on_progress=hook,
+        progress_every=min(CHECK_ITERATIONS),
+        preview=True,
+        options=VARIANTS[variant],
+    )
+    return {"variant": variant, "settings": _settings(variant, "cpu"), "ema_psnr": at,
+            "wall_s": time.perf_counter() - t0}  # fmt: skip
+
+
+def bf16_check(args: argparse.Namespace) -> dict[str, Any]:
+    """fp32 (`fused`) and bf16 (`bf16_channels_last`) traces side by side, one thread each."""
+    if args.data is None:
+        raise SystemExit("--bf16-check needs --data DIR (or PRIORLAB_DIP_DATA): see bench/dip/quality.py")
+    procs = {}
+    for variant in ("fused", "bf16_channels_last"):
+        cmd = [sys.executable, "-m", "bench.dip.speed", "--trace", variant, "--data", str(args.data)]
+        cmd += ["--size", str(args.size), "--threads", str(args.threads)]
+        procs[variant] = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    traces = {}
+    for variant, proc in procs.items():
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"the {variant} trace failed ({proc.returncode})")
+        traces[variant] = json.loads(out.strip().splitlines()[-1])
+    fp32 = {int(k): v for k, v in traces["fused"]["ema_psnr"].items()}
+    bf16 = {int(k): v for k, v in traces["bf16_channels_last"]["ema_psnr"].items()}
+    delta = {k: bf16[k] - fp32[k] for k in CHECK_ITERATIONS}
+    return {
+        "size": args.size,
+        "threads": args.threads,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "traces": traces,
+        "delta_db": delta,
+        "tolerance_db": CHECK_TOLERANCE_DB,
+        "pass": all(abs(d) <= CHECK_TOLERANCE_DB for d in delta.values()),
+    }
+
+
+COLUMNS = ("task", "variant", "runs as", "s/iter (median)", "p10-p90", "x reference_loop", "cpu/wall",
+           "GFLOP/iter", "GFLOP/s", "% sgemm", "peak RSS MiB", "first iter s", "load")  # fmt: skip
+
+
+def _ratio(r: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
+    """s/iteration over the same run's reference_loop for the task (None without one)."""
+    ref = [
+        x for x in rows if x["task"] == r["task"] and x["variant"] == "reference_loop" and "skipped" not in x
+    ]
+    return r["s_per_iter_median"] / ref[0]["s_per_iter_median"] if ref else None
+
+
+def _cells(r: dict[str, Any], rows: list[dict[str, Any]], sgemm_gflops: float) -> tuple[str, ...]:
+    if "skipped" in r:
+        return (r["task"], r["variant"], f"not run: {r['skipped']}", *("-" * 10))
+    ratio = _ratio(r, rows)
     return (
         r["task"],
         r["variant"],
+        r.get("settings", "-"),
         f"**{r['s_per_iter_median']:.3f}**",
         f"{r['s_per_iter_p10']:.3f}-{r['s_per_iter_p90']:.3f}",
+        f"{ratio:.2f}x" if ratio is not None else "-",
         f"{r['cpu_per_wall']:.2f}",
         f"{r['gflop_per_iter']:.1f}",
         f"{r['achieved_gflops']:.0f}",
         f"{100 * r['achieved_gflops'] / sgemm_gflops:.0f}%",
         f"{r['peak_rss_mib']:.0f}",
         f"{r['first_iteration_s']:.1f}",
+        f"{r['load_before']:.2f}" if "load_before" in r else "-",
     )
 
 
-def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def _profile_markdown(profiles: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for p in profiles:
+        lines += [
+            f"**{p['task']} `{p['variant']}`**: {p['self_cpu_ms_per_iter']:.0f} ms of self CPU time per "
+            f"iteration on the calling thread ({p['iterations']} iterations profiled); "
+            f"{p['allocations_per_iter']:.0f} tensor allocations per iteration "
+            f"({p['allocation_ms_per_iter']:.1f} ms).",
+            "",
+            *table(
+                ("op", "self ms/iter", "share", "calls/iter"),
+                (
+                    (
+                        f"`{t['op']}`",
+                        f"{t['self_ms_per_iter']:.1f}",
+                        f"{100 * t['share']:.0f}%",
+                        f"{t['calls_per_iter']:.0f}",
+                    )
+                    for t in p["top"]
+                ),
+            ),
+        ]
+    return lines
+
+
+def _check_markdown(check: dict[str, Any]) -> list[str]:
+    traces = check["traces"]
+    fp32, bf16 = traces["fused"], traces["bf16_channels_last"]
+    rows = [
+        (
+            str(k),
+            f"{fp32['ema_psnr'][str(k)]:.2f}",
+            f"{bf16['ema_psnr'][str(k)]:.2f}",
+            f"{check['delta_db'][str(k)]:+.3f}",
+        )
+        for k in CHECK_ITERATIONS
+    ]
+    verdict = "**pass**" if check["pass"] else "**FAIL**"
+    return [
+        f"## bf16 check: denoise PSNR trace, fp32 vs bf16 ({verdict}, tolerance ±{check['tolerance_db']} dB)",
+        "",
+        f"F16 {check['size']}² centre crop, σ=25 with the reference noise (bench/dip/quality.py's denoise "
+        f"section), 500 iterations, EMA PSNR against the clean image; `fused` ({fp32['settings']}) vs "
+        f"`bf16_channels_last` ({bf16['settings']}), {check['threads']} thread(s) each, "
+        f"{check['cpu_capability']}, {check['date']}.",
+        "",
+        *table(("iteration", "fp32 dB", "bf16 dB", "bf16 - fp32"), rows),
+    ]
+
+
+def _markdown(data: dict[str, Any]) -> str:
+    rows, meta = data["rows"], data["meta"]
     cuda = meta.get("device", "cpu") != "cpu"
     n = _sgemm_n(meta.get("device", "cpu"))
+    command = " ".join(["python -m bench.dip.speed", *meta.get("argv", "").split()])
     lines = [
         f"# DIP engine speed ({meta.get('device_name', 'CPU')})",
         "",
-        f"Generated by `python -m bench.dip.speed` on {meta['date']}: torch {meta['torch']}, "
-        f"{meta['threads']} threads, "
+        f"Generated by `{command}` on {meta['date']}: "
+        f"torch {meta['torch']}, {meta['threads']} threads, "
         f"{meta['size']}² network output, {meta['warmup']} warm-up + {meta['timed']} timed iterations, "
         f"load average before/after {meta['load_before']} / {meta['load_after']}.",
         f"sgemm ({n}³ fp32 torch.mm, same run): **{meta['sgemm_gflops']:.0f} GFLOP/s** "
@@ -182,27 +391,45 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "peak RSS is the host process; peak GPU memory is in speed_cuda.json.",
         ]
     else:
+        forced = ", ".join(f"{k}={v}" for k, v in meta.get("isa_env", {}).items())
         lines += [
-            f"This host's vector ISA as torch sees it: **{meta.get('cpu_capability', '?')}**; at this run's "
-            f"sgemm rate the ≈116 GFLOP of one denoise iteration take at least "
-            f"{116 / meta['sgemm_gflops']:.2f} s, so compare % of sgemm and the ratios between variants of "
-            "one run, not seconds across hosts.",
+            f"This host's vector ISA as torch sees it: **{meta.get('cpu_capability', '?')}**"
+            + (f" (forced: {forced})" if forced else "")
+            + f"; CPU bf16 features: {', '.join(meta.get('bf16_flags', [])) or 'none'}; native bf16 for "
+            f"the engine: {meta.get('native_bf16', '?')}. At this run's sgemm rate the ≈116 GFLOP of one "
+            f"denoise iteration take at least {116 / meta['sgemm_gflops']:.2f} s in fp32 (bf16 variants "
+            "can beat that: % sgemm is against fp32 sgemm). Compare % of sgemm and the ratios between "
+            "variants of one run, not seconds across hosts.",
         ]
-    lines += ["", *table(COLUMNS, (_cells(r, meta["sgemm_gflops"]) for r in rows))]
-    lines += ["Fastest variant per task (median s/iteration; speed-up over `reference_loop`, one run):", ""]
-    for task in dict.fromkeys(r["task"] for r in rows):
-        of_task = {r["variant"]: r for r in rows if r["task"] == task}
+    lines += ["", *table(COLUMNS, (_cells(r, rows, meta["sgemm_gflops"]) for r in rows))]
+    lines += ["Fastest variant per task (median s/iteration; ratio to `reference_loop`, one run):", ""]
+    ran = [r for r in rows if "skipped" not in r]
+    for task in dict.fromkeys(r["task"] for r in ran):
+        of_task = {r["variant"]: r for r in ran if r["task"] == task}
         best = min(of_task.values(), key=lambda r: r["s_per_iter_median"])
         line = f"* {task}: `{best['variant']}` {best['s_per_iter_median']:.3f} s"
-        if "reference_loop" in of_task:
-            speedup = of_task["reference_loop"]["s_per_iter_median"] / best["s_per_iter_median"]
-            line += f" ({speedup:.2f}x)"
+        ratio = _ratio(best, rows)
+        line += f" ({ratio:.2f}x)" if ratio is not None else ""
+        if "default" in of_task and (default_ratio := _ratio(of_task["default"], rows)) is not None:
+            verdict = "met" if default_ratio <= GOAL_RATIO else "missed"
+            line += (
+                f"; the service's `default` ({of_task['default']['settings']}) "
+                f"{default_ratio:.2f}x: goal ≤ {GOAL_RATIO}x **{verdict}**"
+            )
         lines.append(line)
     lines += [
         "",
         "cpu/wall well below the thread count means another process took the cores: rerun when quiet.",
         "",
     ]
+    if data.get("profiles"):
+        lines += [
+            "## Where the time goes: torch.profiler, top 10 ops by self CPU time",
+            "",
+            *_profile_markdown(data["profiles"]),
+        ]
+    if data.get("bf16_check"):
+        lines += _check_markdown(data["bf16_check"])
     return "\n".join(lines)
 
 
@@ -217,19 +444,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda (a GPU run writes speed_cuda.*)")
     p.add_argument("--tasks", default=",".join(TASKS))
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=None, help="for denoise (default: all that apply to the device)")
+    p.add_argument("--other-variants", default="reference_loop,fused,default", help="for the other tasks")
+    p.add_argument("--no-profile", action="store_true", help="skip the profiler tables")
+    p.add_argument("--name", default=None, help="file stem (default speed, or speed_cuda on a GPU)")
     p.add_argument("--out", type=Path, default=OUT, help="results folder (--quick: its quick/)")
+    p.add_argument("--bf16-check", action="store_true", help="the fp32 vs bf16 PSNR trace (no timing)")
+    p.add_argument("--data", type=Path, default=os.environ.get("PRIORLAB_DIP_DATA"), help="test images")
     p.add_argument("--one", nargs=2, metavar=("TASK", "VARIANT"), help=argparse.SUPPRESS)
+    p.add_argument("--profile", nargs=2, metavar=("TASK", "VARIANT"), help=argparse.SUPPRESS)
+    p.add_argument("--trace", metavar="VARIANT", help=argparse.SUPPRESS)
     return p
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The arguments, with --quick's settings applied (the part-6 hook reads where a run writes)."""
     args = parser().parse_args(argv)
+    if args.variants is None:
+        args.variants = ",".join(CPU_VARIANTS if args.device == "cpu" else VARIANTS)
     if args.quick:
         args.size, args.warmup, args.timed = 64, 1, 3
-        if args.variants == ",".join(VARIANTS):
-            args.variants = "reference_loop,fused"
+        args.variants = args.other_variants = "reference_loop,default"
+        args.no_profile = True
         if args.tasks == ",".join(TASKS):
             args.tasks = "denoise,jpeg"
     return args
@@ -237,35 +473,92 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def json_path(args: argparse.Namespace) -> Path:
     """Where this run's table goes (the markdown beside it, .md): speed.json, or speed_cuda.json."""
-    stem = "speed" if args.device == "cpu" else "speed_cuda"
+    stem = args.name or ("speed" if args.device == "cpu" else "speed_cuda")
     return out_dir(args.out, args.quick) / f"{stem}.json"
+
+
+def _child(args: argparse.Namespace, *extra: str, variant: str | None = None) -> dict[str, Any]:
+    """Run this module with `extra` in a fresh process (its own RSS, and VARIANT_ENV applied)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.dip.speed",
+        *extra,
+        "--size",
+        str(args.size),
+        "--warmup",
+        str(args.warmup),
+    ]
+    cmd += ["--timed", str(args.timed), "--threads", str(args.threads), "--device", args.device]
+    env = {**os.environ, **VARIANT_ENV.get(variant or "", {})}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(extra)} failed ({out.returncode}): {out.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _isa_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(args.threads)
     if args.one:
-        row = run_one(args.one[0], args.one[1], args.size, args.warmup, args.timed, args.device)
-        print(json.dumps(row))
+        print(json.dumps(run_one(args.one[0], args.one[1], args.size, args.warmup, args.timed, args.device)))
+        return 0
+    if args.profile:
+        print(json.dumps(profile_one(args.profile[0], args.profile[1], args.size, args.warmup)))
+        return 0
+    if args.trace:
+        print(json.dumps(trace_one(args.trace, args.data, args.size)))
         return 0
 
+    path = json_path(args)
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    if args.bf16_check:  # kept beside the last timing run's table
+        data = {**previous, "bf16_check": bf16_check(args)}
+        if "rows" not in data:
+            raise SystemExit(f"no timing run in {path} yet: run the timing first, then --bf16-check")
+    else:
+        data = _timing(args)
+        if "bf16_check" in previous:
+            data["bf16_check"] = previous["bf16_check"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    path.with_suffix(".md").write_text(_markdown(data))
+    print(f"wrote {path} and .md")
+    return 0
+
+
+def _timing(args: argparse.Namespace) -> dict[str, Any]:
+    """Every (task, variant) and the profiles, with the sgemm rate before and after."""
     load_before = load_average()
     sgemm_before = _sgemm_gflops(args.device)
     rows = []
     for task in args.tasks.split(","):
-        for variant in args.variants.split(","):
-            # A fresh process per config, so the peak RSS is its own.
-            cmd = [sys.executable, "-m", "bench.dip.speed", "--one", task, variant, "--size", str(args.size)]
-            cmd += ["--warmup", str(args.warmup), "--timed", str(args.timed), "--threads", str(args.threads)]
-            cmd += ["--device", args.device]
-            out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
+        variants = args.variants if task == "denoise" else args.other_variants
+        for variant in variants.split(","):
+            row = _child(args, "--one", task, variant, variant=variant)
             rows.append(row)
-            speed = f"{row['s_per_iter_median']:.3f} s/iter cpu/wall {row['cpu_per_wall']:.2f}"
-            print(f"{task:8s} {variant:22s} {speed}", flush=True)
+            speed = (
+                row.get("skipped")
+                or f"{row['s_per_iter_median']:.3f} s/iter cpu/wall {row['cpu_per_wall']:.2f}"
+            )
+            print(f"{task:8s} {variant:26s} {speed}", flush=True)
+    profiles = []
+    denoise = [r for r in rows if r["task"] == "denoise" and "skipped" not in r]
+    if denoise and not args.no_profile and args.device == "cpu":
+        fastest = min(denoise, key=lambda r: r["s_per_iter_median"])["variant"]
+        for variant in dict.fromkeys(("reference_loop", fastest)):
+            profiles.append(_child(args, "--profile", "denoise", variant, variant=variant))
+            print(f"profiled denoise {variant}", flush=True)
     sgemm_after = _sgemm_gflops(args.device)
+    native, why = native_bf16()
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "argv": " ".join(sys.argv[1:]),
         "torch": torch.__version__,
         "threads": args.threads,
         "size": args.size,
@@ -278,15 +571,13 @@ def main(argv: list[str] | None = None) -> int:
         "load_after": load_average(),
         "quick": args.quick,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_env": _isa_env(),
+        "bf16_flags": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"}),
+        "native_bf16": f"{'yes' if native else 'no'} ({why})",
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU",
     }
-    path = json_path(args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    path.with_suffix(".md").write_text(_markdown(rows, meta))
-    print(f"wrote {path} and .md")
-    return 0
+    return {"meta": meta, "rows": rows, "profiles": profiles}
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def test_each_runs_as_a_module(module: str) -> None:
 @pytest.mark.parametrize("name", ["speed", "speed_cuda"])
 def test_committed_speed_tables_render_as_committed(name: str) -> None:
     data = _committed(f"{name}.json")
-    text = speed._markdown(data["rows"], data["meta"])
+    text = speed._markdown(data)  # rows, meta and, where run, the profiles and the bf16 check
     assert _table_lines(text) == _table_lines((RESULTS / f"{name}.md").read_text())
 
 
@@ -61,7 +61,7 @@ def test_where_a_speed_run_writes(tmp_path: Path) -> None:
     assert speed.json_path(speed.parse(["--out", str(tmp_path)])) == tmp_path / "speed.json"
     quick = speed.parse(["--quick", "--out", str(tmp_path)])
     assert speed.json_path(quick) == tmp_path / "quick" / "speed.json"
-    assert (quick.size, quick.tasks, quick.variants) == (64, "denoise,jpeg", "reference_loop,fused")
+    assert (quick.size, quick.tasks, quick.variants) == (64, "denoise,jpeg", "reference_loop,default")
     cuda = speed.parse(["--device", "cuda", "--out", str(tmp_path)])
     assert speed.json_path(cuda) == tmp_path / "speed_cuda.json"
     assert speed.parse([]).out == RESULTS
