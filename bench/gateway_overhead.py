@@ -28,7 +28,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,35 +60,6 @@ Clock = Callable[[], float]
 # this shared 2-core machine wall-clock medians of the 5-20 ms colour stages were inflated 2-7x by
 # preemption while the 1-2 ms codec calls mostly were not. wall: time.perf_counter, for a quiet host.
 CLOCKS: dict[str, Clock] = {"cpu": time.thread_time, "wall": time.perf_counter}
-# ISA extensions worth naming in a report, in rising order (x86-64 psABI levels v2..v4, then extras).
-_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_fp16", "avx_vnni", "amx_tile")
-
-
-# ---- what the numbers were measured on -------------------------------------------------------------
-
-
-def isa(flags: Iterable[str]) -> dict[str, Any]:
-    """x86-64 micro-architecture level and the SIMD extensions present, from /proc/cpuinfo's flags."""
-    present = set(flags)
-    levels = (
-        ("x86-64-v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
-        ("x86-64-v3", {"avx", "avx2", "bmi1", "bmi2", "fma", "movbe"}),
-        ("x86-64-v2", {"sse4_1", "sse4_2", "ssse3", "popcnt"}),
-    )
-    level = next((name for name, needed in levels if needed <= present), "x86-64" if present else "unknown")
-    return {"level": level, "simd": [f for f in _ISA_FLAGS if f in present]}
-
-
-def cpu_flags(path: Path = Path("/proc/cpuinfo")) -> list[str]:
-    """The first CPU's `flags` line (empty where the file is missing, e.g. not Linux)."""
-    try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() == "flags":
-                return value.split()
-    except OSError:
-        pass
-    return []
 
 
 # ---- inputs ----------------------------------------------------------------------------------------
@@ -357,7 +328,7 @@ def render(document: Mapping[str, Any]) -> str:
         "",
         f"`{document['command']}` on {document['generated']}"
         + (" — **quick smoke run**: noisy, do not quote." if document["quick"] else "."),
-        f"CPU {env['cpu']} ({env['isa']['level']}: {', '.join(env['isa']['simd'])}), "
+        f"CPU {env['cpu']} (ISA {env['isa']}), "
         f"load average {env['load_before']} → {env['load_after']}, OMP threads {env['omp_threads']}, "
         f"OpenCV threads {env.get('cv2_threads', '?')}, clock: {_CLOCK_TEXT.get(env.get('clock', ''), '?')}.",
         "Gateway = `colorize.prepare` + `colorize.postprocess` (JPEG in, JPEG out q90, working size 256, the "
@@ -456,8 +427,7 @@ def measure(*, quick: bool, max_photos: int, clock: str = "cpu") -> dict[str, An
         "quick": quick,
         "photos": [p.name for p in paths],
         "environment": {
-            **machine.describe(),
-            "isa": isa(cpu_flags()),
+            **machine.describe(),  # with the ISA (bench.machine.isa, from /proc/cpuinfo)
             "omp_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
             "cv2_threads": cv2.getNumThreads(),
             "clock": clock,
@@ -499,7 +469,7 @@ def run(ctx: Any) -> dict[str, Any]:
     return {
         "markdown": "gateway_overhead.md",
         "plots": [document["plot"]] if document["plot"] else [],
-        "notes": [f"per-stage tables: gateway_overhead.md; ISA {document['environment']['isa']['level']}"],
+        "notes": [f"per-stage tables: gateway_overhead.md; ISA {document['environment']['isa']}"],
         "sizes": document["sizes"],
         "figures": document["figures"],
     }
