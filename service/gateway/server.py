@@ -17,6 +17,7 @@ from contract import ModelSpec
 from service.bus.jobs import JobBus
 from service.bus.timing import BusTiming
 from service.errors import InvalidArgument, PriorlabError, ResourceExhausted, echo, status_name
+from service.gateway.admission import map_large_allocations
 from service.gateway.auth import AuthInterceptor, TokenTable, reflection_pool, server_credentials
 from service.gateway.colorize import ColorizePipeline, served_models
 from service.gateway.colorizer import ColorizerServicer
@@ -256,6 +257,7 @@ def _bind(server: grpc.aio.Server, settings: Settings) -> int:
 
 async def create_server(settings: Settings, backend: InferenceBackend) -> GatewayServer:
     """Build, bind (port 0 = free port) and start the gateway."""
+    map_large_allocations()  # huge images' planes go back to the system when freed (admission.py)
     metrics = Metrics()
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
