@@ -214,38 +214,68 @@ def _json_path(args: argparse.Namespace) -> Path:
     return args.out / "quality.json"
 
 
+def _default_policy(args: argparse.Namespace) -> AutoStop:
+    default = AutoStop(max_iterations=args.max_iterations)
+    return replace(default, warmup=5, holdout_patience=10, max_iterations=40) if args.quick else default
+
+
 def _held_out_outcomes(
     noisy: Image_, gt: Image_, task: DenoiseTask, run: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
     """The default AutoStop on one run: the held-out run recorded under `traces.RECORD` (which stops no
-    earlier), the default's stop replayed on its held-out error (the stopper only reads the run, so this
-    is where the default stops), the refit read off the autostop run's trace (same seed, every pixel:
-    tests/service/worker/test_engine.py checks it bit for bit). Wall time: the recorded seconds per
-    iteration x (held-out iterations + refit iterations)."""
+    earlier), then `_replayed`."""
     record = replace(RECORD, max_iterations=args.max_iterations)
-    default = AutoStop(max_iterations=args.max_iterations)
     if args.quick:
         record = replace(record, warmup=5, holdout_patience=10, max_iterations=40)
-        default = replace(default, warmup=5, holdout_patience=10, max_iterations=40)
     holdout_psnr, holdout_mse, s_per_iter = fit_traced(noisy, gt, task, record)
+    # The held-out error and PSNR per iteration, so other settings can be judged offline (`replay`).
+    row: dict[str, Any] = {"recorded_iterations": len(holdout_mse), "s_per_iter": round(s_per_iter, 4)}
+    row |= {"holdout_trace": [float(x) for x in holdout_mse]}
+    row |= {"holdout_psnr_trace": [round(float(x), 4) for x in holdout_psnr]}
+    budget = recipe_for(task, noisy.shape[2], estimate_noise_sigma(noisy)).iterations
+    return row | _replayed(row, run, _default_policy(args), budget)
+
+
+def _replayed(row: dict[str, Any], run: dict[str, Any], default: AutoStop, budget: int) -> dict[str, Any]:
+    """The default's outcome on a recorded held-out run: its stop replayed on the held-out error (the
+    stopper only reads the run, so this is where the default stops), the refit read off the autostop
+    run's trace (same seed, every pixel: tests/service/worker/test_engine.py checks it bit for bit). Time:
+    the recorded CPU seconds per iteration x (held-out iterations + refit iterations)."""
     trace: dict[str, Any] = {
-        "holdout_mse": holdout_mse,
-        "holdout_psnr": holdout_psnr,
+        "holdout_mse": np.asarray(row["holdout_trace"]),
+        "holdout_psnr": np.asarray(row.get("holdout_psnr_trace", [])),
         "all_psnr": np.asarray(run["psnr_trace"]),
-        "holdout_s_per_iter": np.float64(s_per_iter),
-        "all_s_per_iter": np.float64(s_per_iter),  # the same network and image size
+        "holdout_s_per_iter": row["s_per_iter"],
+        "all_s_per_iter": row["s_per_iter"],  # the same network and image size
     }
-    out: dict[str, Any] = {"recorded_iterations": len(holdout_mse), "s_per_iter": round(s_per_iter, 4)}
+    out: dict[str, Any] = {}
     for key, policy in (("refit", default), ("holdout", replace(default, refit=False))):
         try:
-            out[key] = outcome(trace, policy)
-        except ValueError as exc:  # --quick: the autostop run ended before the chosen iteration
+            out[key] = outcome(trace, policy, default.max_iterations or budget)
+        except (ValueError, IndexError) as exc:  # --quick: the autostop run ended before the iteration
             print(f"  {key}: {exc}", flush=True)
             out[key] = None
-    # The held-out error and PSNR per iteration, so other settings can be judged offline (`replay`).
-    out["holdout_trace"] = [round(float(x), 8) for x in holdout_mse]
-    out["holdout_psnr_trace"] = [round(float(x), 3) for x in holdout_psnr]
     return out
+
+
+def _replay_section(args: argparse.Namespace) -> None:
+    """--replay: the current default's outcomes recomputed from the held-out runs the section recorded,
+    without running anything (valid while the default stops no later than `traces.RECORD`)."""
+    res = json.loads(_json_path(args).read_text())
+    runs = {(r["image"], r["sigma"]): r for r in res["autostop"]["runs"]}
+    rows = res["stoprules"]["runs"]
+    cpu = [r["s_per_iter"] for r in rows if r.get("s_per_iter_measured", True) and "s_per_iter" in r]
+    for row in rows:
+        if "holdout_trace" not in row:
+            continue
+        if "s_per_iter" not in row or not row.get("s_per_iter_measured", True):
+            row["s_per_iter"], row["s_per_iter_measured"] = float(np.median(cpu)), False
+        row["recorded_iterations"] = len(row["holdout_trace"])
+        budget = recipe_for(DenoiseTask(sigma=row["sigma"] / 255), 3).iterations
+        row |= _replayed(row, runs[(row["image"], row["sigma"])], _default_policy(args), budget)
+        if row["same_recipe_blind"]:
+            row["holdout_blind"], row["refit_blind"] = row["holdout"], row["refit"]
+    _save_section(_json_path(args), "stoprules", res["stoprules"] | _stoprules_summary(rows))
 
 
 def section_stoprules(args: argparse.Namespace) -> dict[str, Any]:
@@ -261,6 +291,7 @@ def section_stoprules(args: argparse.Namespace) -> dict[str, Any]:
     done = json.loads(_json_path(args).read_text()).get("autostop")
     if done is None:
         raise SystemExit("run the autostop section first: it supplies the best iterate of each run")
+    _fold_partial(_json_path(args), "stoprules")
     wanted = set(args.autostop_images.split(","))
     sigmas = {int(s) for s in args.sigmas.split(",")}
     rows = []
@@ -295,20 +326,44 @@ def section_stoprules(args: argparse.Namespace) -> dict[str, Any]:
         # Each run takes minutes on a CPU: keep what is done if the section is interrupted.
         _save_section(_json_path(args), "stoprules_partial", {"runs": rows, "crop": done["crop"]})
     rows = _merge_runs(args, "stoprules", rows, done["crop"])
-    gaps = [r[k]["gap_db"] for r in rows for k in ("refit", "refit_blind") if r[k] is not None]
+    return {"runs": rows, "crop": done["crop"]} | _stoprules_summary(rows)
+
+
+def _stoprules_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    # Rows kept from before the rise test have no recorded held-out run: shown, not counted.
+    current = [r for r in rows if "recorded_iterations" in r]
+    gaps = [r[k]["gap_db"] for r in current for k in ("refit", "refit_blind") if r[k] is not None]
     # No gap where every held-out run stopped past the end of its autostop run (--quick: 40 iterations).
     worst = max(gaps, default=None)
-    work = [r["refit"]["total_iterations"] for r in rows if r["refit"] is not None]
+    work = [r["refit"]["total_iterations"] for r in current if r["refit"] is not None]
     median_work = float(np.median(work)) if work else None
     return {
-        "runs": rows,
         "max_gap_db": worst,
-        "within_0_5_db": sum(g <= 0.5 for g in (r["refit"]["gap_db"] for r in rows if r["refit"])),
+        "within_0_5_db": sum(r["refit"]["gap_db"] <= 0.5 for r in current if r["refit"] is not None),
+        "rerun": len(current),
         "median_total_iterations": median_work,
         "median_work_vs_reference": median_work / REFERENCE_DENOISE_ITERATIONS if median_work else None,
         "pass": worst is not None and worst <= 0.5,
-        "crop": done["crop"],
     }
+
+
+def _fold_partial(json_path: Path, name: str) -> None:
+    """Move the finished runs of an interrupted invocation (`<name>_partial`) into the section, before
+    this invocation's own partial saves replace them."""
+    with (json_path.parent / ".quality.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        res = json.loads(json_path.read_text()) if json_path.exists() else {}
+        partial = res.pop(f"{name}_partial", None)
+        if partial is None:
+            return
+        section = res.get(name, {})
+        if section.get("crop") == partial["crop"]:
+            newer = {(r["image"], r["sigma"]) for r in partial["runs"]}
+            runs = [r for r in section.get("runs", []) if (r["image"], r["sigma"]) not in newer]
+            res[name] = section | {"runs": runs + partial["runs"]}
+        else:
+            res[name] = {"runs": partial["runs"], "crop": partial["crop"]}
+        json_path.write_text(json.dumps(res, indent=1))
 
 
 def _save_section(json_path: Path, name: str, section: dict[str, Any]) -> None:
@@ -493,14 +548,16 @@ def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
         f"the run stops once their error, at least {stop.holdout_patience} iterations after its minimum, "
         f"rose {stop.holdout_rise:.0%} of its descent (from the first tracked iteration down to the "
         f"minimum) above it, or had no new minimum for {stop.holdout_wait:g}x as long as the minimum took "
-        "to come; then the paper's fit on every pixel runs again, same seed, to the minimum's iteration and "
-        "is returned (refit; the held-out run's own iterate is the refit=False result). The held-out run "
+        "to come; then the paper's fit on every pixel runs again, same seed, to "
+        f"{stop.refit_scale:g}x the minimum's iteration and is returned (refit; the held-out run's own "
+        "iterate at the minimum is the refit=False result). The held-out run "
         f"is recorded under a policy that stops no earlier (rise {RECORD.holdout_rise:.0%}) and the "
         "default's stop is replayed on its held-out error by the engine's own stopper (the stopper only "
         "reads the run); the refit's PSNR is the autostop run's at that iteration (bit-exact equivalence "
         "tested). Total iterations: held-out run + refit, against the reference notebook's fixed "
-        f"{REFERENCE_DENOISE_ITERATIONS}; wall time: that many iterations at the recorded run's seconds "
-        "per iteration (1 thread). σ only picks the reg_noise_std setting, so "
+        f"{REFERENCE_DENOISE_ITERATIONS}; time: that many iterations at the recorded run's CPU seconds "
+        "per iteration (1 thread; the wall time on a quiet core; * where the run's own CPU time was not "
+        "recorded, the median of the others). σ only picks the reg_noise_std setting, so "
         "blind is the σ-given run wherever σ̂ picks the same setting. "
         f"Discrepancy (τ = {stop.tau:g}; tuned on F16, zebra and kate): the first iteration of "
         "the autostop run whose loss is <= τ x the floor (the clipped-noise variance at the observed "
@@ -514,9 +571,15 @@ def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
         return f"{x['iteration']} / {x['psnr']:.2f} / **{x['gap_db']:.2f}**"
 
     def work(x: dict[str, Any] | None) -> str:
-        if x is None:
-            return "-"
+        if x is None or "total_iterations" not in x:
+            return "not rerun: the previous rule's row"
         return f"{x['stopped_at']} + {x['iteration']} = **{x['total_iterations']}** / {x['wall_s']:.0f} s"
+
+    def star(r: dict[str, Any]) -> str:
+        return "*" if not r.get("s_per_iter_measured", True) else ""
+
+    # Rows from before the rise test (no recorded held-out run) are shown but left out of the counts.
+    current = [r for r in d["runs"] if "recorded_iterations" in r]
 
     lines += table(
         (
@@ -525,7 +588,7 @@ def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
             "σ̂",
             "best it / PSNR",
             "**held-out + refit** (default): it / PSNR / gap",
-            "held-out stop + refit = total it / wall",
+            "held-out stop + refit = total it / time",
             "held-out run, no refit",
             "discrepancy, σ given",
             "discrepancy, σ̂",
@@ -537,7 +600,7 @@ def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
                 f"{r['estimated_sigma']:.1f}",
                 f"{r['best_iteration']} / {r['best_psnr']:.2f}",
                 cell(r["refit"]),
-                work(r["refit"]),
+                work(r["refit"]) + star(r),
                 cell(r["holdout"]),
                 cell(r["discrepancy"]),
                 cell(r["discrepancy_blind"]),
@@ -553,13 +616,17 @@ def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
         ("discrepancy", "discrepancy, σ given"),
         ("discrepancy_blind", "discrepancy, σ̂"),
     ):
-        gaps = [r[key]["gap_db"] for r in d["runs"] if r[key] is not None]
+        gaps = [
+            r[key]["gap_db"]
+            for r in (current if key.startswith(("refit", "holdout")) else d["runs"])
+            if r[key] is not None
+        ]
         within = sum(g <= 0.5 for g in gaps)
         lines.append(
             f"- {label}: within 0.5 dB on **{within} of {len(gaps)}** runs"
             + (f", max gap {max(gaps):.2f} dB." if gaps else ".")
         )
-    refits = [r["refit"] for r in d["runs"] if r["refit"] is not None]
+    refits = [r["refit"] for r in current if r["refit"] is not None]
     if refits:
         its = float(np.median([x["total_iterations"] for x in refits]))
         wall = float(np.median([x["wall_s"] for x in refits]))
@@ -567,7 +634,7 @@ def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
         ref = REFERENCE_DENOISE_ITERATIONS
         lines.append(
             f"- default total work: median **{its:.0f}** iterations = **{its / ref:.2f}x** the reference's "
-            f"{ref} (range {low}-{high}); median wall {wall:.0f} s."
+            f"{ref} (range {low}-{high}); median time {wall:.0f} s."
         )
     return [*lines, ""]
 
@@ -587,7 +654,7 @@ def _spread_markdown(d: dict[str, Any]) -> list[str]:
             "σ",
             "best it / PSNR",
             "returned it / PSNR / gap",
-            "held-out stop + refit = total it / wall",
+            "held-out stop + refit = total it / time",
         ),
         (
             (
@@ -642,6 +709,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--sigmas", default="25,50", help="autostop noise levels, in 1/255")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--replay",
+        action="store_true",
+        help="stoprules: recompute the default's outcomes from the recorded held-out runs, run nothing",
+    )
     p.add_argument("--out", type=Path, default=OUT, help="results folder (--quick: its quick/)")
     args = p.parse_args(argv)
     if args.only and (args.data is None or not Path(args.data).is_dir()):  # --only "" reads no images
@@ -665,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
         # Sections accumulate across invocations, so they can be run one at a time (or side by side).
         _save_section(json_path, name, section)
         print(f"   {name}: pass={section.get('pass')} in {section['wall_s']} s", flush=True)
+    if args.replay:
+        _replay_section(args)
     res = json.loads(json_path.read_text())
     if "autostop" in res:
         plots.autostop_traces(res["autostop"]["runs"], res.get("stoprules"), args.out / "autostop.png")

@@ -13,7 +13,7 @@ The stopper only reads the run, so where a policy stops the held-out run and whi
 `replay`ed exactly from `holdout_mse`; the refit is the fit on every pixel cut at that iteration
 (bit-exact, tested in tests/service/worker/test_engine.py). So any policy at least as quick as `RECORD`
 is judged from these arrays: work S + c, gap max(all_psnr) - all_psnr[c - 1]. Also saved: `noise_floor`
-(the clipped-noise variance, σ given), `sigma_hat` (in 1/255) and the seconds per iteration of each run.
+(the clipped-noise variance, σ given), `sigma_hat` (in 1/255) and the CPU seconds per iteration of each run.
 
 One .npz per run under --cache, named <image stem>_s<σ>_c<crop>_n<cap>.npz; runs already there are
 skipped, so an interrupted invocation resumes. Images come from the command line (files or folders;
@@ -42,14 +42,15 @@ from bench.dip.common import Image_, noisy_pair
 from service.bus.request import AutoStop, DenoiseTask, FixedIterations, Stopping
 from service.bus.result import Progress
 from service.color.quality import psnr
-from service.worker.early_stop import EarlyStopper, estimate_noise_sigma, noise_floor
+from service.worker.early_stop import EarlyStopper, estimate_noise_sigma, noise_floor, refit_iterations
 from service.worker.engine import restore
+from service.worker.recipes import recipe_for
 
 CACHE = Path(".cache/dip-traces")
 CPU = torch.device("cpu")
-# Recording policy: the default's rule with a 4x larger rise, so the default and any quicker setting
+# Recording policy: the default's rule with a 2x larger rise, so the default and any quicker setting
 # (smaller rise, patience or wait) stop within the recorded curve.
-RECORD = AutoStop(refit=False, holdout_rise=0.04)
+RECORD = AutoStop(refit=False, holdout_rise=0.02)
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -85,9 +86,10 @@ def fit_traced(
         if p.preview is not None:
             trace.append(psnr(p.preview, gt))
 
-    t = time.monotonic()
+    # CPU time, not wall: the long runs are paused (SIGSTOP) while others time things on the machine.
+    t = time.process_time()
     result = restore(noisy, task, stopping=stopping, on_progress=on_progress, progress_every=1, preview=True)
-    per_iter = (time.monotonic() - t) / max(1, result.iterations_run)
+    per_iter = (time.process_time() - t) / max(1, result.iterations_run)
     return np.asarray(trace, np.float32), np.asarray(result.statistic, np.float64), per_iter
 
 
@@ -125,13 +127,15 @@ def images_in(paths: list[Path]) -> list[Path]:
     return found
 
 
-def outcome(trace: Mapping[str, Any], policy: AutoStop) -> dict[str, Any]:
-    """What `policy` (held-out run, then the refit) returns on a recorded run, against the best iterate of
-    the fit on every pixel; wall time at the recorded seconds per iteration."""
+def outcome(trace: Mapping[str, Any], policy: AutoStop, budget: int) -> dict[str, Any]:
+    """What `policy` (held-out run, then the refit) returns on a recorded run whose iteration budget is
+    `budget`, against the best iterate of the fit on every pixel; time at the recorded CPU seconds per
+    iteration (1 thread: the wall time on a quiet core)."""
     stop = replay(trace["holdout_mse"], policy)
     if stop is None:
         raise ValueError("the recorded held-out run ends before this policy stops; record with a slower one")
-    s, c = stop
+    s, chosen = stop
+    c = refit_iterations(policy, chosen, budget) if policy.refit else chosen
     all_psnr = trace["all_psnr"]
     if c > len(all_psnr):
         raise ValueError(f"the fit on every pixel was recorded to {len(all_psnr)} iterations, not to {c}")
@@ -143,6 +147,7 @@ def outcome(trace: Mapping[str, Any], policy: AutoStop) -> dict[str, Any]:
     returned = float(all_psnr[c - 1]) if policy.refit else float(trace["holdout_psnr"][c - 1])
     return {
         "stopped_at": s,
+        "held_out_minimum": chosen,
         "iteration": c,
         "psnr": returned,
         "best_iteration": best,
@@ -160,7 +165,8 @@ def report(cache: Path, crop: int, skip: set[str], policy: AutoStop) -> dict[str
         stem, sigma = f.stem.rsplit("_s", 1)[0], int(f.stem.rsplit("_s", 1)[1].split("_")[0])
         if stem in skip or f.name.endswith(".tmp.npz"):
             continue
-        runs.append({"image": stem, "sigma": sigma} | outcome(np.load(f), policy))
+        budget = policy.max_iterations or recipe_for(DenoiseTask(sigma=sigma / 255), 3).iterations
+        runs.append({"image": stem, "sigma": sigma} | outcome(np.load(f), policy, budget))
     gaps: list[float] = [r["gap_db"] for r in runs]
     return {
         "crop": crop,

@@ -11,7 +11,8 @@ Usage (numpy in, numpy out; float32 in [0, 1], (H, W) or (H, W, C) with C in {1,
 One iteration is the reference's (docs/dip.md §1.2): z + N(0, reg_noise_std²) → net → task loss → backward →
 Adam step, then the output EMA where the task has one. The returned iterate is the EMA (denoise, jpeg) or the
 raw output (others), chosen by the stopping policy. Denoising under `AutoStop` runs twice: a fit with pixels
-held out picks the iteration, then a fit on every pixel from the same seed runs to it (`AutoStop.refit`).
+held out picks the iteration, then a fit on every pixel from the same seed runs to `refit_scale` times it
+(`AutoStop.refit`).
 Hooks: `on_progress` every `progress_every` iterations,
 `should_cancel()` before every iteration, `time_budget_s` (setup included) checked before every iteration
 against the last iteration's duration. The same code runs on CPU and CUDA (`device=None` picks CUDA when
@@ -33,7 +34,13 @@ from torch import nn
 
 from service.bus.request import AutoStop, DenoiseTask, EngineOptions, FixedIterations, Stopping, Task
 from service.bus.result import Progress, RestoreResult, StopReason
-from service.worker.early_stop import EarlyStopper, estimate_noise_sigma, holdout_mask, noise_floor
+from service.worker.early_stop import (
+    EarlyStopper,
+    estimate_noise_sigma,
+    holdout_mask,
+    noise_floor,
+    refit_iterations,
+)
 from service.worker.padding import as_float_image
 from service.worker.problem import Problem, make_problem
 from service.worker.recipes import NOISE_SCALE, Recipe, recipe_for
@@ -161,16 +168,17 @@ def restore(
         and reason in (StopReason.HOLDOUT, StopReason.MAX_ITERATIONS)
         and iteration > 0
     )
-    if refit:
-        # The held-out run only chose the iteration; the paper's fit on every pixel, same seed, for that
-        # many iterations is what gets returned (0.1-0.5 dB above the 90% fit's iterate on the bench).
+    if refit and isinstance(stopping, AutoStop):
+        # The held-out run only chose the iteration; the paper's fit on every pixel, same seed, for
+        # `refit_scale` times as many iterations is what gets returned (it peaks later: AutoStop).
+        target = refit_iterations(stopping, iteration, budget)
         full = make_problem(img, task, recipe.net, dev, bool(options.channels_last))
-        again = _fit(full, recipe, seed, iteration, None, hooks, options, dev, offset=done)
+        again = _fit(full, recipe, seed, target, None, hooks, options, dev, offset=done)
         losses.append(again.losses)
         stats.append(torch.full_like(again.losses, math.nan))
         done += again.done
         if again.reason is StopReason.FIXED_ITERATIONS:
-            best = again.image  # else cancelled or out of time: keep the held-out run's iterate
+            best, iteration = again.image, target  # else cancelled or out of time: keep the held-out one
         else:
             reason = again.reason
         problem = full

@@ -19,6 +19,7 @@ from service.worker.early_stop import (
     holdout_mask,
     holdout_rose,
     noise_floor,
+    refit_iterations,
 )
 
 CPU = torch.device("cpu")
@@ -270,3 +271,17 @@ class TestHoldout:
     def test_rise_must_be_a_fraction(self, rise: float) -> None:
         with pytest.raises(ValueError, match="holdout_rise"):
             AutoStop(holdout_rise=rise)
+
+
+class TestRefitIterations:
+    @pytest.mark.parametrize(("chosen", "budget", "want"), [(500, 3000, 600), (2800, 3000, 3000), (1, 10, 1)])
+    def test_scaled_within_the_budget(self, chosen: int, budget: int, want: int) -> None:
+        assert refit_iterations(AutoStop(), chosen, budget) == want  # refit_scale 1.2
+
+    def test_scale_one_is_the_held_out_choice(self) -> None:
+        assert refit_iterations(AutoStop(refit_scale=1.0), 437, 3000) == 437
+
+    @pytest.mark.parametrize("scale", [0.0, -1.0, math.inf, math.nan])
+    def test_scale_must_be_positive_and_finite(self, scale: float) -> None:
+        with pytest.raises(ValueError, match="refit_scale"):
+            AutoStop(refit_scale=scale)
