@@ -261,6 +261,7 @@ def _replayed(row: dict[str, Any], run: dict[str, Any], default: AutoStop, budge
 def _replay_section(args: argparse.Namespace) -> None:
     """--replay: the current default's outcomes recomputed from the held-out runs the section recorded,
     without running anything (valid while the default stops no later than `traces.RECORD`)."""
+    _fold_partial(_json_path(args), "stoprules")
     res = json.loads(_json_path(args).read_text())
     runs = {(r["image"], r["sigma"]): r for r in res["autostop"]["runs"]}
     rows = res["stoprules"]["runs"]
@@ -272,9 +273,17 @@ def _replay_section(args: argparse.Namespace) -> None:
             row["s_per_iter"], row["s_per_iter_measured"] = float(np.median(cpu)), False
         row["recorded_iterations"] = len(row["holdout_trace"])
         budget = recipe_for(DenoiseTask(sigma=row["sigma"] / 255), 3).iterations
+        before = row.get("holdout")
         row |= _replayed(row, runs[(row["image"], row["sigma"])], _default_policy(args), budget)
+        # Recorded without the held-out PSNR per iteration: the recorded run's own returned iterate is
+        # the one at the minimum where the minimum is the same.
+        minimum = row["refit"]["held_out_minimum"] if row["refit"] else None
+        if row["holdout"] is None and before is not None and before["iteration"] == minimum:
+            row["holdout"] = before
         if row["same_recipe_blind"]:
             row["holdout_blind"], row["refit_blind"] = row["holdout"], row["refit"]
+    order = list(AUTOSTOP_IMAGES)
+    rows.sort(key=lambda r: (order.index(r["image"]), r["sigma"]))
     _save_section(_json_path(args), "stoprules", res["stoprules"] | _stoprules_summary(rows))
 
 
@@ -578,6 +587,9 @@ def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
     def star(r: dict[str, Any]) -> str:
         return "*" if not r.get("s_per_iter_measured", True) else ""
 
+    def old(r: dict[str, Any]) -> str:
+        return "" if "recorded_iterations" in r else " (previous rule)"
+
     # Rows from before the rise test (no recorded held-out run) are shown but left out of the counts.
     current = [r for r in d["runs"] if "recorded_iterations" in r]
 
@@ -599,9 +611,9 @@ def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
                 r["sigma"],
                 f"{r['estimated_sigma']:.1f}",
                 f"{r['best_iteration']} / {r['best_psnr']:.2f}",
-                cell(r["refit"]),
+                cell(r["refit"]) + old(r),
                 work(r["refit"]) + star(r),
-                cell(r["holdout"]),
+                cell(r["holdout"]) + old(r),
                 cell(r["discrepancy"]),
                 cell(r["discrepancy_blind"]),
             )

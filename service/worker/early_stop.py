@@ -10,15 +10,25 @@ run's S, then the refit's c.
 When to stop the held-out run. Writing E(t) = ‖f_t − x‖²_H + v (v: the clipped-noise variance on the
 held-out set H, constant), the rise above the minimum E(t) − E_min and the descent E(t₀) − E_min (t₀: the
 first tracked iteration) are both differences of clean errors: v cancels, so their ratio does not depend
-on σ or on how much of the noise the clipping removed. DIP fits in stages and can stall between them:
-barbara at σ=25 has a shallow minimum at 354 and the real one at 858. Waiting 2x the minimum's age for a
-new one (the rule before, `holdout_wait`) gets through the stall but stops at 3c, so a call cost about
-4c: 1,100-3,300 iterations on the 96² bench runs, 0.4-1.1x the reference notebook's fixed 3,000. A stall
-is flat, while past the real minimum the network fits the noise on the pixels it sees and the error at
-the held-out ones climbs steadily (baboon at σ=25: +0.5% of its descent 170 iterations after the minimum
-at 527, +1.3% at 270, +3% at 470). So the run stops, at least `holdout_patience` iterations after the
-minimum, as soon as E(t) − E_min >= `holdout_rise` x (E(t₀) − E_min) (`holdout_rose`); the 2x wait stays
-as the backstop for a curve that neither rises nor falls. RISE_EVIDENCE
+on σ or on how much of the noise the clipping removed. Waiting 2x the minimum's age for a new one (the
+rule before, `holdout_wait`) stopped at 3c, so a call cost about 4c: 1,100-3,300 iterations on the 96²
+bench runs, 0.4-1.1x the reference notebook's fixed 3,000. Past the minimum the network fits the noise on
+the pixels it sees and the error at the held-out ones climbs steadily (baboon at σ=25: +0.5% of its
+descent 170 iterations after the minimum at 527, +1.3% at 270, +3% at 470). So the run stops, at least
+`holdout_patience` iterations after the minimum, as soon as E(t) − E_min >= `holdout_rise` x the descent
+(`holdout_rose`); the 2x wait stays as the backstop for a curve that neither rises nor falls.
+
+What this gives up: DIP fits in stages and the error can rise as much inside a stall. Barbara at σ=25
+climbs 3.3% of its descent from its first minimum (358) to iteration 550 and only later falls to the
+real one (858, the old rule's choice): the rise test stops in the stall, 1.9 dB short (the 2x wait was
+0.28 short). No threshold separates that bump from baboon's turn, and waiting 2.4x the age to get
+through it would cost every run (S >= 3.4c).
+
+Which iteration to return: the refit runs to `refit_scale` = 1.2 x the held-out minimum. The error at
+pixels the network never sees turns up before the fit of the pixels it sees stops improving: on the 14
+bench runs the PSNR of the fit on every pixel peaks at a median 1.2x the held-out minimum (0.9-1.8x;
+baboon at σ=25, 961 against 527, is 0.75 dB short at 1x and 0.44 at 1.2x). Numbers per run:
+bench/results/dip/quality.md.
 
 Running variance (Wang, Li, Zhuang, Chen, Liang, Sun, "Early Stopping for Deep Image Prior",
 arXiv 2112.06074; code sun-umn/Early_Stopping_for_DIP @ 877d994d, see docs/dip.md §3): the outputs' variance
