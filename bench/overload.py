@@ -64,6 +64,7 @@ class Plan:
     capacity_s: float
     overload_s: float
     factor: float
+    triton_nice: int = 0
 
 
 FULL = Plan(capacity_s=30.0, overload_s=180.0, factor=2.0)
@@ -244,7 +245,7 @@ def goals(s: Mapping[str, Any]) -> dict[str, bool]:
 
 def run(plan: Plan, out: Path) -> dict[str, Any]:
     request = make_request(jpeg_512())
-    stack = Stack(logs=out / "logs" / "overload")
+    stack = Stack(logs=out / "logs" / "overload", triton_nice=plan.triton_nice)
     gateway = None
     try:
         gateway = custom_gateway(stack, "gateway-overload", {})
@@ -318,7 +319,7 @@ def markdown(r: Mapping[str, Any], quick: bool) -> str:
 512x512 JPEG, eccv16 at working size 256, JPEG out. Capacity: a closed loop of {CAPACITY_CONCURRENCY}
 callers for {plan["capacity_s"]:.0f} s: {cap["ok_per_s"]:.1f} OK/s (p50 {cap["p50_ms"]:.0f} ms). Then
 {r["rate_per_s"]:.1f} req/s for {plan["overload_s"]:.0f} s, evenly spaced, deadlines {deadlines} s
-in turn.
+in turn. Triton's niceness: {plan.get("triton_nice", 0)}.
 
 | measure | value | goal |
 |---|---|---|
@@ -369,11 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="8 s capacity, 20 s overload")
     parser.add_argument("--factor", type=float, help="offered load / capacity (default 2)")
     parser.add_argument("--seconds", type=float, help="overload duration (default 180, quick 20)")
+    parser.add_argument("--triton-nice", type=int, default=0, help="run Triton at this niceness")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     plan = QUICK if args.quick else FULL
-    plan = Plan(plan.capacity_s, args.seconds or plan.overload_s, args.factor or plan.factor)
+    plan = Plan(
+        plan.capacity_s, args.seconds or plan.overload_s, args.factor or plan.factor, args.triton_nice
+    )
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     result = run(plan, out)
     write_report(out, "overload", result, markdown(result, args.quick))

@@ -39,10 +39,11 @@ class Stack:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="priorlab-bench-")))
     triton: TritonServer | None = None
     gateways: dict[tuple[bool, bool], GatewayProcess] = field(default_factory=dict)
+    triton_nice: int = 0  # TritonServer.start(nice=...): Triton below the gateway and the client
 
     def triton_server(self) -> TritonServer:
         if self.triton is None:
-            self.triton = TritonServer.start(MODEL_REPOSITORY, self.workdir / "triton")
+            self.triton = TritonServer.start(MODEL_REPOSITORY, self.workdir / "triton", nice=self.triton_nice)
             log.info("Triton pid %d on %s", self.triton.pid, self.triton.grpc_url)
         return self.triton
 
