@@ -9,26 +9,34 @@ Edges. On each validation crop at the working resolution (centre `--size`² crop
 as `colorizers.compare` scores them) the true Lab image is differentiated with Sobel filters; the
 edge strength and normal come from the structure tensor summed over L, a and b (Di Zenzo), so an edge
 in lightness, in colour or in both is found with one normal. Edge pixels are the local maxima of that
-strength along the normal (thin edges, one sample per pixel of contour) of at least `MIN_GRADIENT`
-Lab units per pixel. Each edge pixel is sampled on two sides, A and B, `--offset` pixels along the
-normal each way (3x3 means, so one noisy pixel does not decide): far enough that the models' H/4
-colour (bilinearly upsampled, 4 pixels a cell) is not blurred across the edge by construction, near
-enough to stay on the neighbouring object. Only edges whose two true sides differ by more than
-`MIN_STEP` ab units are kept: the boundary between objects of different colour.
+strength along the normal (thin edges, the step's two pixels wide) of at least `MIN_GRADIENT` Lab
+units per pixel. Each edge pixel is sampled on two sides, A and B, `--offset` pixels along the normal
+each way (3x3 means, so one noisy pixel does not decide): far enough that the models' H/4 colour
+(bilinearly upsampled, 4 pixels a cell) is not blurred across the edge by construction (the truth
+pooled to H/4 and upsampled the same way, an oracle row of the table, bleeds on ~3 % of edges), near
+enough to stay on the neighbouring object. Only edges between objects of different colour are kept:
+true sides more than `MIN_STEP` ab units apart, and either `MIN_HUE_TURN` degrees apart in hue or one
+of them gray (chroma < `MIN_CHROMA`). Light blue next to deep blue is one hue at two saturations; no
+hue can leak there, and the rule below would call small overshoots of saturation bleed.
 
 Bleed, per side A (its neighbour B), with truths t_A, t_B and prediction p_A:
-- **bleed**: p_A has chroma ≥ `MIN_CHROMA` and lies nearer to B's hue than to A's: nearer to the
-  segment from gray to t_B than to the segment from gray to t_A. The segments make it a test of hue,
-  not of saturation: every model here is muted (0.3x the true colourfulness), so a blue tint on a red
-  roof is rarely nearer the saturated sky than the roof in plain ab distance, yet it is exactly the
-  leak the issue describes; and a prediction that merely desaturates A's own colour is not bleed. A
-  gray neighbour is the origin, which lies on A's segment too, so gray "leaking" onto a coloured
-  object is never bleed (that is washing out); a blue tint on a white lighthouse next to the sky is.
+- **bleed**: p_A has chroma ≥ `MIN_CHROMA` and lies nearer to B's hue than to A's: nearer to the ray
+  from gray through t_B than to the ray through t_A (the colours of each hue at any saturation). The
+  rays make it a test of hue, not of saturation: every model here is muted (0.3x the true
+  colourfulness), so a blue tint on a white lighthouse is nearer white than the saturated sky in
+  plain ab distance, yet it is exactly the leak the issue describes; and plain distance calls a sky
+  that is merely desaturated "white leaking onto it". A gray side's ray is gray itself, which lies on
+  every ray, so gray "leaking" onto a coloured object is never bleed (that is washing out). The chroma
+  floor (10 ab, a clearly visible tint) keeps a model's faint overall cast out of it: the shipped
+  checkpoints tint whole photos faintly sepia, which is not one object's colour on another (at 5 ab
+  that cast made every edge of a white background "bleed" from the objects on it).
 - **washed out**: p_A has chroma < `MIN_CHROMA` where t_A has at least that: colour missing, not
   misplaced. Reported apart, so a model cannot look leak-free by painting nothing.
 An edge pixel counts as bleeding if either side bleeds, and as washed out if it does not bleed and a
 side is washed out; so a prediction that copies one side's colour across the edge bleeds on 100 % of
-it, the truth on 0 %, and gray washes out every edge between two coloured sides. The plain-distance
+it, the truth on 0 %, and gray washes out every edge between two coloured sides. Any colour flat
+across an edge bleeds there (it is nearer one side's hue), so the crop's mean true colour painted
+everywhere, the other oracle row, shows what no spatial information at all scores. The plain-distance
 variant (p_A nearer t_B than t_A, chroma ≥ `MIN_CHROMA`) is reported beside it as `bleed_nearest`.
 
 Also per model/decoding, over the same edges: the mean ab error at the sampled sides, the across-edge
@@ -428,12 +436,17 @@ def recommend(models: dict[str, dict], default: str = LARSSON_DEFAULT) -> str | 
 
 def best_alternative(models: dict[str, dict], default: str = LARSSON_DEFAULT) -> str:
     """The decoding the figure sets beside the default: the recommended one, else the least-bleeding one
-    that keeps the colour, else the least-bleeding one outright."""
-    keeping = [
-        label for label in _alternatives(models, default) if _keeps_colour(models[label], models[default])
-    ]
-    pool = keeping or _alternatives(models, default)
-    return recommend(models, default) or min(pool, key=lambda label: models[label]["bleed"])
+    that keeps the colour if it bleeds less than the default, else the least-bleeding one outright
+    (which then shows what leaking less costs)."""
+    recommended = recommend(models, default)
+    if recommended:
+        return recommended
+    alternatives = _alternatives(models, default)
+    keeping = [label for label in alternatives if _keeps_colour(models[label], models[default])]
+    best_keeping = min(keeping, key=lambda label: models[label]["bleed"], default=None)
+    if best_keeping and models[best_keeping]["bleed"] < models[default]["bleed"]:
+        return best_keeping
+    return min(alternatives, key=lambda label: models[label]["bleed"])
 
 
 def _marked(rgb: NDArray[np.uint8], points: NDArray[np.intp], colour: tuple[int, int, int]) -> Image.Image:
@@ -458,6 +471,12 @@ def figure(samples: list[Sample], columns: list[str], cell: int = 256) -> Image.
     return sheet
 
 
+def _where_coloured(m: dict) -> str:
+    """Bleed among the edges not washed out: how often colour put at an edge is the other side's hue."""
+    painted = 1 - m["washed_out"]
+    return f"{m['bleed'] / painted:.0%}" if painted > 0 else "–"
+
+
 def markdown(metrics: dict, manifest: str, recommended: str | None, shown: str, figure_name: str,
              sources: list[str]) -> str:  # fmt: skip
     """bleed.md: the table of the model card's section, and what was shown."""
@@ -470,32 +489,34 @@ def markdown(metrics: dict, manifest: str, recommended: str | None, shown: str, 
         f"apart and ≥ {t['min_hue_turn']:g}° apart in hue (or one side gray); gray below chroma "
         f"{t['min_chroma']:g}.",
         "",
-        "| model / decoding (hue / chroma) | edges | bleed ↓ | bleed, nearest-colour rule | washed out "
+        "| model / decoding (hue / chroma) | edges | bleed ↓ | bleed where coloured | bleed, nearest-colour "
+        "rule | washed out "
         f"| bleed at ΔL ≥ {t['visible_l_step']:g} | ab error at sides ↓ | contrast pred/true | ab L2 ↓ "
         "| AuC ↑ | AuC rebal ↑ | PSNR dB ↑ | colourfulness |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, m in metrics["models"].items():
         name = label + (" (default)" if label == LARSSON_DEFAULT else "")
         name += " (recommended)" if label == recommended else ""
         lines.append(
-            f"| {name} | {m['edges']} | {m['bleed']:.1%} | {m['bleed_nearest']:.1%} | {m['washed_out']:.1%} "
+            f"| {name} | {m['edges']} | {m['bleed']:.1%} | {_where_coloured(m)} | {m['bleed_nearest']:.1%} "
+            f"| {m['washed_out']:.1%} "
             f"| {m['bleed_visible']:.1%} | {m['side_ab_error']:.1f} | {m['contrast_ratio']:.2f} "
             f"| {m['ab_l2']:.2f} | {m['auc']:.3f} | {m['auc_rebal']:.3f} | {m['psnr']:.2f} "
             f"| {m['colourfulness']:.1f} |"
         )
     g = metrics["gray"]
     lines.append(
-        f"| gray (ab = 0) | | 0 % | 0 % | | | | 0 | {g['ab_l2']:.2f} | {g['auc']:.3f} | {g['auc_rebal']:.3f} "
-        f"| {g['psnr']:.2f} | {g['colourfulness']:.1f} |"
+        f"| gray (ab = 0) | | 0 % | – | 0 % | | | | 0 | {g['ab_l2']:.2f} | {g['auc']:.3f} "
+        f"| {g['auc_rebal']:.3f} | {g['psnr']:.2f} | {g['colourfulness']:.1f} |"
     )
-    lines.append(f"| ground truth | | 0 % | 0 % | 0 % | 0 % | 0 | 1 | 0 | 1 | 1 | ∞ "
+    lines.append(f"| ground truth | | 0 % | 0 % | 0 % | 0 % | 0 % | 0 | 1 | 0 | 1 | 1 | ∞ "
                  f"| {metrics['truth']['colourfulness']:.1f} |")  # fmt: skip
     verdict = (
         f"Recommended: **{recommended}** leaks clearly less than the default at no cost in the other metrics."
         if recommended
         else "No decoding leaks clearly less (≥ 20 % lower bleed) at no cost in PSNR, AuC, colourfulness "
-        "and washed-out rate; the figure shows the least-bleeding decoding that keeps the colour."
+        "and washed-out rate; beside the default, the figure shows the decoding that bleeds least."
     )
     lines += ["", verdict, "", f"![truth with its colour edges | {LARSSON_DEFAULT} | {shown}]({figure_name})",
               "", f"Columns: truth with its colour edges (yellow) | {LARSSON_DEFAULT} | {shown}; "

@@ -145,5 +145,9 @@ def test_recommend_needs_clearly_less_bleed_at_no_cost() -> None:
     }
     assert eb.recommend(models) is None
     assert eb.best_alternative(models) == "Larsson16, e / f"  # the figure: least bleed that keeps the colour
+    # When nothing that keeps the colour bleeds less than the default, the least bleeding outright.
+    fewer = {label: m for label, m in models.items() if label != "Larsson16, e / f"}
+    fewer["Larsson16, a / b"] = model_row(0.6)
+    assert eb.best_alternative(fewer) == "Larsson16, c / d"
     models["Larsson16, g / h"] = model_row(0.3, psnr=21.95)
     assert eb.recommend(models) == "Larsson16, g / h"
