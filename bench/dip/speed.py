@@ -254,33 +254,45 @@ def trace_one(variant: str, data: Path, size: int) -> dict[str, Any]:
             "wall_s": time.perf_counter() - t0}  # fmt: skip
 
 
-def bf16_check(args: argparse.Namespace) -> dict[str, Any]:
-    """fp32 (`fused`) and bf16 (`bf16_channels_last`) traces side by side, one thread each."""
+def bf16_check(args: argparse.Namespace, previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The `--check-variants` traces side by side (one process each), against fp32 `fused`.
+
+    Traces of the last check at the same crop are kept, so a variant can be added without rerunning the
+    rest. `channels_last` is the control: fp32 too, only the summation order differs, so its distance to
+    `fused` is how far rounding alone moves this trajectory.
+    """
     if args.data is None:
         raise SystemExit("--bf16-check needs --data DIR (or PRIORLAB_DIP_DATA): see bench/dip/quality.py")
+    same_crop = previous is not None and previous.get("size") == args.size
+    traces: dict[str, Any] = dict(previous["traces"]) if previous is not None and same_crop else {}
     procs = {}
-    for variant in ("fused", "bf16_channels_last"):
+    for variant in args.check_variants.split(","):
         cmd = [sys.executable, "-m", "bench.dip.speed", "--trace", variant, "--data", str(args.data)]
         cmd += ["--size", str(args.size), "--threads", str(args.threads)]
         procs[variant] = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    traces = {}
     for variant, proc in procs.items():
         out, _ = proc.communicate()
         if proc.returncode != 0:
             raise SystemExit(f"the {variant} trace failed ({proc.returncode})")
         traces[variant] = json.loads(out.strip().splitlines()[-1])
-    fp32 = {int(k): v for k, v in traces["fused"]["ema_psnr"].items()}
-    bf16 = {int(k): v for k, v in traces["bf16_channels_last"]["ema_psnr"].items()}
-    delta = {k: bf16[k] - fp32[k] for k in CHECK_ITERATIONS}
+        traces[variant]["date"] = time.strftime("%Y-%m-%d %H:%M")
+    if "fused" not in traces:
+        raise SystemExit("the check compares with fp32 `fused`: add it to --check-variants")
+    fp32 = traces["fused"]["ema_psnr"]
+    delta = {
+        v: {str(k): t["ema_psnr"][str(k)] - fp32[str(k)] for k in CHECK_ITERATIONS}
+        for v, t in traces.items()
+        if v != "fused"
+    }
+    bf16 = [v for v in delta if VARIANTS[v].bf16]
     return {
         "size": args.size,
         "threads": args.threads,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
         "traces": traces,
         "delta_db": delta,
         "tolerance_db": CHECK_TOLERANCE_DB,
-        "pass": all(abs(d) <= CHECK_TOLERANCE_DB for d in delta.values()),
+        "pass": {v: all(abs(d) <= CHECK_TOLERANCE_DB for d in delta[v].values()) for v in bf16},
     }
 
 
@@ -343,27 +355,24 @@ def _profile_markdown(profiles: list[dict[str, Any]]) -> list[str]:
 
 
 def _check_markdown(check: dict[str, Any]) -> list[str]:
-    traces = check["traces"]
-    fp32, bf16 = traces["fused"], traces["bf16_channels_last"]
+    traces, delta = check["traces"], check["delta_db"]
+    others = [v for v in traces if v != "fused"]
+    header = ["iteration", "fp32 `fused` dB", *(f"`{v}` - fp32" for v in others)]
     rows = [
-        (
-            str(k),
-            f"{fp32['ema_psnr'][str(k)]:.2f}",
-            f"{bf16['ema_psnr'][str(k)]:.2f}",
-            f"{check['delta_db'][str(k)]:+.3f}",
-        )
+        [str(k), f"{traces['fused']['ema_psnr'][str(k)]:.2f}", *(f"{delta[v][str(k)]:+.3f}" for v in others)]
         for k in CHECK_ITERATIONS
     ]
-    verdict = "**pass**" if check["pass"] else "**FAIL**"
+    verdicts = ", ".join(f"`{v}` **{'pass' if ok else 'FAIL'}**" for v, ok in check["pass"].items())
     return [
-        f"## bf16 check: denoise PSNR trace, fp32 vs bf16 ({verdict}, tolerance ±{check['tolerance_db']} dB)",
+        f"## bf16 check: denoise PSNR trace against fp32 (tolerance ±{check['tolerance_db']} dB): {verdicts}",
         "",
         f"F16 {check['size']}² centre crop, σ=25 with the reference noise (bench/dip/quality.py's denoise "
-        f"section), 500 iterations, EMA PSNR against the clean image; `fused` ({fp32['settings']}) vs "
-        f"`bf16_channels_last` ({bf16['settings']}), {check['threads']} thread(s) each, "
-        f"{check['cpu_capability']}, {check['date']}.",
+        f"section), 500 iterations, EMA PSNR against the clean image, {check['threads']} thread(s) per "
+        f"trace, {check['cpu_capability']}. Runs as: "
+        + "; ".join(f"`{v}` {t['settings']} ({t.get('date', '')})" for v, t in traces.items())
+        + ". `channels_last` is fp32 with another summation order: how far rounding alone moves the trace.",
         "",
-        *table(("iteration", "fp32 dB", "bf16 dB", "bf16 - fp32"), rows),
+        *table(header, rows),
     ]
 
 
@@ -450,6 +459,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="file stem (default speed, or speed_cuda on a GPU)")
     p.add_argument("--out", type=Path, default=OUT, help="results folder (--quick: its quick/)")
     p.add_argument("--bf16-check", action="store_true", help="the fp32 vs bf16 PSNR trace (no timing)")
+    p.add_argument("--check-variants", default="fused,channels_last,bf16_channels_last", help="traces")
     p.add_argument("--data", type=Path, default=os.environ.get("PRIORLAB_DIP_DATA"), help="test images")
     p.add_argument("--one", nargs=2, metavar=("TASK", "VARIANT"), help=argparse.SUPPRESS)
     p.add_argument("--profile", nargs=2, metavar=("TASK", "VARIANT"), help=argparse.SUPPRESS)
@@ -518,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     path = json_path(args)
     previous = json.loads(path.read_text()) if path.is_file() else {}
     if args.bf16_check:  # kept beside the last timing run's table
-        data = {**previous, "bf16_check": bf16_check(args)}
+        data = {**previous, "bf16_check": bf16_check(args, previous.get("bf16_check"))}
         if "rows" not in data:
             raise SystemExit(f"no timing run in {path} yet: run the timing first, then --bf16-check")
     else:
@@ -526,8 +536,9 @@ def main(argv: list[str] | None = None) -> int:
         if "bf16_check" in previous:
             data["bf16_check"] = previous["bf16_check"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
-    path.with_suffix(".md").write_text(_markdown(data))
+    text = json.dumps(data, indent=2)
+    path.write_text(text)
+    path.with_suffix(".md").write_text(_markdown(json.loads(text)))  # as read back: str keys
     print(f"wrote {path} and .md")
     return 0
 

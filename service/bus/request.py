@@ -183,8 +183,8 @@ class EngineOptions:
     (service/worker/tuning.py).
     """
 
-    # NHWC activations for the oneDNN/cuDNN convolutions. None: on exactly when bf16 is (oneDNN's bf16
-    # kernels are NHWC; in fp32 NCHW is as fast or faster).
+    # NHWC activations for the oneDNN/cuDNN convolutions. None: on a CPU with bf16 or at AVX512 (faster
+    # there), off at AVX2 and on CUDA (slower or no faster there).
     channels_last: bool | None = None
     # CPU only: the network's forward under bfloat16 autocast (the output layer, loss, EMA and Adam stay
     # fp32). None: on where the CPU has native bf16 (avx512_bf16 or AMX); True where it has not is refused.

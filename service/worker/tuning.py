@@ -2,9 +2,9 @@
 
 bf16: on a CPU whose oneDNN convolutions run bfloat16 natively (avx512_bf16 or AMX, with torch's kernels
 at AVX512), the network's forward runs under bf16 autocast and NHWC (channels_last) activations, which
-oneDNN's bf16 kernels want: 2.2-2.5x fewer s/iteration than fp32 on the 256² denoising net
-(bench/results/dip/speed.md). Elsewhere bf16 convolutions are emulated and slower, so auto means off.
-The loss, the output EMA, Adam and its state stay fp32 (docs/dip.md §5).
+oneDNN's bf16 kernels want: 0.37x the s/iteration of the fp32 reference loop on the 256² denoising net,
+2 threads (bench/results/dip/speed.md). Elsewhere bf16 convolutions are emulated and slower, so auto
+means off. The output layer, the loss, the output EMA, Adam and its state stay fp32 (docs/dip.md §5.1).
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def resolve(options: EngineOptions, device: torch.device) -> EngineOptions:
             raise ValueError(f"bf16=True needs native bf16 on the CPU, but {why}; set bf16=None or False")
         logger.debug("bf16 %s: %s", "on" if native else "off", why)
         bf16 = native
-    # NHWC pays with bf16 (oneDNN's bf16/AMX kernels are NHWC); fp32 NCHW is faster on AVX2 and about
-    # even on AVX512 (bench/results/dip/speed.md).
-    channels_last = bf16 if options.channels_last is None else options.channels_last
+    # NHWC pays with bf16 (oneDNN's bf16/AMX kernels are NHWC) and in fp32 at AVX512 (0.86x NCHW's
+    # s/iteration); at AVX2 NCHW is faster (NHWC 1.09x) (bench/results/dip/speed.md, speed_avx2.md).
+    nhwc = bf16 or torch.backends.cpu.get_cpu_capability() == "AVX512"
+    channels_last = nhwc if options.channels_last is None else options.channels_last
     return dataclasses.replace(options, bf16=bf16, channels_last=channels_last)

@@ -71,7 +71,12 @@ class TestResolve:
     def test_auto_off_without_native_bf16(self, monkeypatch: pytest.MonkeyPatch) -> None:
         _cpu(monkeypatch, "AVX2", amx=False, avx512_bf16=False)
         got = resolve(EngineOptions(), CPU)
-        assert got.bf16 is False and got.channels_last is False
+        assert got.bf16 is False and got.channels_last is False  # NCHW is faster at AVX2
+
+    def test_fp32_at_avx512_runs_nhwc(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        _cpu(monkeypatch, "AVX512", amx=False, avx512_bf16=False)
+        got = resolve(EngineOptions(), CPU)
+        assert got.bf16 is False and got.channels_last is True
 
     def test_asking_for_bf16_without_it_is_refused_with_the_reason(
         self, monkeypatch: pytest.MonkeyPatch
@@ -85,8 +90,7 @@ class TestResolve:
 
     def test_off_is_off_whatever_the_cpu(self, monkeypatch: pytest.MonkeyPatch) -> None:
         _cpu(monkeypatch, "AVX512", amx=True, avx512_bf16=True)
-        got = resolve(EngineOptions(bf16=False), CPU)
-        assert got.bf16 is False and got.channels_last is False
+        assert resolve(EngineOptions(bf16=False), CPU).bf16 is False
 
     def test_cuda_stays_fp32(self) -> None:
         cuda = torch.device("cuda")
