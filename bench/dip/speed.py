@@ -373,7 +373,23 @@ def _check_markdown(check: dict[str, Any]) -> list[str]:
         + ". `channels_last` is fp32 with another summation order: how far rounding alone moves the trace.",
         "",
         *table(header, rows),
+        *_control_note(delta, check["pass"]),
     ]
+
+
+def _control_note(delta: dict[str, dict[str, float]], bf16: dict[str, bool]) -> list[str]:
+    """The bf16 deviations beside the fp32 control's: is bf16 further off than rounding alone?"""
+    if "channels_last" not in delta:
+        return []
+    control = max(abs(d) for d in delta["channels_last"].values())
+    notes = []
+    for v in bf16:
+        worst = max(abs(d) for d in delta[v].values())
+        side = "within" if worst <= control else "beyond"
+        notes.append(
+            f"`{v}` deviates at most {worst:.2f} dB: {side} the {control:.2f} dB fp32 rounding moves it"
+        )
+    return ["Against the control: " + "; ".join(notes) + ".", ""]
 
 
 def _markdown(data: dict[str, Any]) -> str:
