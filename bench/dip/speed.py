@@ -453,8 +453,8 @@ def _markdown(data: dict[str, Any]) -> str:
             "",
             *_profile_markdown(data["profiles"]),
         ]
-    if data.get("bf16_check"):
-        lines += _check_markdown(data["bf16_check"])
+    for check in data.get("bf16_checks", {}).values():
+        lines += _check_markdown(check)
     return "\n".join(lines)
 
 
@@ -543,14 +543,14 @@ def main(argv: list[str] | None = None) -> int:
 
     path = json_path(args)
     previous = json.loads(path.read_text()) if path.is_file() else {}
-    if args.bf16_check:  # kept beside the last timing run's table
-        data = {**previous, "bf16_check": bf16_check(args, previous.get("bf16_check"))}
-        if "rows" not in data:
+    checks = previous.get("bf16_checks", {})  # one per crop size, kept beside the last timing run's table
+    if args.bf16_check:
+        if "rows" not in previous:
             raise SystemExit(f"no timing run in {path} yet: run the timing first, then --bf16-check")
+        checks[str(args.size)] = bf16_check(args, checks.get(str(args.size)))
+        data = {**previous, "bf16_checks": checks}
     else:
-        data = _timing(args)
-        if "bf16_check" in previous:
-            data["bf16_check"] = previous["bf16_check"]
+        data = {**_timing(args), "bf16_checks": checks}
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=2)
     path.write_text(text)
