@@ -9,9 +9,9 @@ What stays outside the graph is what must change per iteration from the host: th
 from the run's own generator into `net_in`), the output EMA and the stop rule.
 
 With `bf16` (CPU), the forward runs under bfloat16 autocast: oneDNN's native bf16 (AMX/avx512_bf16)
-convolutions, 2.2-2.5x fewer s/iteration than fp32 at 256² (bench/results/dip/speed.md). The network
-keeps its output layer in fp32 (service/worker/skip.py), and the loss, backward's gradients of the fp32
-parameters and Adam are fp32, so only the activations are rounded.
+convolutions, 0.38x the s/iteration of fp32 NCHW at 256², 2 threads (bench/results/dip/speed.md). The
+convolutions compute in bf16 (activations, a per-step bf16 copy of the weights, their gradients); the
+output layer stays fp32 (service/worker/skip.py), and so do the loss, the parameters and Adam's state.
 """
 
 from __future__ import annotations
