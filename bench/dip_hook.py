@@ -46,11 +46,33 @@ def run(ctx: Context) -> dict[str, Any]:
     }
 
 
+SPEEDUP_GOAL = 0.7  # issue #19: s/iteration <= 0.7x the reference_loop variant's, same host, same run
+
+
 def figures(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[Figure]:
-    """Per task, its fastest variant's achieved FLOP/s as a share of the same run's sgemm FLOP/s."""
+    """Per task: the service's default variant's s/iteration ÷ reference_loop's (the goal), and the fastest
+    variant's achieved FLOP/s as a share of the same run's sgemm FLOP/s."""
     out = []
+    isa = meta.get("cpu_capability", "?")
     for task in dict.fromkeys(r["task"] for r in rows):
-        best = min((r for r in rows if r["task"] == task), key=lambda r: r["s_per_iter_median"])
+        ran = {r["variant"]: r for r in rows if r["task"] == task and "s_per_iter_median" in r}
+        if not ran:
+            continue
+        default, reference = ran.get("default"), ran.get("reference_loop")
+        if default is not None and reference is not None:
+            out.append(
+                Figure(
+                    f"dip_{task}_default_vs_reference_loop",
+                    f"DIP {task} ({default['size']}², {meta.get('threads', '?')} threads, torch ISA {isa}): "
+                    f"the service default's s/iteration ÷ reference_loop's",
+                    ratio(default["s_per_iter_median"], reference["s_per_iter_median"]),
+                    SPEEDUP_GOAL,
+                    "<=",
+                    context=f"{default['s_per_iter_median']:.3f} vs {reference['s_per_iter_median']:.3f} s "
+                    f"({default.get('settings', 'default')})",
+                )
+            )
+        best = min(ran.values(), key=lambda r: r["s_per_iter_median"])
         out.append(
             Figure(
                 f"dip_{task}_flops_share",

@@ -67,11 +67,16 @@ def test_where_a_speed_run_writes(tmp_path: Path) -> None:
     assert speed.parse([]).out == RESULTS
 
 
-def test_the_hook_reports_each_tasks_fastest_variant_against_sgemm() -> None:
+def test_the_hook_judges_the_default_against_reference_loop_and_reports_flops() -> None:
     data = _committed("speed.json")
     figures = {f.key: f for f in dip_hook.figures(data["rows"], data["meta"])}
     tasks = dict.fromkeys(r["task"] for r in data["rows"])
-    assert list(figures) == [f"dip_{task}_flops_share" for task in tasks]
+    for task in tasks:
+        of_task = {r["variant"]: r for r in data["rows"] if r["task"] == task}
+        speedup = figures[f"dip_{task}_default_vs_reference_loop"]
+        expected = of_task["default"]["s_per_iter_median"] / of_task["reference_loop"]["s_per_iter_median"]
+        assert speedup.value == pytest.approx(expected)
+        assert (speedup.goal, speedup.direction) == (0.7, "<=")
     denoise = min((r for r in data["rows"] if r["task"] == "denoise"), key=lambda r: r["s_per_iter_median"])
     share = figures["dip_denoise_flops_share"]
     assert share.value == pytest.approx(denoise["achieved_gflops"] / data["meta"]["sgemm_gflops"])
