@@ -302,15 +302,11 @@ COLUMNS = ("task", "variant", "runs as", "s/iter (median)", "p10-p90", "x refere
 
 def _ratio(r: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
     """s/iteration over the same run's reference_loop for the task (None without one)."""
-    ref = [
-        x for x in rows if x["task"] == r["task"] and x["variant"] == "reference_loop" and "skipped" not in x
-    ]
+    ref = [x for x in rows if x["task"] == r["task"] and x["variant"] == "reference_loop"]
     return r["s_per_iter_median"] / ref[0]["s_per_iter_median"] if ref else None
 
 
 def _cells(r: dict[str, Any], rows: list[dict[str, Any]], sgemm_gflops: float) -> tuple[str, ...]:
-    if "skipped" in r:
-        return (r["task"], r["variant"], f"not run: {r['skipped']}", *("-" * 10))
     ratio = _ratio(r, rows)
     return (
         r["task"],
@@ -427,10 +423,11 @@ def _markdown(data: dict[str, Any]) -> str:
             "variants of one run, not seconds across hosts.",
         ]
     lines += ["", *table(COLUMNS, (_cells(r, rows, meta["sgemm_gflops"]) for r in rows))]
+    not_run = [f"* not run: {r['task']} `{r['variant']}`: {r['skipped']}" for r in data.get("not_run", [])]
+    lines += [*not_run, ""] if not_run else []
     lines += ["Fastest variant per task (median s/iteration; ratio to `reference_loop`, one run):", ""]
-    ran = [r for r in rows if "skipped" not in r]
-    for task in dict.fromkeys(r["task"] for r in ran):
-        of_task = {r["variant"]: r for r in ran if r["task"] == task}
+    for task in dict.fromkeys(r["task"] for r in rows):
+        of_task = {r["variant"]: r for r in rows if r["task"] == task}
         best = min(of_task.values(), key=lambda r: r["s_per_iter_median"])
         line = f"* {task}: `{best['variant']}` {best['s_per_iter_median']:.3f} s"
         ratio = _ratio(best, rows)
@@ -563,19 +560,21 @@ def _timing(args: argparse.Namespace) -> dict[str, Any]:
     """Every (task, variant) and the profiles, with the sgemm rate before and after."""
     load_before = load_average()
     sgemm_before = _sgemm_gflops(args.device)
-    rows = []
+    # not_run: the variants this host refuses (bf16 without native bf16), with the reason
+    rows: list[dict[str, Any]] = []
+    not_run: list[dict[str, Any]] = []
     for task in args.tasks.split(","):
         variants = args.variants if task == "denoise" else args.other_variants
         for variant in variants.split(","):
             row = _child(args, "--one", task, variant, variant=variant)
-            rows.append(row)
+            (not_run if "skipped" in row else rows).append(row)
             speed = (
                 row.get("skipped")
                 or f"{row['s_per_iter_median']:.3f} s/iter cpu/wall {row['cpu_per_wall']:.2f}"
             )
             print(f"{task:8s} {variant:26s} {speed}", flush=True)
     profiles = []
-    denoise = [r for r in rows if r["task"] == "denoise" and "skipped" not in r]
+    denoise = [r for r in rows if r["task"] == "denoise"]
     if denoise and not args.no_profile and args.device == "cpu":
         fastest = min(denoise, key=lambda r: r["s_per_iter_median"])["variant"]
         for variant in dict.fromkeys(("reference_loop", fastest)):
@@ -604,7 +603,7 @@ def _timing(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU",
     }
-    return {"meta": meta, "rows": rows, "profiles": profiles}
+    return {"meta": meta, "rows": rows, "not_run": not_run, "profiles": profiles}
 
 
 if __name__ == "__main__":
