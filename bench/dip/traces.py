@@ -166,7 +166,10 @@ def report(cache: Path, crop: int, skip: set[str], policy: AutoStop) -> dict[str
         if stem in skip or f.name.endswith(".tmp.npz"):
             continue
         budget = policy.max_iterations or recipe_for(DenoiseTask(sigma=sigma / 255), 3).iterations
-        runs.append({"image": stem, "sigma": sigma} | outcome(np.load(f), policy, budget))
+        try:
+            runs.append({"image": stem, "sigma": sigma} | outcome(np.load(f), policy, budget))
+        except ValueError as exc:  # recorded too short for this policy: say so, judge the others
+            print(f"skip {f.name}: {exc}", flush=True)
     gaps: list[float] = [r["gap_db"] for r in runs]
     return {
         "crop": crop,
