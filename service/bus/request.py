@@ -178,16 +178,16 @@ Stopping = AutoStop | FixedIterations
 class EngineOptions:
     """Speed switches; the defaults are the fastest correct setting measured by bench/dip/speed.py.
 
-    They change speed, not the algorithm (results agree up to float rounding; bf16 within 0.1 dB of fp32
-    on the denoising PSNR trace, bench/results/dip/speed.md). None: the worker decides for its device
-    (service/worker/tuning.py).
+    They change speed, not the algorithm (results agree up to float rounding; opt-in bf16 rounds more,
+    docs/dip.md §5.1). None: the worker decides for its device (service/worker/tuning.py).
     """
 
     # NHWC activations for the oneDNN/cuDNN convolutions. None: on a CPU with bf16 or at AVX512 (faster
     # there), off at AVX2 and on CUDA (slower or no faster there).
     channels_last: bool | None = None
     # CPU only: the network's forward under bfloat16 autocast (the output layer, loss, EMA and Adam stay
-    # fp32). None: on where the CPU has native bf16 (avx512_bf16 or AMX); True where it has not is refused.
+    # fp32): 0.37x the fp32 loop's s/iteration, 0.1-0.2 dB below its PSNR trace. None: off (opt-in); True
+    # where the CPU has no native bf16 (avx512_bf16 or AMX) is refused.
     bf16: bool | None = None
     compile: bool = False  # torch.compile the network (pays a one-off compile per image size)
     fused_updates: bool = True  # fused Adam; in-place noise/EMA (normal_ + add(out=), lerp_), no temporaries

@@ -1,10 +1,11 @@
 """The speed settings a run actually gets: `EngineOptions`' automatic (None) switches, decided per device.
 
-bf16: on a CPU whose oneDNN convolutions run bfloat16 natively (avx512_bf16 or AMX, with torch's kernels
-at AVX512), the network's forward runs under bf16 autocast and NHWC (channels_last) activations, which
-oneDNN's bf16 kernels want: 0.37x the s/iteration of the fp32 reference loop on the 256² denoising net,
-2 threads (bench/results/dip/speed.md). Elsewhere bf16 convolutions are emulated and slower, so auto
-means off. The output layer, the loss, the output EMA, Adam and its state stay fp32 (docs/dip.md §5.1).
+bf16 is opt-in: `bf16=True` runs the network's forward under bf16 autocast in NHWC (oneDNN's native bf16
+kernels) at 0.37x the s/iteration of the fp32 reference loop (256² denoising, 2 threads,
+bench/results/dip/speed.md), but its denoising PSNR trace sits 0.11-0.17 dB below fp32's at 256², outside
+issue #19's ±0.1 dB, so None means off (docs/dip.md §5.1). True is refused where the CPU has no native bf16
+(avx512_bf16 or AMX with torch's kernels at AVX512): emulated, it would be slower than fp32.
+channels_last: None means NHWC with bf16 or at AVX512 (faster there), NCHW at AVX2.
 """
 
 from __future__ import annotations
@@ -49,13 +50,12 @@ def resolve(options: EngineOptions, device: torch.device) -> EngineOptions:
         if options.bf16:
             raise ValueError(f"bf16=True is a CPU option; {device.type} runs fp32 (set bf16=None or False)")
         return dataclasses.replace(options, bf16=False, channels_last=bool(options.channels_last))
-    bf16 = options.bf16
-    if bf16 is not False:
+    bf16 = bool(options.bf16)  # None: off, see the module docstring
+    if bf16:
         native, why = native_bf16()
-        if bf16 and not native:
+        if not native:
             raise ValueError(f"bf16=True needs native bf16 on the CPU, but {why}; set bf16=None or False")
-        logger.debug("bf16 %s: %s", "on" if native else "off", why)
-        bf16 = native
+        logger.debug("bf16 on: %s", why)
     # NHWC pays with bf16 (oneDNN's bf16/AMX kernels are NHWC) and in fp32 at AVX512 (0.86x NCHW's
     # s/iteration); at AVX2 NCHW is faster (NHWC 1.09x) (bench/results/dip/speed.md, speed_avx2.md).
     nhwc = bf16 or torch.backends.cpu.get_cpu_capability() == "AVX512"

@@ -61,12 +61,13 @@ class TestNativeBf16:
 
 
 class TestResolve:
-    def test_auto_on_a_native_bf16_cpu(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_bf16_is_opt_in_on_a_native_bf16_cpu(self, monkeypatch: pytest.MonkeyPatch) -> None:
         _cpu(monkeypatch, "AVX512", amx=True, avx512_bf16=True)
-        got = resolve(EngineOptions(), CPU)
+        assert resolve(EngineOptions(), CPU).bf16 is False  # outside the ±0.1 dB check: not by default
+        got = resolve(EngineOptions(bf16=True), CPU)
         assert got.bf16 is True and got.channels_last is True
         # an explicit layout wins over the automatic one
-        assert resolve(EngineOptions(channels_last=False), CPU).channels_last is False
+        assert resolve(EngineOptions(bf16=True, channels_last=False), CPU).channels_last is False
 
     def test_auto_off_without_native_bf16(self, monkeypatch: pytest.MonkeyPatch) -> None:
         _cpu(monkeypatch, "AVX2", amx=False, avx512_bf16=False)
