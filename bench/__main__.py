@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                 log.exception("part %s failed", name)
                 part = {"error": f"{type(exc).__name__}: {exc}", "figures": []}
             part.update(
+                isa=machine.isa(),  # parts kept from an earlier run (--only) keep the host they ran on
+                date=started.strftime("%Y-%m-%d"),
                 started=started.strftime("%H:%M:%S"),
                 seconds=time.monotonic() - clock,
                 load_before=load_before,

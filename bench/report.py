@@ -36,10 +36,16 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
 
 
 def all_figures(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every part's figures, each with the host it was measured on: ISA and the part's load average."""
-    isa = results.get("machine", {}).get("isa", "?")
+    """Every part's figures, each with the host it was measured on: ISA and the part's load average.
+
+    The ISA is the part's own (a part kept from an earlier `--only` run may come from another host).
+    """
     return [
-        {**f, "host": f"{isa}, load {part.get('load_before', '?')} → {part.get('load_after', '?')}"}
+        {
+            **f,
+            "host": f"{part.get('isa', 'ISA not recorded')}, {part.get('date', 'earlier run')}, "
+            f"load {part.get('load_before', '?')} → {part.get('load_after', '?')}",
+        }
         for part in results.get("parts", {}).values()
         for f in part.get("figures", [])
     ]
