@@ -39,6 +39,7 @@ MODULES = {
     "kernels": "bench.kernels",
     "placement": "bench.placement",
     "dip": "bench.dip_hook",
+    "autostop": "bench.dip_hook:run_autostop",
     "http_hint": "bench.service_parts:run_http_hint",
     "overload": "bench.service_parts:run_overload",
     "memory": "bench.service_parts:run_memory",

@@ -22,6 +22,7 @@ PARTS = (
     "kernels",
     "placement",
     "dip",
+    "autostop",
     "http_hint",
     "overload",
     "memory",

@@ -1,4 +1,4 @@
-"""Part 6: Restore (DIP) speed, measured by `bench.dip.speed` (bench/dip/speed.py).
+"""Part 6: Restore (DIP) speed, measured by `bench.dip.speed` (bench/dip/speed.py); part 6b: auto-stop.
 
 It runs as a child process (`bench.child`: a timeout stops it and the per-config processes it starts)
 with its own arguments and a wall-clock budget; its JSON and markdown land in `<results>/dip/` (a quick
@@ -15,6 +15,7 @@ from typing import Any
 from bench.child import run_child
 from bench.context import Context, figures_of, skipped
 from bench.dip import speed
+from bench.dip.common import OUT
 from bench.figures import Figure
 from bench.stats import ratio
 
@@ -84,3 +85,53 @@ def figures(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[Figure]:
             )
         )
     return out
+
+
+AUTOSTOP_MODULE = "bench.dip.quality"
+REFERENCE_ITERATIONS = 3000  # the reference notebook's fixed count (docs/dip.md §5)
+WORK_GOAL = 0.5  # issue #19: median total work <= 0.5x the reference's 3,000 iterations
+WITHIN_GOAL = 13 / 14  # ... with the gap to the best iterate <= 0.5 dB on at least 13 of the 14 runs
+
+
+def run_autostop(ctx: Context) -> dict[str, Any]:
+    """The auto-stop table of bench/results/dip/quality.md, with the current default replayed.
+
+    Recording the 14 held-out and all-pixel runs takes hours of one core (`python -m bench.dip.quality
+    --only stoprules`); the default stop is replayed here on the recorded held-out curves by the
+    engine's own stopper (it only reads the run, so that is where a live run stops), in seconds.
+    """
+    arguments = ["--only", "", "--replay", "--threads", "1"]
+    if not ctx.config.quick:  # a smoke run reads the committed table and rewrites nothing
+        child = run_child(AUTOSTOP_MODULE, arguments, 300.0, ctx.raw / "dip_autostop.log")
+        if child.returncode != 0:
+            why = child.failure(AUTOSTOP_MODULE, 300.0) or f"{AUTOSTOP_MODULE} exited {child.returncode}"
+            return skipped(f"{why}: {child.output[-800:]}")
+    rules = json.loads((OUT / "quality.json").read_text()).get("stoprules", {})
+    if "median_work_vs_reference" not in rules:
+        return skipped("bench/results/dip/quality.json has no auto-stop runs recorded with the default")
+    rerun, within = rules["rerun"], rules["within_0_5_db"]
+    runs = len(rules.get("runs", []))
+    figures = [
+        Figure(
+            "dip_autostop_work",
+            f"DIP auto-stop: median total iterations (held-out run + refit) ÷ the reference's fixed "
+            f"{REFERENCE_ITERATIONS}",
+            rules["median_work_vs_reference"],
+            WORK_GOAL,
+            "<=",
+            context=f"median {rules['median_total_iterations']:.0f} iterations over the {rerun} of {runs} "
+            "runs recorded with the default",
+        ),
+        Figure(
+            "dip_autostop_within",
+            "DIP auto-stop: share of runs within 0.5 dB of the best iterate",
+            within / rerun if rerun else math.nan,
+            WITHIN_GOAL,
+            context=f"{within} of {rerun} recorded ({runs} in the set); max gap {rules['max_gap_db']:.2f} dB",
+        ),
+    ]
+    return {
+        "command": " ".join(["python", "-m", AUTOSTOP_MODULE, *arguments]),
+        "markdown": "dip/quality.md",
+        "figures": figures_of(*figures),
+    }

@@ -16,6 +16,7 @@ TITLES = {
     "placement": "5. Decode placement",
     "dip": "6. Restore (DIP) speed",
     "gateway_overhead": "2b. Gateway overhead against the bare codec",
+    "autostop": "6b. Restore (DIP) automatic stopping",
     "http_hint": "7. A hint over HTTP (the web page's loop)",
     "overload": "8. Twice the capacity, open loop (shedding)",
     "memory": "9. A burst of the largest images (memory)",

@@ -84,6 +84,23 @@ def test_the_hook_judges_the_default_against_reference_loop_and_reports_flops() 
     assert math.isnan(dip_hook.figures(data["rows"][:1], {})[0].value)  # no sgemm: not measured
 
 
+def test_the_autostop_part_judges_the_recorded_runs(tmp_path: Path) -> None:
+    from bench.config import BenchConfig
+    from bench.context import Context
+    from bench.stack import Stack
+
+    ctx = Context(BenchConfig.smoke(), tmp_path, Stack(logs=tmp_path / "logs"), deadline=1e12)
+    part = dip_hook.run_autostop(ctx)  # quick: reads the committed table, runs nothing
+    rules = _committed("quality.json")["stoprules"]
+    figures = {f["key"]: f for f in part["figures"]}
+    work = figures["dip_autostop_work"]
+    assert work["value"] == pytest.approx(rules["median_total_iterations"] / 3000, abs=1e-3)
+    assert (work["goal"], work["direction"]) == (0.5, "<=")
+    within = figures["dip_autostop_within"]
+    assert within["value"] == pytest.approx(rules["within_0_5_db"] / rules["rerun"])
+    assert within["met"] is (rules["within_0_5_db"] / rules["rerun"] >= 13 / 14)
+
+
 def test_noisy_pairs_are_seeded_crops(tmp_path: Path) -> None:
     from PIL import Image
 
