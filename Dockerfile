@@ -56,7 +56,7 @@ CMD ["python", "-m", "priorlab", "serve"]
 FROM ${PYTORCH_IMAGE} AS worker
 WORKDIR /app
 COPY requirements.lock ./
-RUN grep -E '^(numpy|pillow|redis|protobuf|grpcio|grpcio-tools|prometheus_client|scipy)==' requirements.lock > worker.lock \
+RUN grep -E '^(numpy|pillow|simplejpeg|redis|protobuf|grpcio|grpcio-tools|prometheus_client|scipy)==' requirements.lock > worker.lock \
  && pip install --no-cache-dir -r worker.lock
 COPY priorlab ./priorlab
 COPY contract ./contract
