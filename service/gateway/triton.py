@@ -254,16 +254,28 @@ class TritonBackend:
             await self._drop(slot, "in")
             slot.in_bytes = _round_up(in_bytes)
             slot.in_handle = _create_region(f"{slot.key}_in", slot.in_bytes)
-            await self._client.register_system_shared_memory(
-                f"{slot.key}_in", f"/{slot.key}_in", slot.in_bytes
-            )
+            await self._register(f"{slot.key}_in", slot.in_bytes)
         if slot.out_bytes < out_bytes:
             await self._drop(slot, "out")
             slot.out_bytes = _round_up(out_bytes)
             slot.out_handle = _create_region(f"{slot.key}_out", slot.out_bytes)
-            await self._client.register_system_shared_memory(
-                f"{slot.key}_out", f"/{slot.key}_out", slot.out_bytes
-            )
+            await self._register(f"{slot.key}_out", slot.out_bytes)
+
+    async def _register(self, name: str, size: int) -> None:
+        """Registers a region with Triton, replacing a registration of the same name it still holds.
+
+        After a failed call the slot is forgotten here (`_forget`) on the assumption that Triton was
+        restarted; when it was not (a model's stub died, or one side was registered before Triton went
+        away) Triton still holds the name and answered ALREADY_EXISTS, and every later call on that slot
+        failed with UNAVAILABLE (seen in tests/integration/test_self_healing.py under load).
+        """
+        try:
+            await self._client.register_system_shared_memory(name, f"/{name}", size)
+        except InferenceServerException as e:
+            if "already in manager" not in str(e.message()):
+                raise
+            await self._client.unregister_system_shared_memory(name)
+            await self._client.register_system_shared_memory(name, f"/{name}", size)
 
     def _forget(self, slot: _Slot) -> None:
         """Drops the slot's regions here only (the Triton that had them registered is gone)."""

@@ -188,6 +188,26 @@ def test_plain_grpc_and_shared_memory_give_the_same_logits(triton_server: Triton
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_slot_forgotten_while_triton_still_holds_it_registers_again(triton_server: TritonServer) -> None:
+    """After a failed call the backend forgets the slot's regions, assuming Triton restarted; when Triton
+    did not, it still holds their names and answered ALREADY_EXISTS: every later call was UNAVAILABLE."""
+    lightness = (np.random.default_rng(1).random((1, 1, 64, 64)) * 100).astype(np.float32)
+
+    async def twice() -> tuple[np.ndarray, np.ndarray]:
+        shared = TritonBackend(triton_server.grpc_url, shared_memory=True, slots=1)
+        try:
+            first = await shared.infer(ECCV16, {"L": lightness}, timeout_s=30)
+            (slot,) = shared._all_slots
+            shared._forget(slot)  # what a "shared memory region" error does; Triton keeps the names
+            second = await shared.infer(ECCV16, {"L": lightness}, timeout_s=30)
+            return first["logits"], second["logits"]
+        finally:
+            await shared.close()
+
+    first, second = asyncio.run(twice())
+    np.testing.assert_array_equal(first, second)
+
+
 def test_triton_down_is_unavailable(gateway_factory: Callable[..., GatewayProcess], samples: Path) -> None:
     nowhere = f"127.0.0.1:{free_port()}"
     gateway = gateway_factory(nowhere, shared_memory=False, wait_serving=False)
