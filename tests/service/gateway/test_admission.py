@@ -5,22 +5,20 @@ from __future__ import annotations
 import asyncio
 import math
 import platform
-from pathlib import Path
+import subprocess
+import sys
 
-import numpy as np
 import pytest
 
 from service.errors import DeadlineExceeded, ResourceExhausted
 from service.gateway.admission import (
     HEADROOM,
-    MMAP_THRESHOLD_BYTES,
     RETRY_AFTER_MAX_S,
     Admission,
     Overloaded,
     PixelBudget,
     ServiceTimes,
     WorkClass,
-    map_large_allocations,
     pixel_class,
     trim_heap,
 )
@@ -336,26 +334,41 @@ def test_trim_heap_runs_where_glibc_is() -> None:
     assert trim_heap() is True
 
 
-def _anonymous_mappings() -> set[tuple[int, int]]:
+_MAPPING_PROBE = """
+import sys
+from pathlib import Path
+import numpy as np
+from service.gateway.admission import MMAP_THRESHOLD_BYTES, map_large_allocations
+
+def anonymous():
     spans = set()
     for line in Path("/proc/self/maps").read_text().splitlines():
         fields = line.split()
         if len(fields) == 5 and fields[1].startswith("rw"):  # no path: anonymous
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            spans.add((start, end))
+            spans.add(tuple(int(x, 16) for x in fields[0].split("-")))
     return spans
+
+if sys.argv[1] == "fixed":
+    assert map_large_allocations()
+# Freeing this 30 MB block raises glibc's dynamic threshold to 30 MB (its cap is 32 MB) ...
+big = np.ones(30 << 18, np.float32)
+del big
+before = anonymous()
+plane = np.ones(MMAP_THRESHOLD_BYTES // 4 + (1 << 18), np.float32)  # ... so this 17 MB plane
+own = any(end - start >= plane.nbytes for start, end in anonymous() - before)
+del plane
+back = not any(end - start >= MMAP_THRESHOLD_BYTES for start, end in anonymous() - before)
+print(own, back)
+"""
 
 
 @pytest.mark.skipif(not GLIBC, reason="malloc_trim and mallopt are glibc's")
-def test_large_arrays_get_their_own_mapping_and_give_it_back() -> None:
-    assert map_large_allocations() is True
-    # Without it, freeing this 30 MB block raises glibc's threshold to 30 MB (its cap is 32 MB), and
-    # the 17 MB plane after it comes from the heap, where it fragments what is freed around it.
-    big = np.ones(30 << 18, np.float32)
-    del big
-    before = _anonymous_mappings()
-    plane = np.ones(MMAP_THRESHOLD_BYTES // 4 + (1 << 18), np.float32)  # 17 MB
-    new = _anonymous_mappings() - before
-    assert any(end - start >= plane.nbytes for start, end in new), "not its own mapping"
-    del plane
-    assert not any(end - start >= MMAP_THRESHOLD_BYTES for start, end in _anonymous_mappings() - before)
+@pytest.mark.parametrize(("mode", "expected"), [("fixed", "True True"), ("glibc default", "False True")])
+def test_large_arrays_get_their_own_mapping_and_give_it_back(mode: str, expected: str) -> None:
+    """In a fresh interpreter (a test process's allocator carries every earlier test's history): with
+    the fixed threshold a 17 MB plane is its own mapping, gone when freed; with glibc's moving one it
+    comes from the heap, where it fragments what is freed around it."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _MAPPING_PROBE, mode], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert probe.stdout.split() == expected.split()
