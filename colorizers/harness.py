@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from colorizers.dataset import DEFAULT_CACHE, LabImages, manifest_sha256
-from colorizers.run_state import Progress, Resumable, RunState, save_shipped
+from colorizers.run_state import PauseFilter, Progress, Resumable, RunState, save_shipped
 from colorizers.weights import CHECKPOINTS_DIR
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,7 @@ def _run(args: argparse.Namespace, build: Build, ship_only: bool) -> Path:
     recipe.begin(state, training=not ship_only)
     budget = state.elapsed if ship_only else args.minutes * 60  # ship-only: no step
     progress = Progress()
+    pauses = PauseFilter()
     last_val, last_save, window = state.elapsed, state.elapsed, (time.monotonic(), state.step)
     running: np.ndarray | None = None
     while state.elapsed < budget and not (args.max_steps and state.step >= args.max_steps):
@@ -231,7 +232,7 @@ def _run(args: argparse.Namespace, build: Build, ship_only: bool) -> Path:
         running = 0.9 * running + 0.1 * losses if state.step > 1 else losses
         if device.type == "cuda":
             torch.cuda.synchronize()
-        state.elapsed += time.monotonic() - started
+        state.elapsed += pauses.count(time.monotonic() - started)
         rate = (state.step - window[1]) * args.batch / max(1e-9, time.monotonic() - window[0])
         progress.show(
             f"step {state.step} | {state.elapsed / 60:5.1f}/{args.minutes:g} min | "
