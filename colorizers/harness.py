@@ -227,9 +227,8 @@ def _run(args: argparse.Namespace, build: Build, ship_only: bool) -> Path:
         if not math.isfinite(losses[0]):
             raise RuntimeError(f"loss became {float(losses[0])} at step {state.step}; lower --lr")
         state.step += 1
-        if running is None:
-            running = np.zeros_like(losses)
-        running = 0.9 * running + 0.1 * losses if state.step > 1 else losses
+        # the running loss starts at the first step of this process, also when the run resumed
+        running = losses if running is None else 0.9 * running + 0.1 * losses
         if device.type == "cuda":
             torch.cuda.synchronize()
         state.elapsed += pauses.count(time.monotonic() - started)
