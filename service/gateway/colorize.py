@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from contract import ANNEALED_T_DEFAULT, DECODED_VARIANT, HINT_MODEL, MODELS, PUBLIC_MODELS, ModelSpec
 from service import codec
-from service.color import ab_decode, hints, hue_chroma, lab, suggest
+from service.color import ab_decode, fused, hints, hue_chroma, lab, suggest
 from service.errors import InvalidArgument
 from service.gateway.admission import TRIM_PIXELS, Admission, PixelBudget, WorkClass, trim_heap
 from service.gateway.settings import Settings
@@ -105,11 +105,10 @@ def prepare(
     """Decode and validate; L at full resolution, and the model's inputs at the working size."""
     decoded = codec.decode(image, max_pixels=max_pixels, max_bytes=max_bytes)
     lap("decode")
-    # A gray image needs one table lookup per pixel, not a colour conversion.
-    lightness = lab.gray_to_l(decoded.pixels) if decoded.is_gray else lab.srgb_to_l(decoded.pixels)
+    lightness = _lightness(decoded.pixels)
     lap("sRGB→L")
     size = options.working_size
-    inputs = {"L": ab_decode.resize_l(lightness, (size, size))[None, None]}
+    inputs = {"L": fused.resize_l(lightness, (size, size))[None, None]}
     lap("resize L")
     names = {t.name for t in spec.inputs}
     if "T" in names:
@@ -121,13 +120,23 @@ def prepare(
     return _Prepared(lightness, inputs, decoded.alpha, decoded.format)
 
 
+def _lightness(pixels: NDArray[Any]) -> NDArray[np.float32]:
+    """Full-resolution L of decoded pixels: a gray image by one table lookup per pixel (`lab.gray_to_l`),
+    8-bit RGB by the fused kernel (`fused.srgb8_to_l`, within 1e-4 of `lab.srgb_to_l`)."""
+    if pixels.ndim == 2:
+        return np.asarray(lab.gray_to_l(pixels), np.float32)
+    if pixels.dtype == np.uint8:
+        return fused.srgb8_to_l(pixels)
+    return np.asarray(lab.srgb_to_l(pixels), np.float32)
+
+
 def finish(
     prepared: _Prepared, ab_small: NDArray[Any], options: ColorizeOptions, *, lap: Lap = _no_lap
 ) -> tuple[bytes, str]:
     """(2, h, w) ab -> bilinear to full resolution -> with the original L -> sRGB -> (bytes, format)."""
-    height, width = prepared.lightness.shape
-    a, b = ab_decode.upsample_ab(ab_small, (height, width))
-    rgb = lab.lab_planes_to_srgb_uint8(prepared.lightness, a, b)
+    # Bilinear ab to full resolution (resize_ab's taps), with the full-resolution L to uint8 sRGB
+    # (lab.lab_planes_to_srgb_uint8's rounding), in one fused pass.
+    rgb = fused.lab_to_srgb8_upsampled(prepared.lightness, ab_small)
     lap("ab upsample + Lab→sRGB")
     fmt = prepared.output_format(options.output_format)
     encoded = codec.encode(rgb, prepared.alpha, fmt, options.quality)
@@ -143,7 +152,7 @@ def postprocess(
     lap: Lap = _no_lap,
 ) -> tuple[bytes, str]:
     if "ab" in outputs:  # decoded in the graph (eccv16_ab) or regressed (siggraph17)
-        ab_small = outputs["ab"][0].astype(np.float32)
+        ab_small = ab_decode._float32_copy(outputs["ab"][0])
         lap("ab to float32")
     elif "hue" in outputs:  # larsson16: decoded with the working-size L the network saw
         ab_small = hue_chroma.decode_ab(
@@ -152,7 +161,7 @@ def postprocess(
         )  # fmt: skip
         lap("hue/chroma decode")
     else:
-        ab_small = ab_decode.annealed_mean(outputs["logits"], options.temperature or ANNEALED_T_DEFAULT)[0]
+        ab_small = fused.annealed_mean(outputs["logits"], options.temperature or ANNEALED_T_DEFAULT)[0]
         lap("annealed mean")
     return finish(prepared, ab_small, options, lap=lap)
 
