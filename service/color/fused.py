@@ -465,3 +465,36 @@ def lab_to_srgb8_upsampled(lightness: NDArray[Any], ab: NDArray[Any]) -> NDArray
     light = np.ascontiguousarray(lightness, np.float32)
     _lab_to_srgb8_kernel(light, widened, *bilinear_taps(small.shape[1], height), *planes)
     return np.asarray(cv2.merge(planes), np.uint8).reshape(height, width, 3)
+
+
+# ---- larsson16: the neutral gray of L --------------------------------------------------------------
+
+_GRAY_INTERVALS = 1 << 12  # gray(L) table over L in [0, 100]; interpolation error < 1e-6
+
+
+def _gray_table() -> NDArray[np.float32]:
+    """`lab.neutral_gray` in float64 at L = 100 i / _GRAY_INTERVALS, one extra entry past 100."""
+    lightness = np.arange(_GRAY_INTERVALS + 2, dtype=np.float64) * (100.0 / _GRAY_INTERVALS)
+    return np.asarray(lab.neutral_gray(np.minimum(lightness, 100.0)), np.float32)
+
+
+_GRAY_TABLE = _gray_table()
+
+
+@_jit(types.void(_in(types.float32, 1), _out(types.float32, 1)))
+def _neutral_gray_kernel(lightness, out):
+    scale = np.float32(_GRAY_INTERVALS / 100.0)
+    for p in range(lightness.shape[0]):
+        s = lightness[p] * scale
+        i = np.uint64(min(max(np.int64(s), np.int64(0)), np.int64(_GRAY_INTERVALS)))
+        f = min(max(s - np.float32(i), np.float32(0.0)), np.float32(1.0))
+        lo = _GRAY_TABLE[i]
+        out[p] = lo + f * (_GRAY_TABLE[i + np.uint64(1)] - lo)
+
+
+def neutral_gray(lightness: NDArray[Any]) -> NDArray[np.float32]:
+    """`lab.neutral_gray` (the sRGB gray level of (L, 0, 0)) of L in [0, 100], within 1e-5 of it."""
+    flat = np.ascontiguousarray(lightness, np.float32).reshape(-1)
+    out = np.empty(len(flat), np.float32)
+    _neutral_gray_kernel(flat, out)
+    return out.reshape(np.shape(lightness))

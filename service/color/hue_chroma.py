@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -45,9 +46,16 @@ def _normalised(hist: NDArray[Any], name: str) -> FloatArray:
     """(B, h, w) -> float32 with each pixel's distribution summing to 1 (FP16 leaves 1 ± 1e-3)."""
     if hist.ndim != 3:
         raise ValueError(f"{name} must have shape (bins, h, w), got {hist.shape}")
-    out = hist.astype(np.float32)
+    out = _float32(hist)
     out /= np.maximum(out.sum(axis=0, keepdims=True), np.float32(1e-12))
     return out
+
+
+def _float32(values: NDArray[Any]) -> FloatArray:
+    """A float32 copy; float16 (the models' output) by OpenCV's F16C conversion, 20x numpy's."""
+    if values.dtype == np.float16:
+        return np.asarray(cv2.convertFp16(np.ascontiguousarray(values)), np.float32)
+    return values.astype(np.float32)
 
 
 def _centres(bins: int) -> FloatArray:
@@ -56,7 +64,14 @@ def _centres(bins: int) -> FloatArray:
 
 def _quantile_bin(hist: FloatArray, q: float) -> NDArray[np.intp]:
     """Index of the first bin whose CMF reaches q (upstream: `(q > cumsum).sum(-1)`)."""
-    below = (np.cumsum(hist, axis=0) < np.float32(q)).sum(axis=0)
+    # The CMF bin by bin, in cumsum's order (the same float32 sums): numpy's cumsum along the first
+    # axis of (32, 64, 64) took 0.6 ms, this loop over whole planes 0.1 ms.
+    threshold = np.float32(q)
+    running = np.zeros(hist.shape[1:], np.float32)
+    below = np.zeros(hist.shape[1:], np.intp)
+    for plane in hist:
+        running += plane
+        below += running < threshold
     return np.minimum(below, hist.shape[0] - 1)
 
 
@@ -160,9 +175,13 @@ def decode_ab(
     *,
     hue_method: str = HUE_DEFAULT,
     chroma_method: str = CHROMA_DEFAULT,
+    gray: NDArray[Any] | None = None,
 ) -> FloatArray:
     """Larsson16's `(32, h, w)` hue and chroma distributions and the working-size L `(S, S')` it
-    saw -> `(2, h, w)` float32 a and b in Lab units, at the distributions' resolution."""
-    gray = pool_to(l_to_gray(lightness), (hue_hist.shape[1], hue_hist.shape[2]))
+    saw -> `(2, h, w)` float32 a and b in Lab units, at the distributions' resolution.
+
+    `gray`, if given, is `l_to_gray(lightness)` computed elsewhere (the gateway's fused kernel)."""
+    full_gray = l_to_gray(lightness) if gray is None else gray
+    gray = pool_to(full_gray, (hue_hist.shape[1], hue_hist.shape[2]))
     rgb = decode_rgb(hue_hist, chroma_hist, gray, hue_method=hue_method, chroma_method=chroma_method)
     return np.ascontiguousarray(lab.srgb_to_lab(rgb)[..., 1:].transpose(2, 0, 1))

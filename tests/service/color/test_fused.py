@@ -276,3 +276,24 @@ class TestCompilation:
             return 2.0 * x
 
         assert twice(3.0) == 6.0
+
+
+class TestNeutralGray:
+    def test_matches_lab_and_skimage(self) -> None:
+        lightness = np.linspace(0.0, 100.0, 20_001).astype(np.float32).reshape(1, -1)
+        out = fused.neutral_gray(lightness)
+        assert out.shape == lightness.shape and out.dtype == np.float32
+        np.testing.assert_allclose(out, lab.neutral_gray(lightness), rtol=0, atol=2e-5)
+        neutral = np.stack([lightness[0], np.zeros(20_001), np.zeros(20_001)], axis=-1)
+        np.testing.assert_allclose(out[0], _lab2rgb(neutral).mean(axis=-1), rtol=0, atol=SKIMAGE_TOL)
+        assert out[0, 0] == 0.0 and abs(out[0, -1] - 1.0) < 1e-5
+
+    def test_gray_hook_of_hue_chroma_decode(self) -> None:
+        from service.color import hue_chroma
+
+        rng = np.random.default_rng(9)
+        hue, chroma = rng.random((2, 32, 8, 8)).astype(np.float16)
+        lightness = rng.uniform(0, 100, (32, 32)).astype(np.float32)
+        expected = hue_chroma.decode_ab(hue, chroma, lightness)
+        out = hue_chroma.decode_ab(hue, chroma, lightness, gray=fused.neutral_gray(lightness))
+        np.testing.assert_allclose(out, expected, rtol=0, atol=2e-3)
