@@ -65,6 +65,27 @@ CLOCKS: dict[str, Clock] = {"cpu": time.thread_time, "wall": time.perf_counter}
 # ---- inputs ----------------------------------------------------------------------------------------
 
 
+# What the colour stages are, and what was tried for them (docs/serving.md §8 has the full account).
+FUSED_NOTES = (
+    "Colour stages are fused numba kernels (service/color/fused.py, one thread, compiled at import), "
+    "each tested against the numpy spec and skimage/PIL/torch. Before them (numpy chains, 30 Nov "
+    "15:03): 6.0-8.5x; e.g. 768x512 eccv16 sRGB→L 2.16, resize L 1.88, annealed mean 2.65, "
+    "ab upsample + Lab→sRGB 8.46 ms.",
+    "Tried and not kept (512², cpu clock): lookup tables passed as arguments (LLVM cannot prove they "
+    "do not alias the output: loops stay scalar; module-global tables vectorise: Lab→sRGB 3.3 -> "
+    "1.3 ms at 768x512); interleaved uint8 stores in the Lab→sRGB loop (not vectorised: 13.5 ns/px, "
+    "vs 2.2 ns/px for three planes + cv2.merge 0.13 ns/px); one packed threshold table instead of two "
+    "(2.24 vs 2.35 ns/px: noise); L by an arithmetic cube root (3 Newton steps) instead of the "
+    "interpolated table (1.35 vs 0.68 ms); annealed mean in 256-pixel blocks (offset indices defeat "
+    "numba's non-negative-index proof: 2.9 ms, whole rows 0.69, four bins a pass 0.64); 512-bit "
+    "vectors (NUMBA_CPU_FEATURES -prefer-256-bit: annealed mean 0.64 -> 0.53 ms, the rest unchanged; "
+    "a process-wide setting, not adopted).",
+    "The lookups are the floor: an AVX2/AVX-512 gather costs 0.35-0.5 ns an element on this host, "
+    "and the exact uint8 rounding (bucket + threshold) needs two per channel; an arithmetic "
+    "x^(1/2.4) accurate enough for >= 99.9 % identical codes costs as much.",
+)
+
+
 def fit(rgb: NDArray[np.uint8], width: int, height: int) -> NDArray[np.uint8]:
     """Centre crop to width:height, then PIL bicubic to width x height."""
     rows, cols = rgb.shape[:2]
@@ -441,6 +462,7 @@ def measure(*, quick: bool, max_photos: int, clock: str = "cpu") -> dict[str, An
             "(PyTurboJPEG 2.x needs libjpeg-turbo >= 3; Debian 12's libturbojpeg0 is 2.1.5, so 1.8.x). "
             "Pillow-SIMD has no wheel (source only, and it replaces Pillow): not a candidate.",
             "The denominator is the fastest candidate's decode + encode of the same JPEG (q90, 4:2:0).",
+            *FUSED_NOTES,
         ],
         "sizes": sizes,
         "figures": [f.as_dict() for f in figures(sizes)],
