@@ -41,6 +41,7 @@ from bench.plots import _pyplot, _save
 from bench.stack import Stack
 from bench.stats import percentile
 from service.launch.gateway import GatewayProcess, start_gateway
+from service.launch.stack import COMPUTE_NICE_DEFAULT
 from service.pb.priorlab.v1 import colorize_pb2, colorize_pb2_grpc
 
 log = logging.getLogger("bench.overload")
@@ -64,7 +65,7 @@ class Plan:
     capacity_s: float
     overload_s: float
     factor: float
-    triton_nice: int = 0
+    triton_nice: int = COMPUTE_NICE_DEFAULT
 
 
 FULL = Plan(capacity_s=30.0, overload_s=180.0, factor=2.0)
@@ -319,7 +320,7 @@ def markdown(r: Mapping[str, Any], quick: bool) -> str:
 512x512 JPEG, eccv16 at working size 256, JPEG out. Capacity: a closed loop of {CAPACITY_CONCURRENCY}
 callers for {plan["capacity_s"]:.0f} s: {cap["ok_per_s"]:.1f} OK/s (p50 {cap["p50_ms"]:.0f} ms). Then
 {r["rate_per_s"]:.1f} req/s for {plan["overload_s"]:.0f} s, evenly spaced, deadlines {deadlines} s
-in turn. Triton's niceness: {plan.get("triton_nice", 0)}.
+in turn. Triton's niceness (process and session): {plan.get("triton_nice", 0)}.
 
 | measure | value | goal |
 |---|---|---|
@@ -370,7 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="8 s capacity, 20 s overload")
     parser.add_argument("--factor", type=float, help="offered load / capacity (default 2)")
     parser.add_argument("--seconds", type=float, help="overload duration (default 180, quick 20)")
-    parser.add_argument("--triton-nice", type=int, default=0, help="run Triton at this niceness")
+    parser.add_argument(
+        "--triton-nice",
+        type=int,
+        default=COMPUTE_NICE_DEFAULT,
+        help=f"Triton's niceness, process and session (default {COMPUTE_NICE_DEFAULT}, as make run)",
+    )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

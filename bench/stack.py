@@ -17,6 +17,7 @@ from pathlib import Path
 from bench.config import MODEL_REPOSITORY, ROOT
 from service.gateway.settings import Settings
 from service.launch.gateway import GatewayProcess, start_gateway
+from service.launch.stack import COMPUTE_NICE_DEFAULT
 from service.launch.triton import TritonServer
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class Stack:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="priorlab-bench-")))
     triton: TritonServer | None = None
     gateways: dict[tuple[bool, bool], GatewayProcess] = field(default_factory=dict)
-    triton_nice: int = 0  # TritonServer.start(nice=...): Triton below the gateway and the client
+    triton_nice: int = COMPUTE_NICE_DEFAULT  # as make run: Triton below the gateway (service.launch.process)
 
     def triton_server(self) -> TritonServer:
         if self.triton is None:

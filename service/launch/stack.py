@@ -48,6 +48,9 @@ log = logging.getLogger("priorlab.stack")
 METRICS_PORT_DEFAULT = 9464  # the Prometheus exporter port OpenTelemetry also uses; --metrics-port 0 = off
 HTTP_PORT_DEFAULT = 8080  # the HTTP/JSON API and the web page; --http-port 0 = off
 CLIENT = ".venv/bin/priorlab"
+# Triton and the worker run at this niceness, as processes and as sessions (service.launch.process):
+# the gateway in this process answers refusals, health checks and progress before bulk compute.
+COMPUTE_NICE_DEFAULT = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +59,7 @@ class StackOptions:
     workdir: Path
     redis_port: int = 0  # 0 = a free port
     supervise: bool = True  # restart a crashed or hung Triton, Redis or worker (service.launch.supervisor)
+    compute_nice: int = COMPUTE_NICE_DEFAULT  # Triton's and the worker's; 0 = the gateway's own
 
 
 def _private_regions(prefix: str, done: threading.Event, period_s: float = 0.5) -> None:
@@ -89,7 +93,9 @@ def started(settings: Settings, options: StackOptions) -> Iterator[Settings]:
     with contextlib.ExitStack() as running:
         try:
             _say("starting Triton (loading the models takes a while)…")
-            triton = TritonServer.start(options.repository, options.workdir / "triton")
+            triton = TritonServer.start(
+                options.repository, options.workdir / "triton", nice=options.compute_nice
+            )
             running.callback(_stop, triton.stop, lambda: f"Triton (pid {triton.pid})")
             regions_done = threading.Event()
             threading.Thread(
@@ -111,7 +117,9 @@ def started(settings: Settings, options: StackOptions) -> Iterator[Settings]:
             _say("starting a Restore worker (importing torch)…")
 
             def start_worker(append: bool = True) -> ManagedProcess:
-                return spawn_worker(redis_url, options.workdir / "worker.log", name, append=append)
+                return spawn_worker(
+                    redis_url, options.workdir / "worker.log", name, append=append, nice=options.compute_nice
+                )
 
             supervisor = Supervisor(triton, redis, start_worker(append=False), start_worker)
             # SIGTERM makes the worker requeue its running job; the grace covers one CPU DIP iteration.
@@ -210,7 +218,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-supervise", action="store_true", help="do not restart a crashed or hung Triton, Redis or worker"
     )
+    parser.add_argument(
+        "--compute-nice",
+        type=int,
+        default=COMPUTE_NICE_DEFAULT,
+        help=f"niceness of Triton and the worker, below the gateway (default {COMPUTE_NICE_DEFAULT}; 0-19)",
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.compute_nice <= 19:
+        parser.error(f"--compute-nice must be 0..19, got {args.compute_nice}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         settings = Settings.from_env(os.environ)
@@ -234,7 +250,13 @@ def main(argv: list[str] | None = None) -> None:
             TokenTable.load(settings.auth_tokens_file)
     except (ValueError, OSError) as e:
         sys.exit(f"priorlab: {e}")
-    options = StackOptions(args.repository, args.workdir, args.redis_port, supervise=not args.no_supervise)
+    options = StackOptions(
+        args.repository,
+        args.workdir,
+        args.redis_port,
+        supervise=not args.no_supervise,
+        compute_nice=args.compute_nice,
+    )
     sys.exit(run(settings, options))
 
 

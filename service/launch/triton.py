@@ -47,6 +47,7 @@ class TritonServer:
     workdir: Path
     command: list[str]  # kept for `restart`: the same ports, repository and shm prefix
     env: dict[str, str]
+    nice: int = 0  # its niceness and its session's (service.launch.process), kept for `restart`
 
     @property
     def grpc_url(self) -> str:
@@ -67,7 +68,8 @@ class TritonServer:
         extra_args: tuple[str, ...] = (),
         nice: int = 0,
     ) -> TritonServer:
-        """`nice` > 0 runs Triton (the stubs it forks, its restarts) below the gateway's priority."""
+        """`nice` > 0 runs Triton (the stubs it forks, its restarts) below the gateway's priority
+        (`ManagedProcess.spawn`: the process and its session)."""
         root = _pytriton_dir()
         # Absolute: Triton is given these paths, and the stack's default work dir is relative.
         workdir = workdir.absolute()
@@ -110,10 +112,8 @@ class TritonServer:
             "--log-verbose=0",
             *extra_args,
         ]
-        if nice:
-            args = ["nice", "-n", str(nice), *args]  # at exec, so every thread and child inherits it
-        handle = ManagedProcess.spawn("tritonserver", args, workdir / "triton.log", env=env)
-        server = cls(handle, grpc_port, http_port, metrics_port, shm_prefix, workdir, args, env)
+        handle = ManagedProcess.spawn("tritonserver", args, workdir / "triton.log", env=env, nice=nice)
+        server = cls(handle, grpc_port, http_port, metrics_port, shm_prefix, workdir, args, env, nice)
         server._wait_ready(ready_timeout_s)
         return server
 
@@ -130,7 +130,9 @@ class TritonServer:
         command again: clients keep their URLs, and the old stubs and shm regions are gone first."""
         self.stop(grace_s)
         log_path = self.handle.log_path
-        self.handle = ManagedProcess.spawn("tritonserver", self.command, log_path, env=self.env, append=True)
+        self.handle = ManagedProcess.spawn(
+            "tritonserver", self.command, log_path, env=self.env, append=True, nice=self.nice
+        )
         self._wait_ready(ready_timeout_s)
 
     def reload_model(self, name: str, timeout_s: float = 60.0) -> None:

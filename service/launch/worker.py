@@ -30,15 +30,17 @@ def spawn_worker(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     append: bool = False,
+    nice: int = 0,
 ) -> ManagedProcess:
-    """The worker process, not yet waited for (`wait_joined`); `args` are extra worker flags.
+    """The worker process, not yet waited for (`wait_joined`); `args` are extra worker flags; `nice`
+    as in `ManagedProcess.spawn` (DIP fits are bulk work: below the gateway).
 
     The bus URL goes in the environment, not on the command line: it holds make run's Redis password,
     and any local user can read another's command line (`ps`), not its environment."""
     command = [sys.executable, "-m", "service.worker", "--name", name, *args]
     environ = {**(os.environ if env is None else env), "PRIORLAB_REDIS_URL": redis_url}
     return ManagedProcess.spawn(
-        f"Restore worker {name}", command, log_path, env=environ, cwd=cwd, append=append
+        f"Restore worker {name}", command, log_path, env=environ, cwd=cwd, append=append, nice=nice
     )
 
 
