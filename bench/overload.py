@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -98,6 +99,23 @@ def cpu_use(groups: Mapping[str, int]) -> Iterator[dict[str, float]]:
         used[name] = round(group_cpu_seconds(pgid) - before[name], 2)
     used["client"] = round(time.process_time() - client, 2)
     used["wall"] = round(time.perf_counter() - wall, 2)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No garbage-collector pass in this process, the load generator, while it measures.
+
+    Its full passes over the thousands of call records held the client's loop for tens of ms, which
+    the slowest refusals then showed as the gateway's latency (issue #16 measures the gateway's).
+    The few thousand cycles a run leaves (caught RPC errors) are freed afterwards.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def write_report(out: Path, name: str, result: Mapping[str, Any], markdown: str) -> None:
@@ -258,7 +276,7 @@ def run(plan: Plan, out: Path) -> dict[str, Any]:
         log.info(
             "capacity %.1f OK/s; open loop at %.1f req/s for %.0f s", cap["ok_per_s"], rate, plan.overload_s
         )
-        with cpu_use(groups) as over_cpu:
+        with cpu_use(groups) as over_cpu, collector_paused():
             calls, start = asyncio.run(open_loop(gateway.target, request, rate, plan.overload_s))
     finally:
         if gateway is not None:

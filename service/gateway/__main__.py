@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 
+from service.gateway.admission import freeze_startup_heap
 from service.gateway.server import create_server
 from service.gateway.settings import Settings
 from service.gateway.triton import TritonBackend
@@ -24,6 +25,7 @@ async def serve(settings: Settings) -> None:
         slots=settings.max_concurrent_colorize,
     )
     gateway = await create_server(settings, backend)
+    freeze_startup_heap()
     print(f"priorlab gateway on {settings.host}:{gateway.port} (Triton {settings.triton_url})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

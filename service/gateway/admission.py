@@ -30,7 +30,8 @@ Two guards sit in front of the pipeline (issue #16):
 concurrent 49 M-pixel requests RSS stayed 200-230 MB over the baseline; `malloc_trim(0)` brought it
 back to 10-60 MB over; `MALLOC_ARENA_MAX=2` alone still kept 200 MB, so it is not set), and
 `map_large_allocations` (at start-up) gives every array of 16 MiB or more its own mapping, returned
-when freed, which took the rest (3-5 MB over).
+when freed, which took the rest (3-5 MB over). `freeze_startup_heap` (once serving) keeps the
+collector's full passes off start-up's objects: they stalled the event loop 37-45 ms, refusals too.
 
 Everything here takes a clock, so the tests run on a fake one and never sleep.
 """
@@ -41,6 +42,7 @@ import asyncio
 import collections
 import ctypes
 import ctypes.util
+import gc
 import logging
 import math
 import time
@@ -344,3 +346,20 @@ def map_large_allocations() -> bool:
     if _LIBC is None:
         return False
     return bool(_LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+def freeze_startup_heap() -> int:
+    """Moves every object alive now (modules, compiled kernels, protobuf descriptors, the gRPC server)
+    into the collector's permanent generation, after collecting what is garbage already; returns how
+    many were frozen.
+
+    A full (generation 2) collection walks every tracked object, and the gateway's start-up leaves a
+    few hundred thousand that live as long as the process. Under load a full pass ran every ~15 s and
+    held the GIL, and with it the event loop, for 37-45 ms: the slowest refusals at 2x load waited
+    for it (bench.overload, issue #16: goal <= 50 ms). Frozen, the same passes took 2.3-2.5 ms. Call it
+    once, from the process's entry point when the server is up: a test process that called it per
+    server would keep every earlier test's objects for good.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import FrameType
 
 from service.bus.jobs import redacted_url
+from service.gateway.admission import freeze_startup_heap
 from service.gateway.auth import TokenTable
 from service.gateway.server import create_server
 from service.gateway.settings import Settings
@@ -150,6 +151,7 @@ async def serve(settings: Settings) -> None:
     except BaseException:
         await backend.close()
         raise
+    freeze_startup_heap()  # the collector's full passes no longer stall the loop (admission.py)
     target = f"{settings.host}:{gateway.port}"
     metrics = f"http://{settings.host}:{settings.metrics_port}/metrics" if settings.metrics_port else "off"
     web = (

@@ -372,3 +372,30 @@ def test_large_arrays_get_their_own_mapping_and_give_it_back(mode: str, expected
         [sys.executable, "-c", _MAPPING_PROBE, mode], capture_output=True, text=True, timeout=60, check=True
     )
     assert probe.stdout.split() == expected.split()
+
+
+_FREEZE_PROBE = """
+import gc, weakref
+from service.gateway.admission import freeze_startup_heap
+
+class Node:
+    pass
+
+kept = Node()  # alive at the freeze: frozen
+cycle = Node()
+cycle.me = cycle  # garbage already (a cycle only the collector frees): collected, not frozen
+collected = []
+weakref.finalize(cycle, collected.append, True)
+del cycle
+frozen = freeze_startup_heap()
+print(frozen > 1000, frozen == gc.get_freeze_count(), collected == [True], gc.is_tracked(kept))
+print(all(kept is not o for g in range(3) for o in gc.get_objects(g)))  # not in any generation walked
+"""
+
+
+def test_the_startup_heap_is_frozen_after_its_garbage_is_collected() -> None:
+    """In a fresh interpreter: freezing is process-wide and for good."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _FREEZE_PROBE], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert probe.stdout.split() == ["True"] * 5
