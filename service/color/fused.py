@@ -120,10 +120,14 @@ def _srgb8_to_l_kernel(rgb, out):
     for p in range(rgb.shape[0]):
         y = _SHARE_R[rgb[p, 0]] + _SHARE_G[rgb[p, 1]] + _SHARE_B[rgb[p, 2]]
         s = y * np.float32(_L_INTERVALS)
-        i = np.uint64(min(max(np.int64(s), np.int64(0)), np.int64(_L_INTERVALS)))
+        # 32-bit indices with a known range: 8-lane 32-bit gathers, not 64-bit-index ones
+        i = min(
+            np.uint32(np.int32(min(max(s, np.float32(0.0)), np.float32(_L_INTERVALS)))),
+            np.uint32(_L_INTERVALS),
+        )
         f = s - np.float32(i)
         lo = _L_TABLE[i]
-        out[p] = lo + f * (_L_TABLE[i + np.uint64(1)] - lo)
+        out[p] = lo + f * (_L_TABLE[i + np.uint32(1)] - lo)
 
 
 def srgb8_to_l(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
@@ -388,8 +392,6 @@ def _widen_kernel(ab, lower, upper, frac, out):
                 dst[j] = (np.float32(1.0) - f) * row[lower[j]] + f * row[upper[j]]
 
 
-_QUANT_BASE = lab._uint8_quantizer(np.dtype(np.float32).str)[0].astype(np.int32)
-_QUANT_THRESHOLD = np.array(lab._uint8_quantizer(np.dtype(np.float32).str)[1])
 _M = np.array(lab._rgb_from_xyzn(), np.float32)  # linear RGB from XYZ / white
 _M00, _M01, _M02 = (float(v) for v in _M[0])
 _M10, _M11, _M12 = (float(v) for v in _M[1])
@@ -399,12 +401,45 @@ _KNEE_CUBE = lab._LAB_F_KNEE**3
 _INV_KAPPA = 1.0 / lab._LAB_KAPPA
 
 
+_FRACTION_ONE = 1 << 24  # a bucket's position in 24-bit fixed point
+
+
+def _packed_quantizer() -> NDArray[np.uint32]:
+    """`lab._uint8_quantizer` (float32) as one uint32 per bucket: the code at the bucket's start in the
+    top 8 bits, the threshold's position inside the bucket in the low 24 (fixed point), so one lookup
+    and one integer compare replace two lookups. Exact: `_QUANT_BUCKETS` is a power of two, so
+    `s = x * buckets` and `s - k` are exact, and every float32 threshold's `(t * buckets - k) * 2**24`
+    is an integer (checked here); a bucket with no threshold stores (code - 1, 0): always + 1."""
+    base, threshold = lab._uint8_quantizer(np.dtype(np.float32).str)
+    buckets = lab._QUANT_BUCKETS
+    if buckets & (buckets - 1):
+        raise AssertionError(f"_QUANT_BUCKETS must be a power of two, got {buckets}")
+    k = np.arange(buckets)
+    inside = np.isfinite(threshold)
+    position = (threshold.astype(np.float64) * buckets - k) * _FRACTION_ONE
+    if not np.all(position[inside] == np.floor(position[inside])) or not np.all(base[~inside] >= 1):
+        raise AssertionError("the float32 thresholds do not fit the packed quantizer")
+    fraction = np.where(inside, position, 0).astype(np.uint32)
+    code = np.where(inside, base.astype(np.uint32), base.astype(np.uint32) - 1)
+    return (code << np.uint32(24)) | fraction
+
+
+_QUANT_PACKED = _packed_quantizer()
+
+
 @_jit()
 def _quantize(linear):
-    """uint8 code of a float32 linear value: `lab._uint8_quantizer`'s bucket, then its one threshold."""
-    bucket = np.int64(linear * np.float32(lab._QUANT_BUCKETS))
-    k = np.uint64(min(max(bucket, np.int64(0)), np.int64(lab._QUANT_BUCKETS - 1)))
-    return np.uint8(_QUANT_BASE[k] + (1 if linear >= _QUANT_THRESHOLD[k] else 0))
+    """uint8 code of a float32 linear value: `lab._uint8_quantizer`'s bucket and threshold, packed in one
+    table entry (`_packed_quantizer`): one gather instead of two."""
+    s = linear * np.float32(lab._QUANT_BUCKETS)
+    bucket = np.int32(min(max(s, np.float32(0.0)), np.float32(lab._QUANT_BUCKETS - 1)))
+    entry = _QUANT_PACKED[np.uint32(bucket) & np.uint32(lab._QUANT_BUCKETS - 1)]
+    # s - k is exact; clamped to [-1, 1] so the conversion cannot overflow (out of gamut)
+    inside = min(max(s - np.float32(bucket), np.float32(-1.0)), np.float32(1.0))
+    position = np.int32(inside * np.float32(_FRACTION_ONE))
+    return np.uint8(
+        (entry >> np.uint32(24)) + (1 if position >= np.int32(entry & np.uint32(0xFFFFFF)) else 0)
+    )
 
 
 @_jit()

@@ -232,6 +232,26 @@ class TestLabToSrgb8Upsampled:
         )
         assert np.abs(diff).max() <= 1
 
+    def test_packed_quantizer_is_the_two_table_one_exactly(self) -> None:
+        """One packed lookup (code + 24-bit threshold position) gives `lab._uint8_quantizer`'s code for
+        every float32 at and next to each threshold and bucket edge, and far outside the gamut."""
+        base, threshold = lab._uint8_quantizer(np.dtype(np.float32).str)
+        finite = threshold[np.isfinite(threshold)].astype(np.float32)
+        edges = (np.arange(lab._QUANT_BUCKETS + 1) / lab._QUANT_BUCKETS).astype(np.float32)
+        points = np.concatenate(
+            [finite, edges, np.array([-1e30, -1.0, -1e-30, 0.0, 1e-40, 1.0, 1.5, 1e30], np.float32)]
+        )
+        values = np.concatenate(
+            [points, np.nextafter(points, np.float32(-np.inf)), np.nextafter(points, np.float32(np.inf))]
+        )
+        values = np.concatenate(
+            [values, np.random.default_rng(9).uniform(-0.1, 1.1, 20_000).astype(np.float32)]
+        )
+        bucket = np.clip(values * np.float32(lab._QUANT_BUCKETS), 0, lab._QUANT_BUCKETS - 1).astype(np.intp)
+        expected = base[bucket] + (values >= threshold[bucket])
+        got = np.array([fused._quantize(v) for v in values], np.int64)
+        np.testing.assert_array_equal(got, expected)
+
     def test_bilinear_taps_are_resize_abs_weights(self) -> None:
         for size_in, size_out in ((64, 512), (64, 1), (1, 5), (256, 100), (7, 7)):
             lower, upper, frac = fused.bilinear_taps(size_in, size_out)
