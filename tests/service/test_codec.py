@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -350,3 +351,110 @@ class TestEncode:
     def test_rejects_non_uint8(self) -> None:
         with pytest.raises(ValueError, match="uint8"):
             codec.encode(np.zeros((4, 4, 3), np.float32), None, "PNG")
+
+
+class TestJpegHeaderParser:
+    """The marker parser that spares plain JPEGs a Pillow open agrees with Pillow wherever it answers,
+    and hands everything else to Pillow (None)."""
+
+    @staticmethod
+    def _pillow(data: bytes) -> tuple[int, int, str, int]:
+        with Image.open(io.BytesIO(data)) as image:
+            return (*image.size, image.mode, image.getexif().get(0x0112, 1))
+
+    def _check(self, data: bytes) -> None:
+        plain = codec._jpeg_header(data)
+        assert plain is not None
+        width, height, mode, orientation = self._pillow(data)
+        assert (plain.width, plain.height, plain.orientation) == (width, height, orientation)
+        assert plain.colorspace == codec._TURBO_MODES[mode]
+
+    @pytest.mark.parametrize(
+        "name", ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg", "aitzgorri.jpg"]
+    )
+    def test_samples_agree_with_pillow(self, name: str) -> None:
+        self._check((Path(__file__).parents[2] / "samples" / name).read_bytes())
+
+    @pytest.mark.parametrize("orientation", range(0, 10))
+    @pytest.mark.parametrize("mode", ["RGB", "L"])
+    @pytest.mark.parametrize("progressive", [False, True])
+    def test_every_orientation_gray_and_progressive(
+        self, orientation: int, mode: str, progressive: bool
+    ) -> None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        exif[0x010F] = "maker"  # another IFD0 entry before/after the orientation
+        stored = Image.fromarray(_smooth_rgb(24, 40)).convert(mode)
+        for raw in (exif.tobytes(), _big_endian_exif(orientation)):  # Intel and Motorola byte order
+            data = _save(stored, "JPEG", quality=90, exif=raw, progressive=progressive)
+            self._check(data)
+            decoded = codec.decode(data, **LIMITS)
+            with Image.open(io.BytesIO(data)) as image:
+                np.testing.assert_array_equal(decoded.pixels, np.asarray(ImageOps.exif_transpose(image)))
+
+    def test_no_exif_is_upright_and_probe_matches(self) -> None:
+        data = _save(Image.fromarray(_smooth_rgb(30, 50)), "JPEG", quality=80)
+        self._check(data)
+        assert codec.probe(data, **LIMITS) == codec.ImageHeader(50, 30, "JPEG")
+
+    def test_cmyk_xmp_and_mpo_go_to_pillow(self) -> None:
+        cmyk = _save(Image.fromarray(_smooth_rgb()).convert("CMYK"), "JPEG")
+        assert codec._jpeg_header(cmyk) is None
+        assert codec.decode(cmyk, **LIMITS).pixels.shape == (48, 64, 3)  # as before: Pillow converts it
+        xmp = (
+            b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF>'
+            b'<rdf:Description tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+        )
+        data = _save(Image.fromarray(_smooth_rgb()), "JPEG", xmp=xmp)
+        assert codec._jpeg_header(data) is None
+        mpf = _save(
+            Image.fromarray(_smooth_rgb()),
+            "MPO",
+            save_all=True,
+            append_images=[Image.fromarray(_smooth_rgb())],
+        )
+        assert codec._jpeg_header(mpf) is None
+        assert codec.probe(mpf, **LIMITS).format == "JPEG"
+
+    @pytest.mark.parametrize("keep", [1, 3, 10, 40, 200, 400])
+    def test_truncated_headers_give_todays_errors(self, keep: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        data = _save(Image.fromarray(_smooth_rgb()), "JPEG", quality=90)[:keep]
+        assert codec._jpeg_header(data) is None
+        errors = []
+        for parser in (codec._jpeg_header, lambda data: None):  # with the parser, then Pillow alone
+            monkeypatch.setattr(codec, "_jpeg_header", parser)
+            for call in (codec.probe, codec.decode):
+                with pytest.raises(InvalidArgument) as caught:
+                    call(data, **LIMITS)
+                errors.append(str(caught.value))
+        assert errors[:2] == errors[2:]
+
+    def test_malformed_exif_and_odd_orientation_types_go_to_pillow(self) -> None:
+        assert codec._exif_orientation(b"II*\x00\xff\xff\x00\x00") is None  # IFD past the end
+        assert codec._exif_orientation(b"XX*\x00\x08\x00\x00\x00") is None
+        long_tag = (
+            b"II*\x00\x08\x00\x00\x00" + b"\x01\x00" + b"\x12\x01\x04\x00\x01\x00\x00\x00\x06\x00\x00\x00"
+        )
+        assert codec._exif_orientation(long_tag) is None  # LONG, not SHORT
+        short_tag = (
+            b"II*\x00\x08\x00\x00\x00" + b"\x01\x00" + b"\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00\x00\x00"
+        )
+        assert codec._exif_orientation(short_tag) == 6
+
+    def test_limits_are_checked_as_before(self) -> None:
+        data = _save(Image.fromarray(_smooth_rgb(30, 50)), "JPEG")
+        with pytest.raises(InvalidArgument, match="50x30 = 1500 pixels, over the limit of 1000"):
+            codec.probe(data, max_pixels=1000, max_bytes=1 << 20)
+        with pytest.raises(InvalidArgument, match="over the limit of 1000"):
+            codec.decode(data, max_pixels=1000, max_bytes=1 << 20)
+
+
+def _big_endian_exif(orientation: int) -> bytes:
+    """An Exif block in Motorola byte order: IFD0 with Make, then Orientation (one SHORT)."""
+    entries = [
+        struct.pack(">HHI4s", 0x010F, 2, 4, b"abc\x00"),
+        struct.pack(">HHIH2x", 0x0112, 3, 1, orientation),
+    ]
+    return (
+        b"Exif\x00\x00MM\x00*" + struct.pack(">IH", 8, len(entries)) + b"".join(entries) + b"\x00\x00\x00\x00"
+    )
