@@ -155,11 +155,10 @@ def postprocess(
         ab_small = ab_decode._float32_copy(outputs["ab"][0])
         lap("ab to float32")
     elif "hue" in outputs:  # larsson16: decoded with the working-size L the network saw
-        lightness = prepared.inputs["L"][0, 0]
-        ab_small = hue_chroma.decode_ab(
-            outputs["hue"][0], outputs["chroma"][0], lightness,
+        # one kernel for the default decode (`fused.hue_chroma_ab`), numpy's for the other methods
+        ab_small = fused.hue_chroma_ab(
+            outputs["hue"][0], outputs["chroma"][0], prepared.inputs["L"][0, 0],
             hue_method=options.hue_decode, chroma_method=options.chroma_decode,
-            gray=fused.neutral_gray(lightness),
         )  # fmt: skip
         lap("hue/chroma decode")
     else:

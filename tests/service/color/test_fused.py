@@ -15,7 +15,7 @@ from PIL import Image
 from skimage import color
 
 import contract
-from service.color import ab_decode, fused, lab
+from service.color import ab_decode, fused, hue_chroma, lab
 from service.errors import InvalidArgument
 
 L_TOL = 1e-4  # fused L vs lab.srgb_to_l (the table interpolation's bound is 4e-5)
@@ -317,3 +317,69 @@ class TestNeutralGray:
         expected = hue_chroma.decode_ab(hue, chroma, lightness)
         out = hue_chroma.decode_ab(hue, chroma, lightness, gray=fused.neutral_gray(lightness))
         np.testing.assert_allclose(out, expected, rtol=0, atol=2e-3)
+
+
+class TestHueChromaAb:
+    """larsson16's decode in one kernel against `hue_chroma.decode_ab` (the numpy specification)."""
+
+    @staticmethod
+    def _inputs(seed: int, dtype: Any = np.float16) -> tuple[NDArray[Any], NDArray[Any], NDArray[np.float32]]:
+        rng = np.random.default_rng(seed)
+        # peaked and flat distributions, as a network gives them
+        centres = rng.integers(0, 32, (2, 1, 16, 16))
+        bins = np.arange(32)[None, :, None, None]
+        peaked = np.exp(-0.5 * ((bins - centres) / rng.uniform(0.5, 8.0, (2, 1, 16, 16))) ** 2)
+        hists = (peaked + rng.uniform(0, 0.05, peaked.shape)).astype(dtype)
+        lightness = rng.uniform(0, 100, (64, 64)).astype(np.float32)
+        return hists[0], hists[1], lightness
+
+    @pytest.mark.parametrize("hue_method", hue_chroma.HUE_METHODS)
+    @pytest.mark.parametrize("chroma_method", hue_chroma.CHROMA_METHODS)
+    @pytest.mark.parametrize("dtype", [np.float16, np.float32])
+    def test_matches_the_numpy_decode(self, hue_method: str, chroma_method: str, dtype: Any) -> None:
+        hue, chroma, lightness = self._inputs(10, dtype)
+        expected = hue_chroma.decode_ab(
+            hue, chroma, lightness, hue_method=hue_method, chroma_method=chroma_method
+        )
+        out = fused.hue_chroma_ab(hue, chroma, lightness, hue_method=hue_method, chroma_method=chroma_method)
+        assert out.shape == (2, 16, 16) and out.dtype == np.float32
+        np.testing.assert_allclose(out, expected, rtol=0, atol=2e-3)
+
+    def test_the_quantile_bin_is_numpys_at_exact_ties(self) -> None:
+        # Flat chroma: the CMF is exactly 0.5 after 16 bins and 0.75 after 24; numpy's divisions
+        # decide which bin is first to reach it, and the kernel must agree bit for bit.
+        hue, _, lightness = self._inputs(11)
+        flat = np.ones_like(hue)
+        for method, quantile in (("median", 0.5), ("q75", 0.75)):
+            out = fused.hue_chroma_ab(hue, flat, lightness, hue_method="mode", chroma_method=method)
+            expected = hue_chroma.decode_ab(hue, flat, lightness, hue_method="mode", chroma_method=method)
+            np.testing.assert_allclose(out, expected, rtol=0, atol=2e-3)
+            assert hue_chroma._quantile_bin(hue_chroma._normalised(flat, "c"), quantile)[0, 0] in (
+                15,
+                16,
+                23,
+                24,
+            )
+
+    def test_black_white_and_zero_histograms(self) -> None:
+        hue, chroma, _ = self._inputs(12)
+        for level in (0.0, 100.0):
+            lightness = np.full((64, 64), level, np.float32)
+            for h, c in ((hue, chroma), (np.zeros_like(hue), np.zeros_like(chroma))):
+                out = fused.hue_chroma_ab(
+                    h, c, lightness, hue_method="expectation-cf", chroma_method="median"
+                )
+                expected = hue_chroma.decode_ab(h, c, lightness)
+                assert np.isfinite(out).all()
+                np.testing.assert_allclose(out, expected, rtol=0, atol=2e-3)
+
+    def test_a_size_that_does_not_pool_is_refused(self) -> None:
+        hue, chroma, _ = self._inputs(13)
+        with pytest.raises(ValueError, match="pool"):
+            fused.hue_chroma_ab(
+                hue,
+                chroma,
+                np.zeros((60, 64), np.float32),
+                hue_method="expectation-cf",
+                chroma_method="median",
+            )
