@@ -124,10 +124,22 @@ def test_gateway_once_times_the_real_pipeline() -> None:
     outputs = go.model_outputs(spec, go.true_ab(go.fit(_photo(), 96, 64), WORKING_SIZE_DEFAULT))
     stages = go.gateway_once(image, spec, outputs)
     assert list(stages) == [
-        "decode", "sRGB→L", "resize L", "annealed mean", "ab upsample + Lab→sRGB", "encode", "total",
+        "header", "decode", "sRGB→L", "resize L", "annealed mean",
+        "ab upsample + Lab→sRGB", "encode", "total",
     ]  # fmt: skip
     parts = sum(v for k, v in stages.items() if k != "total")
     assert stages["total"] == pytest.approx(parts, rel=0.05, abs=0.2)
+
+
+def test_the_bench_measures_what_the_default_gateway_serves() -> None:
+    # PRIORLAB_DECODE_IN_TRITON is off by default: eccv16 is served with its logits (annealed mean in the
+    # gateway); if the default ever changes, the bench follows it.
+    from service.gateway import colorize
+    from service.gateway.settings import Settings
+
+    for kind in go.MODEL_KINDS:
+        assert go.served_by_default(kind) == colorize.served_model(kind, Settings())
+    assert go.served_by_default("eccv16").name == ("eccv16_ab" if Settings().decode_in_triton else "eccv16")
 
 
 def test_laps_accumulate_per_stage() -> None:
