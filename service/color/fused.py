@@ -182,30 +182,39 @@ def pil_bicubic_coeffs(size_in: int, size_out: int) -> tuple[NDArray[np.int32], 
 
 @_jit(
     types.void(
-        *[_in(types.float32, 2), _in(types.int32, 2), _in(types.float32, 2)],
-        *[_in(types.int32, 2), _in(types.float32, 2), _out(types.float32, 2), _out(types.float32, 2)],
+        _in(types.float32, 2),
+        _in(types.int32, 2),
+        _in(types.float32, 2),
+        types.boolean,
+        _out(types.float32, 2),
     )
 )
-def _resize_kernel(src, rows_bounds, rows_weights, cols_bounds, cols_weights, tmp, out):
+def _resize_kernel(src, bounds, weights, clip, out):
+    """One separable pass down the rows: out[o] = sum_t weights[o, t] src[bounds[o, 0] + t], whole
+    contiguous rows, four taps at a time (a quarter of the loads and stores of the accumulator row);
+    clipped to [0, 100] if `clip`. The horizontal pass is this one on the transposed image: done
+    directly, its per-pixel dot products of 9-33 taps took 0.26 of 0.31 ms at 512²."""
     width = src.shape[1]
-    for o in range(tmp.shape[0]):  # vertical: whole rows, contiguous
-        first = rows_bounds[o, 0]
-        acc = tmp[o]
+    for o in range(out.shape[0]):
+        first = bounds[o, 0]
+        acc = out[o]
         for j in range(width):
             acc[j] = np.float32(0.0)
-        for t in range(rows_bounds[o, 1]):
-            w = rows_weights[o, t]
+        count = bounds[o, 1]
+        fours = count - count % 4
+        for t in range(0, fours, 4):
+            w0, w1, w2, w3 = weights[o, t], weights[o, t + 1], weights[o, t + 2], weights[o, t + 3]
+            r0, r1, r2, r3 = src[first + t], src[first + t + 1], src[first + t + 2], src[first + t + 3]
+            for j in range(width):
+                acc[j] += (w0 * r0[j] + w1 * r1[j]) + (w2 * r2[j] + w3 * r3[j])
+        for t in range(fours, count):
+            w = weights[o, t]
             row = src[first + t]
             for j in range(width):
                 acc[j] += w * row[j]
-    for o in range(out.shape[0]):  # horizontal, on the few rows left
-        acc = tmp[o]
-        for x in range(out.shape[1]):
-            first = cols_bounds[x, 0]
-            total = np.float32(0.0)
-            for t in range(cols_bounds[x, 1]):
-                total += cols_weights[x, t] * acc[first + t]
-            out[o, x] = min(max(total, np.float32(0.0)), np.float32(100.0))
+        if clip:
+            for j in range(width):
+                acc[j] = min(max(acc[j], np.float32(0.0)), np.float32(100.0))
 
 
 def resize_l(l: NDArray[Any], size: tuple[int, int]) -> NDArray[np.float32]:  # noqa: E741
@@ -220,10 +229,13 @@ def resize_l(l: NDArray[Any], size: tuple[int, int]) -> NDArray[np.float32]:  # 
     src = np.ascontiguousarray(l, np.float32)
     rows_bounds, rows_weights = pil_bicubic_coeffs(src.shape[0], height)
     cols_bounds, cols_weights = pil_bicubic_coeffs(src.shape[1], width)
+    # vertical first (PIL goes horizontal first: within 1e-4 either way), then the horizontal pass as
+    # a vertical one between two transposes (OpenCV's SIMD transpose, ~0.1 ns a value)
     tmp = np.empty((height, src.shape[1]), np.float32)
-    out = np.empty((height, width), np.float32)
-    _resize_kernel(src, rows_bounds, rows_weights, cols_bounds, cols_weights, tmp, out)
-    return out
+    _resize_kernel(src, rows_bounds, rows_weights, False, tmp)
+    turned = np.empty((width, height), np.float32)
+    _resize_kernel(cv2.transpose(tmp), cols_bounds, cols_weights, True, turned)
+    return np.asarray(cv2.transpose(turned), np.float32)
 
 
 # ---- the annealed mean -----------------------------------------------------------------------------
