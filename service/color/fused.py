@@ -390,6 +390,9 @@ def annealed_mean(logits: NDArray[Any], temperature: float) -> NDArray[np.float3
 # ---- ab upsample + Lab -> uint8 sRGB -------------------------------------------------------------
 
 
+_BLOCK_BYTES = 192 << 10
+
+
 @functools.lru_cache(maxsize=64)
 def bilinear_taps(
     size_in: int, size_out: int
@@ -533,10 +536,22 @@ def lab_to_srgb8_upsampled(lightness: NDArray[Any], ab: NDArray[Any]) -> NDArray
     small = np.ascontiguousarray(ab, np.float32)
     widened = np.empty((2, small.shape[1], width), np.float32)
     _widen_kernel(small, *bilinear_taps(small.shape[2], width), widened)
-    planes = [np.empty((height, width), np.uint8) for _ in range(3)]
     light = np.ascontiguousarray(lightness, np.float32)
-    _lab_to_srgb8_kernel(light, widened, *bilinear_taps(small.shape[1], height), *planes)
-    return np.asarray(cv2.merge(planes), np.uint8).reshape(height, width, 3)
+    lower, upper, frac = bilinear_taps(small.shape[1], height)
+    out = np.empty((height, width, 3), np.uint8)
+    # In blocks of rows whose three planes stay in L2 (~192 KiB), merged straight into the output's
+    # rows: 12 MB less to allocate at 2048² (page faults where the heap was trimmed) and to write and
+    # read back (micro, warm heap: 9.35 -> 9.17 ms at 2048², 0.57 at 512² either way).
+    rows = max(1, _BLOCK_BYTES // (3 * width))
+    planes = [np.empty((min(rows, height), width), np.uint8) for _ in range(3)]
+    for start in range(0, height, rows):
+        stop = min(start + rows, height)
+        block = [plane[: stop - start] for plane in planes]
+        _lab_to_srgb8_kernel(
+            light[start:stop], widened, lower[start:stop], upper[start:stop], frac[start:stop], *block
+        )
+        cv2.merge(block, dst=out[start:stop])
+    return out
 
 
 # ---- larsson16: the neutral gray of L --------------------------------------------------------------
