@@ -276,6 +276,8 @@ class TestCompilation:
             fused._anneal_kernel,
             fused._widen_kernel,
             fused._lab_to_srgb8_kernel,
+            fused._neutral_gray_kernel,
+            fused._hue_chroma_kernel,
         )
         for kernel in kernels:
             assert kernel.signatures, kernel
