@@ -217,6 +217,85 @@ def _resize_kernel(src, bounds, weights, clip, out):
                 acc[j] = min(max(acc[j], np.float32(0.0)), np.float32(100.0))
 
 
+@_jit(
+    types.void(
+        _in(types.uint8, 3),
+        _in(types.int32, 2),
+        _in(types.float32, 2),
+        _out(types.float32, 2),
+        _out(types.float32, 2),
+    )
+)
+def _l_and_rows_kernel(rgb, bounds, weights, lightness, tmp):
+    """`_srgb8_to_l_kernel` row by row, interleaved with `_resize_kernel`'s vertical pass: each output
+    row's taps are computed just before it needs them, so they are read back from L2, not memory."""
+    height, width = lightness.shape
+    done = 0
+    for o in range(tmp.shape[0] + 1):
+        need = height if o == tmp.shape[0] else bounds[o, 0] + bounds[o, 1]
+        while done < need:  # sRGB -> L of the rows this output row needs
+            pixels, row = rgb[done], lightness[done]
+            for j in range(width):
+                y = _SHARE_R[pixels[j, 0]] + _SHARE_G[pixels[j, 1]] + _SHARE_B[pixels[j, 2]]
+                s = y * np.float32(_L_INTERVALS)
+                i = min(
+                    np.uint32(np.int32(min(max(s, np.float32(0.0)), np.float32(_L_INTERVALS)))),
+                    np.uint32(_L_INTERVALS),
+                )
+                lo = _L_TABLE[i]
+                row[j] = lo + (s - np.float32(i)) * (_L_TABLE[i + np.uint32(1)] - lo)
+            done += 1
+        if o == tmp.shape[0]:
+            break
+        first = bounds[o, 0]
+        acc = tmp[o]
+        for j in range(width):
+            acc[j] = np.float32(0.0)
+        count = bounds[o, 1]
+        fours = count - count % 4
+        for t in range(0, fours, 4):
+            w0, w1, w2, w3 = weights[o, t], weights[o, t + 1], weights[o, t + 2], weights[o, t + 3]
+            r0, r1 = lightness[first + t], lightness[first + t + 1]
+            r2, r3 = lightness[first + t + 2], lightness[first + t + 3]
+            for j in range(width):
+                acc[j] += (w0 * r0[j] + w1 * r1[j]) + (w2 * r2[j] + w3 * r3[j])
+        for t in range(fours, count):
+            w = weights[o, t]
+            src = lightness[first + t]
+            for j in range(width):
+                acc[j] += w * src[j]
+
+
+FUSED_L_PIXELS = 2048 * 2048  # where `srgb8_to_l_resized` measured faster than the two passes
+
+
+def srgb8_to_l_resized(
+    rgb: NDArray[np.uint8], size: tuple[int, int]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """(`srgb8_to_l(rgb)`, `resize_l(that, size)`) in one pass over the image: the L rows are resized
+    while they are still in cache. Both results are identical to the two calls'. It pays only where L
+    does not fit in L2 (thread CPU, this host: 2048² 10.4 -> 9.8 ms, 4096x2048 26.3 -> 24.9; 1448²
+    4.77 -> 4.95, 512² 0.62 -> 0.66: per-row loops cost more than one flat loop), so the gateway calls
+    it from `FUSED_L_PIXELS` pixels up."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"rgb must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    height, width = size
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if rgb.shape[:2] == (height, width):
+        lightness = srgb8_to_l(rgb)
+        return lightness, lightness.copy()
+    pixels = np.ascontiguousarray(rgb)
+    lightness = np.empty(rgb.shape[:2], np.float32)
+    rows_bounds, rows_weights = pil_bicubic_coeffs(rgb.shape[0], height)
+    cols_bounds, cols_weights = pil_bicubic_coeffs(rgb.shape[1], width)
+    tmp = np.empty((height, rgb.shape[1]), np.float32)
+    _l_and_rows_kernel(pixels, rows_bounds, rows_weights, lightness, tmp)
+    turned = np.empty((width, height), np.float32)
+    _resize_kernel(cv2.transpose(tmp), cols_bounds, cols_weights, True, turned)
+    return lightness, np.asarray(cv2.transpose(turned), np.float32)
+
+
 def resize_l(l: NDArray[Any], size: tuple[int, int]) -> NDArray[np.float32]:  # noqa: E741
     """`ab_decode.resize_l`: L `(H, W)` to `size = (h, w)` by PIL's bicubic filter, clipped to [0, 100]."""
     height, width = size

@@ -105,11 +105,22 @@ def prepare(
     """Decode and validate; L at full resolution, and the model's inputs at the working size."""
     decoded = codec.decode(image, max_pixels=max_pixels, max_bytes=max_bytes)
     lap("decode")
-    lightness = _lightness(decoded.pixels)
-    lap("sRGB→L")
     size = options.working_size
-    inputs = {"L": fused.resize_l(lightness, (size, size))[None, None]}
-    lap("resize L")
+    pixels: NDArray[Any] = decoded.pixels
+    if (
+        pixels.ndim == 3
+        and pixels.dtype == np.uint8
+        and pixels.shape[0] * pixels.shape[1] >= fused.FUSED_L_PIXELS
+    ):
+        # large images: L rows resized while they are in cache (one pass; the same results)
+        lightness, small = fused.srgb8_to_l_resized(pixels, (size, size))
+        lap("sRGB→L + resize L")
+    else:
+        lightness = _lightness(pixels)
+        lap("sRGB→L")
+        small = fused.resize_l(lightness, (size, size))
+        lap("resize L")
+    inputs = {"L": small[None, None]}
     names = {t.name for t in spec.inputs}
     if "T" in names:
         inputs["T"] = np.full((1, 1), options.temperature or ANNEALED_T_DEFAULT, np.float32)

@@ -15,6 +15,7 @@ from PIL import Image
 from skimage import color
 
 import contract
+from service import codec
 from service.color import ab_decode, fused, hue_chroma, lab
 from service.errors import InvalidArgument
 
@@ -266,6 +267,34 @@ class TestLabToSrgb8Upsampled:
             fused.lab_to_srgb8_upsampled(np.zeros((4, 4), np.float32), np.zeros((3, 4, 4), np.float32))
 
 
+class TestL8AndResized:
+    @pytest.mark.parametrize(
+        ("shape", "size"),
+        [((64, 96), (16, 16)), ((37, 53), (8, 8)), ((1, 40), (4, 4)), ((20, 20), (40, 40)), ((9, 9), (9, 9))],
+    )
+    def test_identical_to_the_two_passes(self, shape: tuple[int, int], size: tuple[int, int]) -> None:
+        rgb = np.random.default_rng(14).integers(0, 256, (*shape, 3), dtype=np.uint8)
+        lightness, small = fused.srgb8_to_l_resized(rgb, size)
+        np.testing.assert_array_equal(lightness, fused.srgb8_to_l(rgb))
+        np.testing.assert_array_equal(small, fused.resize_l(fused.srgb8_to_l(rgb), size))
+
+    def test_the_gateway_takes_it_for_large_images_only(self) -> None:
+        from service.gateway import colorize
+
+        spec = contract.MODELS["eccv16"]
+        options = colorize.ColorizeOptions("eccv16", None, 32, "", 90)
+        for side, fused_stage in ((64, False), (2048, True)):
+            rgb = np.random.default_rng(15).integers(0, 256, (side, side, 3), dtype=np.uint8)
+            data = codec.encode(rgb, None, "JPEG", 90)
+            stages: list[str] = []
+            prepared = colorize.prepare(
+                data, spec, options, max_pixels=1 << 23, max_bytes=1 << 26, lap=stages.append
+            )
+            assert ("sRGB→L + resize L" in stages) == fused_stage
+            decoded: Any = codec.decode(data, max_pixels=1 << 23, max_bytes=1 << 26).pixels
+            np.testing.assert_array_equal(prepared.lightness, fused.srgb8_to_l(decoded))
+
+
 class TestCompilation:
     def test_kernels_are_compiled_at_import(self) -> None:
         # Explicit signatures: compiled (or loaded from the cache) when the module is imported, i.e.
@@ -278,6 +307,7 @@ class TestCompilation:
             fused._lab_to_srgb8_kernel,
             fused._neutral_gray_kernel,
             fused._hue_chroma_kernel,
+            fused._l_and_rows_kernel,
         )
         for kernel in kernels:
             assert kernel.signatures, kernel
