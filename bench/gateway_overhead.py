@@ -101,8 +101,8 @@ FUSED_NOTES = (
     "Tried and not kept (second round): the L(Y) interpolation pair as one 64-bit gather (512² "
     "0.456 -> 0.479 ms, 2048² 7.19 -> 7.59); three uint8 planes into sRGB→L (the kernel 0.48 -> "
     "0.32 ms at 512²: the RGB deinterleave costs a third) but cv2.split of the whole image costs "
-    "0.12 ms at 512² and 3.5 at 2048² (net 0.44 / 8.98 vs 0.48 / 7.92; a split in cache-sized row "
-    "blocks is the next lead).",
+    "0.12 ms at 512² and 3.5 at 2048² (net 0.44 / 8.98 vs 0.48 / 7.92), and into reused 32 "
+    "Ki-pixel block buffers 512² 0.463 -> 0.415, 2048² 7.60 -> 7.67: too little for a second path.",
     "Order effect: each pass runs the bare codecs, then eccv16, siggraph17, larsson16; at 2048² the "
     "first model's big buffers page-fault after the codecs' frees moved glibc's mmap threshold "
     "(sRGB→L + resize 12.6 vs 9.2 ms for the next models; one traced eccv16 Lab→sRGB took 2022 "
