@@ -522,11 +522,10 @@ def _seeds_markdown(check: dict[str, Any], stats: dict[str, Any]) -> list[str]:
     return [
         f"Over seeds {seeds} (the DIP run's seed: network init, z, input noise; paired: same seed, "
         f"difference to fp32 `fused`; SE = SD/√{stats['n']}, CI = mean ± {stats['t975']:.3f}·SE, "
-        f"Student's t with {stats['n'] - 1} degrees of freedom). Rule, fixed before these traces were "
+        f"Student's t, {stats['n'] - 1} degree(s) of freedom). Rule, fixed before these traces were "
         f"taken: {check.get('decision_rule', DECISION_RULE)}.",
         "",
         *table(header, rows),
-        "",
     ]
 
 
