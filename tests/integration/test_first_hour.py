@@ -49,6 +49,13 @@ _SKIP = {
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The repository as a user has it after `make` built it once (the venv is linked, not copied)."""
+    # The clone's `make` would otherwise re-run `make deps` through the link, and the editable install
+    # would then point this checkout's venv (its `priorlab` command, its imports) at the clone, deleted
+    # after the test: it happened once the lock file changed after the last `make deps`.
+    stamp = REPO / ".venv" / ".installed"
+    inputs = [REPO / "requirements.lock", REPO / "pyproject.toml"]
+    if not stamp.exists() or any(f.stat().st_mtime > stamp.stat().st_mtime for f in inputs):
+        pytest.fail("the venv is older than requirements.lock or pyproject.toml: run `make deps` first")
     root = tmp_path_factory.mktemp("first-hour") / "priorlab"
     shutil.copytree(REPO, root, ignore=lambda _dir, names: [n for n in names if n in _SKIP], symlinks=True)
     (root / ".venv").symlink_to(REPO / ".venv")
