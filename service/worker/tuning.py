@@ -1,10 +1,12 @@
 """The speed settings a run actually gets: `EngineOptions`' automatic (None) switches, decided per device.
 
 bf16 is opt-in: `bf16=True` runs the network's forward under bf16 autocast in NHWC (oneDNN's native bf16
-kernels) at 0.37x the s/iteration of the fp32 reference loop (256² denoising, 2 threads,
-bench/results/dip/speed.md), but its denoising PSNR trace sits 0.11-0.17 dB below fp32's at 256², outside
-issue #19's ±0.1 dB, so None means off (docs/dip.md §5.1). True is refused where the CPU has no native bf16
-(avx512_bf16 or AMX with torch's kernels at AVX512): emulated, it would be slower than fp32.
+kernels) at 0.38-0.43x the s/iteration of the fp32 reference loop (256² denoising, 2 threads,
+bench/results/dip/speed.md, speed_bench.md), but it fails issue #19's ±0.1 dB PSNR check: 0.11-0.17 dB
+below fp32 at 256² on one seed, and +0.15..+0.19 dB off at 100-300 iterations on the mean over 4 seeds at
+128² (where fp32 in NHWC moves as far from NCHW: docs/dip.md §5.1), so None means off. True is refused
+where the CPU has no native bf16 (avx512_bf16 or AMX with torch's kernels at AVX512): emulated, it would
+be slower than fp32.
 channels_last: None means NHWC with bf16 or at AVX512 (faster there), NCHW at AVX2.
 """
 
