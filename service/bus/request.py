@@ -186,8 +186,9 @@ class EngineOptions:
     # there), off at AVX2 and on CUDA (slower or no faster there).
     channels_last: bool | None = None
     # CPU only: the network's forward under bfloat16 autocast (the output layer, loss, EMA and Adam stay
-    # fp32): 0.37x the fp32 loop's s/iteration, 0.1-0.2 dB below its PSNR trace. None: off (opt-in); True
-    # where the CPU has no native bf16 (avx512_bf16 or AMX) is refused.
+    # fp32): 0.43x the fp32 reference loop's s/iteration, but +0.05..+0.19 dB off fp32's PSNR trace over
+    # 4 seeds, outside the ±0.1 dB check (docs/dip.md §5.1). None: off (opt-in); True where the CPU has
+    # no native bf16 (avx512_bf16 or AMX) is refused.
     bf16: bool | None = None
     compile: bool = False  # torch.compile the network (pays a one-off compile per image size)
     fused_updates: bool = True  # fused Adam; in-place noise/EMA (normal_ + add(out=), lerp_), no temporaries
