@@ -46,7 +46,8 @@ def test_committed_speed_tables_render_as_committed(name: str) -> None:
 
 
 def test_committed_quality_renders_as_committed() -> None:
-    text = quality._markdown(_committed("quality.json"), {"date": "-"})
+    spread = _committed(quality.SPREAD) if (RESULTS / quality.SPREAD).exists() else None
+    text = quality._markdown(_committed("quality.json"), {"date": "-"}, spread)
     assert text.splitlines()[3:] == (RESULTS / "quality.md").read_text().splitlines()[3:]
 
 
