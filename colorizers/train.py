@@ -27,6 +27,12 @@ L1 terms are weighted by the ECCV16 rebalancing weight of its true colour's bin 
 docs/colorization.md §3.1, from our training prior), the cure the ECCV16 paper gives for the
 desaturated, sepia-toned output a plain loss yields.
 
+Hint locality (`--locality-weight W`, 0 = upstream's recipe; issue #15's halo): in the regression
+stage, each step also runs the batch without hints (no gradient) and adds W · mean |ab − ab_no_hints| /
+110 over the pixels farther than a quarter of the crop from every hinted pixel (the evaluation's
+64 px of a 256² crop, scaled), so hints stop recolouring the far side of the image. It costs a
+forward pass per step (about a third more time).
+
 Continuing from a shipped checkpoint: `--init-from NAME` (a registry name or a .pth file) loads its
 weights when the run starts fresh; a fine-tuning run of a checkpoint that already went through both
 stages uses `--classification-fraction 0`.
@@ -63,6 +69,7 @@ log = logging.getLogger(__name__)
 
 MASK_OFFSET = 0.5  # our SIGGRAPH17 checkpoints see mask - 0.5, as colorization-pytorch's retrained ones
 L1_WEIGHT = 10.0  # colorization-pytorch: loss_G = CE + 10 · mean L1 in ab/110 units
+HALO_FRACTION = 0.25  # "far from every hint": the evaluation's 64 px of 256, as a share of the crop
 # Adam (betas, weight decay) per model: the Caffe ECCV16 solver; colorization-pytorch's optimiser.
 ADAM = {"eccv16": ((0.9, 0.99), 1e-3), "siggraph17": ((0.9, 0.999), 0.0)}
 
@@ -198,12 +205,38 @@ def siggraph_loss(
     return ce + L1_WEIGHT * l1, per_pixel.mean().detach()
 
 
+def far_from_hints(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """(N,1,S,S) 0/1 hint mask -> 1 where no hinted pixel lies within `radius` (Chebyshev: a square
+    around each hint, which holds the Euclidean disc, so "far" here is also far for the evaluation)."""
+    near = F.max_pool2d(mask, kernel_size=2 * radius + 1, stride=1, padding=radius)
+    return 1.0 - near
+
+
+def locality_loss(model: SIGGRAPHGenerator, ab: torch.Tensor, batch: HintBatch) -> torch.Tensor:
+    """Mean |ab − ab without hints| / 110 over the pixels far from every hint (0 if there are none)."""
+    with torch.no_grad():
+        plain, _ = model.forward_both(
+            batch.lightness, torch.zeros_like(batch.hint), torch.zeros_like(batch.mask)
+        )
+        far = far_from_hints(batch.mask, max(1, round(HALO_FRACTION * batch.mask.shape[-1])))
+    far = far * (batch.mask.flatten(1).amax(1) > 0).view(-1, 1, 1, 1)  # images with hints only
+    return (far * (ab - plain).abs()).sum() / (2 * far.sum()).clamp(min=1.0) / AB_NORM
+
+
 def siggraph_step(
-    model: SIGGRAPHGenerator, optimizer: torch.optim.Optimizer, batch: HintBatch, *, classification: bool
+    model: SIGGRAPHGenerator,
+    optimizer: torch.optim.Optimizer,
+    batch: HintBatch,
+    *,
+    classification: bool,
+    locality_weight: float = 0.0,
 ) -> tuple[float, float]:
     """One Adam step of the given stage; returns (loss, CE)."""
     model.train()
-    loss, ce = siggraph_loss(*siggraph_forward(model, batch, classification=classification), batch)
+    ab, logits = siggraph_forward(model, batch, classification=classification)
+    loss, ce = siggraph_loss(ab, logits, batch)
+    if ab is not None and locality_weight > 0:
+        loss = loss + locality_weight * locality_loss(model, ab, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -214,21 +247,26 @@ def siggraph_step(
 def validate_siggraph(
     model: SIGGRAPHGenerator, auto: list[HintBatch], hinted: list[HintBatch]
 ) -> dict[str, float]:
-    """CE and ab L1 (Lab units) without hints, ab L1 with the fixed simulated hints, and the mean
-    chroma of the no-hint output and of the truth (the sepia symptom: the first far below the second)."""
+    """CE and ab L1 (Lab units) without hints, ab L1 with the fixed simulated hints, the mean
+    chroma of the no-hint output and of the truth (the sepia symptom: the first far below the second),
+    and the halo: the mean ab change the hints cause far from every hint (`HALO_FRACTION` of the crop)."""
     model.eval()
-    totals = np.zeros(5)
+    totals = np.zeros(6)
     for plain, with_hints in zip(auto, hinted, strict=True):
         ab, logits = model.forward_both(plain.lightness, plain.hint, plain.mask)
         ab_hinted, _ = model.forward_both(with_hints.lightness, with_hints.hint, with_hints.mask)
+        far = far_from_hints(with_hints.mask, max(1, round(HALO_FRACTION * with_hints.mask.shape[-1])))
+        far = far * (with_hints.mask.flatten(1).amax(1) > 0).view(-1, 1, 1, 1)
+        change = (ab_hinted - ab).norm(dim=1, keepdim=True)
         totals += (
             float(F.cross_entropy(logits, plain.target)),
             float((ab - plain.ab).abs().mean()),
             float((ab_hinted - with_hints.ab).abs().mean()),
             float(ab.norm(dim=1).mean()),
             float(plain.ab.norm(dim=1).mean()),
+            float((far * change).sum() / far.sum().clamp(min=1.0)),
         )
-    names = ("val_ce", "val_l1_auto", "val_l1_hints", "val_chroma_auto", "val_chroma_truth")
+    names = ("val_ce", "val_l1_auto", "val_l1_hints", "val_chroma_auto", "val_chroma_truth", "val_halo")
     return dict(zip(names, (totals / max(1, len(auto))).tolist(), strict=True))
 
 
@@ -288,6 +326,12 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
         help="Adam L2 (default: eccv16 1e-3 as Caffe, siggraph17 0)",
     )
     p.add_argument(
+        "--locality-weight",
+        type=float,
+        default=0.0,
+        help="siggraph17: weight of the far-from-hints change penalty (0: upstream recipe)",
+    )
+    p.add_argument(
         "--classification-fraction",
         type=float,
         default=0.3,
@@ -312,6 +356,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--crop must be a multiple of 8 and at least 32, got {args.crop}")
     if not 0 <= args.lambda_rebal <= 1:
         p.error(f"--lambda-rebal must be in [0, 1], got {args.lambda_rebal}")
+    if args.locality_weight < 0:
+        p.error(f"--locality-weight must be at least 0, got {args.locality_weight}")
     if not 0 <= args.classification_fraction <= 1:
         p.error(f"--classification-fraction must be in [0, 1], got {args.classification_fraction}")
     if args.weight_decay is None:
@@ -387,6 +433,7 @@ class _Colorizer(harness.Recipe):
                 "mask_offset": f"{MASK_OFFSET:g}",
                 "classification_fraction": f"{a.classification_fraction:g}",
                 **({"lambda": f"{a.lambda_rebal:g}"} if a.lambda_rebal < 1 else {}),
+                **({"locality_weight": f"{a.locality_weight:g}"} if a.locality_weight > 0 else {}),
             }
         )
         if a.init_from:
@@ -462,7 +509,8 @@ class SiggraphRecipe(_Colorizer):
                 {"step": run.step, "minutes": round(run.elapsed / 60, 2), "stage": "regression"}
             )
             log.info("siggraph17: regression with hints from step %d", run.step)
-        return siggraph_step(self.model, self.optimizer, hint_batch, classification=classification)
+        return siggraph_step(self.model, self.optimizer, hint_batch, classification=classification,
+                             locality_weight=self.args.locality_weight)  # fmt: skip
 
 
 def train(args: argparse.Namespace) -> Path:

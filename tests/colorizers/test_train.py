@@ -246,3 +246,36 @@ def test_run_starts_from_a_shipped_checkpoint_resumes_and_ships_only(
     assert "'lambda': '0.5'" in entry and "'init_from': 'siggraph17-w0.25'" in entry
     assert "'steps': '3'" in entry
     assert path.is_file()
+
+
+def test_far_from_hints_is_every_pixel_outside_the_square_around_each_hint() -> None:
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[0, 0, 10, 20] = 1
+    far = train.far_from_hints(mask, 4)
+    near = far[0, 0] == 0
+    ys, xs = torch.nonzero(near, as_tuple=True)
+    assert (int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())) == (6, 14, 16, 24)
+    # Every Euclidean-near pixel is near here too, so "far" is also far by the evaluation's distance.
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    assert bool(near[((yy - 10) ** 2 + (xx - 20) ** 2) <= 16].all())
+
+
+def test_locality_loss_measures_how_far_the_hints_move_distant_pixels() -> None:
+    torch.manual_seed(0)
+    model = SIGGRAPHGenerator(width=0.125, mask_offset=0.5).eval()
+    batch = _hint_batch()
+    with torch.no_grad():
+        plain, _ = model.forward_both(
+            batch.lightness, torch.zeros_like(batch.hint), torch.zeros_like(batch.mask)
+        )
+        assert float(train.locality_loss(model, plain, batch)) == 0.0  # hints that change nothing
+        moved = plain + torch.tensor([3.0, -4.0]).view(1, 2, 1, 1)  # every pixel moved by 5 ab, |a|+|b| = 7
+        assert float(batch.mask.sum()) > 0 and float(train.far_from_hints(batch.mask, 8).sum()) > 0
+        assert np.isclose(float(train.locality_loss(model, moved, batch)), 7 / 2 / 110, rtol=1e-5)
+
+
+def test_the_locality_weight_is_recorded_and_checked() -> None:
+    args = train.parse_args(["--model", "siggraph17", "--locality-weight", "10"])
+    assert args.locality_weight == 10
+    with pytest.raises(SystemExit):
+        train.parse_args(["--model", "siggraph17", "--locality-weight", "-1"])
