@@ -18,6 +18,11 @@ anything it does not fully understand (XMP, MPO, Adobe/CMYK, 12-bit, a truncated
 over the limit) is opened by Pillow as before, and a JPEG that simplejpeg will not take (a corrupt
 stream) is decoded by Pillow, so errors and odd modes behave as they always did. Where simplejpeg is not
 installed (the worker's image), Pillow does all of it.
+
+A JPEG without alpha can also be written from its own samples, Y'CbCr 4:2:0 (`YCbCr420`, made by
+`ycbcr420` from sRGB as libjpeg would, or by the gateway's Lab kernel straight from L and ab): the
+encoder then skips libjpeg's colour conversion and chroma downsampling, 24 % of the encode
+(bench/results/gateway_overhead.md). `takes_ycbcr420` says where `encode` takes that form.
 """
 
 from __future__ import annotations
@@ -359,8 +364,57 @@ def _frozen(array: NDArray[Any]) -> NDArray[Any]:
     return array
 
 
+@dataclass(frozen=True)
+class YCbCr420:
+    """An image as a 4:2:0 JPEG stores it: libjpeg's Y'CbCr of the sRGB pixels, chroma averaged
+    over 2x2 (`ycbcr420`), for `encode` to write without converting (see `takes_ycbcr420`).
+
+    luma: `(H + H % 2, W + W % 2)` uint8 Y'. TurboJPEG reads Y' to even width and height, so an odd
+        image's last row or column is repeated into the padding (as libjpeg pads before encoding).
+    cb, cr: `((H + 1) // 2, (W + 1) // 2)` uint8.
+    height, width: the image's size.
+    """
+
+    luma: NDArray[np.uint8]
+    cb: NDArray[np.uint8]
+    cr: NDArray[np.uint8]
+    height: int
+    width: int
+
+
+# libjpeg's RGB -> Y'CbCr (jccolor.c): JFIF's full-range BT.601 in 16-bit fixed point, FIX(x) =
+# round(x * 65536); Y' rounds with ONE_HALF, Cb and Cr with ONE_HALF - 1 (255 never rounds to 256).
+_FIX = np.array([[19595, 38470, 7471], [-11059, -21709, 32768], [32768, -27439, -5329]], np.int64)
+_ROUND = np.array([1 << 15, (128 << 16) + (1 << 15) - 1, (128 << 16) + (1 << 15) - 1], np.int64)
+
+
+def ycbcr420(rgb: NDArray[np.uint8]) -> YCbCr420:
+    """`(H, W, 3)` uint8 sRGB -> what libjpeg encodes for it at 4:2:0: Y'CbCr per pixel as jccolor.c
+    computes it, then Cb and Cr as jcsample.c's h2v2_downsample: (sum of the 2x2 block + bias) >> 2,
+    the bias alternating 1, 2 along the row; an odd last row or column replicated first, as libjpeg
+    does. The numpy statement (`service.color.fused.lab_to_ycbcr420_upsampled` computes the same)."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"rgb must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    height, width = rgb.shape[:2]
+    padded = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge").astype(np.int64)
+    luma, cb, cr = ((padded @ _FIX[c] + _ROUND[c]) >> 16 for c in range(3))
+    bias = 1 + (np.arange(padded.shape[1] // 2) & 1)
+
+    def downsampled(plane: NDArray[np.int64]) -> NDArray[np.uint8]:
+        total = plane[0::2, 0::2] + plane[0::2, 1::2] + plane[1::2, 0::2] + plane[1::2, 1::2]
+        return ((total + bias) >> 2).astype(np.uint8)
+
+    return YCbCr420(luma.astype(np.uint8), downsampled(cb), downsampled(cr), height, width)
+
+
+def takes_ycbcr420(fmt: str, alpha: NDArray[Any] | None) -> bool:
+    """Whether `encode` takes this output as `YCbCr420`: a JPEG without alpha (with alpha it is
+    composited over white in sRGB first), where simplejpeg is installed (Pillow takes only RGB)."""
+    return simplejpeg is not None and alpha is None and _output_format(fmt) == "JPEG"
+
+
 def encode(
-    rgb: NDArray[np.uint8],
+    pixels: NDArray[np.uint8] | YCbCr420,
     alpha: NDArray[np.uint8] | NDArray[np.uint16] | None,
     fmt: str,
     quality: int = 90,
@@ -368,7 +422,10 @@ def encode(
     """Encode an sRGB image as PNG, JPEG or WebP.
 
     Args:
-        rgb: `(H, W, 3)` uint8.
+        pixels: `(H, W, 3)` uint8 sRGB, or, where `takes_ycbcr420(fmt, alpha)`, its `YCbCr420`
+            (the same JPEG where the width is a multiple of 16; otherwise the last 16 columns can
+            differ a little, as TurboJPEG pads planes by repeating the last chroma sample where
+            libjpeg averages the repeated pixels).
         alpha: `(H, W)` uint8 or uint16 (scaled to 8 bits), or None. Written to PNG and WebP; a JPEG is
             composited over white instead.
         fmt: "PNG", "JPEG" (or "JPG") or "WEBP", any case.
@@ -378,12 +435,18 @@ def encode(
         InvalidArgument: unknown format, quality out of range, or an image the format cannot hold
             (e.g. wider than WebP's 16383 pixels).
     """
-    name = fmt.upper()
-    name = "JPEG" if name == "JPG" else name
+    name = _output_format(fmt)
     if name not in OUTPUT_FORMATS:
         raise InvalidArgument(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
     if not 1 <= quality <= 100:
         raise InvalidArgument(f"quality must be in 1..100, got {quality}")
+    if isinstance(pixels, YCbCr420):
+        if not takes_ycbcr420(name, alpha):
+            raise ValueError(
+                f"Y'CbCr 4:2:0 planes encode as JPEG without alpha only (takes_ycbcr420), not {name}"
+            )
+        return _encode_ycbcr420(pixels, quality)
+    rgb = pixels
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ValueError(f"rgb must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
     if alpha is not None and alpha.shape != rgb.shape[:2]:
@@ -414,6 +477,30 @@ def encode(
         height, width = rgb.shape[:2]
         raise InvalidArgument(f"cannot encode a {width}x{height} image as {name}: {exc}") from None
     return buffer.getvalue()
+
+
+def _output_format(fmt: str) -> str:
+    name = fmt.upper()
+    return "JPEG" if name == "JPG" else name
+
+
+def _encode_ycbcr420(planes: YCbCr420, quality: int) -> bytes:
+    height, width = planes.height, planes.width
+    even = (height + height % 2, width + width % 2)
+    half = (even[0] // 2, even[1] // 2)
+    arrays = (planes.luma, planes.cb, planes.cr)
+    shapes = tuple(p.shape for p in arrays)
+    if shapes != (even, half, half) or any(p.dtype != np.uint8 or not p.flags.c_contiguous for p in arrays):
+        raise ValueError(
+            f"{width}x{height} needs C-contiguous uint8 planes {even}, {half}, {half}; got {shapes}"
+        )
+    try:
+        encoded: bytes = simplejpeg.encode_jpeg_yuv_planes(
+            planes.luma[:height, :width], planes.cb, planes.cr, quality
+        )
+    except ValueError as exc:  # e.g. wider than JPEG's 65535 pixels
+        raise InvalidArgument(f"cannot encode a {width}x{height} image as JPEG: {exc}") from None
+    return encoded
 
 
 def _alpha_uint8(alpha: NDArray[Any]) -> NDArray[np.uint8]:

@@ -16,6 +16,9 @@ computes the same thing and is tested against them and against skimage / PIL / t
 - `lab_to_srgb8_upsampled`: bilinear ab upsample (PyTorch's `align_corners=False` rule: `resize_ab`'s
   taps), Lab -> XYZ -> linear RGB and the exact uint8 rounding of `lab.lab_planes_to_srgb_uint8` (the
   same bucket and threshold tables), writing the interleaved RGB the encoder takes.
+- `lab_to_ycbcr420_upsampled`: the same sRGB values, then what libjpeg makes of them for a 4:2:0 JPEG
+  (its fixed-point Y'CbCr and 2x2 chroma average, `service.codec.ycbcr420`), for the codec to encode
+  from planes: libjpeg's own conversion and downsampling, and the interleaving, are skipped.
 
 One thread each (no `parallel=True`): the gateway runs many requests on few cores. The kernels are
 compiled when this module is imported (explicit signatures), i.e. when the gateway starts, never on a
@@ -568,6 +571,26 @@ def _f_inverse(f):
     return f * f * f if f > np.float32(_KNEE) else line
 
 
+@_jit()
+def _lab_row_to_srgb8(row, a_lo, a_hi, b_lo, b_hi, f, r8, g8, b8):
+    """One output row: vertical bilinear of the widened ab rows (weight `f` on the upper one), Lab ->
+    linear RGB, exact uint8 rounding, into three planes (interleaved stores kept LLVM from
+    vectorising the loop: 5x slower)."""
+    g = np.float32(1.0) - f
+    for j in range(row.shape[0]):
+        a = g * a_lo[j] + f * a_hi[j]
+        b = g * b_lo[j] + f * b_hi[j]
+        fy = (row[j] + np.float32(16.0)) * np.float32(1.0 / 116.0)
+        fx = fy + a * np.float32(1.0 / 500.0)
+        fz = max(fy - b * np.float32(1.0 / 200.0), np.float32(0.0))  # skimage clamps f_z (only) at 0
+        x = _f_inverse(fx)
+        y = _f_inverse(fy)
+        z = _f_inverse(fz)
+        r8[j] = _quantize(np.float32(_M00) * x + np.float32(_M01) * y + np.float32(_M02) * z)
+        g8[j] = _quantize(np.float32(_M10) * x + np.float32(_M11) * y + np.float32(_M12) * z)
+        b8[j] = _quantize(np.float32(_M20) * x + np.float32(_M21) * y + np.float32(_M22) * z)
+
+
 @_jit(
     types.void(
         _in(types.float32, 2),
@@ -581,32 +604,96 @@ def _f_inverse(f):
     )
 )
 def _lab_to_srgb8_kernel(lightness, ab_rows, lower, upper, frac, red, green, blue):
-    """Per output row: vertical bilinear of the widened ab rows, Lab -> linear RGB, exact uint8 rounding,
-    into three planes (interleaved stores kept LLVM from vectorising the loop: 5x slower)."""
+    """Per output row: `_lab_row_to_srgb8` into three planes."""
     for i in range(lightness.shape[0]):
-        f = frac[i]
-        g = np.float32(1.0) - f
-        a_lo, a_hi = ab_rows[0, lower[i]], ab_rows[0, upper[i]]
-        b_lo, b_hi = ab_rows[1, lower[i]], ab_rows[1, upper[i]]
-        row, r8, g8, b8 = lightness[i], red[i], green[i], blue[i]
-        for j in range(lightness.shape[1]):
-            a = g * a_lo[j] + f * a_hi[j]
-            b = g * b_lo[j] + f * b_hi[j]
-            fy = (row[j] + np.float32(16.0)) * np.float32(1.0 / 116.0)
-            fx = fy + a * np.float32(1.0 / 500.0)
-            fz = max(fy - b * np.float32(1.0 / 200.0), np.float32(0.0))  # skimage clamps f_z (only) at 0
-            x = _f_inverse(fx)
-            y = _f_inverse(fy)
-            z = _f_inverse(fz)
-            r8[j] = _quantize(np.float32(_M00) * x + np.float32(_M01) * y + np.float32(_M02) * z)
-            g8[j] = _quantize(np.float32(_M10) * x + np.float32(_M11) * y + np.float32(_M12) * z)
-            b8[j] = _quantize(np.float32(_M20) * x + np.float32(_M21) * y + np.float32(_M22) * z)
+        lo, hi = lower[i], upper[i]
+        _lab_row_to_srgb8(
+            lightness[i], ab_rows[0, lo], ab_rows[0, hi], ab_rows[1, lo], ab_rows[1, hi], frac[i],
+            red[i], green[i], blue[i],
+        )  # fmt: skip
 
 
-def lab_to_srgb8_upsampled(lightness: NDArray[Any], ab: NDArray[Any]) -> NDArray[np.uint8]:
-    """Full-resolution L `(H, W)` and ab `(2, h, w)` -> `(H, W, 3)` uint8 sRGB: `resize_ab` of ab to
-    (H, W), then `lab.lab_planes_to_srgb_uint8` (the same gamut clamp and rounding), in one pass; the
-    three planes are interleaved by `cv2.merge` (SIMD, 0.13 ns a pixel)."""
+# libjpeg's RGB -> Y'CbCr (jccolor.c: JFIF's full-range BT.601 in 16-bit fixed point, FIX(x) =
+# round(x * 65536)); Y' rounds with ONE_HALF, Cb and Cr with ONE_HALF - 1 so 255 never rounds to 256.
+_FIX_Y = (19595, 38470, 7471)  # FIX(0.29900), FIX(0.58700), FIX(0.11400)
+_FIX_CB = (-11059, -21709, 32768)  # -FIX(0.16874), -FIX(0.33126), FIX(0.5)
+_FIX_CR = (32768, -27439, -5329)  # FIX(0.5), -FIX(0.41869), -FIX(0.08131)
+_Y_ROUND = 1 << 15
+_C_ROUND = (128 << 16) + (1 << 15) - 1
+
+
+@_jit()
+def _ycc_row(r8, g8, b8, luma, cb, cr):
+    """libjpeg's fixed-point Y'CbCr of one row of uint8 sRGB: Y' into `luma`, Cb and Cr (full
+    resolution, for the 2x2 sums) into int32 rows. In float32, exactly: every product and partial
+    sum is an integer below 2^24 in magnitude (the largest, Cb or Cr of 255 with its rounding term,
+    is 2^24 - 1) and 2^-16 is a power of two, so the truncation is the C code's shift; numba would
+    promote int32 arithmetic to int64, which vectorises worse."""
+    for j in range(r8.shape[0]):
+        r = np.float32(r8[j])
+        g = np.float32(g8[j])
+        b = np.float32(b8[j])
+        y = np.float32(_FIX_Y[0]) * r + np.float32(_FIX_Y[1]) * g + np.float32(_FIX_Y[2]) * b
+        u = np.float32(_FIX_CB[0]) * r + np.float32(_FIX_CB[1]) * g + np.float32(_FIX_CB[2]) * b
+        v = np.float32(_FIX_CR[0]) * r + np.float32(_FIX_CR[1]) * g + np.float32(_FIX_CR[2]) * b
+        luma[j] = np.uint8(np.int32((y + np.float32(_Y_ROUND)) * np.float32(1.0 / 65536.0)))
+        cb[j] = np.int32((u + np.float32(_C_ROUND)) * np.float32(1.0 / 65536.0))
+        cr[j] = np.int32((v + np.float32(_C_ROUND)) * np.float32(1.0 / 65536.0))
+
+
+@_jit(
+    types.void(
+        _in(types.float32, 2),
+        _in(types.float32, 3),
+        _in(types.int32, 1),
+        _in(types.int32, 1),
+        _in(types.float32, 1),
+        _out(types.uint8, 2),
+        _out(types.uint8, 2),
+        _out(types.uint8, 2),
+        _out(types.uint8, 2),
+        _out(types.int32, 2),
+    )
+)
+def _lab_to_ycc420_kernel(lightness, ab_rows, lower, upper, frac, luma, cb, cr, rgb_rows, chroma_rows):
+    """Per pair of output rows: `_lab_row_to_srgb8` of each into small row buffers (L1), libjpeg's
+    Y'CbCr of them (`_ycc_row`), then Cb and Cr averaged over 2x2 as jcsample.c's h2v2_downsample
+    does: (sum of four + bias) >> 2, the bias alternating 1, 2 along the row. An odd last row or
+    column is its own neighbour (libjpeg replicates it before downsampling), and Y' gets that
+    padding too: TurboJPEG reads Y' to even width and height. (Y'CbCr in the Lab loop itself, no
+    row buffers: the same time; a helper returning the (R, G, B) tuple stopped LLVM vectorising.)"""
+    height, width = lightness.shape
+    even_width = luma.shape[1]
+    for k in range(cb.shape[0]):
+        for t in range(2):
+            i = min(2 * k + t, height - 1)
+            lo, hi = lower[i], upper[i]
+            _lab_row_to_srgb8(
+                lightness[i], ab_rows[0, lo], ab_rows[0, hi], ab_rows[1, lo], ab_rows[1, hi], frac[i],
+                rgb_rows[0, :width], rgb_rows[1, :width], rgb_rows[2, :width],
+            )  # fmt: skip
+            _ycc_row(
+                rgb_rows[0, :width], rgb_rows[1, :width], rgb_rows[2, :width],
+                luma[2 * k + t, :width], chroma_rows[2 * t, :width], chroma_rows[2 * t + 1, :width],
+            )  # fmt: skip
+            if even_width > width:
+                luma[2 * k + t, width] = luma[2 * k + t, width - 1]
+                chroma_rows[2 * t, width] = chroma_rows[2 * t, width - 1]
+                chroma_rows[2 * t + 1, width] = chroma_rows[2 * t + 1, width - 1]
+        u0, v0, u1, v1 = chroma_rows[0], chroma_rows[1], chroma_rows[2], chroma_rows[3]
+        cb_row, cr_row = cb[k], cr[k]
+        for m in range(cb.shape[1]):
+            bias = 1 + (m & 1)
+            cb_row[m] = np.uint8((u0[2 * m] + u0[2 * m + 1] + u1[2 * m] + u1[2 * m + 1] + bias) >> 2)
+            cr_row[m] = np.uint8((v0[2 * m] + v0[2 * m + 1] + v1[2 * m] + v1[2 * m + 1] + bias) >> 2)
+
+
+def _upsample_inputs(
+    lightness: NDArray[Any], ab: NDArray[Any]
+) -> tuple[
+    NDArray[np.float32], NDArray[np.float32], tuple[NDArray[np.int32], NDArray[np.int32], NDArray[np.float32]]
+]:
+    """(L as float32, ab widened to L's width, the vertical taps) for the Lab kernels."""
     if lightness.ndim != 2 or ab.ndim != 3 or ab.shape[0] != 2:
         raise ValueError(f"need L (H, W) and ab (2, h, w), got {lightness.shape} and {ab.shape}")
     height, width = lightness.shape
@@ -616,7 +703,15 @@ def lab_to_srgb8_upsampled(lightness: NDArray[Any], ab: NDArray[Any]) -> NDArray
     widened = np.empty((2, small.shape[1], width), np.float32)
     _widen_kernel(small, *bilinear_taps(small.shape[2], width), widened)
     light = np.ascontiguousarray(lightness, np.float32)
-    lower, upper, frac = bilinear_taps(small.shape[1], height)
+    return light, widened, bilinear_taps(small.shape[1], height)
+
+
+def lab_to_srgb8_upsampled(lightness: NDArray[Any], ab: NDArray[Any]) -> NDArray[np.uint8]:
+    """Full-resolution L `(H, W)` and ab `(2, h, w)` -> `(H, W, 3)` uint8 sRGB: `resize_ab` of ab to
+    (H, W), then `lab.lab_planes_to_srgb_uint8` (the same gamut clamp and rounding), in one pass; the
+    three planes are interleaved by `cv2.merge` (SIMD, 0.13 ns a pixel)."""
+    light, widened, (lower, upper, frac) = _upsample_inputs(lightness, ab)
+    height, width = light.shape
     out = np.empty((height, width, 3), np.uint8)
     # In blocks of rows whose three planes stay in L2 (~192 KiB), merged straight into the output's
     # rows: 12 MB less to allocate at 2048² (page faults where the heap was trimmed) and to write and
@@ -631,6 +726,24 @@ def lab_to_srgb8_upsampled(lightness: NDArray[Any], ab: NDArray[Any]) -> NDArray
         )
         cv2.merge(block, dst=out[start:stop])
     return out
+
+
+def lab_to_ycbcr420_upsampled(
+    lightness: NDArray[Any], ab: NDArray[Any]
+) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8]]:
+    """What libjpeg makes of `lab_to_srgb8_upsampled`'s pixels for a 4:2:0 JPEG, in the same pass:
+    `service.codec.ycbcr420` of them (the numpy statement), the planes of a `service.codec.YCbCr420`.
+    Y' is `(H + H % 2, W + W % 2)`, an odd last row or column repeated; Cb and Cr are
+    `((H + 1) // 2, (W + 1) // 2)`; uint8."""
+    light, widened, taps = _upsample_inputs(lightness, ab)
+    height, width = light.shape
+    luma = np.empty((height + height % 2, width + width % 2), np.uint8)
+    cb = np.empty((luma.shape[0] // 2, luma.shape[1] // 2), np.uint8)
+    cr = np.empty_like(cb)
+    rgb_rows = np.empty((3, width), np.uint8)
+    chroma_rows = np.empty((4, luma.shape[1]), np.int32)
+    _lab_to_ycc420_kernel(light, widened, *taps, luma, cb, cr, rgb_rows, chroma_rows)
+    return luma, cb, cr
 
 
 # ---- larsson16: the neutral gray of L --------------------------------------------------------------

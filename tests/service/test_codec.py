@@ -353,6 +353,98 @@ class TestEncode:
             codec.encode(np.zeros((4, 4, 3), np.float32), None, "PNG")
 
 
+def _photo(height: int, width: int) -> NDArray[np.uint8]:
+    """A crop of a sample photo (edges, texture, saturated colour: what chroma rounding meets)."""
+    path = Path(__file__).parents[2] / "samples" / "coffee.jpg"
+    with Image.open(path) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    return np.ascontiguousarray(rgb[:height, :width])
+
+
+class TestYCbCr420:
+    """`ycbcr420` (the numpy statement of libjpeg's Y'CbCr and 4:2:0 downsampling) against libjpeg
+    itself: encoding its planes gives the very bytes simplejpeg writes from the RGB."""
+
+    @pytest.mark.parametrize("shape", [(64, 96), (65, 96), (33, 16), (2, 32), (300, 400)])
+    @pytest.mark.parametrize("quality", [90, 100])
+    def test_same_jpeg_as_libjpeg_from_rgb(self, shape: tuple[int, int], quality: int) -> None:
+        rgb = _photo(*shape)
+        planes = codec.ycbcr420(rgb)
+        assert codec.encode(planes, None, "JPEG", quality) == codec.encode(rgb, None, "JPEG", quality)
+
+    @pytest.mark.parametrize("shape", [(64, 100), (65, 97), (300, 451), (17, 1), (2, 3)])
+    def test_other_widths_differ_only_in_the_last_16_columns(self, shape: tuple[int, int]) -> None:
+        # Widths that are not a multiple of 16 (the MCU) pad the last MCU differently: TurboJPEG
+        # repeats the last chroma sample of the planes, libjpeg averages the repeated pixels. Only
+        # that MCU column (and the column before it, which the decoder's chroma upsampling reads)
+        # can change.
+        rgb = _photo(*shape)
+        from_planes = simplejpeg.decode_jpeg(codec.encode(codec.ycbcr420(rgb), None, "JPEG", 90))
+        from_rgb = simplejpeg.decode_jpeg(codec.encode(rgb, None, "JPEG", 90))
+        untouched = max(0, (shape[1] - 1) // 16 * 16 - 1)
+        np.testing.assert_array_equal(from_planes[:, :untouched], from_rgb[:, :untouched])
+        assert np.abs(from_planes.astype(int) - from_rgb).max() <= 16
+
+    @pytest.mark.parametrize("width", [32, 48])
+    def test_one_row_is_422_with_the_same_samples(self, width: int) -> None:
+        # simplejpeg reads one chroma row for one row of pixels as 4:2:2 (it tries full vertical
+        # resolution first): the same samples, only the decoder's chroma upsampling rounds otherwise.
+        rgb = _photo(1, width)
+        from_planes = codec.encode(codec.ycbcr420(rgb), None, "JPEG", 90)
+        assert simplejpeg.decode_jpeg_header(from_planes)[3] == "422"
+        decoded = simplejpeg.decode_jpeg(from_planes).astype(int)
+        assert np.abs(decoded - simplejpeg.decode_jpeg(codec.encode(rgb, None, "JPEG", 90))).max() <= 2
+
+    def test_odd_sizes_repeat_the_last_row_and_column(self) -> None:
+        rgb = _photo(5, 7)
+        planes = codec.ycbcr420(rgb)
+        assert (planes.height, planes.width) == (5, 7)
+        assert planes.luma.shape == (6, 8) and planes.cb.shape == planes.cr.shape == (3, 4)
+        np.testing.assert_array_equal(planes.luma[5], planes.luma[4])
+        np.testing.assert_array_equal(planes.luma[:, 7], planes.luma[:, 6])
+        even = codec.ycbcr420(np.pad(rgb, ((0, 1), (0, 1), (0, 0)), mode="edge"))
+        for got, expected in zip(
+            (planes.luma, planes.cb, planes.cr), (even.luma, even.cb, even.cr), strict=True
+        ):
+            np.testing.assert_array_equal(got, expected)
+
+    def test_gray_black_and_white(self) -> None:
+        rgb = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
+        planes = codec.ycbcr420(rgb)
+        np.testing.assert_array_equal(planes.luma, rgb[..., 0])  # Y' of a gray is the gray
+        assert np.all(planes.cb == 128) and np.all(planes.cr == 128)
+        corners = codec.ycbcr420(np.array([[[255, 0, 0], [0, 0, 255]]], np.uint8))
+        np.testing.assert_array_equal(corners.luma[0], [76, 29])  # 0.299 and 0.114 of 255, rounded
+
+    @pytest.mark.parametrize(
+        ("fmt", "alpha", "taken"),
+        [("JPEG", False, True), ("jpg", False, True), ("JPEG", True, False), ("PNG", False, False),
+         ("WEBP", False, False), ("GIF", False, False)],
+    )  # fmt: skip
+    def test_takes_ycbcr420(self, fmt: str, alpha: bool, taken: bool) -> None:
+        assert codec.takes_ycbcr420(fmt, np.zeros((2, 2), np.uint8) if alpha else None) is taken
+
+    def test_without_simplejpeg_only_rgb(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(codec, "simplejpeg", None)
+        assert not codec.takes_ycbcr420("JPEG", None)
+
+    def test_planes_keep_encodes_errors(self) -> None:
+        planes = codec.ycbcr420(_smooth_rgb())
+        with pytest.raises(InvalidArgument, match="'GIF'"):
+            codec.encode(planes, None, "GIF")
+        with pytest.raises(InvalidArgument, match=r"quality must be in 1\.\.100, got 0"):
+            codec.encode(planes, None, "JPEG", 0)
+        with pytest.raises(InvalidArgument, match="cannot encode a 70000x1 image as JPEG"):
+            codec.encode(codec.ycbcr420(np.zeros((1, 70000, 3), np.uint8)), None, "JPEG")
+        with pytest.raises(ValueError, match="JPEG without alpha"):
+            codec.encode(planes, None, "PNG")
+        with pytest.raises(ValueError, match="JPEG without alpha"):
+            codec.encode(planes, np.zeros((48, 64), np.uint8), "JPEG")
+        wrong = codec.YCbCr420(planes.luma, planes.cb, planes.cr[:, :-1], planes.height, planes.width)
+        with pytest.raises(ValueError, match="planes"):
+            codec.encode(wrong, None, "JPEG")
+
+
 class TestJpegHeaderParser:
     """The marker parser that spares plain JPEGs a Pillow open agrees with Pillow wherever it answers,
     and hands everything else to Pillow (None)."""

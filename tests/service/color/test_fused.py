@@ -4,6 +4,7 @@ bilinear rule (through ab_decode.resize_ab, itself tested bit for bit against to
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -267,6 +268,78 @@ class TestLabToSrgb8Upsampled:
             fused.lab_to_srgb8_upsampled(np.zeros((4, 4), np.float32), np.zeros((3, 4, 4), np.float32))
 
 
+class TestLabToYCbCr420Upsampled:
+    """The same pass to the planes a 4:2:0 JPEG stores: exactly `codec.ycbcr420` (itself tested
+    against libjpeg's own conversion, tests/service/test_codec.py) of `lab_to_srgb8_upsampled`."""
+
+    @pytest.mark.parametrize(
+        ("shape", "small"),
+        [((512, 768), (64, 64)), ((512, 512), (256, 256)), ((37, 53), (64, 64)), ((1, 1), (64, 64)),
+         ((1, 300), (64, 64)), ((300, 1), (1, 1)), ((257, 129), (64, 64)), ((2, 2), (3, 5))],
+    )  # fmt: skip
+    def test_is_the_codecs_planes_of_the_srgb(self, shape: tuple[int, int], small: tuple[int, int]) -> None:
+        rng = np.random.default_rng(16)
+        lightness = rng.uniform(0, 100, shape).astype(np.float32)
+        ab = rng.uniform(-110, 110, (2, *small)).astype(np.float32)  # well outside the gamut too
+        expected = codec.ycbcr420(fused.lab_to_srgb8_upsampled(lightness, ab))
+        for got, want in zip(
+            fused.lab_to_ycbcr420_upsampled(lightness, ab),
+            (expected.luma, expected.cb, expected.cr),
+            strict=True,
+        ):
+            assert got.dtype == np.uint8
+            np.testing.assert_array_equal(got, want)
+
+    def test_against_the_exact_rounding_reference(self) -> None:
+        rng = np.random.default_rng(17)
+        lightness = rng.uniform(0, 100, (96, 80)).astype(np.float32)
+        ab = rng.uniform(-80, 80, (2, 24, 20)).astype(np.float16)
+        for array in (lightness, ab):
+            array.flags.writeable = False
+        expected = codec.ycbcr420(_exact(lightness, ab.astype(np.float32)))
+        got = fused.lab_to_ycbcr420_upsampled(lightness, ab)
+        for plane, want in zip(got, (expected.luma, expected.cb, expected.cr), strict=True):
+            assert np.abs(plane.astype(np.int64) - want).max() <= 1  # the sRGB's own <= 1
+
+    def test_the_gateway_writes_jpeg_from_planes_and_the_rest_from_rgb(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A JPEG without alpha from the planes, byte for byte what encoding the sRGB gives (the width
+        is a multiple of 16); PNG and JPEG with alpha from the sRGB."""
+        from service.gateway import colorize
+
+        spec = contract.MODELS["siggraph17"]
+        rgb = np.random.default_rng(18).integers(0, 256, (40, 64, 3), dtype=np.uint8)
+        data = codec.encode(rgb, None, "PNG")
+        ab = np.random.default_rng(19).uniform(-60, 60, (2, 32, 32)).astype(np.float32)
+        calls: list[str] = []
+
+        def counted(name: str) -> Any:
+            real = getattr(fused, name)
+
+            def call(*args: Any) -> Any:
+                calls.append(name)
+                return real(*args)
+
+            return call
+
+        for name in ("lab_to_srgb8_upsampled", "lab_to_ycbcr420_upsampled"):
+            monkeypatch.setattr(fused, name, counted(name))
+        for fmt, alpha, kernel in (
+            ("JPEG", None, "lab_to_ycbcr420_upsampled"),
+            ("PNG", None, "lab_to_srgb8_upsampled"),
+            ("JPEG", np.full((40, 64), 200, np.uint8), "lab_to_srgb8_upsampled"),
+        ):
+            options = colorize.ColorizeOptions("siggraph17", None, 32, fmt, 90)
+            prepared = colorize.prepare(data, spec, options, max_pixels=1 << 20, max_bytes=1 << 22)
+            prepared = dataclasses.replace(prepared, alpha=alpha)
+            calls.clear()
+            encoded, out_fmt = colorize.finish(prepared, ab, options)
+            assert calls == [kernel] and out_fmt == fmt
+            srgb = fused.lab_to_srgb8_upsampled(prepared.lightness, ab)
+            assert encoded == codec.encode(srgb, alpha, fmt, 90)
+
+
 class TestL8AndResized:
     @pytest.mark.parametrize(
         ("shape", "size"),
@@ -305,6 +378,7 @@ class TestCompilation:
             fused._anneal_kernel,
             fused._widen_kernel,
             fused._lab_to_srgb8_kernel,
+            fused._lab_to_ycc420_kernel,
             fused._neutral_gray_kernel,
             fused._hue_chroma_kernel,
             fused._l_and_rows_kernel,
