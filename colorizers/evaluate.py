@@ -13,7 +13,8 @@ predicted at H/4, upsampled x4 and recombined with the true L:
 Scored for gray (ab = 0), the ground truth (colourfulness only) and the model at each annealing
 temperature of `--temperatures`; `pick_temperature` chooses the default T from those numbers.
 Writes `metrics.json` and `model_card.md` (a section for colorizers/MODEL_CARD.md) into `--out`, and
-sample grids (gray | model | truth; gray | T sweep | truth) as PNG into `--results`, showing only the
+sample grids (gray | model | truth; gray | T sweep | truth) as `<checkpoint>_samples.png` and
+`<checkpoint>_temperatures.png` into `--results`, showing only the
 validation photos whose licence allows redistribution.
 """
 
@@ -316,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--results", type=Path, default=RESULTS_DIR, help="sample grids (default: %(default)s)"
     )
+    parser.add_argument("--prefix", default="", help="grid file names (default: the checkpoint's name)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -331,19 +333,20 @@ def main(argv: list[str] | None = None) -> int:
                              temperatures=tuple(args.temperatures), max_images=args.max_images,
                              samples=shareable, device=args.device)  # fmt: skip
     default = f"{metrics['default_temperature']:g}"
+    prefix = args.prefix or Path(args.checkpoint).stem  # each evaluated checkpoint keeps its own grids
     triplets = [g + m + t for g, m, t in zip(rows["gray"], rows[default], rows["truth"], strict=True)]
     sweep = [[g[0], *(rows[f"{t:g}"][i][0] for t in args.temperatures), rows["truth"][i][0]]
              for i, g in enumerate(rows["gray"])]  # fmt: skip
     grids = {
-        f"gray | model T={default} | truth": "results/eccv16_samples.png",
+        f"gray | model T={default} | truth": f"results/{prefix}_samples.png",
         f"gray | T = {' / '.join(f'{t:g}' for t in args.temperatures)} | truth": (
-            "results/eccv16_temperatures.png"
+            f"results/{prefix}_temperatures.png"
         ),
     }
     if triplets:
         args.results.mkdir(parents=True, exist_ok=True)
-        _grid(triplets, 192).save(args.results / "eccv16_samples.png", optimize=True)
-        _grid(sweep, 160).save(args.results / "eccv16_temperatures.png", optimize=True)
+        _grid(triplets, 192).save(args.results / f"{prefix}_samples.png", optimize=True)
+        _grid(sweep, 160).save(args.results / f"{prefix}_temperatures.png", optimize=True)
 
     summary_path = args.cache / "summary.json"
     data_summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}

@@ -164,6 +164,29 @@ REGISTRY: dict[str, Checkpoint] = {
             seed=0,
         ),
         Checkpoint(
+            name="eccv16-w0.25-l0.75",
+            arch="eccv16",
+            width=0.25,
+            trained=True,
+            description=(
+                "trained by colorizers.train on the colorizers.data photos (λ=0.75, from eccv16-w0.25-l1)"
+            ),
+            sha256="ae689b41aaef0d5a9527bbf80c1147b9ffcdd356797d0669d47c8a83e4bf7887",
+            filename="eccv16-w0.25-l0.75.pth",
+            meta={
+                "lambda": "0.75",
+                "temperature": "1",
+                "init_from": "eccv16-w0.25-l1",
+                "crop": "96",
+                "batch": "16",
+                "steps": "8152",
+                "minutes": "140.0",
+                "lr": "0.0001",
+                "seed": "0",
+                "data_manifest_sha256": "f14a1bf53c8d1b64978d828fc72257dcdbaf3bb3afc7c73d86e4e91db8889fc0",
+            },
+        ),
+        Checkpoint(
             name="eccv16-w0.25-l1",
             arch="eccv16",
             width=0.25,
@@ -195,7 +218,7 @@ REGISTRY: dict[str, Checkpoint] = {
 }
 
 DEFAULT = {
-    "eccv16": "eccv16-w0.25-l1",
+    "eccv16": "eccv16-w0.25-l0.75",
     "siggraph17": "siggraph17-w0.25-l0.75",
     "larsson16": "larsson16-w0.125",
 }

@@ -34,7 +34,8 @@ def test_both_trainers_keep_their_flags_and_defaults() -> None:
     assert eccv == {
         "model": "eccv16", "width": 0.25, "minutes": 90.0, "max_steps": 0, "crop": 128, "batch": 16,
         "lambda_rebal": 0.5, "init_from": "", "ship_only": False, "lr": 0.0003, "weight_decay": 0.001,
-        "classification_fraction": 0.3, "seed": 0, "threads": 2, "device": "cpu", "name": "eccv16-w0.25-l0.5",
+        "locality_weight": 0.0, "classification_fraction": 0.3, "seed": 0, "threads": 2, "device": "cpu",
+        "name": "eccv16-w0.25-l0.5",
         "val_images": 64, "val_every": 5.0, "save_every": 5.0, "fresh": False,
     }  # fmt: skip
     larsson = {k: v for k, v in vars(train_larsson.parse_args([])).items() if k not in paths}
