@@ -279,3 +279,13 @@ def test_the_locality_weight_is_recorded_and_checked() -> None:
     assert args.locality_weight == 10
     with pytest.raises(SystemExit):
         train.parse_args(["--model", "siggraph17", "--locality-weight", "-1"])
+
+
+def test_the_no_hint_pass_of_the_locality_term_gets_the_gradient_too() -> None:
+    # A detached no-hint target ran away in training (module docstring): the term must pull both ways.
+    torch.manual_seed(0)
+    model = SIGGRAPHGenerator(width=0.125, mask_offset=0.5).train()
+    batch = _hint_batch()
+    fixed = torch.zeros_like(batch.ab)  # a hinted output without gradient: only the no-hint pass can move
+    train.locality_loss(model, fixed, batch).backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.parameters())
