@@ -89,6 +89,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -391,6 +392,30 @@ def _redis_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
     return wrapper
 
 
+class _DeliversCancels(AbstractConnection):
+    """Mixed into every connection of the bus's pool (`JobBus.from_url`): a cancel that reaches a
+    command while its write is awaited is raised, never lost.
+
+    redis-py awaits each command's write in `asyncio.wait_for(write, socket_timeout)` when a socket
+    timeout is set (redis-py 8.1's default: 5 s), and Python 3.11's `wait_for` swallows a cancel that
+    lands between the write completing and the waiting task resuming: it returns as if the task had not
+    been cancelled (python/cpython#86296, #107547; 3.12 rebuilt `wait_for` on `asyncio.timeout`). An
+    `asyncio.timeout` expiring there (`GET /v1/restore/{id}`), a gRPC cancel or a shutdown was lost, and
+    the watch of a job that no worker runs read on forever. A cancel request that came during the write
+    would have been raised at its last await, so one that the task's count of requests shows after a
+    write that returned was swallowed: raise it here. Its command's reply would be left unread, so the
+    connection is dropped first, as redis-py drops one whose write was cancelled.
+    """
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        task = asyncio.current_task()
+        asked = task.cancelling() if task is not None else 0
+        await super().send_packed_command(command, check_health)
+        if task is not None and task.cancelling() > asked:
+            await self.disconnect(nowait=True)
+            raise asyncio.CancelledError
+
+
 @dataclass(frozen=True)
 class Claim:
     """A queue entry a worker has taken: the job id, its priority level and the stream entry id."""
@@ -435,9 +460,13 @@ class JobBus:
         # no retry). Longer outages are the callers' backoff loops (worker, `events`).
         retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
         errors = [RedisConnectionError, RedisTimeoutError]
-        return cls(
-            aioredis.Redis.from_url(url, socket_connect_timeout=2.0, retry=retry, retry_on_error=errors)
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0, retry=retry, retry_on_error=errors)
+        # The URL's scheme picks the class (TCP, TLS, unix socket); each gets cancels delivered.
+        pool = client.connection_pool
+        pool.connection_class = type(
+            f"CancelDelivering{pool.connection_class.__name__}", (_DeliversCancels, pool.connection_class), {}
         )
+        return cls(client)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -214,6 +214,47 @@ def test_cancel_codes_written_as_numbers_by_an_older_gateway_are_still_read(redi
     run(redis_url, body)
 
 
+def test_a_timeout_ends_a_watch_whichever_tick_it_fires_on(redis_url: str) -> None:
+    """`GET /v1/restore/{id}` is an `asyncio.timeout` around `events` of a job that may never end: the
+    timeout must end the watch wherever it lands, and the client must answer at once afterwards.
+
+    Fired one loop tick later each time, it lands in every await of the watch's first commands (EXISTS,
+    then XREAD: writes and reads), among them the ticks between a command's write completing and the
+    task resuming, where Python 3.11's `asyncio.wait_for` swallowed the cancel and the watch read on
+    forever (`_DeliversCancels`).
+    """
+
+    async def body(bus: JobBus) -> None:
+        await submit(bus, job("a"))
+        loop = asyncio.get_running_loop()
+        missed: list[str] = []
+
+        async def watch(timeouts: list[asyncio.Timeout]) -> None:
+            async with asyncio.timeout(None) as timeout:
+                timeouts.append(timeout)
+                async for _ in bus.events("a", block_s=0.2, ttl_s=60):
+                    pass
+
+        for ticks in range(40):
+            timeouts: list[asyncio.Timeout] = []
+            task = asyncio.create_task(watch(timeouts))
+            for _ in range(ticks + 1):  # the first runs the watch up to its first await
+                await asyncio.sleep(0)
+            timeouts[0].reschedule(loop.time())  # fires on the next tick
+            await asyncio.wait({task}, timeout=2.0)
+            if not task.done():
+                missed.append(f"{ticks}: still reading")
+                task.cancel()
+                await asyncio.wait({task})
+            elif not isinstance(task.exception(), TimeoutError):
+                missed.append(f"{ticks}: {task.exception()!r}")
+            async with asyncio.timeout(1.0):
+                assert await bus.redis.ping()  # the connection the cancel hit is not left half-read
+        assert not missed, f"a timeout fired this many ticks in did not end the watch: {missed}"
+
+    run(redis_url, body)
+
+
 def test_redis_unreachable_is_unavailable() -> None:
     async def main() -> None:
         bus = JobBus.from_url(f"redis://127.0.0.1:{free_port()}/0")
