@@ -338,7 +338,7 @@ def markdown(r: Mapping[str, Any], quick: bool) -> str:
 512x512 JPEG, eccv16 at working size 256, JPEG out. Capacity: a closed loop of {CAPACITY_CONCURRENCY}
 callers for {plan["capacity_s"]:.0f} s: {cap["ok_per_s"]:.1f} OK/s (p50 {cap["p50_ms"]:.0f} ms). Then
 {r["rate_per_s"]:.1f} req/s for {plan["overload_s"]:.0f} s, evenly spaced, deadlines {deadlines} s
-in turn. Triton's niceness (process and session): {plan.get("triton_nice", 0)}.
+in turn. Triton's niceness (in the bench's session): {plan.get("triton_nice", 0)}.
 
 | measure | value | goal |
 |---|---|---|
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         "--triton-nice",
         type=int,
         default=COMPUTE_NICE_DEFAULT,
-        help=f"Triton's niceness, process and session (default {COMPUTE_NICE_DEFAULT}, as make run)",
+        help=f"Triton's niceness, in our session (default {COMPUTE_NICE_DEFAULT}, as make run)",
     )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
     args = parser.parse_args(argv)

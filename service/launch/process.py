@@ -3,23 +3,25 @@
 Used by `make run` (`service.launch.stack`), the benchmarks and the integration tests alike, so a
 process is started and stopped the same way everywhere:
 
-- each child gets its **own session** (`start_new_session`): a terminal's Ctrl-C reaches only the
-  parent, which then stops the children in order (workers hand their jobs back before Redis goes);
+- each child gets its **own process group** (`process_group=0`) in the caller's session: a
+  terminal's Ctrl-C reaches only the parent's group, which then stops the children in order (workers
+  hand their jobs back before Redis goes);
 - its stdout and stderr go to **its own log file**, whose last lines are the message when it fails
   to start, so the real cause (Redis's "Can't open the log file", Triton's model load error) is
   printed instead of a secondary error;
 - `stop()` sends SIGTERM by PID, escalates to SIGKILL of the whole process group after a grace
   period, and then sweeps the group once more: Triton's Python-backend stubs are its children in
   its group, and they outlive a killed parent (orphaned to PID 1) unless the group is swept;
-- `nice` > 0 runs bulk compute (Triton, the Restore workers) below the gateway. A process's nice
-  value alone does not do that on Linux with autogroup scheduling (the default on desktop and many
-  server kernels, and on this project's hosts): the scheduler first shares the cores fairly between
-  *sessions*, and nice only weighs threads inside one. Each child is its own session, so Triton at
-  nice 10 still got an equal share against the gateway, and the gateway's event loop waited behind
-  Triton's batches to answer even a refusal (issue #16: refusal p99 61 ms, max 87-105 ms at 2x
-  load). The session's own weight (`/proc/<pid>/autogroup`) is set too: p99 28-34 ms, max 48-60 ms,
-  OK throughput unchanged (bench.overload, 40 s runs, same host). Where the kernel has no autogroup
-  the plain nice value is what counts, and it is set as well.
+- `nice` > 0 runs bulk compute (Triton, the Restore workers) below the gateway. On Linux with
+  autogroup scheduling (the default on desktop and many server kernels, and on this project's hosts)
+  the scheduler first shares the cores fairly between *sessions* and nice only weighs threads inside
+  one, which is why the children stay in the caller's session. History: they used to get sessions of
+  their own (`start_new_session`), so Triton at nice 10 still had an equal share against the gateway
+  (issue #16: refusal p99 61 ms, max 87-105 ms at 2x load); lowering those sessions' own weight
+  (`/proc/<pid>/autogroup` at 10) fixed the refusals but made the whole compute side weigh a tenth of
+  *any* other busy session on the host: on a loaded machine a 10-iteration Restore took over 300 s.
+  One session for the stack gives both: inside it the gateway outweighs Triton and the workers, and
+  against the user's other work the stack weighs as one session.
 """
 
 from __future__ import annotations
@@ -55,19 +57,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _session_nice(pid: int, nice: int) -> None:
-    """Weighs `pid`'s session (its autogroup, new with `start_new_session`) at `nice`; nothing where
-    the kernel has no autogroup. Raising a nice value needs no privilege; a failure only costs
-    latency, so it is logged, not raised."""
-    path = Path(f"/proc/{pid}/autogroup")
-    try:
-        path.write_text(f"{nice}\n")
-    except FileNotFoundError:
-        return  # no autogroup scheduling (or the child already exited: its start-up check says so)
-    except OSError as e:
-        log.warning("could not lower the scheduling weight of pid %d's session: %s", pid, e)
-
-
 def log_tail(path: Path, lines: int = 20) -> str:
     """The last `lines` lines of a log file ("" when there is none yet)."""
     try:
@@ -79,7 +68,7 @@ def log_tail(path: Path, lines: int = 20) -> str:
 
 @dataclass
 class ManagedProcess:
-    """A child process in its own session with its own log file; `spawn`, `wait_until`, `stop`."""
+    """A child process in its own process group with its own log file; `spawn`, `wait_until`, `stop`."""
 
     name: str
     process: subprocess.Popen[bytes]
@@ -98,7 +87,7 @@ class ManagedProcess:
         nice: int = 0,
     ) -> ManagedProcess:
         """`append`: a restart keeps the log of the run before it (the crash is in there); `nice`:
-        the child's niceness and its session's (module docstring), 0 = the caller's."""
+        the child's niceness (module docstring), 0 = the caller's."""
         if not 0 <= nice <= 19:
             raise ValueError(f"nice must be 0..19 (0 = unchanged), got {nice}")
         if nice:
@@ -114,12 +103,10 @@ class ManagedProcess:
                     stdin=subprocess.DEVNULL,
                     env=None if env is None else dict(env),
                     cwd=cwd,
-                    start_new_session=True,
+                    process_group=0,
                 )
             except OSError as e:
                 raise StartupError(f"{name} could not be started ({args[0]}): {e}") from None
-        if nice:
-            _session_nice(process.pid, nice)
         return cls(name, process, log_path)
 
     @property
@@ -168,7 +155,7 @@ class ManagedProcess:
             except subprocess.TimeoutExpired:
                 _kill_group(self.pid)
                 self.process.wait()
-        # The group id is the child's PID (own session); members left behind (a stub whose
+        # The group id is the child's PID (own process group); members left behind (a stub whose
         # server was killed) are still in it. Nothing else can hold that id while they live.
         _kill_group(self.pid)
 

@@ -49,7 +49,7 @@ log = logging.getLogger("priorlab.stack")
 METRICS_PORT_DEFAULT = 9464  # the Prometheus exporter port OpenTelemetry also uses; --metrics-port 0 = off
 HTTP_PORT_DEFAULT = 8080  # the HTTP/JSON API and the web page; --http-port 0 = off
 CLIENT = ".venv/bin/priorlab"
-# Triton and the worker run at this niceness, as processes and as sessions (service.launch.process):
+# Triton and the worker run at this niceness, in this process's session (service.launch.process):
 # the gateway in this process answers refusals, health checks and progress before bulk compute.
 COMPUTE_NICE_DEFAULT = 10
 

@@ -1,9 +1,11 @@
-"""ManagedProcess.spawn's `nice`: the child, its later threads and its session all run below us."""
+"""ManagedProcess.spawn: the child's own process group in our session, and `nice` on it and its threads."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,18 +28,24 @@ def _niceness(pid: int) -> int:
     return int(fields[16])  # field 19 of proc(5); fields[0] is field 3 (state)
 
 
-def test_the_child_its_threads_and_its_session_run_at_the_nice_value(tmp_path: Path) -> None:
+def test_the_child_and_its_threads_run_at_the_nice_value_inside_our_session(tmp_path: Path) -> None:
+    ours = Path("/proc/self/autogroup").read_text() if Path("/proc/self/autogroup").exists() else None
     child = ManagedProcess.spawn("child", [sys.executable, "-c", CHILD], tmp_path / "child.log", nice=7)
     try:
         child.wait_until(lambda: "thread-nice" in child.log_tail(), 30.0)
         assert _niceness(child.pid) == 7
         assert "thread-nice 7" in child.log_tail()
-        autogroup = Path(f"/proc/{child.pid}/autogroup")
-        if Path("/proc/self/autogroup").exists():  # kernels with autogroup scheduling: the session's weight
-            assert autogroup.read_text().split()[-1] == "7"
-            assert Path("/proc/self/autogroup").read_text() != autogroup.read_text()  # its own session
+        # Its own process group (Ctrl-C reaches only ours; stop() sweeps its group by its PID)...
+        assert os.getpgid(child.pid) == child.pid != os.getpgid(0)
+        # ...in our session, so with autogroup scheduling the nice value weighs it against us, and the
+        # session as a whole (ours, untouched) against the host's other work.
+        assert os.getsid(child.pid) == os.getsid(0)
+        if ours is not None:
+            assert Path(f"/proc/{child.pid}/autogroup").read_text() == ours
+            assert Path("/proc/self/autogroup").read_text() == ours
     finally:
         child.stop()
+    assert not child.running()
 
 
 def test_without_nice_the_child_runs_at_ours(tmp_path: Path) -> None:
@@ -54,3 +62,38 @@ def test_a_nice_value_out_of_range_is_refused_before_anything_starts(tmp_path: P
     with pytest.raises(ValueError, match=f"got {nice}"):
         ManagedProcess.spawn("child", [sys.executable, "-c", CHILD], tmp_path / "child.log", nice=nice)
     assert not (tmp_path / "child.log").exists()
+
+
+BUSY = "while True: pass"
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime, fields 14 and 15 of proc(5)
+
+
+@pytest.mark.skipif(
+    not Path("/proc/sys/kernel/sched_autogroup_enabled").exists()
+    or Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() != "1",
+    reason="autogroup scheduling is off: a nice value then weighs against every process, by design",
+)
+def test_a_niced_child_is_not_starved_by_another_sessions_work(tmp_path: Path) -> None:
+    # The compute side at nice 10 must yield to our own session (the gateway), not to the rest of the
+    # host: one CPU, our niced child against a busy loop in a session of its own. Sessions share
+    # fairly, so the child gets about half; when the child's session was weighed at 10 too (the
+    # earlier design) it got a tenth, and a Restore on a busy machine took minutes.
+    cpu = min(os.sched_getaffinity(0))
+    other = subprocess.Popen([sys.executable, "-c", BUSY], start_new_session=True)
+    child = ManagedProcess.spawn("child", [sys.executable, "-c", BUSY], tmp_path / "child.log", nice=10)
+    try:
+        for pid in (other.pid, child.pid):
+            os.sched_setaffinity(pid, {cpu})
+        time.sleep(0.5)
+        start = _cpu_ticks(child.pid), _cpu_ticks(other.pid)
+        time.sleep(3.0)
+        ours, theirs = _cpu_ticks(child.pid) - start[0], _cpu_ticks(other.pid) - start[1]
+    finally:
+        child.stop()
+        other.kill()
+        other.wait()
+    assert ours >= 0.4 * theirs, (ours, theirs)
