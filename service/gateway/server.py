@@ -281,6 +281,10 @@ async def create_server(settings: Settings, backend: InferenceBackend) -> Gatewa
         services.append(RESTORER_SERVICE)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # NOT_SERVING until the watchers' first check answers: a client asking right after start-up must
+    # not hear NOT_FOUND ("no such service") for a service this gateway serves.
+    for service in (*services, ""):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     if settings.reflection_on:
         _enable_reflection((*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     port = _bind(server, settings)

@@ -21,7 +21,10 @@ process is started and stopped the same way everywhere:
   (`/proc/<pid>/autogroup` at 10) fixed the refusals but made the whole compute side weigh a tenth of
   *any* other busy session on the host: on a loaded machine a 10-iteration Restore took over 300 s.
   One session for the stack gives both: inside it the gateway outweighs Triton and the workers, and
-  against the user's other work the stack weighs as one session.
+  against the user's other work the stack weighs as one session. Where sessions are not weighed
+  apart (autogroup off, or enabled but not in effect: a container whose cgroup has its own cpu
+  controller, as on CI), nice weighs the compute side against every process there, as nice always
+  did; `--compute-nice 0` is the choice for such a host shared with other busy work.
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ A background thread checks every `period_s`:
   gateway keeps its URL); and each model answers a tiny inference every 2 s. Triton 2.51 keeps
   reporting a model ready after its Python-backend stub died (every call then fails), so a model
   whose probe fails is unloaded and loaded alone (explicit model control); if it still fails a
-  probe after that, the whole server is restarted.
+  probe after that, the whole server is restarted. A wrong answer is a fault at once; a probe that
+  times out is one only when it does so twice in a row: a busy host (2 cores, a model's first
+  inference after a restart) can be slow for a moment, and a reload that waits on a slow server
+  (up to a minute) starts a chain of restarts and keeps the health checks waiting meanwhile.
 * **Redis** (when the stack started it): alive, else started again on the same port and directory;
   the append-only file brings the jobs back.
 * **the worker**: alive, else started again under the same name.
@@ -83,6 +86,7 @@ class Supervisor:
     _misses: int = 0
     _backoff: dict[str, Backoff] = field(default_factory=dict)
     _probed: dict[str, float] = field(default_factory=dict)
+    _slow: dict[str, int] = field(default_factory=dict)  # probes timed out in a row, per model
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
@@ -137,10 +141,25 @@ class Supervisor:
         try:
             client.infer(spec.name, probe_inputs(spec), timeout=int(PROBE_TIMEOUT_S * 1e6))
         except InferenceServerException as e:
-            return f"a probe inference failed: {e.message()}"
+            message = e.message() or ""
+            slow = "timeout" in message.lower()
+            return self._failed(spec, f"a probe inference failed: {message}", slow=slow)
         except OSError as e:
-            return f"a probe inference failed: {e}"
+            return self._failed(spec, f"a probe inference failed: {e}", slow=isinstance(e, TimeoutError))
+        self._slow.pop(spec.name, None)
         return None
+
+    def _failed(self, spec: ModelSpec, reason: str, *, slow: bool) -> str | None:
+        """`reason` when the failure is a fault; a timeout only on the HUNG_AFTER_MISSES-th in a row."""
+        if not slow:
+            self._slow.pop(spec.name, None)
+            return reason
+        misses = self._slow[spec.name] = self._slow.get(spec.name, 0) + 1
+        if misses < HUNG_AFTER_MISSES:
+            log.info("model %s %s: probing again before acting", spec.name, reason)
+            return None
+        del self._slow[spec.name]
+        return f"{reason} ({misses} in a row)"
 
     def _recover(self, what: str, reason: str, action: Callable[[], None]) -> None:
         if not self._backoff.setdefault(what, Backoff()).wait(self._stop):
@@ -156,6 +175,7 @@ class Supervisor:
 
     def _restart_triton(self) -> None:
         self._misses = 0
+        self._slow.clear()
         self.triton.restart()
 
     def _reload(self, client: httpclient.InferenceServerClient, spec: ModelSpec) -> None:
@@ -164,13 +184,13 @@ class Supervisor:
             self.triton.reload_model(spec.name)
         except OSError as e:
             log.warning("reloading %s failed (%s): restarting Triton", spec.name, e)
-            self.triton.restart()
+            self._restart_triton()
             return
         self._probed.pop(spec.name, None)
         reason = self._probe(client, spec)
         if reason is not None:
             log.warning("%s still failing after a reload (%s): restarting Triton", spec.name, reason)
-            self.triton.restart()
+            self._restart_triton()
 
     def _restart_worker(self) -> None:
         self.worker.stop(1.0)  # sweeps what is left of its group

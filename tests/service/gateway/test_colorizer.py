@@ -231,6 +231,33 @@ def test_health_follows_backend_readiness() -> None:
     ]
 
 
+def test_health_is_not_serving_before_the_first_readiness_check_answers() -> None:
+    # A client that asks right after start-up (a load balancer, `make run`'s own tests) must hear
+    # NOT_SERVING for a service this gateway serves, never NOT_FOUND, which means "no such service".
+    backend = FakeBackend()
+    answered = asyncio.Event()
+
+    async def slow_ready(spec: ModelSpec) -> bool:
+        await answered.wait()
+        return True
+
+    backend.ready = slow_ready  # type: ignore[method-assign]
+
+    async def body(channel: grpc.aio.Channel) -> list[int]:
+        stub = health_pb2_grpc.HealthStub(channel)
+        statuses = []
+        for service in ("priorlab.v1.Colorizer", ""):
+            statuses.append((await stub.Check(health_pb2.HealthCheckRequest(service=service))).status)
+        answered.set()
+        await asyncio.sleep(0.2)
+        request = health_pb2.HealthCheckRequest(service="priorlab.v1.Colorizer")
+        statuses.append((await stub.Check(request)).status)
+        return statuses
+
+    not_serving, serving = health_pb2.HealthCheckResponse.NOT_SERVING, health_pb2.HealthCheckResponse.SERVING
+    assert run_gateway(backend, body) == [not_serving, not_serving, serving]
+
+
 def test_jpeg_and_webp_outputs() -> None:
     for fmt, magic in (
         (colorize_pb2.IMAGE_FORMAT_JPEG, b"\xff\xd8"),
