@@ -154,13 +154,14 @@ async def serve(settings: Settings) -> None:
     freeze_startup_heap()  # the collector's full passes no longer stall the loop (admission.py)
     target = f"{settings.host}:{gateway.port}"
     metrics = f"http://{settings.host}:{settings.metrics_port}/metrics" if settings.metrics_port else "off"
-    web = (
-        f"{gateway.http.scheme}://{settings.host}:{gateway.http.port}/" if gateway.http is not None else "off"
-    )
+    web = "off"
+    if gateway.http is not None:
+        page = f"{gateway.http.scheme}://{settings.host}:{gateway.http.port}/"
+        web = f"{page}   (and the HTTP/JSON API: {page}openapi.json)"
     _say(
         f"\npriorlab is up (Ctrl-C stops it):\n"
         f"  gateway gRPC   {target}   (priorlab.v1.Colorizer, priorlab.v1.Restorer, health, reflection)\n"
-        f"  web page       {web}   (and the HTTP/JSON API: {web}openapi.json)\n"
+        f"  web page       {web}\n"
         f"  metrics        {metrics}\n"
         f"  Triton gRPC    {settings.triton_url}\n"
         f"  Redis          {redacted_url(settings.redis_url)}\n"
