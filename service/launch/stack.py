@@ -196,6 +196,10 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def run(settings: Settings, options: StackOptions) -> int:
+    # Ctrl-C stops the stack (its contract), also when it was started with SIGINT ignored, which is how
+    # a shell without job control starts a background command (`make run &` in a script, CI runners):
+    # Python then leaves SIGINT ignored, and an interrupt sent to the stack would do nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     # What the stack and its children create is this user's only: logs, Redis's config (its password)
     # and append-only file. (Not Triton's stub regions: `_private_regions` sees to those.)

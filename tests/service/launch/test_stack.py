@@ -10,7 +10,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +60,28 @@ def test_a_ctrl_c_once_up_stops_the_gateway_and_returns(monkeypatch: pytest.Monk
     monkeypatch.setattr(stack, "start_gateway", start)
     asyncio.run(stack.serve(Settings(port=0)))
     assert len(gateway.stops) == 1
+
+
+def test_ctrl_c_stops_a_stack_started_with_sigint_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and Python keeps it so.
+    @contextlib.contextmanager
+    def started(settings: Settings, options: stack.StackOptions) -> Iterator[Settings]:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while Triton loads
+        time.sleep(2.0)
+        yield settings
+
+    async def serve(settings: Settings) -> None:
+        return None
+
+    monkeypatch.setattr(stack, "started", started)
+    monkeypatch.setattr(stack, "serve", serve)
+    handlers = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.getsignal(signal.SIGTERM)
+    umask = os.umask(0o022)
+    try:
+        assert stack.run(Settings(port=0), stack.StackOptions(tmp_path, tmp_path)) == 130
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+        os.umask(umask)
