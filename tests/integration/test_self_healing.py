@@ -44,6 +44,19 @@ class Running:
         assert len(found) == 1, (pattern, self.stack.processes())
         return found[0]
 
+    def settled(self, timeout_s: float = RECOVERY_S) -> None:
+        """Waits until every recovery the supervisor began has ended ("... back in"), so each test's
+        fault meets a stack at rest, not one still repairing the fault before it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out = self.stack.output()
+            begun = len(re.findall(r"^supervisor: .*: restarting$", out, re.M))
+            if begun == len(re.findall(r"^supervisor: .* back in ", out, re.M)):
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"the supervisor is still recovering after {timeout_s:.0f} s:\n{out[-4000:]}")
+            time.sleep(0.5)
+
     def colorize(self, model: str = "eccv16", timeout_s: float = 10.0) -> None:
         request = colorize_pb2.ColorizeRequest(image=PHOTO, model=model, working_size=64)
         with grpc.insecure_channel(self.target) as channel:
@@ -84,9 +97,15 @@ def _running(tmp: Path, *extra: str) -> Iterator[Running]:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def stack_for_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     with _running(tmp_path_factory.mktemp("self-healing")) as stack:
         yield stack
+
+
+@pytest.fixture
+def running(stack_for_module: Running) -> Running:
+    stack_for_module.settled()
+    return stack_for_module
 
 
 def test_a_killed_triton_is_restarted_on_the_same_ports(running: Running) -> None:
