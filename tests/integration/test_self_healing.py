@@ -7,6 +7,7 @@ did. Fast versions: tiny images and working sizes, a few DIP iterations.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -133,6 +134,23 @@ def test_a_dead_model_stub_is_reloaded_alone(running: Running) -> None:
     running.stack.wait_for(r"supervisor: model larsson16 a probe inference failed", 5)
     assert running.pid_of(r"bin/tritonserver") == triton, "one model reloaded, not the whole server"
     print(f"larsson16 stub killed: serving again after {took:.1f} s")
+
+
+def test_a_hung_model_stub_is_reloaded_after_two_timed_out_probes(running: Running) -> None:
+    # A stub that stops answering (a deadlock in model.py, say): the probes time out, and two in a row
+    # make the supervisor reload that model (one slow answer does not), unless Triton's own check of
+    # its stubs has called it unhealthy first, which fails the probe outright.
+    running.colorize("larsson16")
+    stub = running.pid_of(r"larsson16/1/model\.py")
+    os.kill(stub, signal.SIGSTOP)
+    try:
+        took = running.until_ok(lambda: running.colorize("larsson16"))
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a reload replaces the stopped stub
+            os.kill(stub, signal.SIGCONT)
+    failed = r"supervisor: model larsson16 a probe inference failed: "
+    running.stack.wait_for(failed + r"(.*\(2 in a row\)|Stub process .* is not healthy)", 5)
+    print(f"larsson16 stub stopped: serving again after {took:.1f} s")
 
 
 def test_a_killed_worker_is_started_again(running: Running) -> None:
