@@ -10,6 +10,7 @@ fault a Restore job is submitted; each fault is one signal to one process of the
 | Triton killed | SIGKILL to tritonserver |
 | Triton hung | SIGSTOP to tritonserver (the supervisor must kill it: a stopped process never answers) |
 | model stub killed | SIGKILL to one model's Python-backend stub (Triton keeps calling the model ready) |
+| model stub hung | SIGSTOP to that stub (its probes time out, or Triton calls it unhealthy: reloaded) |
 | worker killed | SIGKILL to the Restore worker while it runs a job |
 | Redis killed | SIGKILL to redis-server with a job in flight |
 
@@ -161,6 +162,7 @@ FAULTS = (
     ("Triton killed (SIGKILL)", r"bin/tritonserver", signal.SIGKILL, "colorize"),
     ("Triton hung (SIGSTOP)", r"bin/tritonserver", signal.SIGSTOP, "colorize"),
     ("model stub killed (larsson16)", r"larsson16/1/model\.py", signal.SIGKILL, "larsson16"),
+    ("model stub hung (larsson16, SIGSTOP)", r"larsson16/1/model\.py", signal.SIGSTOP, "larsson16"),
     ("Restore worker killed mid-job", r"-m service\.worker", signal.SIGKILL, "restore"),
     ("Redis killed with a job in flight", r"redis-server", signal.SIGKILL, "restore"),
 )
