@@ -65,8 +65,8 @@ COPY service ./service
 RUN python -m grpc_tools.protoc -I protos --python_out=service/pb --grpc_python_out=service/pb protos/priorlab/v1/*.proto \
  && sed -i 's/^from priorlab\.v1 import/from service.pb.priorlab.v1 import/' service/pb/priorlab/v1/*.py \
  && touch service/pb/priorlab/__init__.py service/pb/priorlab/v1/__init__.py
-# OMP_WAIT_POLICY: see service/launch/worker.py (spin-waiting threads stall when the cores are shared).
-ENV PYTHONPATH=/app REDIS_URL=redis://redis:6379/0 OMP_WAIT_POLICY=PASSIVE
+# GOMP_SPINCOUNT: see service/launch/worker.py (long spin-waits stall when the cores are shared).
+ENV PYTHONPATH=/app REDIS_URL=redis://redis:6379/0 GOMP_SPINCOUNT=10000
 EXPOSE 9101
 USER nobody
 # One slot per visible GPU; point more workers (any machine) at the same Redis to scale.

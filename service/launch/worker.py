@@ -21,6 +21,22 @@ from service.launch.process import ManagedProcess
 JOIN_TIMEOUT_S = 120.0  # importing torch on a busy 2-core machine takes tens of seconds
 
 
+# libgomp's spin before a waiting thread sleeps (its default is 300,000). The fit's threads share the
+# cores with whatever else runs, and a long spin stalls each parallel region behind a thread that the
+# scheduler took away. 256² fits, s/iteration, 2 threads (30 Nov, this 2-core host): beside one busy
+# single-thread process the default took 3.13 s for the JPEG net, 10,000 0.196 s, passive 0.088 s;
+# on an idle host 0.056 / 0.058 / 0.088 s (denoising: 0.722 / 0.727 alone, 1.46 s / passive 1.34 s
+# beside it). 10,000 keeps the idle speed and most of passive's gain.
+GOMP_SPINCOUNT = "10000"
+
+
+def openmp_waits(environ: Mapping[str, str]) -> dict[str, str]:
+    """The worker's OpenMP wait setting, unless the caller chose one (libgomp reads it once, at load)."""
+    if "GOMP_SPINCOUNT" in environ or "OMP_WAIT_POLICY" in environ:
+        return {}
+    return {"GOMP_SPINCOUNT": GOMP_SPINCOUNT}
+
+
 def spawn_worker(
     redis_url: str,
     log_path: Path,
@@ -38,15 +54,8 @@ def spawn_worker(
     The bus URL goes in the environment, not on the command line: it holds make run's Redis password,
     and any local user can read another's command line (`ps`), not its environment."""
     command = [sys.executable, "-m", "service.worker", "--name", name, *args]
-    # OpenMP threads wait passively (the caller's value wins). The fit's threads share the cores with
-    # whatever else runs, and libgomp's default spin-wait stalls each parallel region behind a thread
-    # the scheduler took away: beside one busy single-thread process, a 10-iteration 96² Restore took
-    # 31-35 s instead of 1.1 s; passive, 2-3 s (and 1.46 s alone). libgomp reads it once, at load.
-    environ = {
-        "OMP_WAIT_POLICY": "PASSIVE",
-        **(os.environ if env is None else env),
-        "PRIORLAB_REDIS_URL": redis_url,
-    }
+    environ = {**(os.environ if env is None else env), "PRIORLAB_REDIS_URL": redis_url}
+    environ.update(openmp_waits(environ))
     return ManagedProcess.spawn(
         f"Restore worker {name}", command, log_path, env=environ, cwd=cwd, append=append, nice=nice
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.launch.worker import spawn_worker
+from service.launch.worker import GOMP_SPINCOUNT, spawn_worker
 
 NOWHERE = "redis://127.0.0.1:1/0"  # the worker is only looked at, never joins
 
@@ -23,17 +23,22 @@ def _environment(pid: int, timeout_s: float = 10.0) -> dict[str, str]:
     return dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_the_worker_waits_passively_in_openmp_unless_told_otherwise(
-    tmp_path: Path, given: str | None, expected: str
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, {"GOMP_SPINCOUNT": GOMP_SPINCOUNT}),  # a short spin, then sleep
+        ({"GOMP_SPINCOUNT": "5"}, {"GOMP_SPINCOUNT": "5"}),  # the caller's choice wins...
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, {"OMP_WAIT_POLICY": "PASSIVE"}),  # ...also as a policy
+    ],
+)
+def test_the_worker_spins_briefly_in_openmp_unless_told_otherwise(
+    tmp_path: Path, given: dict[str, str], expected: dict[str, str]
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if given is not None:
-        env["OMP_WAIT_POLICY"] = given
-    worker = spawn_worker(NOWHERE, tmp_path / "worker.log", "w-env", env=env)
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    worker = spawn_worker(NOWHERE, tmp_path / "worker.log", "w-env", env={**env, **given})
     try:
         seen = _environment(worker.pid)
     finally:
         worker.stop(5.0)
-    assert seen["OMP_WAIT_POLICY"] == expected
+    assert {k: v for k, v in seen.items() if k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")} == expected
     assert seen["PRIORLAB_REDIS_URL"] == NOWHERE
