@@ -1,7 +1,9 @@
 """Restore end to end: a real redis-server, two real worker processes (w1, w2) and the real gateway.
 
 Images are 32x32 and runs a few iterations; long jobs are jpeg runs (the cheapest iteration) that are
-cancelled. The tests that stop a worker run last (SIGTERM restarts it; SIGKILL leaves one worker).
+cancelled. A job a test stops its worker in has hundreds of iterations (a few ms each on an idle
+host), so it is still running when the signal lands. The tests that stop a worker run last (SIGTERM
+restarts it; SIGKILL leaves one worker).
 """
 
 from __future__ import annotations
@@ -273,7 +275,7 @@ def test_sigterm_releases_the_running_job_to_the_other_worker(
     stub: restore_pb2_grpc.RestorerStub, restore_stack: RestoreStack, tmp_path: Path
 ) -> None:
     """Graceful shutdown: the job goes back to the queue at once (no visibility wait), attempt not counted."""
-    job_id = stub.SubmitRestore(jpeg_request(40, progress_every=5), timeout=10).job_id
+    job_id = stub.SubmitRestore(jpeg_request(400, progress_every=50), timeout=10).job_id
     events = []
     victim = None
     for event in stub.WatchRestore(restore_pb2.WatchRestoreRequest(job_id=job_id), timeout=120):
@@ -299,7 +301,7 @@ def test_worker_killed_mid_job_is_retried_by_the_other(
     stub: restore_pb2_grpc.RestorerStub, restore_stack: RestoreStack
 ) -> None:
     """Runs last: SIGKILL the job's worker; after the 2 s visibility timeout the other one retries it."""
-    job_id = stub.SubmitRestore(jpeg_request(60, progress_every=5), timeout=10).job_id
+    job_id = stub.SubmitRestore(jpeg_request(600, progress_every=50), timeout=10).job_id
     events = []
     victim = None
     for event in stub.WatchRestore(restore_pb2.WatchRestoreRequest(job_id=job_id), timeout=120):
@@ -314,4 +316,4 @@ def test_worker_killed_mid_job_is_retried_by_the_other(
     assert [s.attempt for s in starts] == [1, 2]
     assert WORKER[starts[0].worker] == victim != WORKER[starts[1].worker]
     result = events[-1].result
-    assert result.worker == starts[1].worker and result.attempt == 2 and result.iterations_run == 60
+    assert result.worker == starts[1].worker and result.attempt == 2 and result.iterations_run == 600
