@@ -148,8 +148,7 @@ async def serve(settings: Settings) -> None:
     lets the start finish (binding ports: short), stops it again and raises KeyboardInterrupt."""
     # Before the first await: from here on both signals only set `stop`. Left to asyncio.run's own SIGINT
     # handler, a Ctrl-C during the start cancels it, and a call that swallows that cancel (3.11's
-    # wait_for, cpython#86296) leaves the stack serving with its Ctrl-C spent: seen once in CI, the
-    # start-up Ctrl-C test's processes left behind.
+    # wait_for, cpython#86296) would leave the stack serving with its Ctrl-C spent.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
