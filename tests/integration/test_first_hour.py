@@ -139,10 +139,43 @@ def test_a_triton_that_cannot_load_a_model_fails_with_its_log(
     assert "Restore worker" not in output.split("failed to start")[0], "nothing after Triton was started"
 
 
-def test_ctrl_c_during_start_up_stops_what_was_started(start: Callable[..., Stack]) -> None:
-    stack = start(stack_command(free_port(), python=PYTHON))
-    stack.wait_for(r"starting Triton", 60)
-    time.sleep(3)  # Triton is loading: its stub processes are starting
+# A Python-backend model whose load never ends: it marks that Triton is loading, then waits. A stack
+# started on a repository holding it stays in start-up until interrupted, however fast the host.
+_SLOW_MODEL = """
+import pathlib, time
+
+class TritonPythonModel:
+    def initialize(self, args):
+        pathlib.Path(args["model_repository"], "loading").touch()
+        time.sleep(600)
+
+    def execute(self, requests):
+        return []
+"""
+_SLOW_CONFIG = """name: "slow_to_load"
+backend: "python"
+max_batch_size: 0
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+
+
+def test_ctrl_c_during_start_up_stops_what_was_started(start: Callable[..., Stack], clone: Path) -> None:
+    repository = clone.parent / "slow_repository"
+    shutil.copytree(clone / "model_repository", repository)
+    slow = repository / "slow_to_load"
+    (slow / "1").mkdir(parents=True)
+    (slow / "1" / "model.py").write_text(_SLOW_MODEL)
+    (slow / "configs").mkdir()
+    (slow / "configs" / "cpu.pbtxt").write_text(_SLOW_CONFIG)
+
+    stack = start(stack_command(free_port(), "--repository", str(repository), python=PYTHON))
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    while not (slow / "loading").exists():  # Triton is up to its stub processes, and cannot finish
+        assert stack.process.poll() is None and time.monotonic() < deadline, stack.output()
+        time.sleep(0.1)
     stack.interrupt()
     assert stack.wait_exit() == 130, stack.output()
     assert "interrupted; everything started is stopped" in stack.output()
+    assert "priorlab is up" not in stack.output()
