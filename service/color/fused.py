@@ -21,10 +21,8 @@ computes the same thing and is tested against them and against skimage / PIL / t
   from planes: libjpeg's own conversion and downsampling, and the interleaving, are skipped.
 
 One thread each (no `parallel=True`): the gateway runs many requests on few cores. The kernels are
-compiled when this module is imported (explicit signatures), i.e. when the gateway starts, never on a
-request; `cache=True` keeps the machine code in `__pycache__` beside this file, or numba's per-user
-cache dir (`NUMBA_CACHE_DIR`) where the package is read-only, and compiles in memory where neither
-is writable.
+compiled when this module is imported (`service.color.jit`: explicit signatures, cached on disk),
+i.e. when the gateway starts, never on a request.
 """
 
 from __future__ import annotations
@@ -32,11 +30,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import cv2
-import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import types
@@ -45,43 +41,9 @@ from numpy.typing import NDArray
 
 import contract
 from service.color import ab_decode, hue_chroma, lab
+from service.color.jit import array, kernel, readonly_array
 
 log = logging.getLogger(__name__)
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-# fast-math flags: fused multiply-adds, reciprocal and reassociation (vectorised sums). No nnan/ninf:
-# the clamps must keep working on whatever comes in.
-_FAST = {"contract", "arcp", "nsz", "reassoc", "afn"}
-
-
-def _in(dtype: Any, ndim: int) -> Any:
-    """A C-contiguous input array type that also takes read-only arrays (the tables, decoded pixels)."""
-    return types.Array(dtype, ndim, "C", readonly=True)
-
-
-def _out(dtype: Any, ndim: int) -> Any:
-    return types.Array(dtype, ndim, "C")
-
-
-def _jit(signature: Any = None, *, fast: bool = True) -> Callable[[_F], _F]:
-    """`numba.njit(signature, cache=True)` (eager when a signature is given), or the same without the
-    on-disk cache where numba finds no writable cache dir (it raises at decoration then). `fast=False`:
-    IEEE arithmetic in numpy's order (no contraction or reassociation), for kernels that must give
-    numpy's float32 results bit for bit."""
-    args = () if signature is None else (signature,)
-
-    def wrap(function: _F) -> _F:
-        njit: Any = numba.njit
-        options: dict[str, Any] = {"fastmath": _FAST if fast else False, "nogil": True, "boundscheck": False}
-        try:
-            compiled: _F = njit(*args, cache=True, **options)(function)
-        except RuntimeError as exc:  # "cannot cache function ...: no locator available ..."
-            log.warning("numba cache unavailable (%s): compiling %s in memory", exc, function.__name__)
-            compiled = njit(*args, cache=False, **options)(function)
-        return compiled
-
-    return wrap
 
 
 def _float_from_bits_typing(typingctx, bits):
@@ -119,7 +81,7 @@ _SHARE_R, _SHARE_G, _SHARE_B = (np.array(t) for t in lab._luminance_luts(256))
 _L_TABLE = _l_table()
 
 
-@_jit(types.void(_in(types.uint8, 2), _out(types.float32, 1)))
+@kernel(types.void(readonly_array(types.uint8, 2), array(types.float32, 1)))
 def _srgb8_to_l_kernel(rgb, out):
     # Indices are clamped as integers and made unsigned: numba then emits no negative-index wraparound,
     # which LLVM cannot see through, and the loop vectorises.
@@ -183,13 +145,13 @@ def pil_bicubic_coeffs(size_in: int, size_out: int) -> tuple[NDArray[np.int32], 
     return bounds, weights
 
 
-@_jit(
+@kernel(
     types.void(
-        _in(types.float32, 2),
-        _in(types.int32, 2),
-        _in(types.float32, 2),
+        readonly_array(types.float32, 2),
+        readonly_array(types.int32, 2),
+        readonly_array(types.float32, 2),
         types.boolean,
-        _out(types.float32, 2),
+        array(types.float32, 2),
     )
 )
 def _resize_kernel(src, bounds, weights, clip, out):
@@ -220,13 +182,13 @@ def _resize_kernel(src, bounds, weights, clip, out):
                 acc[j] = min(max(acc[j], np.float32(0.0)), np.float32(100.0))
 
 
-@_jit(
+@kernel(
     types.void(
-        _in(types.uint8, 3),
-        _in(types.int32, 2),
-        _in(types.float32, 2),
-        _out(types.float32, 2),
-        _out(types.float32, 2),
+        readonly_array(types.uint8, 3),
+        readonly_array(types.int32, 2),
+        readonly_array(types.float32, 2),
+        array(types.float32, 2),
+        array(types.float32, 2),
     )
 )
 def _l_and_rows_kernel(rgb, bounds, weights, lightness, tmp):
@@ -337,7 +299,7 @@ def _exp2_coefficients(degree: int = 5) -> tuple[float, ...]:
 _E0, _E1, _E2, _E3, _E4, _E5 = _exp2_coefficients()
 
 
-@_jit()
+@kernel()
 def _exp2_nonpositive(t):
     """2^t for float32 t in [-116, 0]: 2^n 2^r with n = round(t), r = t - n in [-1/2, 1/2] (exact), 2^r
     by a degree-5 polynomial (`_exp2_coefficients`), 2^n by building the float's exponent bits."""
@@ -380,15 +342,15 @@ def _value_overload(x):
     return None
 
 
-@_jit(
+@kernel(
     [
         types.void(
-            _in(dtype, 2),
-            _in(types.float32, 1),
-            _in(types.float32, 1),
+            readonly_array(dtype, 2),
+            readonly_array(types.float32, 1),
+            readonly_array(types.float32, 1),
             types.float32,
-            _out(types.float32, 1),
-            _out(types.float32, 1),
+            array(types.float32, 1),
+            array(types.float32, 1),
         )
         for dtype in (types.uint16, types.float32)
     ]
@@ -494,13 +456,13 @@ def bilinear_taps(
     return lower, upper, frac
 
 
-@_jit(
+@kernel(
     types.void(
-        _in(types.float32, 3),
-        _in(types.int32, 1),
-        _in(types.int32, 1),
-        _in(types.float32, 1),
-        _out(types.float32, 3),
+        readonly_array(types.float32, 3),
+        readonly_array(types.int32, 1),
+        readonly_array(types.int32, 1),
+        readonly_array(types.float32, 1),
+        array(types.float32, 3),
     )
 )
 def _widen_kernel(ab, lower, upper, frac, out):
@@ -549,7 +511,7 @@ def _packed_quantizer() -> NDArray[np.uint32]:
 _QUANT_PACKED = _packed_quantizer()
 
 
-@_jit()
+@kernel()
 def _quantize(linear):
     """uint8 code of a float32 linear value: `lab._uint8_quantizer`'s bucket and threshold, packed in one
     table entry (`_packed_quantizer`): one gather instead of two."""
@@ -564,14 +526,14 @@ def _quantize(linear):
     )
 
 
-@_jit()
+@kernel()
 def _f_inverse(f):
     """CIE f^-1: the cube above the knee, the line below (`lab._lab_f_inverse`)."""
     line = (f - np.float32(_KNEE)) * np.float32(_INV_KAPPA) + np.float32(_KNEE_CUBE)
     return f * f * f if f > np.float32(_KNEE) else line
 
 
-@_jit()
+@kernel()
 def _lab_row_to_srgb8(row, a_lo, a_hi, b_lo, b_hi, f, r8, g8, b8):
     """One output row: vertical bilinear of the widened ab rows (weight `f` on the upper one), Lab ->
     linear RGB, exact uint8 rounding, into three planes (interleaved stores kept LLVM from
@@ -591,16 +553,16 @@ def _lab_row_to_srgb8(row, a_lo, a_hi, b_lo, b_hi, f, r8, g8, b8):
         b8[j] = _quantize(np.float32(_M20) * x + np.float32(_M21) * y + np.float32(_M22) * z)
 
 
-@_jit(
+@kernel(
     types.void(
-        _in(types.float32, 2),
-        _in(types.float32, 3),
-        _in(types.int32, 1),
-        _in(types.int32, 1),
-        _in(types.float32, 1),
-        _out(types.uint8, 2),
-        _out(types.uint8, 2),
-        _out(types.uint8, 2),
+        readonly_array(types.float32, 2),
+        readonly_array(types.float32, 3),
+        readonly_array(types.int32, 1),
+        readonly_array(types.int32, 1),
+        readonly_array(types.float32, 1),
+        array(types.uint8, 2),
+        array(types.uint8, 2),
+        array(types.uint8, 2),
     )
 )
 def _lab_to_srgb8_kernel(lightness, ab_rows, lower, upper, frac, red, green, blue):
@@ -622,7 +584,7 @@ _Y_ROUND = 1 << 15
 _C_ROUND = (128 << 16) + (1 << 15) - 1
 
 
-@_jit()
+@kernel()
 def _ycc_row(r8, g8, b8, luma, cb, cr):
     """libjpeg's fixed-point Y'CbCr of one row of uint8 sRGB: Y' into `luma`, Cb and Cr (full
     resolution, for the 2x2 sums) into int32 rows. In float32, exactly: every product and partial
@@ -641,18 +603,18 @@ def _ycc_row(r8, g8, b8, luma, cb, cr):
         cr[j] = np.int32((v + np.float32(_C_ROUND)) * np.float32(1.0 / 65536.0))
 
 
-@_jit(
+@kernel(
     types.void(
-        _in(types.float32, 2),
-        _in(types.float32, 3),
-        _in(types.int32, 1),
-        _in(types.int32, 1),
-        _in(types.float32, 1),
-        _out(types.uint8, 2),
-        _out(types.uint8, 2),
-        _out(types.uint8, 2),
-        _out(types.uint8, 2),
-        _out(types.int32, 2),
+        readonly_array(types.float32, 2),
+        readonly_array(types.float32, 3),
+        readonly_array(types.int32, 1),
+        readonly_array(types.int32, 1),
+        readonly_array(types.float32, 1),
+        array(types.uint8, 2),
+        array(types.uint8, 2),
+        array(types.uint8, 2),
+        array(types.uint8, 2),
+        array(types.int32, 2),
     )
 )
 def _lab_to_ycc420_kernel(lightness, ab_rows, lower, upper, frac, luma, cb, cr, rgb_rows, chroma_rows):
@@ -760,7 +722,7 @@ def _gray_table() -> NDArray[np.float32]:
 _GRAY_TABLE = _gray_table()
 
 
-@_jit(types.void(_in(types.float32, 1), _out(types.float32, 1)))
+@kernel(types.void(readonly_array(types.float32, 1), array(types.float32, 1)))
 def _neutral_gray_kernel(lightness, out):
     scale = np.float32(_GRAY_INTERVALS / 100.0)
     for p in range(lightness.shape[0]):
@@ -807,7 +769,7 @@ def _curve_table() -> NDArray[np.float32]:
 _LINEAR_CURVE = _curve_table()
 
 
-@_jit()
+@kernel()
 def _srgb_to_linear(encoded):
     """skimage's sRGB curve of x in [0, 1] (`lab._decode_exact`), from its table."""
     s = encoded * np.float32(_CURVE_INTERVALS)
@@ -819,7 +781,7 @@ def _srgb_to_linear(encoded):
     return lo + (s - np.float32(i)) * (_LINEAR_CURVE[i + np.uint32(1)] - lo)
 
 
-@_jit()
+@kernel()
 def _lab_f(t):
     """CIE f(t) of t in [0, 1] (`lab._lab_f`, skimage's constants) from sRGB -> L's L(Y) table, which
     the gateway's sRGB -> L keeps warm: f = (L + 16) / 116, within 4e-7."""
@@ -833,16 +795,16 @@ def _lab_f(t):
     )
 
 
-@_jit(
+@kernel(
     [
         types.void(
-            _in(dtype, 2),
-            _in(dtype, 2),
-            _in(types.float32, 2),
+            readonly_array(dtype, 2),
+            readonly_array(dtype, 2),
+            readonly_array(types.float32, 2),
             types.int64,
             types.boolean,
             types.float32,
-            _out(types.float32, 2),
+            array(types.float32, 2),
         )
         for dtype in (types.uint16, types.float32)
     ],

@@ -8,7 +8,6 @@ import dataclasses
 import warnings
 from typing import Any
 
-import numba
 import numpy as np
 import pytest
 from numpy.typing import NDArray
@@ -386,22 +385,6 @@ class TestCompilation:
         for kernel in kernels:
             assert kernel.signatures, kernel
             assert not kernel._can_compile, kernel
-
-    def test_no_writable_cache_dir_falls_back_to_memory(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        real = numba.njit
-
-        def njit(*args: Any, **options: Any) -> Any:
-            if options.get("cache"):
-                raise RuntimeError("cannot cache function 'f': no locator available for file 'x.py'")
-            return real(*args, **options)
-
-        monkeypatch.setattr(numba, "njit", njit)
-
-        @fused._jit("float64(float64)")
-        def twice(x):
-            return 2.0 * x
-
-        assert twice(3.0) == 6.0
 
 
 class TestNeutralGray:
