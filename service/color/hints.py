@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.color import lab
+from service.color import hint_spread, lab
 from service.errors import InvalidArgument
 
 MAX_HINTS = 1024
@@ -47,22 +47,33 @@ def to_working(x: int, y: int, height: int, width: int, size: int) -> tuple[int,
     return min(size - 1, y * size // height), min(size - 1, x * size // width)
 
 
-def hint_tensors(
-    hints: tuple[Hint, ...], height: int, width: int, size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """-> ab hints (1, 2, S, S) in Lab units and the 0/1 mask (1, 1, S, S), float32."""
+def working_patches(hints: tuple[Hint, ...], height: int, width: int, size: int) -> list[hint_spread.Patch]:
+    """Each hint's square on the size x size working image, with its colour's Lab ab."""
     validate(hints, height, width)
-    ab = np.zeros((1, 2, size, size), np.float32)
-    mask = np.zeros((1, 1, size, size), np.float32)
     if not hints:
-        return ab, mask
+        return []
     colours = lab.srgb_to_lab(np.array([h.rgb for h in hints], np.uint8))
+    patches = []
     for hint, colour in zip(hints, colours, strict=True):
         row, col = to_working(hint.x, hint.y, height, width, size)
         # Centred patch as in ideepcolor's GUI: [p - P//2, p + P//2] for odd P, clipped at the edges.
         top, left = row - hint.patch // 2, col - hint.patch // 2
         bottom, right = min(size, top + hint.patch), min(size, left + hint.patch)
-        top, left = max(0, top), max(0, left)
-        ab[0, :, top:bottom, left:right] = colour[1:, None, None]
-        mask[0, 0, top:bottom, left:right] = 1.0
+        patches.append(
+            hint_spread.Patch(max(0, top), max(0, left), bottom, right, float(colour[1]), float(colour[2]))
+        )
+    return patches
+
+
+def hint_tensors(
+    hints: tuple[Hint, ...], height: int, width: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """-> ab hints (1, 2, S, S) in Lab units and the 0/1 mask (1, 1, S, S), float32; later hints
+    overwrite earlier ones where their patches overlap."""
+    ab = np.zeros((1, 2, size, size), np.float32)
+    mask = np.zeros((1, 1, size, size), np.float32)
+    for p in working_patches(hints, height, width, size):
+        ab[0, 0, p.top : p.bottom, p.left : p.right] = p.a
+        ab[0, 1, p.top : p.bottom, p.left : p.right] = p.b
+        mask[0, 0, p.top : p.bottom, p.left : p.right] = 1.0
     return ab, mask

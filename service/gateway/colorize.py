@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from contract import ANNEALED_T_DEFAULT, DECODED_VARIANT, HINT_MODEL, MODELS, PUBLIC_MODELS, ModelSpec
 from service import codec
-from service.color import ab_decode, fused, hints, hue_chroma, lab, suggest
+from service.color import ab_decode, fused, hint_spread, hints, hue_chroma, lab, suggest
 from service.errors import InvalidArgument
 from service.gateway.admission import TRIM_PIXELS, Admission, PixelBudget, WorkClass, trim_heap
 from service.gateway.settings import Settings
@@ -43,6 +43,7 @@ class ColorizeOptions:
     hints: tuple[hints.Hint, ...] = ()
     hue_decode: str = hue_chroma.HUE_DEFAULT  # larsson16 only
     chroma_decode: str = hue_chroma.CHROMA_DEFAULT
+    hint_spread: bool = True  # siggraph17 with hints: carry them further (service/color/hint_spread.py)
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,11 @@ def postprocess(
     if "ab" in outputs:  # decoded in the graph (eccv16_ab) or regressed (siggraph17)
         ab_small = ab_decode._float32_copy(outputs["ab"][0])
         lap("ab to float32")
+        if options.hints and options.hint_spread:
+            height, width = prepared.lightness.shape
+            patches = hints.working_patches(options.hints, height, width, options.working_size)
+            ab_small = hint_spread.spread(prepared.inputs["L"][0, 0], ab_small, patches)
+            lap("hint spread")
     elif "hue" in outputs:  # larsson16: decoded with the working-size L the network saw
         # one kernel for the default decode (`fused.hue_chroma_ab`), numpy's for the other methods
         ab_small = fused.hue_chroma_ab(
@@ -285,6 +291,8 @@ class ColorizePipeline:
                 info = await self._backend.model_info(spec)  # cached after the first call
                 if options.temperature is None and spec.anneals:
                     options = dataclasses.replace(options, temperature=info.default_temperature)
+                if options.hints and not self._settings.hint_spread:
+                    options = dataclasses.replace(options, hint_spread=False)
                 prepared = await self._prepare(image, spec, options)
                 decoded_at = time.perf_counter()
                 outputs = await self._backend.infer(

@@ -301,6 +301,34 @@ def test_hints_select_siggraph17_and_their_colour_lands_at_their_location() -> N
     np.testing.assert_allclose(out[60, 5, 1:], TARGET_AB, atol=3.0)
 
 
+def _colorize_with_settings(
+    backend: FakeBackend, request: colorize_pb2.ColorizeRequest, **settings: Any
+) -> Any:
+    async def body(channel: grpc.aio.Channel) -> Any:
+        return await colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=10)
+
+    return run_gateway(backend, body, **settings)
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_hints_are_spread_along_the_photo_unless_turned_off(spread: bool) -> None:
+    # The fake network colours only the hinted pixels; the gateway carries the hint's colour on
+    # along the (smooth) photo, within a quarter of the working size, when PRIORLAB_HINT_SPREAD is on.
+    backend = FakeBackend()
+    hint = colorize_pb2.ColorHint(x=32, y=32, color=colorize_pb2.Rgb(r=30, g=160, b=60), patch_size=3)
+    request = colorize_pb2.ColorizeRequest(image=png(gray_gradient(64, 64)), hints=[hint], working_size=64)
+    response = _colorize_with_settings(backend, request, hint_spread=spread)
+    out = color.rgb2lab(np.asarray(Image.open(io.BytesIO(response.image)).convert("RGB")))
+    hinted = color.rgb2lab(np.array([[[30, 160, 60]]], np.uint8))[0, 0, 1:]
+    near = out[32, 38, 1:]  # 5 px beside the patch
+    to_hint, to_network = np.hypot(*(near - hinted)), np.hypot(*(near - np.array(TARGET_AB)))
+    if spread:
+        assert to_hint < 0.5 * to_network, (near, hinted)
+    else:
+        np.testing.assert_allclose(near, TARGET_AB, atol=3.0)
+    np.testing.assert_allclose(out[2, 2, 1:], TARGET_AB, atol=3.0)  # 42 px away: beyond 16 = 64 / 4
+
+
 @pytest.mark.parametrize(
     ("request_kwargs", "needle"),
     [
