@@ -33,6 +33,7 @@ from colorizers import hint_sim, quantize, weights
 from colorizers.dataset import DEFAULT_CACHE, REPO, LabImages, manifest_sha256, redistributable
 from colorizers.evaluate import Scores, _grid, ab_error, colourfulness, lab_to_rgb8, psnr
 from colorizers.siggraph17 import SIGGRAPHGenerator
+from service.color import hint_spread
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,18 @@ def crop8(lab: NDArray[np.float32]) -> NDArray[np.float32]:
     return lab[:, : lab.shape[1] // 8 * 8, : lab.shape[2] // 8 * 8]
 
 
+def spread_hints(lab: NDArray[np.float32], ab: NDArray[np.float32], patches: list[hint_sim.Patch]) -> NDArray:
+    """The network's (2,H,W) ab as the gateway serves it: each hint patch (its colour the truth's mean
+    over the patch, as `hint_sim.paint_hints` paints it) carried on by `service.color.hint_spread`."""
+    served = [
+        hint_spread.Patch(
+            y, x, y + size, x + size, *(float(v) for v in lab[1:, y : y + size, x : x + size].mean((1, 2)))
+        )
+        for y, x, size in patches
+    ]
+    return hint_spread.spread(np.ascontiguousarray(lab[0]), np.ascontiguousarray(ab, np.float32), served)
+
+
 @torch.no_grad()
 def psnr_vs_hints(
     colorize: Colorize,
@@ -76,8 +89,10 @@ def psnr_vs_hints(
     *,
     seed: int = 0,
     patch: int = PATCH,
+    spread: bool = False,
 ) -> dict[int, list[float]]:
-    """Per-image PSNR (dB) for each number of hints; image i's hints come from seed (seed, i)."""
+    """Per-image PSNR (dB) for each number of hints; image i's hints come from seed (seed, i);
+    `spread`: scored after the gateway's hint spread (`spread_hints`)."""
     psnrs: dict[int, list[float]] = {k: [] for k in counts}
     for i, image in enumerate(images):
         lab = torch.from_numpy(np.ascontiguousarray(crop8(image)))
@@ -88,7 +103,9 @@ def psnr_vs_hints(
         hint, mask = hint_sim.paint_hints(ab, patches)
         predicted = colorize(lab[None, :1].expand(len(counts), -1, -1, -1), hint, mask).cpu().numpy()
         truth = lab_to_rgb8(lab[0].numpy(), lab[1:].numpy())
-        for k, pred_ab in zip(counts, predicted, strict=True):
+        for k, pred_ab, drawn in zip(counts, predicted, patches, strict=True):
+            if spread:
+                pred_ab = spread_hints(lab.numpy(), pred_ab, drawn)
             psnrs[k].append(psnr(lab_to_rgb8(lab[0].numpy(), pred_ab), truth))
     return psnrs
 
@@ -96,13 +113,14 @@ def psnr_vs_hints(
 @torch.no_grad()
 def hint_locality(
     colorize: Colorize, images: Sequence[NDArray[np.float32]], *, count: int = 10, seed: int = 0,
-    patch: int = PATCH,
+    patch: int = PATCH, spread: bool = False,
 ) -> dict[str, float]:  # fmt: skip
     """Does the colour follow `count` random hints where they are, and only near them?
 
     Per image (hints from seed (seed, i, 1)): the mean ab distance between output and hint colour
     at the hinted pixels, and the mean ab change against the no-hint output at the pixels farther than
     `HALO_DISTANCE_PX` from every hinted pixel (images without such pixels are left out of that mean).
+    `spread`: after the gateway's hint spread.
     """
     from scipy.ndimage import distance_transform_edt
 
@@ -114,6 +132,8 @@ def hint_locality(
         patches = [[], hint_sim.draw_patches(rng, h, w, count=count, sizes=(patch,))]
         hint, mask = hint_sim.paint_hints(lab[None, 1:].expand(2, -1, -1, -1), patches)
         ab = colorize(lab[None, :1].expand(2, -1, -1, -1), hint, mask).cpu().numpy()
+        if spread:
+            ab[1] = spread_hints(lab.numpy(), ab[1], patches[1])
         on = mask[1, 0].numpy() > 0
         error = np.hypot(*(ab[1] - hint[1].numpy()))[on]
         at_hints.append(float(error.mean()))
@@ -332,11 +352,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-images", type=int, default=0, help="0: the whole validation split")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--spread", action="store_true",
+        help="score what the gateway serves: the network's output, then its hint spread "
+        "(service/color/hint_spread.py)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
 
     model, label = load_siggraph(args.checkpoint, args.mask_offset)
+    if args.spread:
+        label = f"{label} + the gateway's hint spread"
     model = model.to(args.device)
     images = LabImages(args.cache, "val")
     count = len(images) if args.max_images <= 0 else min(args.max_images, len(images))
@@ -348,11 +375,11 @@ def main(argv: list[str] | None = None) -> int:
         return model.forward_both(lightness.to(device), hint.to(device), mask.to(device))[0]
 
     log.info("PSNR vs hints %s on %d images", args.hints, count)
-    per_image = psnr_vs_hints(colorize, resized, args.hints, seed=args.seed)
+    per_image = psnr_vs_hints(colorize, resized, args.hints, seed=args.seed, spread=args.spread)
     curve = {k: mean_and_se(v) for k, v in per_image.items()}
     authors = authors_curve(args.authors, args.hints)
     log.info("hint locality at 10 hints")
-    locality = hint_locality(colorize, resized, seed=args.seed)
+    locality = hint_locality(colorize, resized, seed=args.seed, spread=args.spread)
     log.info("automatic-mode metrics")
     auto = automatic_scores(model, images, count=count, device=args.device)
     metrics = {
@@ -386,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
                                              sizes=(PATCH,))]  # fmt: skip
         hint, mask = hint_sim.paint_hints(lab[None, 1:].expand(2, -1, -1, -1), patches)
         ab = colorize(lab[None, :1].expand(2, -1, -1, -1), hint, mask).cpu().numpy()
+        if args.spread:
+            ab[1] = spread_hints(lab.numpy(), ab[1], patches[1])
         lightness = lab[0].numpy()
         rows.append([lab_to_rgb8(lightness, np.zeros_like(ab[0])), lab_to_rgb8(lightness, ab[0]),
                      lab_to_rgb8(lightness, ab[1]), lab_to_rgb8(lightness, lab[1:].numpy())])  # fmt: skip

@@ -93,6 +93,23 @@ def test_hint_locality_of_a_copying_model_and_of_a_flooding_model() -> None:
     assert everywhere["ab_change_far_from_hints"] == pytest.approx(np.hypot(30, 30), rel=1e-4)
 
 
+def test_spread_scores_what_the_gateway_serves_and_keeps_far_pixels() -> None:
+    # A network that colours only the hinted pixels: the gateway's spread carries the colour over the
+    # one-colour photo near the hints, and leaves pixels beyond a quarter of the image alone.
+    images = [_uniform_image(size=200) * np.array([1, 0, 0], np.float32)[:, None, None]
+              + np.array([0, 30, 30], np.float32)[:, None, None]]  # fmt: skip
+
+    def local(lightness: torch.Tensor, hint: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return hint * mask
+
+    plain = evaluate_hints.psnr_vs_hints(local, images, (10,))[10][0]
+    spread = evaluate_hints.psnr_vs_hints(local, images, (10,), spread=True)[10][0]
+    assert spread > plain + 3.0, (plain, spread)
+    locality = evaluate_hints.hint_locality(local, images, spread=True)
+    assert locality["ab_change_far_from_hints"] == 0.0 and locality["images_with_far_pixels"] == 1
+    assert locality["ab_error_at_hints"] < 0.1 * np.hypot(30, 30)
+
+
 def test_quality_bars_read_the_metrics() -> None:
     def scores(colour: float, auc_rebal: float) -> dict[str, float]:
         return {"ab_l2": 1.0, "auc": 0.9, "auc_rebal": auc_rebal, "psnr": 22.0, "colourfulness": colour}
