@@ -25,12 +25,14 @@ def start_gateway(
     shared_memory: bool,
     wait_serving: bool = True,
     decode_in_triton: bool = False,
+    hint_spread: bool = True,
 ) -> GatewayProcess:
     settings = {
         "triton_url": triton_url,
         "triton_shared_memory": "1" if shared_memory else "0",
         "health_poll_s": "0.2",
         "decode_in_triton": "1" if decode_in_triton else "0",
+        "hint_spread": "1" if hint_spread else "0",
     }
     return launch_gateway.start_gateway(settings, tmp, cwd=REPO, serving=wait_serving)
 
