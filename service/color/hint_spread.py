@@ -5,7 +5,7 @@ honours a hint at its own pixels (3.8 ab units off on average) but carries it on
 hints gain +2.25 dB where the authors' network gains +4. The gateway therefore carries each hint's
 colour further after the network, the way optimisation-based colorization does (Levin, Lischinski and
 Weiss, "Colorization using Optimization", SIGGRAPH 2004, and the geodesic variants after it): along
-paths of similar lightness, stopping at edges, and never farther than `RADIUS` of the working size,
+paths of similar lightness, held back by edges, and never farther than a quarter of the working size,
 so that a hint stays local (issue #15: no halo beyond 64 working pixels of every hint).
 
 For hint h (its patch P_h at the working size S, colour a_h), at every working pixel p:
@@ -19,15 +19,18 @@ For hint h (its patch P_h at the working size S, colour a_h), at every working p
 
 Close to a hint, in a region without edges, ab' goes to the hint's colour (w ≫ κ); across an edge or
 far away it stays the network's; between two hints it blends them by their weights. Beyond R from
-every hint nothing changes. β, κ and σ were chosen on training photos (80, `python -m
-colorizers.evaluate_hints --spread`, docs/colorization.md §7), where gains were flat over σ 48-96,
-β 0.5-2 and κ 0.05-0.25, and are reported on the validation photos in the model card.
+every hint nothing changes. β, κ and σ were chosen on 80 training photos (`python -m
+colorizers.tune_spread`, docs/colorization.md §7): the largest PSNR gain at 10 hints among the
+settings with one length scale (σ = R) that keep the colour bleed across true edges at or below the
+network's own and the contrast across them at or above it. A weaker β gains 0.3 dB more by flooding
+the radius with the hint's colour, which bleeds onto neighbouring objects and flattens edges.
 
 The distances are shortest paths on the 8-neighbour graph by chamfer sweeps, forward and backward,
 each within its hint's window of R around the patch. Run to convergence they are Dijkstra's (tested);
-on photos that takes 4 or more sweep pairs, while `ROUNDS` = 2 leaves them a median 1-7 % long and
-the weights on average within 0.025 of exact (samples/aitzgorri.jpg at 256², four hints; tested), so
-two it is: about 1 ms per hint at 256² (1024 hints, `hints.MAX_HINTS`: about a second).
+on photos that takes 4 or more sweep pairs; `ROUNDS` = 3 leaves them at most a median 1.3 % long
+and the weights on average within 0.013 of exact (samples/aitzgorri.jpg at 256², four hints; tested:
+two left one hint's distances 12 % long): about 1.5 ms per hint at 256² on one core (1024 hints,
+`hints.MAX_HINTS`: under two seconds).
 """
 
 from __future__ import annotations
@@ -41,11 +44,11 @@ from numpy.typing import NDArray
 
 from service.color.jit import array, kernel, readonly_array
 
-BETA = 4.0  # per L unit, at a working size of 256
-KAPPA = 0.05  # how much weight the network's own colour keeps: w = κ halves the pull to the hint
+BETA = 8.0  # per L unit, at a working size of 256
+KAPPA = 0.02  # how much weight the network's own colour keeps: w = κ halves the pull to the hint
 RADIUS_FRACTION = 0.25  # R: a hint reaches at most a quarter of the working size (64 px at 256)
 SIGMA_FRACTION = 0.25  # σ: the geodesic distance over which a hint's weight falls by e
-ROUNDS = 2  # sweep pairs of the distance (module docstring)
+ROUNDS = 3  # sweep pairs of the distance (module docstring)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def test_spread_is_the_formula_over_dijkstra_distances() -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)
 
 
-def test_two_sweep_pairs_come_close_to_the_exact_distance_on_a_photo() -> None:
+def test_the_sweeps_come_close_to_the_exact_distance_on_a_photo() -> None:
     rgb = np.asarray(Image.open(SAMPLES / "aitzgorri.jpg").convert("RGB"))
     lightness = fused.resize_l(fused.srgb8_to_l(np.ascontiguousarray(rgb)), (256, 256))
     beta, sigma = hint_spread.BETA, hint_spread.SIGMA_FRACTION * 256
@@ -101,8 +101,8 @@ def test_two_sweep_pairs_come_close_to_the_exact_distance_on_a_photo() -> None:
         fast = hint_spread.geodesic_distance(lightness, sources, beta)
         near = exact < 3 * sigma  # where the weight is above 0.05
         assert np.all(fast >= exact - 1e-3)  # sweeps only ever overestimate
-        assert np.median((fast - exact)[near] / np.maximum(exact[near], 1)) < 0.1
-        assert np.abs(np.exp(-fast / sigma) - np.exp(-exact / sigma))[near].mean() < 0.03
+        assert np.median((fast - exact)[near] / np.maximum(exact[near], 1)) < 0.03
+        assert np.abs(np.exp(-fast / sigma) - np.exp(-exact / sigma))[near].mean() < 0.02
 
 
 def test_without_hints_nothing_changes() -> None:
