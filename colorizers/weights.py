@@ -244,7 +244,7 @@ REGISTRY: dict[str, Checkpoint] = {
 
 DEFAULT = {
     "eccv16": "eccv16-w0.25-l0.75",
-    "siggraph17": "siggraph17-w0.25-l0.75",
+    "siggraph17": "siggraph17-w0.25-l0.75-loc2",
     "larsson16": "larsson16-w0.125",
 }
 
