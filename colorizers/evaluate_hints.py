@@ -69,15 +69,19 @@ def crop8(lab: NDArray[np.float32]) -> NDArray[np.float32]:
     return lab[:, : lab.shape[1] // 8 * 8, : lab.shape[2] // 8 * 8]
 
 
-def spread_hints(lab: NDArray[np.float32], ab: NDArray[np.float32], patches: list[hint_sim.Patch]) -> NDArray:
-    """The network's (2,H,W) ab as the gateway serves it: each hint patch (its colour the truth's mean
-    over the patch, as `hint_sim.paint_hints` paints it) carried on by `service.color.hint_spread`."""
-    served = [
-        hint_spread.Patch(
-            y, x, y + size, x + size, *(float(v) for v in lab[1:, y : y + size, x : x + size].mean((1, 2)))
-        )
+def served_patches(lab: NDArray[np.float32], patches: list[hint_sim.Patch]) -> list[hint_spread.Patch]:
+    """Simulated hint patches as the gateway's hint spread takes them: each colour the truth's mean over
+    its patch, as `hint_sim.paint_hints` paints it."""
+    return [
+        hint_spread.Patch(y, x, y + size, x + size, float(a), float(b))
         for y, x, size in patches
+        for a, b in [lab[1:, y : y + size, x : x + size].mean((1, 2))]
     ]
+
+
+def spread_hints(lab: NDArray[np.float32], ab: NDArray[np.float32], patches: list[hint_sim.Patch]) -> NDArray:
+    """The network's (2,H,W) ab as the gateway serves it, the hints carried on by its hint spread."""
+    served = served_patches(lab, patches)
     return hint_spread.spread(np.ascontiguousarray(lab[0]), np.ascontiguousarray(ab, np.float32), served)
 
 

@@ -32,7 +32,7 @@ from colorizers import hint_sim
 from colorizers.dataset import DEFAULT_CACHE, LabImages
 from colorizers.evaluate import lab_to_rgb8, psnr
 from colorizers.evaluate_bleed import BleedCounts, find_edges
-from colorizers.evaluate_hints import PATCH, Colorize, crop8, load_siggraph, resize_lab
+from colorizers.evaluate_hints import PATCH, Colorize, crop8, load_siggraph, resize_lab, served_patches
 from service.color import hint_spread
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,7 @@ def score(
         ab = colorize(lightness, hint, mask).cpu().numpy()
         truth = lab_to_rgb8(lab[0], lab[1:])
         base = psnr(lab_to_rgb8(lab[0], ab[0]), truth)
-        served = [
-            hint_spread.Patch(y, x, y + size, x + size, float(a), float(b))
-            for y, x, size in patches
-            for a, b in [lab[1:, y : y + size, x : x + size].mean((1, 2))]
-        ]
+        served = served_patches(lab, patches)
         outputs = {NETWORK: ab[1]}
         for sigma, beta, kappa in settings:
             outputs[str((sigma, beta, kappa))] = hint_spread.spread(
