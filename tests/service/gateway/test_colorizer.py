@@ -18,6 +18,7 @@ from skimage import color
 
 from contract import ECCV16, ModelSpec, asset_path
 from service.errors import DeadlineExceeded, PriorlabError, ResourceExhausted, Unavailable
+from service.gateway.colorize import work_name
 from service.gateway.server import create_server
 from service.gateway.settings import Settings
 from service.gateway.triton import ModelInfo
@@ -561,3 +562,13 @@ def test_suggest_colors_softens_by_the_served_checkpoints_factor() -> None:
     peaked = suggest_colors(FakeBackend(suggest_soften=0.2), request).colors[0].confidence
     flat = suggest_colors(FakeBackend(suggest_soften=0.01), request).colors[0].confidence
     assert peaked > 0.9 and flat < 0.5
+
+
+def test_hinted_colorize_calls_are_timed_apart_by_their_count() -> None:
+    assert work_name("siggraph17", 0, spread=True) == "siggraph17"
+    assert work_name("siggraph17", 500, spread=False) == "siggraph17"  # no spread: hints cost nothing
+    names = {n: work_name("siggraph17", n, spread=True) for n in (1, 3, 4, 15, 16, 63, 64, 1024)}
+    assert names[1] == names[3] == "siggraph17:hints<4"
+    assert names[4] == names[15] == "siggraph17:hints<16"
+    assert names[16] == names[63] == "siggraph17:hints<64"
+    assert names[64] == "siggraph17:hints<256" and names[1024] == "siggraph17:hints<4096"
