@@ -12,7 +12,8 @@ For hint h (its patch P_h at the working size S, colour a_h), at every working p
 
     d_h(p)  geodesic distance from P_h over the working L: a step to one of the 8 neighbours costs its
             length (1 or √2) plus β·|ΔL|, with β = BETA·S/256 (an edge's jump in L does not grow with
-            the resolution, its distance in pixels does)
+            the resolution, its distance in pixels does); above S = 256 on L averaged down to 256²
+            (`spread`)
     e_h(p)  Euclidean distance from p to P_h
     w_h(p)  = exp(−d_h(p) / σ) · clip((R − e_h(p)) / (R/4), 0, 1),   R = σ = S/4
     ab'(p)  = ab(p) + Σ_h w_h(p) (a_h − ab(p)) / (κ + Σ_h w_h(p))
@@ -29,15 +30,18 @@ The distances are shortest paths on the 8-neighbour graph by chamfer sweeps, for
 each within its hint's window of R around the patch. Run to convergence they are Dijkstra's (tested);
 on photos that takes 4 or more sweep pairs; `ROUNDS` = 3 leaves them at most a median 1.3 % long
 and the weights on average within 0.013 of exact (samples/aitzgorri.jpg at 256², four hints; tested:
-two left one hint's distances 12 % long): about 1.5 ms per hint at 256² on one core (1024 hints,
-`hints.MAX_HINTS`: under two seconds).
+two left one hint's distances 12 % long): 1-2 ms per hint on one core at every working size
+(1024 hints, `hints.MAX_HINTS`: under two seconds).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from numba.core import types
 from numpy.typing import NDArray
@@ -49,6 +53,7 @@ KAPPA = 0.02  # how much weight the network's own colour keeps: w = κ halves th
 RADIUS_FRACTION = 0.25  # R: a hint reaches at most a quarter of the working size (64 px at 256)
 SIGMA_FRACTION = 0.25  # σ: the geodesic distance over which a hint's weight falls by e
 ROUNDS = 3  # sweep pairs of the distance (module docstring)
+GRID = 256  # the weights' resolution at most (`spread`)
 
 
 @dataclass(frozen=True)
@@ -133,19 +138,18 @@ def _geodesic_kernel(lightness, y0, y1, x0, x1, beta, rounds, dist):
 @kernel(
     types.void(
         readonly_array(types.float32, 2),
-        readonly_array(types.float32, 3),
         readonly_array(types.int64, 2),
         readonly_array(types.float32, 2),
-        types.float32, types.float32, types.float32, types.float32,
+        types.float32, types.float32, types.float32,
         types.int64,
+        array(types.float32, 2),
         array(types.float32, 3),
     )
 )  # fmt: skip
-def _spread_kernel(lightness, ab, rects, colours, beta, sigma, radius, kappa, rounds, out):
+def _weights_kernel(lightness, rects, colours, beta, sigma, radius, rounds, total, pulled):
+    """Σ_h w_h into `total` and Σ_h w_h a_h into `pulled` (both zero on entry)."""
     height, width = lightness.shape
     dist = np.empty((height, width), np.float32)
-    pull = np.zeros((2, height, width), np.float32)
-    total = np.zeros((height, width), np.float32)
     reach = int(np.ceil(radius))
     fade = radius / 4
     for h in range(rects.shape[0]):
@@ -165,14 +169,9 @@ def _spread_kernel(lightness, ab, rects, colours, beta, sigma, radius, kappa, ro
                 taper = min(np.float32(1.0), (radius - np.sqrt(np.float32(dy * dy + dx * dx))) / fade)
                 if taper > 0:
                     w = np.exp(-dist[y, x] / sigma) * taper
-                    pull[0, y, x] += w * (a - ab[0, y, x])
-                    pull[1, y, x] += w * (b - ab[1, y, x])
                     total[y, x] += w
-    for y in range(height):
-        for x in range(width):
-            scale = 1.0 / (kappa + total[y, x])
-            out[0, y, x] = ab[0, y, x] + pull[0, y, x] * scale
-            out[1, y, x] = ab[1, y, x] + pull[1, y, x] * scale
+                    pulled[0, y, x] += w * a
+                    pulled[1, y, x] += w * b
 
 
 def geodesic_distance(
@@ -198,18 +197,41 @@ def spread(
     radius_fraction: float = RADIUS_FRACTION,
     sigma_fraction: float = SIGMA_FRACTION,
     rounds: int = ROUNDS,
+    grid: int = GRID,
 ) -> NDArray[np.float32]:
-    """(S, S) working L and the network's (2, S, S) ab -> ab with each hint's colour spread (module doc)."""
+    """(S, S) working L and the network's (2, S, S) ab -> ab with each hint's colour spread (module doc).
+
+    Above `grid` (256, where the settings were chosen) the weights are computed on L averaged down to
+    `grid` pixels, the patches scaled, and their sums upsampled bilinearly. At a finer grid the texture
+    of grass or foliage adds to every path's cost, so a hint would reach less far than it was tuned to
+    (at 512 the output moved 5 ab units on average), and a hint would cost S² (24 ms at 1024, against
+    about 1.2 ms at any size this way)."""
     if not patches:
         return ab
-    size = max(lightness.shape)
-    radius = radius_fraction * size
-    rects = np.array([(p.top, p.left, p.bottom, p.right) for p in patches], np.int64)
-    colours = np.array([(p.a, p.b) for p in patches], np.float32)
-    out = np.empty(ab.shape, np.float32)
-    _spread_kernel(
-        np.ascontiguousarray(lightness, np.float32), np.ascontiguousarray(ab, np.float32), rects, colours,
-        np.float32(beta * size / 256), np.float32(sigma_fraction * size), np.float32(radius),
-        np.float32(kappa), rounds, out,
+    height, width = lightness.shape
+    scale = min(1.0, grid / max(height, width))
+    rows, cols = max(1, round(height * scale)), max(1, round(width * scale))
+    small = np.ascontiguousarray(lightness, np.float32)
+    if scale < 1:
+        small = np.asarray(cv2.resize(small, (cols, rows), interpolation=cv2.INTER_AREA), np.float32)
+    sy, sx = rows / height, cols / width
+    rects = np.array(
+        [(math.floor(p.top * sy), math.floor(p.left * sx),
+          max(math.floor(p.top * sy) + 1, math.ceil(p.bottom * sy)),
+          max(math.floor(p.left * sx) + 1, math.ceil(p.right * sx))) for p in patches],
+        np.int64,
     )  # fmt: skip
-    return out
+    colours = np.array([(p.a, p.b) for p in patches], np.float32)
+    coarse = max(rows, cols)
+    total = np.zeros((rows, cols), np.float32)
+    pulled = np.zeros((2, rows, cols), np.float32)
+    _weights_kernel(
+        small, rects, colours, np.float32(beta * coarse / 256),
+        np.float32(sigma_fraction * coarse), np.float32(radius_fraction * coarse), rounds, total, pulled,
+    )  # fmt: skip
+    if scale < 1:
+        up = functools.partial(cv2.resize, dsize=(width, height), interpolation=cv2.INTER_LINEAR)
+        total = np.asarray(up(total), np.float32)
+        pulled = np.stack([np.asarray(up(c), np.float32) for c in pulled])
+    # Σ w_h (a_h − ab) = Σ w_h a_h − ab Σ w_h
+    return np.asarray(ab + (pulled - ab * total) / (np.float32(kappa) + total), np.float32)

@@ -155,7 +155,29 @@ def test_the_working_size_scales_the_reach() -> None:
     assert out_small[0, 61, 61 + 20] == pytest.approx(out_large[0, 122, 123 + 40], abs=1.0)
 
 
+def test_above_256_the_weights_are_the_256_ones_upsampled() -> None:
+    # A 256² photo and the same photo at 512², each pixel 2x2 with a fine texture (±4 L in a
+    # checkerboard, gone when averaged back to 256). The spread at 512 reproduces the one at 256 (where
+    # its settings were chosen), up to the bilinear upsampling of the weights; on the full 512 grid
+    # the texture would add to every path's cost and hold the hints back.
+    rgb = np.asarray(Image.open(SAMPLES / "aitzgorri.jpg").convert("RGB"))
+    small = fused.resize_l(fused.srgb8_to_l(np.ascontiguousarray(rgb)), (256, 256))
+    texture = np.where((np.add.outer(np.arange(512), np.arange(512)) % 2) == 0, 4.0, -4.0).astype(np.float32)
+    large = np.clip(np.repeat(np.repeat(small, 2, axis=0), 2, axis=1) + texture, 0, 100)
+    ab_small = np.random.default_rng(4).normal(0, 10, (2, 256, 256)).astype(np.float32)
+    ab_large = np.repeat(np.repeat(ab_small, 2, axis=1), 2, axis=2)
+    hints = [(30, 40, 6, 40.0, -30.0), (150, 120, 4, -20.0, 50.0), (200, 220, 9, 10.0, 10.0)]
+    at_256 = hint_spread.spread(small, ab_small, [Patch(y, x, y + s, x + s, a, b) for y, x, s, a, b in hints])
+    at_512 = hint_spread.spread(
+        large, ab_large, [Patch(2 * y, 2 * x, 2 * (y + s), 2 * (x + s), a, b) for y, x, s, a, b in hints]
+    )
+    change = np.abs(at_256 - ab_small).mean()
+    assert change > 3.0  # the hints did change the picture
+    difference = np.abs(at_512 - np.repeat(np.repeat(at_256, 2, axis=1), 2, axis=2))
+    assert difference.mean() < 0.1 * change, (difference.mean(), change)
+
+
 def test_kernels_are_compiled_at_import() -> None:
-    kernels: tuple[Any, ...] = (hint_spread._geodesic_kernel, hint_spread._spread_kernel)
+    kernels: tuple[Any, ...] = (hint_spread._geodesic_kernel, hint_spread._weights_kernel)
     for kernel in kernels:
         assert kernel.signatures and not kernel._can_compile, kernel
