@@ -189,6 +189,30 @@ REGISTRY: dict[str, Checkpoint] = {
             seed=0,
         ),
         Checkpoint(
+            name="eccv16-w0.25-l0.75-c55",
+            arch="eccv16",
+            width=0.25,
+            trained=True,
+            description=(
+                "trained by colorizers.train on the colorizers.data photos (λ=0.75): eccv16-w0.25-l0.75, "
+                "then 55 min more (1 core)"
+            ),
+            sha256="0990f034306ea96a182f2dc6ec450dd7a5e68a53d7733985a842177b92d21077",
+            filename="eccv16-w0.25-l0.75-c55.pth",
+            meta={
+                "lambda": "0.75",
+                "temperature": "0.6",
+                "init_from": "eccv16-w0.25-l0.75",
+                "crop": "96",
+                "batch": "16",
+                "steps": "9540",
+                "minutes": "55.0",
+                "lr": "0.0001",
+                "seed": "0",
+                "data_manifest_sha256": "f14a1bf53c8d1b64978d828fc72257dcdbaf3bb3afc7c73d86e4e91db8889fc0",
+            },
+        ),
+        Checkpoint(
             name="eccv16-w0.25-l0.75",
             arch="eccv16",
             width=0.25,
@@ -243,7 +267,7 @@ REGISTRY: dict[str, Checkpoint] = {
 }
 
 DEFAULT = {
-    "eccv16": "eccv16-w0.25-l0.75",
+    "eccv16": "eccv16-w0.25-l0.75-c55",
     "siggraph17": "siggraph17-w0.25-l0.75-loc2",
     "larsson16": "larsson16-w0.125",
 }

@@ -81,6 +81,14 @@ class TestTemperature:
         }
         assert evaluate.pick_temperature(results, GRAY, truth_colour=50.0) == "0.38"
 
+    def test_a_near_tie_in_auc_goes_to_the_better_psnr(self) -> None:
+        results = {
+            "0.6": {"psnr": 21.50, "auc_rebal": 0.6306, "colourfulness": 30.4},
+            "1": {"psnr": 21.25, "auc_rebal": 0.6315, "colourfulness": 29.2},
+            "0.38": {"psnr": 21.53, "auc_rebal": 0.6273, "colourfulness": 32.1},
+        }
+        assert evaluate.pick_temperature(results, GRAY, truth_colour=44.2) == "0.6"
+
     def test_falls_back_to_psnr_when_nothing_passes(self) -> None:
         results = {
             "0.1": {"psnr": 15.0, "auc_rebal": 0.70, "colourfulness": 90.0},
