@@ -14,17 +14,23 @@ For hint h (its patch P_h at the working size S, colour a_h), at every working p
             length (1 or √2) plus β·|ΔL|, with β = BETA·S/256 (an edge's jump in L does not grow with
             the resolution, its distance in pixels does); above S = 256 on L averaged down to 256²
             (`spread`)
-    e_h(p)  Euclidean distance from p to P_h
-    w_h(p)  = exp(−d_h(p) / σ) · clip((R − e_h(p)) / (R/4), 0, 1),   R = σ = S/4
-    ab'(p)  = ab(p) + Σ_h w_h(p) (a_h − ab(p)) / (κ + Σ_h w_h(p))
+    e_h(p)  Euclidean distance from p to P_h; beyond R = S/4 the hint has no weight
+    w_h(p)  = exp(−d_h(p) / σ),   σ = R
+    f_h(p)  fade: 1 up to R/2, then a half cosine down to 0 at R
+    ab'(p)  = ab(p) + Σ_h f_h w_h (a_h − ab(p)) / (κ + Σ_h w_h)
 
 Close to a hint, in a region without edges, ab' goes to the hint's colour (w ≫ κ); across an edge or
-far away it stays the network's; between two hints it blends them by their weights. Beyond R from
-every hint nothing changes. β, κ and σ were chosen on 80 training photos (`python -m
-colorizers.tune_spread`, docs/colorization.md §7): the largest PSNR gain at 10 hints among the
-settings with one length scale (σ = R) that keep the colour bleed across true edges at or below the
-network's own and the contrast across them at or above it. A weaker β gains 0.3 dB more by flooding
-the radius with the hint's colour, which bleeds onto neighbouring objects and flattens edges.
+far away it stays the network's; between two hints it blends them by their weights. The fade sits
+outside the normalisation: inside it, w/(κ + w) stays near 1 until w is tiny, so the colour ended in
+a hard circle on a flat sky (1 Dec, seen through `make run`); outside, it fades over the outer half
+of the radius. Beyond R from every hint nothing changes.
+
+β, κ and σ were chosen on 80 training photos (`python -m colorizers.tune_spread`, docs/colorization.md
+§7): the largest PSNR gain at 10 hints among the settings with one length scale (σ = R) that keep the
+colour bleed across true edges at or below the network's own and the contrast across them at or
+above it. A weaker β gains 0.3 dB more by flooding the radius with the hint's colour, which bleeds
+onto neighbouring objects and flattens edges. (That table was measured with the fade inside the
+normalisation; the served gain with the fade outside is in the model card.)
 
 The distances are shortest paths on the 8-neighbour graph by chamfer sweeps, forward and backward,
 each within its hint's window of R around the patch. Run to convergence they are Dijkstra's (tested);
@@ -143,15 +149,17 @@ def _geodesic_kernel(lightness, y0, y1, x0, x1, beta, rounds, dist):
         types.float32, types.float32, types.float32,
         types.int64,
         array(types.float32, 2),
+        array(types.float32, 2),
         array(types.float32, 3),
     )
 )  # fmt: skip
-def _weights_kernel(lightness, rects, colours, beta, sigma, radius, rounds, total, pulled):
-    """Σ_h w_h into `total` and Σ_h w_h a_h into `pulled` (both zero on entry)."""
+def _weights_kernel(lightness, rects, colours, beta, sigma, radius, rounds, total, faded, pulled):
+    """Σ_h w_h into `total`, Σ_h f_h w_h into `faded` and Σ_h f_h w_h a_h into `pulled` (all zero on
+    entry)."""
     height, width = lightness.shape
     dist = np.empty((height, width), np.float32)
     reach = int(np.ceil(radius))
-    fade = radius / 4
+    half = radius / 2
     for h in range(rects.shape[0]):
         top, left, bottom, right = rects[h, 0], rects[h, 1], rects[h, 2], rects[h, 3]
         y0, y1 = max(0, top - reach), min(height, bottom + reach)
@@ -166,12 +174,16 @@ def _weights_kernel(lightness, rects, colours, beta, sigma, radius, rounds, tota
             dy = max(top - y, 0, y - (bottom - 1))
             for x in range(x0, x1):
                 dx = max(left - x, 0, x - (right - 1))
-                taper = min(np.float32(1.0), (radius - np.sqrt(np.float32(dy * dy + dx * dx))) / fade)
-                if taper > 0:
-                    w = np.exp(-dist[y, x] / sigma) * taper
+                e = np.sqrt(np.float32(dy * dy + dx * dx))
+                if e < radius:
+                    w = np.exp(-dist[y, x] / sigma)
+                    f = np.float32(1.0)
+                    if e > half:
+                        f = np.float32(0.5) + np.float32(0.5) * np.cos(np.float32(np.pi) * (e - half) / half)
                     total[y, x] += w
-                    pulled[0, y, x] += w * a
-                    pulled[1, y, x] += w * b
+                    faded[y, x] += f * w
+                    pulled[0, y, x] += f * w * a
+                    pulled[1, y, x] += f * w * b
 
 
 def geodesic_distance(
@@ -224,14 +236,15 @@ def spread(
     colours = np.array([(p.a, p.b) for p in patches], np.float32)
     coarse = max(rows, cols)
     total = np.zeros((rows, cols), np.float32)
+    faded = np.zeros((rows, cols), np.float32)
     pulled = np.zeros((2, rows, cols), np.float32)
     _weights_kernel(
-        small, rects, colours, np.float32(beta * coarse / 256),
-        np.float32(sigma_fraction * coarse), np.float32(radius_fraction * coarse), rounds, total, pulled,
+        small, rects, colours, np.float32(beta * coarse / 256), np.float32(sigma_fraction * coarse),
+        np.float32(radius_fraction * coarse), rounds, total, faded, pulled,
     )  # fmt: skip
     if scale < 1:
         up = functools.partial(cv2.resize, dsize=(width, height), interpolation=cv2.INTER_LINEAR)
-        total = np.asarray(up(total), np.float32)
+        total, faded = np.asarray(up(total), np.float32), np.asarray(up(faded), np.float32)
         pulled = np.stack([np.asarray(up(c), np.float32) for c in pulled])
-    # Σ w_h (a_h − ab) = Σ w_h a_h − ab Σ w_h
-    return np.asarray(ab + (pulled - ab * total) / (np.float32(kappa) + total), np.float32)
+    # Σ f_h w_h (a_h − ab) = Σ f_h w_h a_h − ab Σ f_h w_h
+    return np.asarray(ab + (pulled - ab * faded) / (np.float32(kappa) + total), np.float32)

@@ -30,7 +30,7 @@ def test_the_spread_gains_over_the_network_and_a_strong_beta_bleeds_less() -> No
         rows["(0.25, 0.0, 0.05)"],
         rows["(0.25, 16.0, 0.05)"],
     )
-    assert blind["gain_db"] > network["gain_db"] + 2 and edge_aware["gain_db"] > network["gain_db"] + 2
+    assert blind["gain_db"] > network["gain_db"] + 1 and edge_aware["gain_db"] > network["gain_db"] + 2
     # Without β the hints' colours flow over the edge; with it they stop there.
     assert edge_aware["bleed"] < blind["bleed"]
     assert edge_aware["gain_db"] > blind["gain_db"]

@@ -65,9 +65,10 @@ def _spread_oracle(lightness: np.ndarray, ab: np.ndarray, patches: list[Patch], 
         d = _dijkstra(lightness, sources, beta)
         dy = np.maximum.reduce([p.top - ys, np.zeros_like(ys), ys - (p.bottom - 1)])
         dx = np.maximum.reduce([p.left - xs, np.zeros_like(xs), xs - (p.right - 1)])
-        taper = np.clip((radius - np.hypot(dy, dx)) / (radius / 4), 0, 1)
-        weight = np.exp(-d / sigma) * taper
-        pull += weight * (np.array([p.a, p.b])[:, None, None] - ab)
+        e = np.hypot(dy, dx)
+        weight = np.where(e < radius, np.exp(-d / sigma), 0.0)
+        fade = np.where(e <= radius / 2, 1.0, 0.5 + 0.5 * np.cos(np.pi * (e - radius / 2) / (radius / 2)))
+        pull += fade * weight * (np.array([p.a, p.b])[:, None, None] - ab)
         total += weight
     return ab + pull / (kappa + total)
 
