@@ -29,8 +29,9 @@ of the radius. Beyond R from every hint nothing changes.
 §7): the largest PSNR gain at 10 hints among the settings with one length scale (σ = R) that keep the
 colour bleed across true edges at or below the network's own and the contrast across them at or
 above it. A weaker β gains 0.3 dB more by flooding the radius with the hint's colour, which bleeds
-onto neighbouring objects and flattens edges. (That table was measured with the fade inside the
-normalisation; the served gain with the fade outside is in the model card.)
+onto neighbouring objects and flattens edges. (Chosen with the first version, whose fade sat inside
+the normalisation; with this one the setting keeps bleed under the network's and falls 0.005 short
+of its edge contrast, docs/colorization.md §7.)
 
 The distances are shortest paths on the 8-neighbour graph by chamfer sweeps, forward and backward,
 each within its hint's window of R around the patch. Run to convergence they are Dijkstra's (tested);
