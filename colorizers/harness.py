@@ -4,12 +4,15 @@
 this module, the common command-line flags (`add_common_arguments`), the learning-rate schedule
 (`cosine_lr`) and the loop itself (`run`):
 
-- random training crops (`LabImages.batch`: mirrored half the time, on the CPU) go to the recipe's
-  `step`; the run stops after `--minutes` of training-step time, resumes included, or `--max-steps`;
+- random training crops (`LabImages.batch`, on the CPU: mirrored half the time by default, `--augment`;
+  of `--first-crop` for the first `--first-crop-fraction` of the budget if set, then of `--crop`) go
+  to the recipe's `step`; the run stops after `--minutes` of training-step time, resumes included,
+  or `--max-steps`;
 - the learning rate follows a cosine from `--lr` down to `--lr`/10 over that budget (time or steps,
   whichever is further along);
-- every `--val-every` minutes, and at the end, the recipe scores the fixed validation crops (centre
-  crops of the validation split at the training size) and the history gains an entry, logged as JSON;
+- every `--val-every` minutes (or `--val-steps` steps), and at the end, the recipe scores the fixed
+  validation crops (centre crops of the validation split at `--val-crop`, by default the training
+  size) and the history gains an entry, logged as JSON and kept in `<run-dir>/history.json`;
 - every `--save-every` minutes, and at the end, `<run-dir>/last.pt` is written through
   `run_state.Resumable`, whose keys are the resume format; the same command resumes it (`--fresh`
   starts over);
@@ -37,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from colorizers.dataset import DEFAULT_CACHE, LabImages, manifest_sha256
+from colorizers.dataset import AUGMENTATIONS, DEFAULT_CACHE, LabImages, manifest_sha256
 from colorizers.run_state import PauseFilter, Progress, Resumable, RunState, save_shipped
 from colorizers.weights import CHECKPOINTS_DIR
 
@@ -82,6 +85,19 @@ def add_common_arguments(
     p.add_argument("--val-every", type=float, default=5.0, help="minutes between validations")
     p.add_argument("--save-every", type=float, default=5.0, help="minutes between resumable checkpoints")
     p.add_argument("--fresh", action="store_true", help="ignore <run-dir>/last.pt and start over")
+    # the knobs of the small-compute recipe study (colorizers.recipe); the defaults are the old behaviour
+    p.add_argument("--val-steps", type=int, default=0, help="validate every N steps instead (0: by minutes)")
+    p.add_argument("--val-crop", type=int, default=0, help="validation crop size (0: --crop)")
+    p.add_argument(
+        "--first-crop", type=int, default=0, help="low resolution first: this crop size at the start (0: off)"
+    )
+    p.add_argument(
+        "--first-crop-fraction", type=float, default=0.5, help="share of the budget at --first-crop"
+    )
+    p.add_argument(
+        "--augment", choices=AUGMENTATIONS, default="flip",
+        help="training-crop augmentation: mirror half the time (flip), also rescale (flip-scale), none",
+    )  # fmt: skip
 
 
 def registry_source(
@@ -203,7 +219,8 @@ def _run(args: argparse.Namespace, build: Build, ship_only: bool) -> Path:
         raise FileNotFoundError(f"--ship-only: no {checkpoint.path}")
     state = checkpoint.load(device, fresh=args.fresh)
     val_count = min(args.val_images, len(val_images))
-    val_lab = torch.from_numpy(np.stack([val_images.centre_crop(i, args.crop) for i in range(val_count)]))
+    val_crop = args.val_crop or args.crop
+    val_lab = torch.from_numpy(np.stack([val_images.centre_crop(i, val_crop) for i in range(val_count)]))
     recipe.prepare(state, val_lab)
     log.info(
         "training %s: %s, %d train / %d val images, %g min on %s",
@@ -220,7 +237,9 @@ def _run(args: argparse.Namespace, build: Build, ship_only: bool) -> Path:
         fraction = max(state.elapsed / budget, state.step / args.max_steps if args.max_steps else 0.0)
         for group in recipe.optimizer.param_groups:
             group["lr"] = cosine_lr(args.lr, fraction)
-        stepped = recipe.step(train_images.batch(rng, args.crop, args.batch), state, fraction)
+        crop = args.first_crop if args.first_crop and fraction < args.first_crop_fraction else args.crop
+        crops = train_images.batch(rng, crop, args.batch, augment=args.augment)
+        stepped = recipe.step(crops, state, fraction)
         if stepped is None:
             continue
         losses = np.array(stepped, dtype=np.float64)
@@ -238,16 +257,27 @@ def _run(args: argparse.Namespace, build: Build, ship_only: bool) -> Path:
             f"{recipe.progress(running)} | {rate:.1f} img/s"
         )
         done = state.elapsed >= budget or bool(args.max_steps and state.step >= args.max_steps)
-        if state.elapsed - last_val >= args.val_every * 60 or done:
+        if args.val_steps:
+            due = state.step % args.val_steps == 0
+        else:
+            due = state.elapsed - last_val >= args.val_every * 60
+        if due or done:
             state.history.append({"step": state.step, "minutes": round(state.elapsed / 60, 2),
                                   **recipe.record(running, rate), **recipe.validate()})  # fmt: skip
             log.info("%s", json.dumps(state.history[-1]))
+            _write_history(args.run_dir, state.history)
             last_val, window = state.elapsed, (time.monotonic(), state.step)
         if state.elapsed - last_save >= args.save_every * 60 or done:
             checkpoint.save(state)
             last_save = state.elapsed
     progress.close()
     return _ship(args, recipe, state)
+
+
+def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """`<run-dir>/history.json`: the validations so far, readable without torch (colorizers.recipe)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
 
 
 def _ship(args: argparse.Namespace, recipe: Recipe, state: RunState) -> Path:

@@ -74,6 +74,7 @@ MASK_OFFSET = 0.5  # our SIGGRAPH17 checkpoints see mask - 0.5, as colorization-
 L1_WEIGHT = 10.0  # colorization-pytorch: loss_G = CE + 10 · mean L1 in ab/110 units
 HALO_FRACTION = 0.25  # "far from every hint": the evaluation's 64 px of 256, as a share of the crop
 # Adam (betas, weight decay) per model: the Caffe ECCV16 solver; colorization-pytorch's optimiser.
+PAPER_LAMBDA = 0.5  # the ECCV16 paper's rebalancing: a validation loss comparable across runs' λ
 ADAM = {"eccv16": ((0.9, 0.99), 1e-3), "siggraph17": ((0.9, 0.999), 0.0)}
 
 
@@ -84,6 +85,12 @@ class Batch:
     lightness: torch.Tensor  # (N,1,S,S), L in [0, 100]
     target: torch.Tensor  # (N,313,S/4,S/4)
     weights: torch.Tensor  # (N,S/4,S/4): rebalancing weight x non-gray mask
+
+
+def make_bin_weights(cache: Path, lambda_rebal: float, device: torch.device) -> torch.Tensor:
+    """The 313 rebalancing weights at `lambda_rebal` from the cache's training prior."""
+    prior = np.load(cache / "prior.npy")
+    return torch.from_numpy(quantize.rebalance_weights(prior, lambda_rebal)).float().to(device)
 
 
 def make_batch(lab: torch.Tensor, centres: torch.Tensor, bin_weights: torch.Tensor) -> Batch:
@@ -107,19 +114,26 @@ def train_step(model: ECCVGenerator, optimizer: torch.optim.Optimizer, batch: Ba
 
 
 @torch.no_grad()
-def validate(model: ECCVGenerator, batches: list[Batch], centres: torch.Tensor) -> dict[str, float]:
-    """Mean plain and rebalanced CE on the fixed validation crops, and ab L2 of the T=0.38 decode."""
+def validate(
+    model: ECCVGenerator, batches: list[Batch], centres: torch.Tensor, paper_weights: list[torch.Tensor]
+) -> dict[str, float]:
+    """Mean plain and rebalanced CE on the fixed validation crops, the rebalanced CE at the paper's
+    λ = 0.5 whatever the run's (`paper_weights`, per batch: comparable across λ), and of the T=0.38
+    decode the ab L2 and the mean chroma (against the truth's: the sepia symptom)."""
     model.eval()
-    totals = np.zeros(3)
-    for batch in batches:
+    totals = np.zeros(6)
+    for batch, paper in zip(batches, paper_weights, strict=True):
         logits = model.logits(batch.lightness)
         loss, plain = quantize.rebalanced_cross_entropy(logits, batch.target, batch.weights)
+        at_paper, _ = quantize.rebalanced_cross_entropy(logits, batch.target, paper)
         ab = quantize.annealed_mean(logits, centres, 0.38)
         truth = (batch.target.permute(0, 2, 3, 1) @ centres).permute(0, 3, 1, 2)  # soft-target mean ≈ ab
-        totals += (float(plain), float(loss), float((ab - truth).norm(dim=1).mean()))
-    return dict(
-        zip(("val_ce", "val_ce_rebal", "val_ab_l2"), (totals / max(1, len(batches))).tolist(), strict=True)
-    )
+        totals += (
+            float(plain), float(loss), float(at_paper), float((ab - truth).norm(dim=1).mean()),
+            float(ab.norm(dim=1).mean()), float(truth.norm(dim=1).mean()),
+        )  # fmt: skip
+    names = ("val_ce", "val_ce_rebal", "val_ce_rebal_paper", "val_ab_l2", "val_chroma", "val_chroma_truth")
+    return dict(zip(names, (totals / max(1, len(batches))).tolist(), strict=True))
 
 
 @dataclass
@@ -355,8 +369,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.lambda_rebal is None:
         args.lambda_rebal = 0.5 if args.model == "eccv16" else 1.0
-    if args.crop % 8 or args.crop < 32:
-        p.error(f"--crop must be a multiple of 8 and at least 32, got {args.crop}")
+    sizes = {"--crop": args.crop, "--first-crop": args.first_crop, "--val-crop": args.val_crop}
+    for flag, size in sizes.items():
+        if (size or flag == "--crop") and (size % 8 or size < 32):
+            p.error(f"{flag} must be a multiple of 8 and at least 32, got {size}")
     if not 0 <= args.lambda_rebal <= 1:
         p.error(f"--lambda-rebal must be in [0, 1], got {args.lambda_rebal}")
     if args.locality_weight < 0:
@@ -387,11 +403,8 @@ class _Colorizer(harness.Recipe):
         model: ECCVGenerator | SIGGRAPHGenerator,
     ) -> None:
         self.args, self.device, self.rng = args, device, rng
-        prior = np.load(args.cache / "prior.npy")
         self.centres = torch.from_numpy(quantize.bin_centres()).to(device)
-        self.bin_weights = (
-            torch.from_numpy(quantize.rebalance_weights(prior, args.lambda_rebal)).float().to(device)
-        )
+        self.bin_weights = make_bin_weights(args.cache, args.lambda_rebal, device)
         self.model = model.to(device)
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad],
@@ -455,9 +468,14 @@ class EccvRecipe(_Colorizer):
             make_batch(chunk.to(self.device), self.centres, self.bin_weights)
             for chunk in val_lab.split(self.args.batch)
         ]
+        paper = make_bin_weights(self.args.cache, PAPER_LAMBDA, self.device)
+        self.val_paper_weights = [
+            make_batch(chunk.to(self.device), self.centres, paper).weights
+            for chunk in val_lab.split(self.args.batch)
+        ]
 
     def validate(self) -> dict[str, float]:
-        return validate(self.model, self.val_batches, self.centres)
+        return validate(self.model, self.val_batches, self.centres, self.val_paper_weights)
 
     def step(self, crops: torch.Tensor, run: RunState, fraction: float) -> tuple[float, float]:
         batch = make_batch(crops.to(self.device), self.centres, self.bin_weights)

@@ -116,6 +116,34 @@ class TestReading:
         with pytest.raises(ValueError, match="larger than a stored image"):
             LabImages(tiny_cache, "train").random_crop(np.random.default_rng(0), 128)
 
+    def test_augmentations(self, tiny_cache: Path) -> None:
+        """none: every crop is a window of a stored image as stored; flip: some are mirrored windows;
+        flip-scale: some are neither (rescaled), all of the asked size and within the image's values."""
+        images = LabImages(tiny_cache, "train")
+        stored = [images.image(i) for i in range(len(images))]
+
+        def window_of(crop: np.ndarray, mirrored: bool) -> bool:
+            crop = crop[:, :, ::-1] if mirrored else crop
+            size = crop.shape[-1]
+            return any(
+                np.array_equal(image[:, y : y + size, x : x + size], crop)
+                for image in stored
+                for y in range(image.shape[1] - size + 1)
+                for x in range(image.shape[2] - size + 1)
+            )
+
+        rng = np.random.default_rng(3)
+        plain = [images.random_crop(rng, 32, "none") for _ in range(6)]
+        assert all(window_of(c, mirrored=False) for c in plain)
+        flipped = [images.random_crop(rng, 32, "flip") for _ in range(12)]
+        assert any(not window_of(c, mirrored=False) and window_of(c, mirrored=True) for c in flipped)
+        scaled = [images.random_crop(rng, 32, "flip-scale") for _ in range(12)]
+        assert all(c.shape == (3, 32, 32) for c in scaled)
+        assert any(not window_of(c, False) and not window_of(c, True) for c in scaled)
+        assert all(float(c[0].min()) >= 0 and float(c[0].max()) <= 100 for c in scaled)
+        with pytest.raises(ValueError, match="augment must be one of"):
+            images.random_crop(rng, 32, "rotate")
+
     def test_missing_cache_names_the_command(self, tmp_path: Path) -> None:
         with pytest.raises(FileNotFoundError, match=r"colorizers\.data"):
             LabImages(tmp_path, "train")

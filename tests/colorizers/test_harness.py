@@ -37,12 +37,14 @@ def test_both_trainers_keep_their_flags_and_defaults() -> None:
         "locality_weight": 0.0, "classification_fraction": 0.3, "seed": 0, "threads": 2, "device": "cpu",
         "name": "eccv16-w0.25-l0.5",
         "val_images": 64, "val_every": 5.0, "save_every": 5.0, "fresh": False,
+        "val_steps": 0, "val_crop": 0, "first_crop": 0, "first_crop_fraction": 0.5, "augment": "flip",
     }  # fmt: skip
     larsson = {k: v for k, v in vars(train_larsson.parse_args([])).items() if k not in paths}
     assert larsson == {
         "width": 0.125, "minutes": 90.0, "max_steps": 0, "crop": 128, "batch": 16, "lr": 0.0001,
         "weight_decay": 0.0, "dropout": 0.5, "seed": 0, "threads": 2, "device": "cpu",
         "name": "larsson16-w0.125", "val_images": 64, "val_every": 5.0, "save_every": 5.0, "fresh": False,
+        "val_steps": 0, "val_crop": 0, "first_crop": 0, "first_crop_fraction": 0.5, "augment": "flip",
     }  # fmt: skip
     # the order of the flags is the order of `vars(args)`, which last.pt records under "args"
     assert list(vars(train_larsson.parse_args([])))[:6] == [
@@ -207,3 +209,32 @@ def test_a_non_finite_loss_stops_the_run(tiny_cache: Path, tmp_path: Path) -> No
 
     with pytest.raises(RuntimeError, match=r"loss became nan at step 0; lower --lr"):
         harness.run(_fake_args(tiny_cache, tmp_path, "--max-steps", "3"), build)
+
+
+def test_low_resolution_first_validation_by_steps_and_the_history_file(
+    tiny_cache: Path, tmp_path: Path
+) -> None:
+    """--first-crop for the first --first-crop-fraction of the steps, then --crop; --val-steps validates
+    every N steps (and at the end) on --val-crop crops; history.json holds what last.pt holds."""
+    made: list[_Fake] = []
+    sizes: list[int] = []
+
+    class Sized(_Fake):
+        def step(self, crops: torch.Tensor, run: RunState, fraction: float) -> Sequence[float] | None:
+            sizes.append(crops.shape[-1])
+            return self.losses
+
+    def build(args: argparse.Namespace, device: torch.device, rng: np.random.Generator) -> _Fake:
+        made.append(Sized(args, device, rng))
+        return made[-1]
+
+    args = _fake_args(
+        tiny_cache, tmp_path, "--max-steps", "8", "--minutes", "1e9", "--first-crop", "48",
+        "--first-crop-fraction", "0.25", "--val-steps", "3", "--val-crop", "40", "--save-every", "1000",
+    )  # fmt: skip
+    harness.run(args, build)
+    assert sizes == [48, 48, 32, 32, 32, 32, 32, 32]  # fraction = step / 8 < 0.25 for steps 0 and 1
+    assert made[0].val.shape[-1] == 40
+    written = json.loads((tmp_path / "run" / "history.json").read_text())
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert [h["step"] for h in written] == [3, 6, 8] and written == json.loads(state["history"])
