@@ -25,8 +25,8 @@ def test_convolution_flops_follow_the_pixels_and_the_width(flops: dict[tuple[flo
 
 
 def test_every_trial_gets_the_same_compute(flops: dict[tuple[float, int], int]) -> None:
-    budget = 16_000 * flops[BASE.width, BASE.crop]
     for name, trial in TRIALS.items():
+        budget = (trial.budget_images or 16_000) * flops[BASE.width, BASE.crop]
         steps = recipe.steps_for(trial, 16_000, flops)
         assert steps * trial.flops_per_step(flops) == pytest.approx(budget, rel=0.01), name
     assert recipe.steps_for(TRIALS["batch-8"], 16_000, flops) == 2 * recipe.steps_for(BASE, 16_000, flops)
@@ -46,25 +46,28 @@ def test_the_low_resolution_start_costs_less_per_step(flops: dict[tuple[float, i
 
 def test_tiny_trials_run_resume_and_report(tiny_cache: Path, tmp_path: Path) -> None:
     trials = {
-        "a": Trial(crop=32, batch=2),
+        "base": Trial(crop=32, batch=2),  # continued from the shipped START, as the real trials
         "b": Trial(crop=40, batch=2, first_crop=32, changes={"first_crop": 32}),
     }
-    steps = {"a": 8, "b": 8}
+    steps = {"base": 8, "b": 8}
     runs = tmp_path / "runs"
     recipe.run_trials(trials, steps, runs, tiny_cache, jobs=2)
     for name in trials:
         history = json.loads((runs / name / "history.json").read_text())
-        assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6, 7, 8]
+        assert [h["step"] for h in history] == list(range(9))  # 0: the starting weights, scored
         assert recipe.finished(runs, name, 8)
-    stamp = (runs / "a" / "history.json").stat().st_mtime_ns
+    stamp = (runs / "base" / "history.json").stat().st_mtime_ns
     recipe.run_trials(trials, steps, runs, tiny_cache, jobs=2)  # finished: nothing runs again
-    assert (runs / "a" / "history.json").stat().st_mtime_ns == stamp
+    assert (runs / "base" / "history.json").stat().st_mtime_ns == stamp
     flops = recipe.flops_table(trials)
     rows = recipe.summarise(trials, steps, runs, flops)
-    assert rows["a"]["finished"] and rows["a"]["curve"][-1]["budget"] == 1.0
-    assert set(rows["a"]["final"]) == {"val_ce", "val_ce_rebal_paper", "val_chroma", "val_chroma_truth"}
+    assert rows["base"]["finished"] and rows["base"]["curve"][-1]["budget"] == 1.0
+    assert set(rows["base"]["final"]) == {"val_ce", "val_ce_rebal_paper", "val_chroma", "val_chroma_truth"}
     text = recipe.markdown(rows, 1)
-    assert "| a | — | 8 |" in text and "| b | first_crop 32 | 8 |" in text
+    assert "| base | — | 8 |" in text and "| b | first_crop 32 | 8 |" in text
+    # b's differences are against base (both started the same way): signed, three decimals
+    b_ce = rows["b"]["final"]["val_ce"] - rows["base"]["final"]["val_ce"]
+    assert f"({b_ce:+.3f})" in text
     recipe.plot(rows, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
