@@ -254,7 +254,7 @@ def markdown(rows: Mapping[str, Any], budget_images: int) -> str:
     ]
     for name, row in rows.items():
         final = row["final"]
-        change = ", ".join(f"{k} {v}" for k, v in row["changes"].items()) or "—"
+        change = ", ".join(_change(k, v) for k, v in row["changes"].items()) or "—"
         rates = sorted(row["images_per_s"])
         rate = f"{rates[len(rates) // 2]:.1f}" if rates else "—"
         if not final:
@@ -266,6 +266,19 @@ def markdown(rows: Mapping[str, Any], budget_images: int) -> str:
         ce, rebal = (_with_delta(final, against, k) for k in ("val_ce", "val_ce_rebal_paper"))
         lines.append(f"| {name} | {change} | {row['steps']} | {rate} | {ce} | {rebal} | {chroma:.2f}× |")
     return "\n".join(lines) + "\n"
+
+
+_KNOB_NAMES = {"lambda_rebal": "λ", "first_crop": "first crop"}
+
+
+def _change(knob: str, value: Any) -> str:
+    """One change of a trial, as the table shows it."""
+    if knob == "init_from":
+        return f"from {value}" if value else "from scratch"
+    if knob == "budget_images":
+        return f"{value:,} crops' compute"
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{_KNOB_NAMES.get(knob, knob)} {shown}"
 
 
 def _with_delta(final: Mapping[str, float], base: Mapping[str, float], key: str) -> str:

@@ -64,7 +64,7 @@ def test_tiny_trials_run_resume_and_report(tiny_cache: Path, tmp_path: Path) -> 
     assert rows["base"]["finished"] and rows["base"]["curve"][-1]["budget"] == 1.0
     assert set(rows["base"]["final"]) == {"val_ce", "val_ce_rebal_paper", "val_chroma", "val_chroma_truth"}
     text = recipe.markdown(rows, 1)
-    assert "| base | — | 8 |" in text and "| b | first_crop 32 | 8 |" in text
+    assert "| base | — | 8 |" in text and "| b | first crop 32 | 8 |" in text
     # b's differences are against base (both started the same way): signed, three decimals
     b_ce = rows["b"]["final"]["val_ce"] - rows["base"]["final"]["val_ce"]
     assert f"({b_ce:+.3f})" in text
