@@ -52,6 +52,7 @@ RUNS = DEFAULT_CACHE.parent / "recipe"
 VAL_CROP = 128
 VAL_IMAGES = 128
 VAL_POINTS = 8
+LATE = 0.74  # a trial's scores: its validations from here to the end of its budget (about three)
 BUDGET_IMAGES = 16_000  # ≈ 7 minutes of one core of this machine for the base trial
 SCRATCH_BUDGET = 24_000  # from scratch: the first 8k crops only reach the colour prior
 START = "eccv16-w0.25-l1"  # where a continued run starts: a shipped checkpoint (λ = 1, crops of 128²)
@@ -193,7 +194,8 @@ def summarise(
     trials: Mapping[str, Trial], steps: Mapping[str, int], runs: Path, flops: Mapping[tuple[float, int], int]
 ) -> dict[str, Any]:
     """Per trial: its settings, steps, throughput, the validation curve (x: share of the budget) and
-    the final scores; trials not finished are listed as such."""
+    its scores: the mean over the validations in the last quarter of the budget (`LATE`; one
+    validation moves by 0.02-0.03 from the next), empty until the trial has finished."""
     rows: dict[str, Any] = {}
     for name, trial in trials.items():
         entries = [e for e in history(runs, name) if "val_ce" in e]
@@ -203,12 +205,9 @@ def summarise(
              **{k: round(float(e[k]), 4) for k in ("val_ce", "val_ce_rebal_paper", "val_chroma") if k in e}}
             for e in entries
         ]  # fmt: skip
-        last = entries[-1] if done else {}
-        final = {
-            k: last[k]
-            for k in ("val_ce", "val_ce_rebal_paper", "val_chroma", "val_chroma_truth")
-            if k in last
-        }
+        late = [e for e, point in zip(entries, curve, strict=True) if point["budget"] >= LATE] if done else []
+        keys = ("val_ce", "val_ce_rebal_paper", "val_chroma", "val_chroma_truth")
+        final = {k: sum(float(e[k]) for e in late) / len(late) for k in keys if late and k in late[0]}
         rows[name] = {
             "changes": trial.changes,
             "against": _reference(name, trial),
@@ -245,7 +244,8 @@ def markdown(rows: Mapping[str, Any], budget_images: int) -> str:
         f"`python -m colorizers.recipe` — ECCV16 continued from `{START}`, seed 0 (but `base-seed-1`), "
         f"{budget_images:,} base crops' worth of convolution FLOPs per trial ({SCRATCH_BUDGET:,} for the "
         "`scratch` trials, from a random start), one thread each; scored on the same "
-        f"{VAL_IMAGES} validation photos (centre {VAL_CROP}² crops). Lower CE is better; chroma ÷ truth "
+        f"{VAL_IMAGES} validation photos (centre {VAL_CROP}² crops), each score the mean of the "
+        "validations in the last quarter of the budget. Lower CE is better; chroma ÷ truth "
         "is the sepia symptom (1 = as colourful as the photos). Δ: against `base` (`scratch` for the "
         "scratch trials); `base-seed-1` shows how far the seed alone moves them.",
         "",
