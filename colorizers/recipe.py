@@ -294,11 +294,17 @@ def plot(rows: Mapping[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for name, row in rows.items():
+    tab20 = plt.get_cmap("tab20")
+    colours = [tab20(i / 19) for i in range(20)]
+    for i, (name, row) in enumerate(rows.items()):
         if not row["curve"]:
             continue
         x = [p["budget"] for p in row["curve"]]
-        style = {"linewidth": 2.5, "color": "black"} if name == "base" else {"linewidth": 1}
+        # one colour per trial; the trials from scratch dashed, against their own base
+        dashed = "--" if row["against"] == "scratch" or name == "scratch" else "-"
+        style: dict[str, Any] = {"linewidth": 1.2, "color": colours[i % len(colours)], "linestyle": dashed}
+        if name in ("base", "scratch"):
+            style.update(linewidth=2.5, color="black")
         for ax, key in zip(axes, ("val_ce", "val_ce_rebal_paper"), strict=True):
             ax.plot(x, [p.get(key, float("nan")) for p in row["curve"]], label=name, **style)
     for ax, title in zip(axes, ("validation CE", "validation CE, rebalanced at λ 0.5"), strict=True):
