@@ -169,8 +169,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         model_arguments=_model_arguments,
     )
     args = p.parse_args(argv)
-    if args.crop % PAD_MULTIPLE or args.crop < PAD_MULTIPLE:
-        p.error(f"--crop must be a positive multiple of {PAD_MULTIPLE}, got {args.crop}")
+    sizes = {"--crop": args.crop, "--first-crop": args.first_crop, "--val-crop": args.val_crop}
+    for flag, size in sizes.items():
+        if (size or flag == "--crop") and (size % PAD_MULTIPLE or size < PAD_MULTIPLE):
+            p.error(f"{flag} must be a positive multiple of {PAD_MULTIPLE}, got {size}")
     args.name = args.name or f"larsson16-w{args.width:g}"
     args.run_dir = args.run_dir or DEFAULT_RUNS / args.name
     return args

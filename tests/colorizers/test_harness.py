@@ -238,3 +238,24 @@ def test_low_resolution_first_validation_by_steps_and_the_history_file(
     written = json.loads((tmp_path / "run" / "history.json").read_text())
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert [h["step"] for h in written] == [3, 6, 8] and written == json.loads(state["history"])
+
+
+@pytest.mark.parametrize(
+    ("parse", "flag", "message"),
+    [
+        (train.parse_args, "--first-crop", "--first-crop must be a multiple of 8 and at least 32, got 20"),
+        (train.parse_args, "--val-crop", "--val-crop must be a multiple of 8 and at least 32, got 20"),
+        (train_larsson.parse_args, "--first-crop", "--first-crop must be a positive multiple of 32, got 20"),
+        (train_larsson.parse_args, "--val-crop", "--val-crop must be a positive multiple of 32, got 20"),
+    ],
+)
+def test_the_other_crop_sizes_are_checked_like_the_crop(
+    parse: Callable[[list[str]], argparse.Namespace],
+    flag: str,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        parse([flag, "20"])
+    assert message in capsys.readouterr().err
+    assert getattr(parse([]), flag[2:].replace("-", "_")) == 0  # 0: off / the training crop
