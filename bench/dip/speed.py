@@ -6,6 +6,8 @@
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python -m bench.dip.speed --name speed_avx2
     .venv/bin/python -m bench.dip.speed --bf16-check --data DIR   # fp32 vs bf16 PSNR trace (no timing)
     .venv/bin/python -m bench.dip.speed --bf16-check --data DIR --size 128 --threads 1 --seeds 4 --jobs 1
+    .venv/bin/python -m bench.dip.speed --bf16-check --data DIR --size 128 --threads 1 --first-seed 4 \
+        --seeds 12 --check-variants channels_last,bf16_channels_last --jobs 2   # REPLACEMENT_RULE
     python -m bench.dip.speed --device cuda --variants fused,cuda_graphs   # GPU: writes speed_cuda.*
 
 Each (task, variant) runs in a fresh subprocess (so peak RSS is its own) through the real engine
@@ -21,9 +23,11 @@ runs whose cpu/wall is close to the thread count (dip.md §5: the machine is sha
 fp32 `fused`, the fp32 control `channels_last` and bf16 (one process each, `--jobs` at a time) and records
 the EMA PSNR at 100/200/300/500. One trajectory is chaotic (rounding alone moves it by more than 0.1 dB),
 so `--seeds N` repeats every trace for the DIP run's seeds 0..N-1 (network init, z and the per-iteration
-input noise; the noisy image stays the reference noise) and the verdict is on the paired differences
-over seeds (DECISION_RULE; docs/dip.md §5.1). Finished traces are saved as they come and kept, so a run
-that is stopped, or one with more seeds, only runs what is missing. Kept in the same JSON and markdown.
+input noise; the noisy image stays the reference noise; `--first-seed K`: K..K+N-1) and the verdict is on
+the paired differences over seeds: DECISION_RULE against fp32 NCHW `fused` on seeds 0-3, and
+REPLACEMENT_RULE against the fp32 NHWC default on fresh seeds 4-15 (docs/dip.md §5.1). Finished traces
+are saved as they come and kept, so a run that is stopped, or one with more seeds, only runs what is
+missing. Kept in the same JSON and markdown.
 Writes bench/results/dip/<name>.{json,md} (default speed; --quick: under quick/).
 """
 
@@ -98,6 +102,17 @@ CHECK_TOLERANCE_DB = 0.1
 DECISION_RULE = (
     "bf16 passes at an iteration when the mean over seeds of the paired difference bf16 - fp32 `fused` "
     "(same seed) is within ±0.1 dB, and passes the check when it passes at all of 100/200/300/500"
+)
+# The second rule, written down (docs/dip.md §5.1) before any of its seeds was traced. The first compares
+# bf16 NHWC with fp32 NCHW, so it also measures the layout, whose change alone (fp32 NHWC - NCHW, +0.12 to
+# +0.25 dB over seeds 0-3) fails it; what bf16 would replace at AVX512 is the fp32 NHWC default. Seeds 0-3
+# are left out: their NHWC comparison was seen before this rule was written.
+REPLACEMENT_BASELINE = "channels_last"
+REPLACEMENT_SEEDS = tuple(range(4, 16))
+REPLACEMENT_RULE = (
+    "bf16 NHWC becomes the default where bf16 is native when, over seeds 4-15 (none of them traced before "
+    "this rule was written), the mean paired difference `bf16_channels_last` - `channels_last` (fp32 NHWC, "
+    "the default it would replace; same seed) is within ±0.1 dB at each of 100/200/300/500"
 )
 CHECK_POLL_S = 2.0  # how often the check looks for finished traces
 # Student's t, two-sided 95%, by degrees of freedom (seeds - 1); 1.96 beyond the table.
@@ -283,7 +298,7 @@ def _trace_cmd(args: argparse.Namespace, variant: str, seed: int) -> list[str]:
 def bf16_check(
     args: argparse.Namespace, previous: dict[str, Any] | None, save: Callable[[dict[str, Any]], None]
 ) -> dict[str, Any]:
-    """The `--check-variants` traces for seeds 0..`--seeds`-1, `--jobs` processes at a time.
+    """The `--check-variants` traces for seeds `--first-seed`.. (`--seeds` of them), `--jobs` at a time.
 
     Traces of the last check at the same crop are kept (`traces`: seed 0, `seed_traces`: the others), so
     a variant or a seed can be added without rerunning the rest; `save` gets the check after every trace.
@@ -293,15 +308,16 @@ def bf16_check(
     if args.data is None:
         raise SystemExit("--bf16-check needs --data DIR (or PRIORLAB_DIP_DATA): see bench/dip/quality.py")
     variants = args.check_variants.split(",")
-    if "fused" not in variants:
-        raise SystemExit("the check compares with fp32 `fused`: add it to --check-variants")
+    if not {"fused", REPLACEMENT_BASELINE} & set(variants):
+        raise SystemExit(f"the check compares with fp32 `fused` or `{REPLACEMENT_BASELINE}`: add one")
     same_crop = previous is not None and previous.get("size") == args.size
     by_seed: dict[int, dict[str, Any]] = {}
     if previous is not None and same_crop:
         by_seed[0] = dict(previous["traces"])
         by_seed.update({int(k): dict(v) for k, v in previous.get("seed_traces", {}).items()})
     # seed-major, so a run cut short leaves whole seeds
-    pending = [(s, v) for s in range(args.seeds) for v in variants if v not in by_seed.get(s, {})]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    pending = [(s, v) for s in seeds for v in variants if v not in by_seed.get(s, {})]
     running: dict[tuple[int, str], subprocess.Popen[str]] = {}
     check: dict[str, Any] = {}
     while pending or running:
@@ -354,9 +370,22 @@ def _check_result(args: argparse.Namespace, by_seed: dict[int, dict[str, Any]]) 
     if stats is not None:
         result["seed_stats"] = stats
         result["decision_rule"] = DECISION_RULE
-        result["pass"] = {v: all(p["pass"] for p in stats["paired"][v].values())
-                          for v in stats["paired"] if VARIANTS[v].bf16}  # fmt: skip
+        result["pass"] = _verdicts(stats)
+    replacement = seed_stats(by_seed, REPLACEMENT_BASELINE, REPLACEMENT_SEEDS)
+    if replacement is not None:
+        result["replacement"] = {
+            "rule": REPLACEMENT_RULE,
+            "stats": replacement,
+            "complete": tuple(replacement["seeds"]) == REPLACEMENT_SEEDS,
+            "pass": _verdicts(replacement),  # interim until complete
+        }
     return result
+
+
+def _verdicts(stats: dict[str, Any]) -> dict[str, bool]:
+    """Per bf16 variant: passes at every check iteration."""
+    paired = stats["paired"]
+    return {v: all(p["pass"] for p in paired[v].values()) for v in paired if VARIANTS[v].bf16}
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -365,13 +394,17 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
-def seed_stats(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
-    """Per check iteration, over the seeds that have every variant: each variant's mean PSNR, fp32's
-    seed-to-seed SD, and per other variant the paired difference to fp32 `fused` (mean, SD, standard
-    error, Student-t 95% CI) with DECISION_RULE's verdict. None with fewer than two complete seeds."""
-    variants = sorted({v for t in by_seed.values() for v in t}, key=lambda v: list(VARIANTS).index(v))
-    seeds = sorted(s for s, t in by_seed.items() if all(v in t for v in variants))
-    if len(seeds) < 2 or "fused" not in variants:
+def seed_stats(
+    by_seed: dict[int, dict[str, Any]], baseline: str = "fused", among: tuple[int, ...] | None = None
+) -> dict[str, Any] | None:
+    """Per check iteration, over the seeds (of `among`, default all) that have every variant traced for
+    them: each variant's mean PSNR, the fp32 `baseline`'s seed-to-seed SD, and per other variant the
+    paired difference to `baseline` (mean, SD, standard error, Student-t 95% CI) with its verdict (the mean
+    within ±CHECK_TOLERANCE_DB). None with fewer than two complete seeds."""
+    chosen = {s: t for s, t in by_seed.items() if among is None or s in among}
+    variants = sorted({v for t in chosen.values() for v in t}, key=lambda v: list(VARIANTS).index(v))
+    seeds = sorted(s for s, t in chosen.items() if all(v in t for v in variants))
+    if len(seeds) < 2 or baseline not in variants:
         return None
     n = len(seeds)
     t975 = T975.get(n - 1, 1.96)
@@ -381,13 +414,13 @@ def seed_stats(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
 
     mean: dict[str, dict[str, float]] = {v: {} for v in variants}
     fp32_sd: dict[str, float] = {}
-    paired: dict[str, dict[str, dict[str, Any]]] = {v: {} for v in variants if v != "fused"}
+    paired: dict[str, dict[str, dict[str, Any]]] = {v: {} for v in variants if v != baseline}
     for k in CHECK_ITERATIONS:
         for v in variants:
             mean[v][str(k)] = _mean_sd(at(v, k))[0]
-        fp32_sd[str(k)] = _mean_sd(at("fused", k))[1]
+        fp32_sd[str(k)] = _mean_sd(at(baseline, k))[1]
         for v in paired:
-            diffs = [a - b for a, b in zip(at(v, k), at("fused", k), strict=True)]
+            diffs = [a - b for a, b in zip(at(v, k), at(baseline, k), strict=True)]
             m, sd = _mean_sd(diffs)
             se = sd / math.sqrt(n)
             paired[v][str(k)] = {
@@ -398,8 +431,8 @@ def seed_stats(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
                 "ci95": [m - t975 * se, m + t975 * se],
                 "pass": abs(m) <= CHECK_TOLERANCE_DB,
             }
-    return {"seeds": seeds, "n": n, "t975": t975, "mean_db": mean, "fp32_seed_sd_db": fp32_sd,
-            "paired": paired}  # fmt: skip
+    return {"seeds": seeds, "n": n, "t975": t975, "baseline": baseline, "mean_db": mean,
+            "fp32_seed_sd_db": fp32_sd, "paired": paired}  # fmt: skip
 
 
 COLUMNS = ("task", "variant", "runs as", "s/iter (median)", "p10-p90", "x reference_loop", "cpu/wall",
@@ -479,7 +512,7 @@ def _check_markdown(check: dict[str, Any]) -> list[str]:
         "",
     ]
     if stats:
-        lines += _seeds_markdown(check, stats)
+        lines += _seeds_markdown(stats, check.get("decision_rule", DECISION_RULE))
     lines += [
         "Seed 0 alone (one trajectory; "
         + ("the single-seed verdict: " + ", ".join(
@@ -489,23 +522,39 @@ def _check_markdown(check: dict[str, Any]) -> list[str]:
         "",
         *table(header, rows),
         *_control_note(delta, check.get("single_seed_pass", check["pass"])),
+        *_replacement_markdown(check),
     ]  # fmt: skip
     return lines
+
+
+def _replacement_markdown(check: dict[str, Any]) -> list[str]:
+    """The second rule's table: bf16 NHWC against the fp32 NHWC default, on the seeds fixed for it."""
+    r = check.get("replacement")
+    if r is None:
+        return []
+    stats = r["stats"]
+    verdicts = ", ".join(f"`{v}` **{'pass' if ok else 'FAIL'}**" for v, ok in r["pass"].items())
+    status = "" if r["complete"] else f" (interim: {stats['n']} of {len(REPLACEMENT_SEEDS)} seeds traced)"
+    return [
+        f"### Against the fp32 default it would replace (fp32 NHWC), seeds 4-15: {verdicts}{status}",
+        "",
+        *_seeds_markdown(stats, r["rule"]),
+    ]
 
 
 def _diff_cell(p: dict[str, Any]) -> str:
     return f"{p['mean']:+.3f} ± {p['se']:.3f} [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]"
 
 
-def _seeds_markdown(check: dict[str, Any], stats: dict[str, Any]) -> list[str]:
+def _seeds_markdown(stats: dict[str, Any], rule: str) -> list[str]:
     """The multi-seed table: means, fp32's seed spread, paired differences with SE and 95% CI, verdicts."""
     paired, mean = stats["paired"], stats["mean_db"]
     bf16 = [v for v in paired if VARIANTS[v].bf16]
     header = [
         "iteration",
         *(f"`{v}` mean dB" for v in mean),
-        "fp32 seed SD",
-        *(f"`{v}` - fp32: mean ± SE [95% CI]" for v in paired),
+        f"`{stats['baseline']}` seed SD",
+        *(f"`{v}` - `{stats['baseline']}`: mean ± SE [95% CI]" for v in paired),
         *(f"`{v}` verdict" for v in bf16),
     ]
     rows = [
@@ -521,9 +570,9 @@ def _seeds_markdown(check: dict[str, Any], stats: dict[str, Any]) -> list[str]:
     seeds = ", ".join(str(s) for s in stats["seeds"])
     return [
         f"Over seeds {seeds} (the DIP run's seed: network init, z, input noise; paired: same seed, "
-        f"difference to fp32 `fused`; SE = SD/√{stats['n']}, CI = mean ± {stats['t975']:.3f}·SE, "
-        f"Student's t, {stats['n'] - 1} degree(s) of freedom). Rule, fixed before these traces were "
-        f"taken: {check.get('decision_rule', DECISION_RULE)}.",
+        f"difference to fp32 `{stats['baseline']}`; SE = SD/√{stats['n']}, CI = mean ± "
+        f"{stats['t975']:.3f}·SE, Student's t, {stats['n'] - 1} degree(s) of freedom). Rule, fixed before "
+        f"these traces were taken: {rule}.",
         "",
         *table(header, rows),
     ]
@@ -629,7 +678,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=OUT, help="results folder (--quick: its quick/)")
     p.add_argument("--bf16-check", action="store_true", help="the fp32 vs bf16 PSNR trace (no timing)")
     p.add_argument("--check-variants", default="fused,channels_last,bf16_channels_last", help="traces")
-    p.add_argument("--seeds", type=int, default=1, help="--bf16-check: DIP seeds 0..N-1 per variant")
+    p.add_argument("--seeds", type=int, default=1, help="--bf16-check: DIP seeds K..K+N-1 per variant")
+    p.add_argument("--first-seed", type=int, default=0, help="--bf16-check: K, the first seed")
     p.add_argument("--jobs", type=int, default=3, help="--bf16-check: trace processes at a time")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, default=os.environ.get("PRIORLAB_DIP_DATA"), help="test images")

@@ -91,3 +91,37 @@ def test_one_seed_keeps_the_single_seed_verdict(tmp_path: Path, monkeypatch: pyt
     check = speed.bf16_check(_args(tmp_path, 1), None, lambda c: None)
     assert "seed_stats" not in check and check["pass"] == {"bf16_channels_last": True}
     assert "one seed" in "\n".join(speed._check_markdown(check))
+
+
+def test_the_replacement_rule_pairs_with_fp32_nhwc_on_its_own_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(speed, "_trace_cmd", _fake_cmd)
+    monkeypatch.setattr(speed, "REPLACEMENT_SEEDS", (4, 5, 6))
+    monkeypatch.setitem(FUSED, 4, 20.0)
+    monkeypatch.setitem(FUSED, 5, 21.0)
+    monkeypatch.setitem(FUSED, 6, 22.0)
+    monkeypatch.setitem(OFFSET, "channels_last", {**OFFSET["channels_last"], 4: 0.3, 5: 0.1, 6: 0.2})
+    monkeypatch.setitem(
+        OFFSET, "bf16_channels_last", {**OFFSET["bf16_channels_last"], 4: 0.4, 5: 0.3, 6: 0.0}
+    )
+    first = speed.bf16_check(_args(tmp_path, 4), None, lambda c: None)  # seeds 0-3, all three variants
+    assert "replacement" not in first  # none of its seeds traced yet
+    common = ["--bf16-check", "--data", str(tmp_path), "--size", "128", "--threads", "1", "--jobs", "2",
+              "--check-variants", "channels_last,bf16_channels_last"]  # fmt: skip
+    argv = [*common, "--first-seed", "4", "--seeds", "2"]
+    check = speed.bf16_check(speed.parse(argv), json.loads(json.dumps(first)), lambda c: None)
+    assert set(check["seed_traces"]["4"]) == {"channels_last", "bf16_channels_last"}  # no fused for them
+    assert check["seed_stats"]["seeds"] == [0, 1, 2, 3]  # the first rule keeps its seeds and baseline
+    r = check["replacement"]
+    assert r["stats"]["seeds"] == [4, 5] and r["stats"]["baseline"] == "channels_last"
+    assert not r["complete"]
+    p = r["stats"]["paired"]["bf16_channels_last"]["300"]
+    assert p["diffs"] == pytest.approx([0.1, 0.2]) and p["mean"] == pytest.approx(0.15)
+    assert r["pass"] == {"bf16_channels_last": False}  # 0.15 > 0.1
+    md = "\n".join(speed._check_markdown(json.loads(json.dumps(check))))
+    assert "interim: 2 of 3 seeds" in md and speed.REPLACEMENT_RULE in md
+    last = speed.parse([*common, "--first-seed", "6", "--seeds", "1"])  # seed 6 alone
+    done = speed.bf16_check(last, json.loads(json.dumps(check)), lambda c: None)
+    assert done["replacement"]["complete"] and done["replacement"]["stats"]["seeds"] == [4, 5, 6]
+    assert done["replacement"]["pass"] == {"bf16_channels_last": True}  # mean of 0.1, 0.2, -0.2 = 0.033
