@@ -125,3 +125,10 @@ def test_the_replacement_rule_pairs_with_fp32_nhwc_on_its_own_seeds(
     done = speed.bf16_check(last, json.loads(json.dumps(check)), lambda c: None)
     assert done["replacement"]["complete"] and done["replacement"]["stats"]["seeds"] == [4, 5, 6]
     assert done["replacement"]["pass"] == {"bf16_channels_last": True}  # mean of 0.1, 0.2, -0.2 = 0.033
+
+
+def test_the_t_table_matches_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for dof, t in speed.T975.items():
+        assert t == pytest.approx(stats.t.ppf(0.975, dof), abs=6e-4), dof
+    assert max(speed.T975) >= 11  # the replacement rule's 12 seeds
