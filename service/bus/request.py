@@ -178,17 +178,18 @@ Stopping = AutoStop | FixedIterations
 class EngineOptions:
     """Speed switches; the defaults are the fastest correct setting measured by bench/dip/speed.py.
 
-    They change speed, not the algorithm (results agree up to float rounding; opt-in bf16 rounds more,
-    docs/dip.md §5.1). None: the worker decides for its device (service/worker/tuning.py).
+    They change speed, not the algorithm (results agree up to float rounding; bf16 rounds more, and its
+    expected PSNR trace is within ±0.1 dB of fp32's: docs/dip.md §5.1). None: the worker decides for its
+    device (service/worker/tuning.py).
     """
 
     # NHWC activations for the oneDNN/cuDNN convolutions. None: on a CPU with bf16 or at AVX512 (faster
     # there), off at AVX2 and on CUDA (slower or no faster there).
     channels_last: bool | None = None
     # CPU only: the network's forward under bfloat16 autocast (the output layer, loss, EMA and Adam stay
-    # fp32): 0.43x the fp32 reference loop's s/iteration, but +0.05..+0.19 dB off fp32's PSNR trace over
-    # 4 seeds, outside the ±0.1 dB check (docs/dip.md §5.1). None: off (opt-in); True where the CPU has
-    # no native bf16 (avx512_bf16 or AMX) is refused.
+    # fp32): 0.37-0.43x the fp32 reference loop's s/iteration, its mean PSNR trace within 0.03 dB of
+    # fp32 NHWC's over 12 seeds (docs/dip.md §5.1). None: on where the CPU has native bf16 (avx512_bf16
+    # or AMX), off elsewhere; True there is refused (emulated bf16 is slower than fp32); False: fp32.
     bf16: bool | None = None
     compile: bool = False  # torch.compile the network (pays a one-off compile per image size)
     fused_updates: bool = True  # fused Adam; in-place noise/EMA (normal_ + add(out=), lerp_), no temporaries

@@ -1,12 +1,12 @@
 """The speed settings a run actually gets: `EngineOptions`' automatic (None) switches, decided per device.
 
-bf16 is opt-in: `bf16=True` runs the network's forward under bf16 autocast in NHWC (oneDNN's native bf16
-kernels) at 0.38-0.43x the s/iteration of the fp32 reference loop (256² denoising, 2 threads,
-bench/results/dip/speed.md, speed_bench.md), but it fails issue #19's ±0.1 dB PSNR check: 0.11-0.17 dB
-below fp32 at 256² on one seed, and +0.15..+0.19 dB off at 100-300 iterations on the mean over 4 seeds at
-128² (where fp32 in NHWC moves as far from NCHW: docs/dip.md §5.1), so None means off. True is refused
-where the CPU has no native bf16 (avx512_bf16 or AMX with torch's kernels at AVX512): emulated, it would
-be slower than fp32.
+bf16: None means on where the CPU runs bf16 natively (avx512_bf16 or AMX, torch's kernels at AVX512,
+oneDNN not capped below them): the network's forward under bf16 autocast in NHWC, 0.37-0.43x the
+s/iteration of the fp32 reference loop (256² denoising, 2 threads, bench/results/dip/speed.md), against
+fp32 NHWC's 0.86x. It became the default on 1 Dec by a rule fixed before its data (docs/dip.md §5.1):
+over 12 fresh seeds its PSNR trace is +0.001 / +0.018 / +0.007 / +0.024 dB from the fp32 NHWC default's
+at 100 / 200 / 300 / 500 iterations (SE 0.05-0.07), within the issue's ±0.1 dB. Elsewhere None means off,
+and True is refused: emulated bf16 would be slower than fp32. False keeps fp32 on any CPU.
 channels_last: None means NHWC with bf16 or at AVX512 (faster there), NCHW at AVX2.
 """
 
@@ -52,12 +52,13 @@ def resolve(options: EngineOptions, device: torch.device) -> EngineOptions:
         if options.bf16:
             raise ValueError(f"bf16=True is a CPU option; {device.type} runs fp32 (set bf16=None or False)")
         return dataclasses.replace(options, bf16=False, channels_last=bool(options.channels_last))
-    bf16 = bool(options.bf16)  # None: off, see the module docstring
-    if bf16:
+    bf16 = False
+    if options.bf16 is not False:  # None: on where native (see the module docstring); True: required
         native, why = native_bf16()
-        if not native:
+        if options.bf16 and not native:
             raise ValueError(f"bf16=True needs native bf16 on the CPU, but {why}; set bf16=None or False")
-        logger.debug("bf16 on: %s", why)
+        bf16 = native
+        logger.debug("bf16 %s: %s", "on" if bf16 else "off", why)
     # NHWC pays with bf16 (oneDNN's bf16/AMX kernels are NHWC) and in fp32 at AVX512 (0.86x NCHW's
     # s/iteration); at AVX2 NCHW is faster (NHWC 1.09x) (bench/results/dip/speed.md, speed_avx2.md).
     nhwc = bf16 or torch.backends.cpu.get_cpu_capability() == "AVX512"

@@ -61,9 +61,13 @@ class TestNativeBf16:
 
 
 class TestResolve:
-    def test_bf16_is_opt_in_on_a_native_bf16_cpu(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        _cpu(monkeypatch, "AVX512", amx=True, avx512_bf16=True)
-        assert resolve(EngineOptions(), CPU).bf16 is False  # outside the ±0.1 dB check: not by default
+    @pytest.mark.parametrize(("amx", "avx512_bf16"), [(True, True), (True, False), (False, True)])
+    def test_bf16_is_the_default_on_a_native_bf16_cpu(
+        self, monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool
+    ) -> None:
+        _cpu(monkeypatch, "AVX512", amx=amx, avx512_bf16=avx512_bf16)
+        auto = resolve(EngineOptions(), CPU)  # within ±0.1 dB of fp32 over 12 seeds: on by default
+        assert auto.bf16 is True and auto.channels_last is True  # oneDNN's bf16 kernels are NHWC
         got = resolve(EngineOptions(bf16=True), CPU)
         assert got.bf16 is True and got.channels_last is True
         # an explicit layout wins over the automatic one
@@ -78,6 +82,14 @@ class TestResolve:
         _cpu(monkeypatch, "AVX512", amx=False, avx512_bf16=False)
         got = resolve(EngineOptions(), CPU)
         assert got.bf16 is False and got.channels_last is True
+        _cpu(monkeypatch, "AVX512", amx=True, avx512_bf16=True)
+        got = resolve(EngineOptions(bf16=False), CPU)  # fp32 asked for on a bf16 CPU
+        assert got.bf16 is False and got.channels_last is True
+
+    def test_a_onednn_cap_below_bf16_keeps_the_default_fp32(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        _cpu(monkeypatch, "AVX512", amx=True, avx512_bf16=True)
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+        assert resolve(EngineOptions(), CPU).bf16 is False
 
     def test_asking_for_bf16_without_it_is_refused_with_the_reason(
         self, monkeypatch: pytest.MonkeyPatch
@@ -116,3 +128,16 @@ def test_bf16_run_is_close_to_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
     assert bf16.losses[0] == pytest.approx(fp32.losses[0], rel=2e-3)
     assert np.mean(bf16.losses[-5:]) == pytest.approx(np.mean(fp32.losses[-5:]), rel=1e-2)
     assert np.sqrt(np.mean((bf16.image - fp32.image) ** 2)) < 0.02
+
+
+def test_the_default_run_is_the_bf16_run_where_bf16_is_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Through the engine, not only `resolve`: EngineOptions() on a bf16 CPU runs exactly what bf16=True
+    # runs, and not what bf16=False runs. Pretend native where it is not, as above.
+    monkeypatch.setattr(tuning, "native_bf16", lambda: (True, "test"))
+    img = np.random.default_rng(1).random((32, 32, 3)).astype(np.float32)
+    task, stop = DenoiseTask(sigma=0.1), FixedIterations(5)
+    default = restore(img, task, stopping=stop, options=EngineOptions())
+    bf16 = restore(img, task, stopping=stop, options=EngineOptions(bf16=True))
+    fp32 = restore(img, task, stopping=stop, options=EngineOptions(bf16=False))
+    assert np.array_equal(default.losses, bf16.losses)
+    assert not np.array_equal(default.losses, fp32.losses)
