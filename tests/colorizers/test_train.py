@@ -260,6 +260,21 @@ def test_far_from_hints_is_every_pixel_outside_the_square_around_each_hint() -> 
     assert bool(near[((yy - 10) ** 2 + (xx - 20) ** 2) <= 16].all())
 
 
+def test_far_from_hints_matches_the_chebyshev_distance_to_the_nearest_hint() -> None:
+    """Many hints, some on the border, against a brute-force distance: the separable pooling must
+    give the same square as one k x k window, also where the squares overlap or are clipped."""
+    rng = np.random.default_rng(3)
+    mask = torch.from_numpy((rng.random((2, 1, 40, 56)) < 0.01).astype(np.float32))
+    mask[0, 0, 0, 55] = mask[1, 0, 39, 0] = 1
+    yy, xx = np.mgrid[:40, :56]
+    for radius in (1, 3, 12):
+        far = train.far_from_hints(mask, radius).numpy()
+        for n in range(2):
+            ys, xs = np.nonzero(mask[n, 0].numpy())
+            distance = np.min(np.maximum(abs(yy[..., None] - ys), abs(xx[..., None] - xs)), axis=-1)
+            np.testing.assert_array_equal(far[n, 0], (distance > radius).astype(np.float32))
+
+
 def test_locality_loss_measures_how_far_the_hints_move_distant_pixels() -> None:
     torch.manual_seed(0)
     model = SIGGRAPHGenerator(width=0.125, mask_offset=0.5).eval()
