@@ -512,18 +512,31 @@ _QUANT_PACKED = _packed_quantizer()
 
 
 @kernel()
-def _quantize(linear):
-    """uint8 code of a float32 linear value: `lab._uint8_quantizer`'s bucket and threshold, packed in one
-    table entry (`_packed_quantizer`): one gather instead of two."""
+def _bucket(linear):
+    """The quantizer's table index and fixed-point position inside the bucket for a float32 linear
+    value: arithmetic only, so a loop of it vectorises on every target (`_quantize`)."""
     s = linear * np.float32(lab._QUANT_BUCKETS)
     bucket = np.int32(min(max(s, np.float32(0.0)), np.float32(lab._QUANT_BUCKETS - 1)))
-    entry = _QUANT_PACKED[np.uint32(bucket) & np.uint32(lab._QUANT_BUCKETS - 1)]
     # s - k is exact; clamped to [-1, 1] so the conversion cannot overflow (out of gamut)
     inside = min(max(s - np.float32(bucket), np.float32(-1.0)), np.float32(1.0))
-    position = np.int32(inside * np.float32(_FRACTION_ONE))
+    return bucket, np.int32(inside * np.float32(_FRACTION_ONE))
+
+
+@kernel()
+def _code(bucket, position):
+    """The uint8 code from `_bucket`'s pair: one lookup in the packed table and one compare."""
+    entry = _QUANT_PACKED[np.uint32(bucket) & np.uint32(lab._QUANT_BUCKETS - 1)]
     return np.uint8(
         (entry >> np.uint32(24)) + (1 if position >= np.int32(entry & np.uint32(0xFFFFFF)) else 0)
     )
+
+
+@kernel()
+def _quantize(linear):
+    """uint8 code of a float32 linear value: `lab._uint8_quantizer`'s bucket and threshold, packed in one
+    table entry (`_packed_quantizer`): one gather instead of two."""
+    bucket, position = _bucket(linear)
+    return _code(bucket, position)
 
 
 @kernel()
@@ -534,17 +547,17 @@ def _f_inverse(f):
 
 
 @kernel()
-def _lab_row_to_srgb8(row, a_lo, a_hi, b_lo, b_hi, f, linear, r8, g8, b8):
+def _lab_row_to_srgb8(row, a_lo, a_hi, b_lo, b_hi, f, scratch, r8, g8, b8):
     """One output row: vertical bilinear of the widened ab rows (weight `f` on the upper one), Lab ->
-    linear RGB into the float32 scratch rows `linear` (3, >= W), then the exact uint8 rounding into
-    three planes (interleaved stores kept LLVM from vectorising the loop: 5x slower).
+    linear RGB, exact uint8 rounding, into three planes (interleaved stores kept LLVM from vectorising
+    the loop: 5x slower). `scratch`: int32 (6, >= W), the quantizer's buckets and positions.
 
-    Two loops, not one: the first is arithmetic only and vectorises on every x86 target; the second
-    holds the quantizer's table lookup, which LLVM turns into gathers where they are cheap (AVX-512
-    Intel) and leaves scalar where its cost model says they are not (AMD Zen 3 at AVX2). In one loop
-    the lookup kept the whole Lab arithmetic scalar on Zen 3: 12.8 ns a pixel, against 2.2 on Intel."""
+    Two loops, not one: the first is arithmetic only (Lab -> linear RGB -> `_bucket`) and vectorises on
+    every x86 target; the second holds the table lookup (`_code`), which LLVM turns into gathers where
+    they are cheap (AVX-512 Intel) and leaves scalar where its cost model says they are not (AMD Zen 3
+    at AVX2). In one loop the lookup kept all the arithmetic scalar there: 12.8 ns a pixel (Intel:
+    2.2), and with the lookup alone scalar the loop takes 0.6x the time (gateway_overhead.md)."""
     g = np.float32(1.0) - f
-    lr, lg, lb = linear[0], linear[1], linear[2]
     for j in range(row.shape[0]):
         a = g * a_lo[j] + f * a_hi[j]
         b = g * b_lo[j] + f * b_hi[j]
@@ -554,13 +567,19 @@ def _lab_row_to_srgb8(row, a_lo, a_hi, b_lo, b_hi, f, linear, r8, g8, b8):
         x = _f_inverse(fx)
         y = _f_inverse(fy)
         z = _f_inverse(fz)
-        lr[j] = np.float32(_M00) * x + np.float32(_M01) * y + np.float32(_M02) * z
-        lg[j] = np.float32(_M10) * x + np.float32(_M11) * y + np.float32(_M12) * z
-        lb[j] = np.float32(_M20) * x + np.float32(_M21) * y + np.float32(_M22) * z
+        scratch[0, j], scratch[3, j] = _bucket(
+            np.float32(_M00) * x + np.float32(_M01) * y + np.float32(_M02) * z
+        )
+        scratch[1, j], scratch[4, j] = _bucket(
+            np.float32(_M10) * x + np.float32(_M11) * y + np.float32(_M12) * z
+        )
+        scratch[2, j], scratch[5, j] = _bucket(
+            np.float32(_M20) * x + np.float32(_M21) * y + np.float32(_M22) * z
+        )
     for j in range(row.shape[0]):
-        r8[j] = _quantize(lr[j])
-        g8[j] = _quantize(lg[j])
-        b8[j] = _quantize(lb[j])
+        r8[j] = _code(scratch[0, j], scratch[3, j])
+        g8[j] = _code(scratch[1, j], scratch[4, j])
+        b8[j] = _code(scratch[2, j], scratch[5, j])
 
 
 @kernel(
@@ -570,19 +589,19 @@ def _lab_row_to_srgb8(row, a_lo, a_hi, b_lo, b_hi, f, linear, r8, g8, b8):
         readonly_array(types.int32, 1),
         readonly_array(types.int32, 1),
         readonly_array(types.float32, 1),
-        array(types.float32, 2),
+        array(types.int32, 2),
         array(types.uint8, 2),
         array(types.uint8, 2),
         array(types.uint8, 2),
     )
 )
-def _lab_to_srgb8_kernel(lightness, ab_rows, lower, upper, frac, linear, red, green, blue):
-    """Per output row: `_lab_row_to_srgb8` into three planes (`linear`: its (3, W) scratch)."""
+def _lab_to_srgb8_kernel(lightness, ab_rows, lower, upper, frac, scratch, red, green, blue):
+    """Per output row: `_lab_row_to_srgb8` into three planes (`scratch`: its (6, W) int32 rows)."""
     for i in range(lightness.shape[0]):
         lo, hi = lower[i], upper[i]
         _lab_row_to_srgb8(
             lightness[i], ab_rows[0, lo], ab_rows[0, hi], ab_rows[1, lo], ab_rows[1, hi], frac[i],
-            linear, red[i], green[i], blue[i],
+            scratch, red[i], green[i], blue[i],
         )  # fmt: skip
 
 
@@ -626,11 +645,11 @@ def _ycc_row(r8, g8, b8, luma, cb, cr):
         array(types.uint8, 2),
         array(types.uint8, 2),
         array(types.int32, 2),
-        array(types.float32, 2),
+        array(types.int32, 2),
     )
 )
 def _lab_to_ycc420_kernel(
-    lightness, ab_rows, lower, upper, frac, luma, cb, cr, rgb_rows, chroma_rows, linear
+    lightness, ab_rows, lower, upper, frac, luma, cb, cr, rgb_rows, chroma_rows, scratch
 ):
     """Per pair of output rows: `_lab_row_to_srgb8` of each into small row buffers (L1), libjpeg's
     Y'CbCr of them (`_ycc_row`), then Cb and Cr averaged over 2x2 as jcsample.c's h2v2_downsample
@@ -646,7 +665,7 @@ def _lab_to_ycc420_kernel(
             lo, hi = lower[i], upper[i]
             _lab_row_to_srgb8(
                 lightness[i], ab_rows[0, lo], ab_rows[0, hi], ab_rows[1, lo], ab_rows[1, hi], frac[i],
-                linear, rgb_rows[0, :width], rgb_rows[1, :width], rgb_rows[2, :width],
+                scratch, rgb_rows[0, :width], rgb_rows[1, :width], rgb_rows[2, :width],
             )  # fmt: skip
             _ycc_row(
                 rgb_rows[0, :width], rgb_rows[1, :width], rgb_rows[2, :width],
@@ -694,12 +713,18 @@ def lab_to_srgb8_upsampled(lightness: NDArray[Any], ab: NDArray[Any]) -> NDArray
     # read back (micro, warm heap: 9.35 -> 9.17 ms at 2048², 0.57 at 512² either way).
     rows = max(1, _BLOCK_BYTES // (3 * width))
     planes = [np.empty((min(rows, height), width), np.uint8) for _ in range(3)]
-    linear = np.empty((3, width), np.float32)
+    scratch = np.empty((6, width), np.int32)
     for start in range(0, height, rows):
         stop = min(start + rows, height)
         block = [plane[: stop - start] for plane in planes]
         _lab_to_srgb8_kernel(
-            light[start:stop], widened, lower[start:stop], upper[start:stop], frac[start:stop], linear, *block
+            light[start:stop],
+            widened,
+            lower[start:stop],
+            upper[start:stop],
+            frac[start:stop],
+            scratch,
+            *block,
         )
         cv2.merge(block, dst=out[start:stop])
     return out
@@ -719,8 +744,8 @@ def lab_to_ycbcr420_upsampled(
     cr = np.empty_like(cb)
     rgb_rows = np.empty((3, width), np.uint8)
     chroma_rows = np.empty((4, luma.shape[1]), np.int32)
-    linear = np.empty((3, width), np.float32)
-    _lab_to_ycc420_kernel(light, widened, *taps, luma, cb, cr, rgb_rows, chroma_rows, linear)
+    scratch = np.empty((6, width), np.int32)
+    _lab_to_ycc420_kernel(light, widened, *taps, luma, cb, cr, rgb_rows, chroma_rows, scratch)
     return luma, cb, cr
 
 
