@@ -81,21 +81,42 @@ _SHARE_R, _SHARE_G, _SHARE_B = (np.array(t) for t in lab._luminance_luts(256))
 _L_TABLE = _l_table()
 
 
-@kernel(types.void(readonly_array(types.uint8, 2), array(types.float32, 1)))
-def _srgb8_to_l_kernel(rgb, out):
-    # Indices are clamped as integers and made unsigned: numba then emits no negative-index wraparound,
-    # which LLVM cannot see through, and the loop vectorises.
-    for p in range(rgb.shape[0]):
-        y = _SHARE_R[rgb[p, 0]] + _SHARE_G[rgb[p, 1]] + _SHARE_B[rgb[p, 2]]
-        s = y * np.float32(_L_INTERVALS)
-        # 32-bit indices with a known range: 8-lane 32-bit gathers, not 64-bit-index ones
+_L_CHUNK = 1024  # pixels per pass of `_srgb8_chunk_to_l`: its two scratch rows stay in L1
+
+
+@kernel()
+def _srgb8_chunk_to_l(pixels, out, frac, index):
+    """L of (n, 3) uint8 sRGB pixels into `out` (n), through the float32 and uint32 scratch `frac` and
+    `index` (>= n). Three loops, not one: the luminance lookups, the table position (arithmetic only:
+    it vectorises on every target) and the interpolated L(Y) lookup. Where LLVM gathers (AVX-512
+    Intel) they all vectorise; where it will not (AMD Zen 3 at AVX2) one loop with lookups kept all
+    of it scalar: 1.42 -> 0.75 ms at 768x512 there."""
+    n = out.shape[0]
+    for p in range(n):
+        frac[p] = _SHARE_R[pixels[p, 0]] + _SHARE_G[pixels[p, 1]] + _SHARE_B[pixels[p, 2]]
+    for p in range(n):
+        s = frac[p] * np.float32(_L_INTERVALS)
+        # Indices clamped as integers and made unsigned: numba then emits no negative-index wraparound,
+        # which LLVM cannot see through; 32-bit, so gathers are 8-lane 32-bit ones, not 64-bit-index.
         i = min(
             np.uint32(np.int32(min(max(s, np.float32(0.0)), np.float32(_L_INTERVALS)))),
             np.uint32(_L_INTERVALS),
         )
-        f = s - np.float32(i)
+        index[p] = i
+        frac[p] = s - np.float32(i)
+    for p in range(n):
+        i = index[p]
         lo = _L_TABLE[i]
-        out[p] = lo + f * (_L_TABLE[i + np.uint32(1)] - lo)
+        out[p] = lo + frac[p] * (_L_TABLE[i + np.uint32(1)] - lo)
+
+
+@kernel(types.void(readonly_array(types.uint8, 2), array(types.float32, 1)))
+def _srgb8_to_l_kernel(rgb, out):
+    frac = np.empty(_L_CHUNK, np.float32)
+    index = np.empty(_L_CHUNK, np.uint32)
+    for start in range(0, rgb.shape[0], _L_CHUNK):
+        stop = min(start + _L_CHUNK, rgb.shape[0])
+        _srgb8_chunk_to_l(rgb[start:stop], out[start:stop], frac, index)
 
 
 def srgb8_to_l(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
@@ -195,20 +216,13 @@ def _l_and_rows_kernel(rgb, bounds, weights, lightness, tmp):
     """`_srgb8_to_l_kernel` row by row, interleaved with `_resize_kernel`'s vertical pass: each output
     row's taps are computed just before it needs them, so they are read back from L2, not memory."""
     height, width = lightness.shape
+    frac = np.empty(width, np.float32)
+    index = np.empty(width, np.uint32)
     done = 0
     for o in range(tmp.shape[0] + 1):
         need = height if o == tmp.shape[0] else bounds[o, 0] + bounds[o, 1]
         while done < need:  # sRGB -> L of the rows this output row needs
-            pixels, row = rgb[done], lightness[done]
-            for j in range(width):
-                y = _SHARE_R[pixels[j, 0]] + _SHARE_G[pixels[j, 1]] + _SHARE_B[pixels[j, 2]]
-                s = y * np.float32(_L_INTERVALS)
-                i = min(
-                    np.uint32(np.int32(min(max(s, np.float32(0.0)), np.float32(_L_INTERVALS)))),
-                    np.uint32(_L_INTERVALS),
-                )
-                lo = _L_TABLE[i]
-                row[j] = lo + (s - np.float32(i)) * (_L_TABLE[i + np.uint32(1)] - lo)
+            _srgb8_chunk_to_l(rgb[done], lightness[done], frac, index)
             done += 1
         if o == tmp.shape[0]:
             break
