@@ -576,7 +576,8 @@ def _lab_row_to_srgb8(row, a_lo, a_hi, b_lo, b_hi, f, scratch, r8, g8, b8):
     every x86 target; the second holds the table lookup (`_code`), which LLVM turns into gathers where
     they are cheap (AVX-512 Intel) and leaves scalar where its cost model says they are not (AMD Zen 3
     at AVX2). In one loop the lookup kept all the arithmetic scalar there: 12.8 ns a pixel (Intel:
-    2.2), and with the lookup alone scalar the loop takes 0.6x the time (gateway_overhead.md)."""
+    2.2); with the lookup alone scalar the pass takes 0.38-0.52x that time
+    (bench/results/gateway_overhead_epyc_avx2.md)."""
     g = np.float32(1.0) - f
     for j in range(row.shape[0]):
         a = g * a_lo[j] + f * a_hi[j]
