@@ -101,12 +101,14 @@ def make_batch(lab: torch.Tensor, centres: torch.Tensor, bin_weights: torch.Tens
     return Batch(lab[:, :1], target, weights)
 
 
-def train_step(model: ECCVGenerator, optimizer: torch.optim.Optimizer, batch: Batch) -> tuple[float, float]:
-    """One Adam step; returns (rebalanced loss, plain cross-entropy)."""
+def train_step(
+    model: ECCVGenerator, optimizer: torch.optim.Optimizer, batch: Batch, *, bf16: bool = False
+) -> tuple[float, float]:
+    """One Adam step (the forward under bf16 autocast if `bf16`); returns (rebalanced loss, plain CE)."""
     model.train()
-    loss, plain = quantize.rebalanced_cross_entropy(
-        model.logits(batch.lightness), batch.target, batch.weights
-    )
+    with harness.mixed_precision(bf16, batch.lightness.device):
+        logits = model.logits(batch.lightness)
+    loss, plain = quantize.rebalanced_cross_entropy(logits.float(), batch.target, batch.weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -233,12 +235,19 @@ def far_from_hints(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return 1.0 - near
 
 
-def locality_loss(model: SIGGRAPHGenerator, ab: torch.Tensor, batch: HintBatch) -> torch.Tensor:
+def locality_loss(
+    model: SIGGRAPHGenerator, ab: torch.Tensor, batch: HintBatch, *, bf16: bool = False
+) -> torch.Tensor:
     """Mean |ab − ab without hints| / 110 over the pixels far from every hint (0 if there are none).
 
     The no-hint pass keeps its gradient, so the two outputs meet rather than one chasing the other
-    (see the module docstring for the run-away a detached target gave)."""
-    plain, _ = model.forward_both(batch.lightness, torch.zeros_like(batch.hint), torch.zeros_like(batch.mask))
+    (see the module docstring for the run-away a detached target gave). It runs under bf16 autocast
+    if `bf16`, as the step's forward."""
+    with harness.mixed_precision(bf16, batch.lightness.device):
+        plain, _ = model.forward_both(
+            batch.lightness, torch.zeros_like(batch.hint), torch.zeros_like(batch.mask)
+        )
+    plain = plain.float()
     far = far_from_hints(batch.mask, max(1, round(HALO_FRACTION * batch.mask.shape[-1])))
     far = far * (batch.mask.flatten(1).amax(1) > 0).view(-1, 1, 1, 1)  # images with hints only
     return (far * (ab - plain).abs()).sum() / (2 * far.sum()).clamp(min=1.0) / AB_NORM
@@ -251,13 +260,17 @@ def siggraph_step(
     *,
     classification: bool,
     locality_weight: float = 0.0,
+    bf16: bool = False,
 ) -> tuple[float, float]:
-    """One Adam step of the given stage; returns (loss, CE)."""
+    """One Adam step of the given stage (forward passes under bf16 autocast if `bf16`); returns
+    (loss, CE)."""
     model.train()
-    ab, logits = siggraph_forward(model, batch, classification=classification)
-    loss, ce = siggraph_loss(ab, logits, batch)
+    with harness.mixed_precision(bf16, batch.lightness.device):
+        ab, logits = siggraph_forward(model, batch, classification=classification)
+    ab = None if ab is None else ab.float()
+    loss, ce = siggraph_loss(ab, logits.float(), batch)
     if ab is not None and locality_weight > 0:
-        loss = loss + locality_weight * locality_loss(model, ab, batch)
+        loss = loss + locality_weight * locality_loss(model, ab, batch, bf16=bf16)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -483,7 +496,7 @@ class EccvRecipe(_Colorizer):
 
     def step(self, crops: torch.Tensor, run: RunState, fraction: float) -> tuple[float, float]:
         batch = make_batch(crops.to(self.device), self.centres, self.bin_weights)
-        return train_step(self.model, self.optimizer, batch)
+        return train_step(self.model, self.optimizer, batch, bf16=self.args.bf16)
 
 
 class SiggraphRecipe(_Colorizer):
@@ -535,7 +548,7 @@ class SiggraphRecipe(_Colorizer):
             )
             log.info("siggraph17: regression with hints from step %d", run.step)
         return siggraph_step(self.model, self.optimizer, hint_batch, classification=classification,
-                             locality_weight=self.args.locality_weight)  # fmt: skip
+                             locality_weight=self.args.locality_weight, bf16=self.args.bf16)  # fmt: skip
 
 
 def train(args: argparse.Namespace) -> Path:

@@ -129,11 +129,19 @@ def larsson_loss(
 
 
 def train_step(
-    model: LarssonColorizer, optimizer: torch.optim.Optimizer, lightness: torch.Tensor, targets: Targets
+    model: LarssonColorizer,
+    optimizer: torch.optim.Optimizer,
+    lightness: torch.Tensor,
+    targets: Targets,
+    *,
+    bf16: bool = False,
 ) -> tuple[float, float, float]:
-    """One optimiser step; returns (loss, hue term, chroma term)."""
+    """One optimiser step (the forward under bf16 autocast if `bf16`); returns (loss, hue term,
+    chroma term)."""
     model.train()
-    loss, hue, chroma = larsson_loss(*model.logits(lightness), targets)
+    with harness.mixed_precision(bf16, lightness.device):
+        hue_logits, chroma_logits = model.logits(lightness)
+    loss, hue, chroma = larsson_loss(hue_logits.float(), chroma_logits.float(), targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -203,7 +211,9 @@ class LarssonRecipe(harness.Recipe):
 
     def step(self, crops: torch.Tensor, run: RunState, fraction: float) -> tuple[float, float, float]:
         targets = make_targets(lab_to_rgb(crops).to(self.device))
-        return train_step(self.model, self.optimizer, crops[:, :1].to(self.device), targets)
+        return train_step(
+            self.model, self.optimizer, crops[:, :1].to(self.device), targets, bf16=self.args.bf16
+        )
 
     def progress(self, running: np.ndarray) -> str:
         return f"loss {running[0]:.4f} (hue {running[1]:.4f}, chroma {running[2]:.4f})"

@@ -28,6 +28,29 @@ def test_cosine_lr_runs_from_base_to_a_tenth() -> None:
     assert np.isclose(harness.cosine_lr(1.0, 0.5), 0.55) and harness.cosine_lr(1.0, 2.0) == 0.1
 
 
+def test_precision_auto_is_bf16_exactly_where_the_cpu_runs_it_natively(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(harness, "native_bf16", lambda: (True, "AMX"))
+    assert harness.resolve_bf16("auto", cpu) and harness.resolve_bf16("bf16", cpu)
+    assert not harness.resolve_bf16("fp32", cpu) and not harness.resolve_bf16("auto", cuda)
+    monkeypatch.setattr(harness, "native_bf16", lambda: (False, "this CPU has neither avx512_bf16 nor AMX"))
+    assert not harness.resolve_bf16("auto", cpu)
+    with pytest.raises(ValueError, match="needs native bf16 on the CPU, but this CPU has neither"):
+        harness.resolve_bf16("bf16", cpu)
+    with pytest.raises(ValueError, match="'fp16'"):
+        harness.resolve_bf16("fp16", cpu)
+
+
+def test_mixed_precision_runs_convolutions_in_bf16_only_when_on() -> None:
+    conv, x = torch.nn.Conv2d(2, 3, 3), torch.rand(1, 2, 8, 8)
+    with harness.mixed_precision(True, x.device):
+        assert conv(x).dtype == torch.bfloat16
+    with harness.mixed_precision(False, x.device):
+        assert conv(x).dtype == torch.float32
+
+
 def test_both_trainers_keep_their_flags_and_defaults() -> None:
     paths = ("cache", "run_dir", "out")
     eccv = {k: v for k, v in vars(train.parse_args([])).items() if k not in paths}
@@ -35,7 +58,7 @@ def test_both_trainers_keep_their_flags_and_defaults() -> None:
         "model": "eccv16", "width": 0.25, "minutes": 90.0, "max_steps": 0, "crop": 128, "batch": 16,
         "lambda_rebal": 0.5, "init_from": "", "ship_only": False, "lr": 0.0003, "weight_decay": 0.001,
         "locality_weight": 0.0, "classification_fraction": 0.3, "seed": 0, "threads": 2, "device": "cpu",
-        "name": "eccv16-w0.25-l0.5",
+        "precision": "auto", "name": "eccv16-w0.25-l0.5",
         "val_images": 64, "val_every": 5.0, "save_every": 5.0, "fresh": False,
         "val_steps": 0, "val_crop": 0, "first_crop": 0, "first_crop_fraction": 0.5, "augment": "flip",
     }  # fmt: skip
@@ -43,7 +66,8 @@ def test_both_trainers_keep_their_flags_and_defaults() -> None:
     assert larsson == {
         "width": 0.125, "minutes": 90.0, "max_steps": 0, "crop": 128, "batch": 16, "lr": 0.0001,
         "weight_decay": 0.0, "dropout": 0.5, "seed": 0, "threads": 2, "device": "cpu",
-        "name": "larsson16-w0.125", "val_images": 64, "val_every": 5.0, "save_every": 5.0, "fresh": False,
+        "precision": "auto", "name": "larsson16-w0.125",
+        "val_images": 64, "val_every": 5.0, "save_every": 5.0, "fresh": False,
         "val_steps": 0, "val_crop": 0, "first_crop": 0, "first_crop_fraction": 0.5, "augment": "flip",
     }  # fmt: skip
     # the order of the flags is the order of `vars(args)`, which last.pt records under "args"

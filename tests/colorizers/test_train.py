@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +35,15 @@ def test_batch_targets_are_at_quarter_resolution_and_gray_images_weigh_nothing()
     assert torch.all(batch.weights[2] == 0) and torch.all(batch.weights[:2] > 0)
 
 
-def test_one_step_decreases_the_loss_on_a_tiny_batch() -> None:
+@pytest.mark.parametrize("bf16", [False, True])
+def test_one_step_decreases_the_loss_on_a_tiny_batch(bf16: bool) -> None:
     torch.manual_seed(0)
     model = ECCVGenerator(width=0.125)
     centres, bin_weights = _weights()
     batch = train.make_batch(_lab_batch(), centres, bin_weights)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    before, _ = train.train_step(model, optimizer, batch)
+    before, _ = train.train_step(model, optimizer, batch, bf16=bf16)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # bf16: the forward only
     with torch.no_grad():
         model.train()  # same BN mode as the step, so the two losses are comparable
         after, _ = quantize.rebalanced_cross_entropy(
@@ -86,11 +89,11 @@ def test_interrupted_run_resumes_to_the_same_weights(
 ) -> None:
     real_step, calls = train.train_step, []
 
-    def interrupted(*args: object) -> tuple[float, float]:
+    def interrupted(*args: object, **kwargs: bool) -> tuple[float, float]:
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt  # as if stopped during step 3; last.pt holds step 2
-        return real_step(*args)  # type: ignore[arg-type]
+        return real_step(*args, **kwargs)  # type: ignore[arg-type]
 
     with monkeypatch.context() as patch:
         patch.setattr(train, "train_step", interrupted)
@@ -146,18 +149,45 @@ def test_training_forward_is_forward_both_with_detaches() -> None:
     assert cls_ab is None and torch.allclose(cls_logits, logits)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("classification", [True, False])
-def test_one_siggraph_step_decreases_the_loss_on_a_tiny_batch(classification: bool) -> None:
+def test_one_siggraph_step_decreases_the_loss_on_a_tiny_batch(classification: bool, bf16: bool) -> None:
     torch.manual_seed(0)
     model = SIGGRAPHGenerator(width=0.125, mask_offset=0.5)
     batch = _hint_batch(hints=not classification)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    before, _ = train.siggraph_step(model, optimizer, batch, classification=classification)
+    before, _ = train.siggraph_step(model, optimizer, batch, classification=classification, bf16=bf16)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
     with torch.no_grad():
         after, _ = train.siggraph_loss(
             *train.siggraph_forward(model, batch, classification=classification), batch
         )
     assert float(after) < before
+
+
+def _first_eccv16_loss(bf16: bool) -> float:
+    torch.manual_seed(0)
+    model = ECCVGenerator(width=0.125)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    return train.train_step(model, optimizer, train.make_batch(_lab_batch(), *_weights()), bf16=bf16)[0]
+
+
+def _first_siggraph17_loss(bf16: bool) -> float:
+    torch.manual_seed(0)
+    model = SIGGRAPHGenerator(width=0.125, mask_offset=0.5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss, _ = train.siggraph_step(
+        model, optimizer, _hint_batch(), classification=False, locality_weight=1.0, bf16=bf16
+    )
+    return loss
+
+
+@pytest.mark.parametrize("first_loss", [_first_eccv16_loss, _first_siggraph17_loss])
+def test_a_bf16_step_reports_the_fp32_loss_to_bf16_rounding(first_loss: Callable[[bool], float]) -> None:
+    # Same weights, same batch: the loss each step reports is the one before its update, so the bf16
+    # forward's differs from fp32's by rounding only, and differs at all only if autocast took effect.
+    fp32, bf16 = first_loss(False), first_loss(True)
+    assert fp32 != bf16 and abs(bf16 - fp32) < 0.02 * abs(fp32)
 
 
 def test_regression_loss_is_ce_plus_ten_l1_in_normalised_units() -> None:

@@ -97,7 +97,8 @@ def test_loss_weights_hue_by_chroma_times_5_and_chroma_by_the_tent() -> None:
     assert loss.item() == pytest.approx(5 * hue.item() + chroma.item())
 
 
-def test_one_training_step_decreases_the_loss() -> None:
+@pytest.mark.parametrize("bf16", [False, True])
+def test_one_training_step_decreases_the_loss(bf16: bool) -> None:
     torch.manual_seed(0)
     model = LarssonColorizer(width=0.125, dropout=0.0)
     rgb = torch.rand(2, 3, 1, 1).expand(2, 3, 64, 64).contiguous()  # flat colours: an easy target
@@ -106,7 +107,7 @@ def test_one_training_step_decreases_the_loss() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     with torch.no_grad():
         before = larsson_loss(*model.logits(lab[:, :1]), targets)[0].item()
-    train_larsson.train_step(model, optimizer, lab[:, :1], targets)
+    train_larsson.train_step(model, optimizer, lab[:, :1], targets, bf16=bf16)
     with torch.no_grad():
         after = larsson_loss(*model.logits(lab[:, :1]), targets)[0].item()
     assert after < before
