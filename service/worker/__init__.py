@@ -13,6 +13,8 @@ gateway imports it (`tests/service/test_imports.py`).
 * `skip`       the `skip` encoder-decoder network
 * `lanczos`    the fixed Lanczos-2 downsampler of the SR loss
 * `early_stop` held-out-pixel validation, ES-EMV / ES-WMV running variance and the discrepancy rule
+* `tuning`     the automatic speed switches (bf16, channels_last) decided per device
+* `isa`        whether the CPU runs bf16 natively (also read by training's `--precision auto`)
 * `padding`    input normalisation and reflection padding (numpy only)
 * `cli`        `python -m service.worker.cli denoise in.png out.png --sigma 25`: one job, no bus
 """

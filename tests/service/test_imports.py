@@ -65,8 +65,9 @@ def test_the_worker_never_loads_the_gateway() -> None:
 def test_training_uses_only_the_colour_maths_of_the_service() -> None:
     loaded = _loaded_by(_modules("colorizers"))
     service = _roots(loaded, "service")
-    # The colour maths raises the service's InvalidArgument (stdlib-only) for a bad hint or pixel.
-    allowed = ("service", "service.errors", "service.color")
+    # The colour maths raises the service's InvalidArgument (stdlib-only) for a bad hint or pixel;
+    # `--precision auto` asks the worker's CPU probe (torch only), never its job types or engine.
+    allowed = ("service", "service.errors", "service.color", "service.worker", "service.worker.isa")
     assert service and all(m in allowed or m.startswith("service.color.") for m in service), service
 
 

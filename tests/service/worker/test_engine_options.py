@@ -9,7 +9,8 @@ import torch
 from service.bus.request import DenoiseTask, EngineOptions, FixedIterations
 from service.worker import tuning
 from service.worker.engine import restore
-from service.worker.tuning import native_bf16, resolve
+from service.worker.isa import native_bf16
+from service.worker.tuning import resolve
 
 CPU = torch.device("cpu")
 
