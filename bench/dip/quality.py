@@ -227,7 +227,7 @@ def _held_out_outcomes(
     record = replace(RECORD, max_iterations=args.max_iterations)
     if args.quick:
         record = replace(record, warmup=5, holdout_patience=10, max_iterations=40)
-    holdout_psnr, holdout_mse, s_per_iter = fit_traced(noisy, gt, task, record)
+    holdout_psnr, holdout_mse, s_per_iter, _ = fit_traced(noisy, gt, task, record)
     # The held-out error and PSNR per iteration, so other settings can be judged offline (`replay`).
     row: dict[str, Any] = {"recorded_iterations": len(holdout_mse), "s_per_iter": round(s_per_iter, 4)}
     row |= {"holdout_trace": [float(x) for x in holdout_mse]}

@@ -7,7 +7,10 @@ For each (image, σ): a 96² centre crop (`--crop`), Gaussian noise seeded by σ
   than the default or any quicker setting: `holdout_mse`, the statistic the stopper sees, and
   `holdout_psnr`, its EMA iterate's PSNR to the clean crop;
 * the fit on every pixel (`FixedIterations`, to `--cap` or the held-out run's length if longer):
-  `all_psnr`, its EMA iterate's PSNR.
+  `all_psnr`, its EMA iterate's PSNR, and `window_psnr`: the PSNR of the mean of its EMA iterates over
+  each of `WINDOWS` (iterations lo x c to hi x c, c the default policy's held-out minimum, `window_c`),
+  to judge returning an average of the refit's iterates instead of one (an image per window is needed,
+  so these cannot be replayed from the PSNR trace).
 
 The stopper only reads the run, so where a policy stops the held-out run and which iteration it picks is
 `replay`ed exactly from `holdout_mse`; the refit is the fit on every pixel cut at that iteration
@@ -52,6 +55,8 @@ CPU = torch.device("cpu")
 # (smaller rise, patience or wait) stop within the recorded curve.
 RECORD = AutoStop(refit=False, holdout_rise=0.02)
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Averaging windows over the fit on every pixel, as (lo, hi) multiples of the held-out minimum.
+WINDOWS = ((1.0, 1.2), (1.0, 1.5), (0.8, 1.6), (1.0, 2.0), (1.2, 2.0), (0.8, 1.2))
 
 
 def trace_path(cache: Path, image: Path, sigma255: int, crop: int, cap: int) -> Path:
@@ -76,29 +81,52 @@ def replay(holdout_mse: NDArray[np.floating], policy: AutoStop) -> tuple[int, in
 
 
 def fit_traced(
-    noisy: Image_, gt: Image_, task: DenoiseTask, stopping: Stopping
-) -> tuple[NDArray[np.float32], NDArray[np.float64], float]:
+    noisy: Image_,
+    gt: Image_,
+    task: DenoiseTask,
+    stopping: Stopping,
+    windows: list[tuple[int, int]] | None = None,
+) -> tuple[NDArray[np.float32], NDArray[np.float64], float, NDArray[np.float32]]:
     """(per-iteration PSNR of the iterate the run returns (the EMA), the stopper's statistic (NaN without
-    a stopper), seconds per iteration)."""
+    a stopper), seconds per iteration, the PSNR of the mean iterate over each of `windows`, 1-based
+    inclusive iteration ranges; NaN where the run ended first)."""
     trace: list[float] = []
+    ranges = windows or []
+    sums: list[NDArray[np.float64] | None] = [None] * len(ranges)
 
     def on_progress(p: Progress) -> None:
         if p.preview is not None:
             trace.append(psnr(p.preview, gt))
+            t = len(trace)
+            for i, (lo, hi) in enumerate(ranges):
+                if lo <= t <= hi:
+                    acc = sums[i]
+                    sums[i] = p.preview.astype(np.float64) if acc is None else acc + p.preview
 
     # CPU time, not wall: the long runs are paused (SIGSTOP) while others time things on the machine.
     t = time.process_time()
     result = restore(noisy, task, stopping=stopping, on_progress=on_progress, progress_every=1, preview=True)
     per_iter = (time.process_time() - t) / max(1, result.iterations_run)
-    return np.asarray(trace, np.float32), np.asarray(result.statistic, np.float64), per_iter
+    window_psnr = [
+        psnr((acc / (hi - lo + 1)).astype(np.float32), gt)
+        if acc is not None and hi <= len(trace)
+        else math.nan
+        for acc, (lo, hi) in zip(sums, ranges, strict=True)
+    ]
+    trace_arr, stat = np.asarray(trace, np.float32), np.asarray(result.statistic, np.float64)
+    return trace_arr, stat, per_iter, np.asarray(window_psnr, np.float32)
 
 
 def record(image: Path, sigma255: int, crop: int, cap: int, out: Path) -> None:
     gt, noisy = noisy_pair(image, crop, sigma255 / 255, seed=sigma255)
     sigma = sigma255 / 255
     task = DenoiseTask(sigma=sigma)
-    holdout_psnr, holdout_mse, holdout_s = fit_traced(noisy, gt, task, RECORD)
-    all_psnr, _, all_s = fit_traced(noisy, gt, task, FixedIterations(max(cap, len(holdout_mse))))
+    holdout_psnr, holdout_mse, holdout_s, _ = fit_traced(noisy, gt, task, RECORD)
+    stop = replay(holdout_mse, AutoStop())
+    c = stop[1] if stop is not None else int(np.argmin(holdout_mse)) + 1
+    windows = [(max(1, round(lo * c)), round(hi * c)) for lo, hi in WINDOWS]
+    length = max(cap, len(holdout_mse), max(hi for _, hi in windows))
+    all_psnr, _, all_s, window_psnr = fit_traced(noisy, gt, task, FixedIterations(length), windows)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
     np.savez(
@@ -106,6 +134,9 @@ def record(image: Path, sigma255: int, crop: int, cap: int, out: Path) -> None:
         holdout_mse=holdout_mse,
         holdout_psnr=holdout_psnr,
         all_psnr=all_psnr,
+        windows=np.asarray(WINDOWS, np.float64),
+        window_c=c,
+        window_psnr=window_psnr,
         noisy_psnr=psnr(noisy, gt),
         noise_floor=noise_floor(noisy, sigma),
         sigma_hat=estimate_noise_sigma(noisy) * 255,

@@ -1,11 +1,13 @@
-"""bench.dip.traces.replay: the stopper's decisions on a recorded held-out error, as in a live run."""
+"""bench.dip.traces: the stopper's decisions replayed on a recorded held-out error, as in a live run, and the
+window means of a recorded fit."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from bench.dip.traces import replay
-from service.bus.request import AutoStop
+from bench.dip.traces import fit_traced, replay
+from service.bus.request import AutoStop, DenoiseTask, FixedIterations
 
 
 def _curve(n: int) -> np.ndarray:
@@ -27,3 +29,17 @@ def test_replay_past_the_recording_is_none() -> None:
 def test_replay_honours_the_cap() -> None:
     policy = AutoStop(warmup=10, holdout_patience=200, max_iterations=400)
     assert replay(_curve(2000), policy) == (400, 400)  # still falling: the last iterate is the best
+
+
+def test_window_means_are_the_mean_of_the_returned_iterates() -> None:
+    rng = np.random.default_rng(0)
+    clean = rng.random((16, 16, 3)).astype(np.float32)
+    noisy = np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32)
+    windows = [(5, 5), (3, 6), (7, 20)]
+    trace, _, _, window_psnr = fit_traced(noisy, clean, DenoiseTask(sigma=0.1), FixedIterations(8), windows)
+    assert len(trace) == 8
+    assert window_psnr[0] == pytest.approx(trace[4], abs=1e-3)  # the mean of one iterate is that iterate
+    # DIP's early iterates move steadily, so their mean differs from each and lies between the extremes
+    # only loosely: it must be finite and not equal to any single one.
+    assert np.isfinite(window_psnr[1]) and all(abs(window_psnr[1] - p) > 1e-4 for p in trace[2:6])
+    assert np.isnan(window_psnr[2])  # the run ended before the window did
