@@ -4,7 +4,7 @@ Sections (`--only a,b`; all by default):
 
 * denoise   F16 256² centre crop, σ=25 (reference noise: np.random.seed(0), clipped), 500 iterations:
             EMA PSNR at 100/200/300/500 vs the reference's 16.73/21.42/24.30/27.11 dB.
-* autostop  --autostop-crop² (128) crops of F16, zebra, kate, barbara, pepper, baboon, comic at σ=25, 50,
+* autostop  --autostop-crop² (96) crops of F16, zebra, kate, barbara, pepper, baboon, comic at σ=25, 50,
             AutoStop (variance rule, discrepancy off) up to the task budget: PSNR of the returned iterate
             vs the best iterate seen (goal: within 0.5 dB), plus where MSE <= σ² would have stopped.
             Plot: autostop.png.
@@ -263,6 +263,14 @@ def _replay_section(args: argparse.Namespace) -> None:
     without running anything (valid while the default stops no later than `traces.RECORD`)."""
     _fold_partial(_json_path(args), "stoprules")
     res = json.loads(_json_path(args).read_text())
+    # The gaps compare a held-out run with the fit on every pixel of the same crop: a larger crop peaks
+    # later (1 Dec: 128² fits against 96² held-out runs read as "10 of 14").
+    fits, held = res["autostop"]["crop"], res["stoprules"]["crop"]
+    if fits != held:
+        raise SystemExit(
+            f"--replay: the autostop runs are {fits}² crops but the held-out runs {held}²; "
+            f"run --only autostop --autostop-crop {held} first"
+        )
     runs = {(r["image"], r["sigma"]): r for r in res["autostop"]["runs"]}
     rows = res["stoprules"]["runs"]
     cpu = [r["s_per_iter"] for r in rows if r.get("s_per_iter_measured", True) and "s_per_iter" in r]
@@ -715,7 +723,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--sr-images", default="set5/butterfly.png", help="comma list under DATA/eval")
     p.add_argument("--sr-crop", type=int, default=0, help="HR centre crop for SR (0: whole image)")
-    p.add_argument("--autostop-crop", type=int, default=128, help="crop side for the autostop runs")
+    p.add_argument(
+        "--autostop-crop",
+        type=int,
+        default=96,
+        help="crop side for the autostop runs (the held-out runs and bench.dip.traces use the same)",
+    )
     p.add_argument(
         "--autostop-images", default=",".join(AUTOSTOP_IMAGES), help=f"comma list of {list(AUTOSTOP_IMAGES)}"
     )

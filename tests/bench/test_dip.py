@@ -3,6 +3,7 @@ the rest of the benchmarks (no DIP run here: the smoke runs are `python -m bench
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -137,3 +138,12 @@ def test_dip_plots(tmp_path: Path) -> None:
 
 def test_table_is_the_reports() -> None:
     assert report.table(("a", "b"), [(1, "x")]) == ["| a | b |", "|---|---|", "| 1 | x |", ""]
+
+
+def test_replay_refuses_fits_of_another_crop(tmp_path: Path) -> None:
+    (tmp_path / "quality.json").write_text(
+        json.dumps({"autostop": {"crop": 128, "runs": []}, "stoprules": {"crop": 96, "runs": []}})
+    )
+    args = argparse.Namespace(out=tmp_path, max_iterations=None, quick=False)
+    with pytest.raises(SystemExit, match=r"128² crops but the held-out runs 96²"):
+        quality._replay_section(args)
