@@ -51,9 +51,10 @@ from service.worker.recipes import recipe_for
 
 CACHE = Path(".cache/dip-traces")
 CPU = torch.device("cpu")
-# Recording policy: the default's rule with a 2x larger rise, so the default and any quicker setting
-# (smaller rise, patience or wait) stop within the recorded curve.
-RECORD = AutoStop(refit=False, holdout_rise=0.02)
+# Recording policy: the default's rule with a 5x larger rise, so the default and any quicker setting
+# (smaller rise, patience or wait) stop within the recorded curve, and so do rules that wait through a
+# stall like barbara's at σ=25 (a 3.3% rise before the real minimum).
+RECORD = AutoStop(refit=False, holdout_rise=0.05)
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Averaging windows over the fit on every pixel, as (lo, hi) multiples of the held-out minimum.
 WINDOWS = ((1.0, 1.2), (1.0, 1.5), (0.8, 1.6), (1.0, 2.0), (1.2, 2.0), (0.8, 1.2))
