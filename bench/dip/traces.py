@@ -177,6 +177,8 @@ def outcome(trace: Mapping[str, Any], policy: AutoStop, budget: int) -> dict[str
         c * float(trace["all_s_per_iter"]) if policy.refit else 0
     )
     returned = float(all_psnr[c - 1]) if policy.refit else float(trace["holdout_psnr"][c - 1])
+    if policy.refit and policy.refit_mean_from is not None:
+        returned = _window_psnr(trace, chosen, policy.refit_mean_from, policy.refit_scale)
     return {
         "stopped_at": s,
         "held_out_minimum": chosen,
@@ -188,6 +190,17 @@ def outcome(trace: Mapping[str, Any], policy: AutoStop, budget: int) -> dict[str
         "total_iterations": work,
         "wall_s": round(wall, 1),
     }
+
+
+def _window_psnr(trace: Mapping[str, Any], chosen: int, lo: float, hi: float) -> float:
+    """The recorded PSNR of the mean iterate over [lo, hi] x `chosen`: a mean needs the images, so only
+    the `WINDOWS` recorded around the same held-out minimum can be judged."""
+    if "windows" not in trace or int(trace["window_c"]) != chosen:
+        raise ValueError(f"no window means recorded around iteration {chosen}")
+    for (a, b), value in zip(trace["windows"], trace["window_psnr"], strict=True):
+        if math.isclose(a, lo) and math.isclose(b, hi) and math.isfinite(value):
+            return float(value)
+    raise ValueError(f"the mean over [{lo:g}, {hi:g}] x the minimum was not recorded")
 
 
 def report(cache: Path, crop: int, skip: set[str], policy: AutoStop) -> dict[str, Any]:
@@ -243,12 +256,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--skip", default="", help="--report: comma list of image stems to leave out (the dev set)"
     )
+    p.add_argument("--refit-scale", type=float, default=AutoStop().refit_scale, help="--report: the policy's")
+    p.add_argument(
+        "--refit-mean-from", type=float, default=None, help="--report: the policy's (a WINDOWS lo)"
+    )
     args = p.parse_args(argv)
     if args.summary:
         summary(args.cache)
         return 0
     if args.report is not None:
-        res = report(args.cache, args.crop, set(filter(None, args.skip.split(","))), AutoStop())
+        policy = AutoStop(refit_scale=args.refit_scale, refit_mean_from=args.refit_mean_from)
+        res = report(args.cache, args.crop, set(filter(None, args.skip.split(","))), policy)
         args.report.write_text(json.dumps(res, indent=1))
         print(f"wrote {args.report}: {len(res['runs'])} runs")
         return 0

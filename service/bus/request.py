@@ -104,7 +104,10 @@ class AutoStop:
     exactly what `FixedIterations(t)` would return: the error at pixels the network never sees turns up
     before the fit of the pixels it sees stops improving (on the bench the fit on every pixel peaks at a
     median 1.2x the held-out minimum). The fit on 90% of the pixels peaks 0.1-0.5 dB lower; `refit=False`
-    returns its iterate at the minimum, for fewer iterations. σ, given or estimated, only picks the
+    returns its iterate at the minimum, for fewer iterations. `refit_mean_from` returns instead the mean
+    of the refit's iterates from that multiple of the minimum to its end: the full fit's peak lies
+    anywhere from 0.9x to 2.3x the minimum, and a mean over a window hedges it (docs/dip.md §3.1). σ,
+    given or estimated, only picks the
     recipe. The numbers on fourteen 96² runs (seven images, σ = 25 and 50) are in
     bench/results/dip/quality.md.
     Images with fewer than `MIN_HOLDOUT_PIXELS` held-out pixels fall back to the rules below.
@@ -134,6 +137,8 @@ class AutoStop:
     holdout_rise: float = 0.01  # stop sooner once the error rose this fraction of its descent
     refit: bool = True  # denoising with holdout: refit every pixel to the chosen iteration
     refit_scale: float = 1.2  # ... times the held-out minimum's iteration: the full fit peaks later
+    # ... and return the mean of its iterates from this multiple of the minimum on (None: the last one)
+    refit_mean_from: float | None = None
     max_iterations: int | None = None
 
     def __post_init__(self) -> None:
@@ -154,6 +159,11 @@ class AutoStop:
             raise ValueError(f"holdout_rise must be >= 0, got {self.holdout_rise}")
         if not 0.0 < self.refit_scale < float("inf"):
             raise ValueError(f"refit_scale must be > 0 and finite, got {self.refit_scale}")
+        if self.refit_mean_from is not None and not 0.0 < self.refit_mean_from <= self.refit_scale:
+            raise ValueError(
+                f"refit_mean_from must be None or in (0, refit_scale = {self.refit_scale}], "
+                f"got {self.refit_mean_from}"
+            )
         if self.tau <= 0.0:
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if self.max_iterations is not None and self.max_iterations < 1:

@@ -140,6 +140,14 @@ def refit_iterations(policy: AutoStop, chosen: int, budget: int) -> int:
     return max(1, min(budget, round(policy.refit_scale * chosen)))
 
 
+def refit_mean_start(policy: AutoStop, chosen: int, target: int) -> int | None:
+    """The first refit iteration whose iterate goes into the returned mean (`AutoStop.refit_mean_from`),
+    or None to return the refit's last iterate; `target`: where the refit ends."""
+    if policy.refit_mean_from is None:
+        return None
+    return max(1, min(target, round(policy.refit_mean_from * chosen)))
+
+
 class _ExponentialVariance:
     """ES-EMV statistic."""
 

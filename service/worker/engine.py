@@ -40,6 +40,7 @@ from service.worker.early_stop import (
     holdout_mask,
     noise_floor,
     refit_iterations,
+    refit_mean_start,
 )
 from service.worker.padding import as_float_image
 from service.worker.problem import Problem, make_problem
@@ -172,8 +173,9 @@ def restore(
         # The held-out run only chose the iteration; the paper's fit on every pixel, same seed, for
         # `refit_scale` times as many iterations is what gets returned (it peaks later: AutoStop).
         target = refit_iterations(stopping, iteration, budget)
+        mean_from = refit_mean_start(stopping, iteration, target)
         full = make_problem(img, task, recipe.net, dev, bool(options.channels_last))
-        again = _fit(full, recipe, seed, target, None, hooks, options, dev, offset=done)
+        again = _fit(full, recipe, seed, target, None, hooks, options, dev, offset=done, mean_from=mean_from)
         losses.append(again.losses)
         stats.append(torch.full_like(again.losses, math.nan))
         done += again.done
@@ -229,10 +231,12 @@ def _fit(
     options: EngineOptions,
     dev: torch.device,
     offset: int = 0,
+    mean_from: int | None = None,
 ) -> _Run:
     """One DIP optimisation from `seed`: at most `budget` iterations, stopped by `stopper` if any.
 
     `offset`: iterations already run in this call (a refit), for the progress reports and the budget.
+    `mean_from`: without a stopper, return the mean of the iterates from this iteration on.
     """
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
     net: nn.Module = seeded_network(recipe, seed, dev)
@@ -256,6 +260,7 @@ def _fit(
     net_in = torch.empty_like(z)
     ema: torch.Tensor | None = None
     product: torch.Tensor | None = None
+    total: torch.Tensor | None = None  # the sum of the iterates from `mean_from` on
     reason: StopReason | None = None
     done = 0
     last_iter_s = 0.0
@@ -286,6 +291,8 @@ def _fit(
             else:
                 ema = product = ema * recipe.ema + raw * (1.0 - recipe.ema)
             losses[it - 1] = loss.detach()
+            if mean_from is not None and it >= mean_from:
+                total = product.clone() if total is None else total.add_(product)
             if stopper is not None:
                 stats[it - 1] = stopper.update(it, raw, product, loss)
         done = it
@@ -302,6 +309,8 @@ def _fit(
     chosen = stopper.choice() if stopper is not None else None
     if chosen is not None:
         iteration, best = chosen
+    elif total is not None and mean_from is not None:
+        iteration, best = done, total / (done - mean_from + 1)
     elif product is not None:
         iteration, best = done, product
     else:  # stopped before the first iteration finished: iterate 0 is the untrained network's output

@@ -3,10 +3,12 @@ window means of a recorded fit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from bench.dip.traces import fit_traced, replay
+from bench.dip.traces import fit_traced, outcome, replay
 from service.bus.request import AutoStop, DenoiseTask, FixedIterations
 
 
@@ -43,3 +45,26 @@ def test_window_means_are_the_mean_of_the_returned_iterates() -> None:
     # only loosely: it must be finite and not equal to any single one.
     assert np.isfinite(window_psnr[1]) and all(abs(window_psnr[1] - p) > 1e-4 for p in trace[2:6])
     assert np.isnan(window_psnr[2])  # the run ended before the window did
+
+
+def test_a_mean_policy_is_judged_by_its_recorded_window() -> None:
+    policy = AutoStop(
+        warmup=10, holdout_patience=200, holdout_rise=0.0101, refit_scale=1.5, refit_mean_from=1.0
+    )
+    trace = {
+        "holdout_mse": _curve(2000),
+        "holdout_psnr": np.zeros(2000),
+        "all_psnr": np.linspace(20.0, 30.0, 1000),
+        "holdout_s_per_iter": 0.1,
+        "all_s_per_iter": 0.1,
+        "windows": np.array([[1.0, 1.2], [1.0, 1.5]]),
+        "window_c": 500,
+        "window_psnr": np.array([28.0, 29.5]),
+    }
+    got = outcome(trace, policy, 3000)  # stops at 700, minimum 500: the refit to 750, averaged from 500
+    assert (got["stopped_at"], got["iteration"], got["total_iterations"]) == (700, 750, 1450)
+    assert got["psnr"] == 29.5 and got["gap_db"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"\[1, 2\] x the minimum was not recorded"):
+        outcome(trace, replace(policy, refit_scale=2.0), 3000)
+    with pytest.raises(ValueError, match="around iteration 500"):
+        outcome(trace | {"window_c": 499}, policy, 3000)

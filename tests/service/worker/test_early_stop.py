@@ -20,6 +20,7 @@ from service.worker.early_stop import (
     holdout_rose,
     noise_floor,
     refit_iterations,
+    refit_mean_start,
 )
 
 CPU = torch.device("cpu")
@@ -285,3 +286,17 @@ class TestRefitIterations:
     def test_scale_must_be_positive_and_finite(self, scale: float) -> None:
         with pytest.raises(ValueError, match="refit_scale"):
             AutoStop(refit_scale=scale)
+
+
+class TestRefitMeanStart:
+    def test_off_by_default(self) -> None:
+        assert refit_mean_start(AutoStop(), 500, 600) is None
+
+    @pytest.mark.parametrize(("chosen", "target", "want"), [(500, 750, 500), (2800, 3000, 2800), (1, 2, 1)])
+    def test_a_multiple_of_the_choice_within_the_refit(self, chosen: int, target: int, want: int) -> None:
+        assert refit_mean_start(AutoStop(refit_scale=1.5, refit_mean_from=1.0), chosen, target) == want
+
+    @pytest.mark.parametrize("start", [0.0, -1.0, 1.6, math.nan])
+    def test_must_lie_inside_the_refit(self, start: float) -> None:
+        with pytest.raises(ValueError, match=r"refit_mean_from must be None or in \(0, refit_scale = 1.5\]"):
+            AutoStop(refit_scale=1.5, refit_mean_from=start)

@@ -216,6 +216,30 @@ class TestEarlyStopping:
         np.testing.assert_array_equal(refit.losses[12:], plain.losses)
         assert not np.array_equal(refit.image, held_out.image)
 
+    def test_refit_mean_is_the_mean_of_the_plain_fits_iterates(self) -> None:
+        noisy = _image(40, 40)
+        # The held-out run ends at its cap, still improving (c = 12 or near): the refit runs to c and
+        # averages its iterates from c / 2 on.
+        policy = AutoStop(warmup=2, max_iterations=12, refit_scale=1.0, refit_mean_from=0.5)
+        held_out = restore(noisy, DenoiseTask(), stopping=dataclasses.replace(policy, refit=False))
+        t = held_out.iteration
+        c = round(0.5 * t)
+        result = restore(noisy, DenoiseTask(), stopping=policy)
+        assert result.iteration == t and result.iterations_run == 12 + t
+        # The oracle: the plain fit to t, same seed, its iterates from c to t averaged here.
+        iterates: list[np.ndarray] = []
+        plain = restore(
+            noisy,
+            DenoiseTask(),
+            stopping=FixedIterations(t),
+            on_progress=lambda p: iterates.append(np.array(p.preview, np.float64)),
+            progress_every=1,
+            preview=True,
+        )
+        assert len(iterates) == t and t > c
+        np.testing.assert_allclose(result.image, np.mean(iterates[c - 1 :], axis=0), atol=1e-5)
+        assert not np.allclose(result.image, plain.image, atol=1e-5)  # not the last iterate
+
     def test_refit_cut_short_keeps_the_held_out_iterate(self) -> None:
         noisy = _image(40, 40)
         policy = AutoStop(warmup=2, holdout_patience=5, max_iterations=12)
