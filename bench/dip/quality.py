@@ -55,7 +55,7 @@ from PIL import Image
 
 from bench import plots
 from bench.dip.common import OUT, Image_, centre_crop, load, noisy_pair, out_dir
-from bench.dip.traces import RECORD, fit_traced, outcome
+from bench.dip.traces import RECORD, WINDOWS, WindowMeans, fit_traced, outcome, replay
 from bench.report import table
 from service.bus.request import (
     AutoStop,
@@ -108,14 +108,22 @@ def save(img: Image_, path: Path) -> None:
 
 
 def run_traced(
-    img: Image_, task: Task, stopping: Stopping, gt: Image_, metric: Callable[[Image_, Image_], float] = psnr
+    img: Image_,
+    task: Task,
+    stopping: Stopping,
+    gt: Image_,
+    metric: Callable[[Image_, Image_], float] = psnr,
+    windows: WindowMeans | None = None,
 ) -> tuple[RestoreResult, list[float]]:
-    """Restore, recording the metric of the current iterate (EMA where used) at every iteration."""
+    """Restore, recording the metric of the current iterate (EMA where used) at every iteration;
+    `windows` is fed every iterate."""
     trace: list[float] = []
 
     def on_progress(p: Progress) -> None:
         if p.preview is not None:
             trace.append(metric(p.preview, gt))
+            if windows is not None:
+                windows.add(len(trace), p.preview)
         if p.iteration % 100 == 0:
             print(
                 f"  it {p.iteration}/{p.max_iterations} loss {p.loss:.5f} metric {trace[-1]:.2f}", flush=True
@@ -154,6 +162,7 @@ def section_autostop(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         images = {"F16": images["F16"]}
     runs: list[dict[str, Any]] = []
+    minima = _held_out_minima(args, size)
     for name, path in images.items():
         for sigma255 in sigmas:
             gt, noisy = _autostop_pair(path, size, sigma255)
@@ -162,7 +171,9 @@ def section_autostop(args: argparse.Namespace) -> dict[str, Any]:
             if args.quick:
                 policy = AutoStop(discrepancy=False, holdout=0.0, warmup=5, patience=10, max_iterations=40)
             print(f"autostop {name} sigma {sigma255}", flush=True)
-            result, trace = run_traced(noisy, DenoiseTask(sigma=sigma), policy, gt)
+            c = minima.get((name, sigma255))
+            means = WindowMeans.around(c) if c is not None else None
+            result, trace = run_traced(noisy, DenoiseTask(sigma=sigma), policy, gt, windows=means)
             best = int(np.argmax(trace)) + 1
             below = np.nonzero(result.losses <= sigma**2)[0]
             disc = int(below[0]) + 1 if below.size else None
@@ -184,11 +195,30 @@ def section_autostop(args: argparse.Namespace) -> dict[str, Any]:
                     "loss_trace": result.losses.tolist(),
                 }
             )
+            if means is not None and c is not None:  # the mean iterates around the held-out minimum
+                runs[-1] |= {"window_c": c, "windows": [list(w) for w in WINDOWS]}
+                runs[-1]["window_psnr"] = [float(x) for x in means.psnr(gt)]
             # Runs take 10-30 min each on a CPU: keep what is done if the section is interrupted.
             _save_section(args.out / "quality.json", "autostop_partial", {"runs": runs, "crop": size})
     runs = _merge_runs(args, "autostop", runs, size)
     gaps = [r["gap_db"] for r in runs if r["gap_db"] is not None]
     return {"runs": runs, "max_gap_db": max(gaps), "pass": max(gaps) <= 0.5, "crop": size}
+
+
+def _held_out_minima(args: argparse.Namespace, crop: int) -> dict[tuple[str, int], int]:
+    """The default's held-out minimum on each run the stop-rules section recorded at `crop`, replayed on
+    its held-out error: the fits on every pixel record their mean iterates around it (`WindowMeans`),
+    which the refit's mean (`AutoStop.refit_mean_from`) is judged by."""
+    path = _json_path(args)
+    rules = json.loads(path.read_text()).get("stoprules", {}) if path.exists() else {}
+    if rules.get("crop") != crop:
+        return {}
+    minima: dict[tuple[str, int], int] = {}
+    for row in rules.get("runs", []):
+        stop = replay(np.asarray(row.get("holdout_trace", [])), _default_policy(args))
+        if stop is not None:
+            minima[(row["image"], row["sigma"])] = stop[1]
+    return minima
 
 
 def _autostop_pair(path: Path, size: int, sigma255: int) -> tuple[Image_, Image_]:
@@ -227,7 +257,7 @@ def _held_out_outcomes(
     record = replace(RECORD, max_iterations=args.max_iterations)
     if args.quick:
         record = replace(record, warmup=5, holdout_patience=10, max_iterations=40)
-    holdout_psnr, holdout_mse, s_per_iter, _ = fit_traced(noisy, gt, task, record)
+    holdout_psnr, holdout_mse, s_per_iter = fit_traced(noisy, gt, task, record)
     # The held-out error and PSNR per iteration, so other settings can be judged offline (`replay`).
     row: dict[str, Any] = {"recorded_iterations": len(holdout_mse), "s_per_iter": round(s_per_iter, 4)}
     row |= {"holdout_trace": [float(x) for x in holdout_mse]}
@@ -248,6 +278,9 @@ def _replayed(row: dict[str, Any], run: dict[str, Any], default: AutoStop, budge
         "holdout_s_per_iter": row["s_per_iter"],
         "all_s_per_iter": row["s_per_iter"],  # the same network and image size
     }
+    if "window_psnr" in run:
+        trace |= {"windows": np.asarray(run["windows"]), "window_c": run["window_c"]}
+        trace["window_psnr"] = np.asarray(run["window_psnr"])
     out: dict[str, Any] = {}
     for key, policy in (("refit", default), ("holdout", replace(default, refit=False))):
         try:

@@ -81,53 +81,75 @@ def replay(holdout_mse: NDArray[np.floating], policy: AutoStop) -> tuple[int, in
     return None
 
 
+class WindowMeans:
+    """Running sums of a run's iterates over fixed iteration windows ((lo, hi), 1-based, inclusive), for
+    the PSNR of each window's mean iterate; fed every iteration's preview."""
+
+    def __init__(self, windows: list[tuple[int, int]]) -> None:
+        self.windows = windows
+        self.sums: list[NDArray[np.float64] | None] = [None] * len(windows)
+        self.seen = 0
+
+    @classmethod
+    def around(cls, minimum: int) -> WindowMeans:
+        """The `WINDOWS` around a held-out minimum."""
+        return cls([(max(1, round(lo * minimum)), round(hi * minimum)) for lo, hi in WINDOWS])
+
+    def add(self, iteration: int, image: Image_) -> None:
+        self.seen = iteration
+        for i, (lo, hi) in enumerate(self.windows):
+            if lo <= iteration <= hi:
+                acc = self.sums[i]
+                self.sums[i] = image.astype(np.float64) if acc is None else acc + image
+
+    def psnr(self, gt: Image_) -> NDArray[np.float32]:
+        """Each window's mean iterate's PSNR; NaN where the run ended before the window did."""
+        return np.asarray(
+            [
+                psnr((acc / (hi - lo + 1)).astype(np.float32), gt)
+                if acc is not None and hi <= self.seen
+                else math.nan
+                for acc, (lo, hi) in zip(self.sums, self.windows, strict=True)
+            ],
+            np.float32,
+        )
+
+
 def fit_traced(
     noisy: Image_,
     gt: Image_,
     task: DenoiseTask,
     stopping: Stopping,
-    windows: list[tuple[int, int]] | None = None,
-) -> tuple[NDArray[np.float32], NDArray[np.float64], float, NDArray[np.float32]]:
+    windows: WindowMeans | None = None,
+) -> tuple[NDArray[np.float32], NDArray[np.float64], float]:
     """(per-iteration PSNR of the iterate the run returns (the EMA), the stopper's statistic (NaN without
-    a stopper), seconds per iteration, the PSNR of the mean iterate over each of `windows`, 1-based
-    inclusive iteration ranges; NaN where the run ended first)."""
+    a stopper), seconds per iteration); `windows` is fed every iterate."""
     trace: list[float] = []
-    ranges = windows or []
-    sums: list[NDArray[np.float64] | None] = [None] * len(ranges)
 
     def on_progress(p: Progress) -> None:
         if p.preview is not None:
             trace.append(psnr(p.preview, gt))
-            t = len(trace)
-            for i, (lo, hi) in enumerate(ranges):
-                if lo <= t <= hi:
-                    acc = sums[i]
-                    sums[i] = p.preview.astype(np.float64) if acc is None else acc + p.preview
+            if windows is not None:
+                windows.add(len(trace), p.preview)
 
     # CPU time, not wall: the long runs are paused (SIGSTOP) while others time things on the machine.
     t = time.process_time()
     result = restore(noisy, task, stopping=stopping, on_progress=on_progress, progress_every=1, preview=True)
     per_iter = (time.process_time() - t) / max(1, result.iterations_run)
-    window_psnr = [
-        psnr((acc / (hi - lo + 1)).astype(np.float32), gt)
-        if acc is not None and hi <= len(trace)
-        else math.nan
-        for acc, (lo, hi) in zip(sums, ranges, strict=True)
-    ]
-    trace_arr, stat = np.asarray(trace, np.float32), np.asarray(result.statistic, np.float64)
-    return trace_arr, stat, per_iter, np.asarray(window_psnr, np.float32)
+    return np.asarray(trace, np.float32), np.asarray(result.statistic, np.float64), per_iter
 
 
 def record(image: Path, sigma255: int, crop: int, cap: int, out: Path) -> None:
     gt, noisy = noisy_pair(image, crop, sigma255 / 255, seed=sigma255)
     sigma = sigma255 / 255
     task = DenoiseTask(sigma=sigma)
-    holdout_psnr, holdout_mse, holdout_s, _ = fit_traced(noisy, gt, task, RECORD)
+    holdout_psnr, holdout_mse, holdout_s = fit_traced(noisy, gt, task, RECORD)
     stop = replay(holdout_mse, AutoStop())
     c = stop[1] if stop is not None else int(np.argmin(holdout_mse)) + 1
-    windows = [(max(1, round(lo * c)), round(hi * c)) for lo, hi in WINDOWS]
-    length = max(cap, len(holdout_mse), max(hi for _, hi in windows))
-    all_psnr, _, all_s, window_psnr = fit_traced(noisy, gt, task, FixedIterations(length), windows)
+    means = WindowMeans.around(c)
+    length = max(cap, len(holdout_mse), max(hi for _, hi in means.windows))
+    all_psnr, _, all_s = fit_traced(noisy, gt, task, FixedIterations(length), means)
+    window_psnr = means.psnr(gt)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
     np.savez(

@@ -147,3 +147,20 @@ def test_replay_refuses_fits_of_another_crop(tmp_path: Path) -> None:
     args = argparse.Namespace(out=tmp_path, max_iterations=None, quick=False)
     with pytest.raises(SystemExit, match=r"128² crops but the held-out runs 96²"):
         quality._replay_section(args)
+
+
+def test_the_fits_record_their_means_around_the_held_out_minima(tmp_path: Path) -> None:
+    t = np.arange(1, 1001, dtype=np.float64)
+    falling_then_rising = np.where(t <= 400, 1.0 - 0.9 * (t - 1) / 399, 0.1 + (t - 400) * 1e-3)
+    rows = [{"image": "F16", "sigma": 25, "holdout_trace": falling_then_rising.tolist()}]
+    (tmp_path / "quality.json").write_text(json.dumps({"stoprules": {"crop": 96, "runs": rows}}))
+    args = argparse.Namespace(out=tmp_path, max_iterations=None, quick=False)
+    assert quality._held_out_minima(args, 96) == {("F16", 25): 400}
+    assert quality._held_out_minima(args, 128) == {}  # another crop: not the same runs
+    # The replay judges a mean policy by the window recorded around that minimum.
+    row = {"holdout_trace": rows[0]["holdout_trace"], "s_per_iter": 0.1}
+    run = {"psnr_trace": list(np.linspace(20, 30, 1000)), "window_c": 400}
+    run |= {"windows": [[1.0, 1.2], [1.0, 1.5]], "window_psnr": [28.0, 29.25]}
+    default = quality.AutoStop(refit_scale=1.5, refit_mean_from=1.0)
+    got = quality._replayed(row, run, default, 3000)["refit"]
+    assert (got["held_out_minimum"], got["iteration"], got["psnr"]) == (400, 600, 29.25)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bench.dip.traces import fit_traced, outcome, replay
+from bench.dip.traces import WindowMeans, fit_traced, outcome, replay
 from service.bus.request import AutoStop, DenoiseTask, FixedIterations
 
 
@@ -37,8 +37,9 @@ def test_window_means_are_the_mean_of_the_returned_iterates() -> None:
     rng = np.random.default_rng(0)
     clean = rng.random((16, 16, 3)).astype(np.float32)
     noisy = np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32)
-    windows = [(5, 5), (3, 6), (7, 20)]
-    trace, _, _, window_psnr = fit_traced(noisy, clean, DenoiseTask(sigma=0.1), FixedIterations(8), windows)
+    means = WindowMeans([(5, 5), (3, 6), (7, 20)])
+    trace, _, _ = fit_traced(noisy, clean, DenoiseTask(sigma=0.1), FixedIterations(8), means)
+    window_psnr = means.psnr(clean)
     assert len(trace) == 8
     assert window_psnr[0] == pytest.approx(trace[4], abs=1e-3)  # the mean of one iterate is that iterate
     # DIP's early iterates move steadily, so their mean differs from each and lies between the extremes
