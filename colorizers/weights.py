@@ -189,6 +189,31 @@ REGISTRY: dict[str, Checkpoint] = {
             seed=0,
         ),
         Checkpoint(
+            name="eccv16-w0.25-l0.75-c150",
+            arch="eccv16",
+            width=0.25,
+            trained=True,
+            description=(
+                "trained by colorizers.train on the colorizers.data photos (λ=0.75): eccv16-w0.25-l0.75-c55, "
+                "then 60 min more in bf16 autocast (1 core)"
+            ),
+            sha256="b22f677edd2685c5c65e8e790ff567c8af94296232827fd056de15654282fa44",
+            filename="eccv16-w0.25-l0.75-c150.pth",
+            meta={
+                "lambda": "0.75",
+                "temperature": "0.6",
+                "init_from": "eccv16-w0.25-l0.75-c55",
+                "crop": "96",
+                "batch": "16",
+                "steps": "17471",
+                "minutes": "60.0",
+                "lr": "0.0001",
+                "precision": "bf16",
+                "seed": "0",
+                "data_manifest_sha256": "f14a1bf53c8d1b64978d828fc72257dcdbaf3bb3afc7c73d86e4e91db8889fc0",
+            },
+        ),
+        Checkpoint(
             name="eccv16-w0.25-l0.75-c55",
             arch="eccv16",
             width=0.25,
@@ -267,7 +292,7 @@ REGISTRY: dict[str, Checkpoint] = {
 }
 
 DEFAULT = {
-    "eccv16": "eccv16-w0.25-l0.75-c55",
+    "eccv16": "eccv16-w0.25-l0.75-c150",
     "siggraph17": "siggraph17-w0.25-l0.75-loc2",
     "larsson16": "larsson16-w0.125",
 }
