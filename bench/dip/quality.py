@@ -315,7 +315,13 @@ def _replay_section(args: argparse.Namespace) -> None:
         row["recorded_iterations"] = len(row["holdout_trace"])
         budget = recipe_for(DenoiseTask(sigma=row["sigma"] / 255), 3).iterations
         before = row.get("holdout")
-        row |= _replayed(row, runs[(row["image"], row["sigma"])], _default_policy(args), budget)
+        run = runs[(row["image"], row["sigma"])]
+        row |= {"best_iteration": run["best_iteration"], "best_psnr": run["best_psnr"]}
+        row |= _replayed(row, run, _default_policy(args), budget)
+        image = args.data / AUTOSTOP_IMAGES.get(row["image"], "-")
+        if image.is_file():  # with the images (--data), the discrepancy cells are read off the new fits too
+            _, noisy = _autostop_pair(image, fits, row["sigma"])
+            row |= _discrepancy(run, noisy, row["sigma"] / 255, row["same_recipe_blind"])
         # Recorded without the held-out PSNR per iteration: the recorded run's own returned iterate is
         # the one at the minimum where the minimum is the same.
         minimum = row["refit"]["held_out_minimum"] if row["refit"] else None
@@ -363,20 +369,32 @@ def section_stoprules(args: argparse.Namespace) -> dict[str, Any]:
             print(f"stop rules {run['image']} sigma {run['sigma']} blind", flush=True)
             blind = _held_out_outcomes(noisy, gt, DenoiseTask(), run, args)
             row["holdout_blind"], row["refit_blind"] = blind["holdout"], None
-        losses = np.asarray(run["loss_trace"])
-        for key, floor in (("discrepancy", noise_floor(noisy, sigma)), ("discrepancy_blind", sigma_hat**2)):
-            if key == "discrepancy_blind" and not same_recipe:
-                row[key] = None
-                continue
-            below = np.nonzero(losses <= AutoStop().tau * floor)[0]
-            it = int(below[0]) + 1 if below.size else len(losses)
-            row[key] = {"iteration": it, "psnr": run["psnr_trace"][it - 1]}
-            row[key]["gap_db"] = run["best_psnr"] - row[key]["psnr"]
+        row |= _discrepancy(run, noisy, sigma, same_recipe)
         rows.append(row)
         # Each run takes minutes on a CPU: keep what is done if the section is interrupted.
         _save_section(_json_path(args), "stoprules_partial", {"runs": rows, "crop": done["crop"]})
     rows = _merge_runs(args, "stoprules", rows, done["crop"])
     return {"runs": rows, "crop": done["crop"]} | _stoprules_summary(rows)
+
+
+def _discrepancy(run: dict[str, Any], noisy: Image_, sigma: float, same_recipe: bool) -> dict[str, Any]:
+    """The discrepancy rule's cells, read off the autostop run's loss trace: σ given (the clipped-noise
+    floor) and σ̂ (None where σ̂ picks another reg_noise_std setting: another trajectory)."""
+    losses = np.asarray(run["loss_trace"])
+    cells: dict[str, Any] = {}
+    floors = (
+        ("discrepancy", noise_floor(noisy, sigma)),
+        ("discrepancy_blind", estimate_noise_sigma(noisy) ** 2),
+    )
+    for key, floor in floors:
+        if key == "discrepancy_blind" and not same_recipe:
+            cells[key] = None
+            continue
+        below = np.nonzero(losses <= AutoStop().tau * floor)[0]
+        it = int(below[0]) + 1 if below.size else len(losses)
+        cells[key] = {"iteration": it, "psnr": run["psnr_trace"][it - 1]}
+        cells[key]["gap_db"] = run["best_psnr"] - cells[key]["psnr"]
+    return cells
 
 
 def _stoprules_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -599,11 +617,17 @@ def _stoprules_markdown(d: dict[str, Any]) -> list[str]:
         f"rose {stop.holdout_rise:.0%} of its descent (from the first tracked iteration down to the "
         f"minimum) above it, or had no new minimum for {stop.holdout_wait:g}x as long as the minimum took "
         "to come; then the paper's fit on every pixel runs again, same seed, to "
-        f"{stop.refit_scale:g}x the minimum's iteration and is returned (refit; the held-out run's own "
-        "iterate at the minimum is the refit=False result). The held-out run "
+        f"{stop.refit_scale:g}x the minimum's iteration"
+        + (
+            f" and the mean of its iterates from {stop.refit_mean_from:g}x on is returned (refit; its PSNR "
+            "is recorded by the autostop run around the same minimum"
+            if stop.refit_mean_from is not None
+            else " and is returned (refit"
+        )
+        + "; the held-out run's own iterate at the minimum is the refit=False result). The held-out run "
         f"is recorded under a policy that stops no earlier (rise {RECORD.holdout_rise:.0%}) and the "
         "default's stop is replayed on its held-out error by the engine's own stopper (the stopper only "
-        "reads the run); the refit's PSNR is the autostop run's at that iteration (bit-exact equivalence "
+        "reads the run); the refit's iterates are the autostop run's (bit-exact equivalence "
         "tested). Total iterations: held-out run + refit, against the reference notebook's fixed "
         f"{REFERENCE_DENOISE_ITERATIONS}; time: that many iterations at the recorded run's CPU seconds "
         "per iteration (1 thread; the wall time on a quiet core; * where the run's own CPU time was not "

@@ -280,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--refit-scale", type=float, default=AutoStop().refit_scale, help="--report: the policy's")
     p.add_argument(
-        "--refit-mean-from", type=float, default=None, help="--report: the policy's (a WINDOWS lo)"
+        "--refit-mean-from",
+        type=lambda v: None if v == "none" else float(v),
+        default=AutoStop().refit_mean_from,
+        help="--report: the policy's (a WINDOWS lo, or none: the refit's last iterate)",
     )
     args = p.parse_args(argv)
     if args.summary:
