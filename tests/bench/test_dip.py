@@ -140,6 +140,12 @@ def test_table_is_the_reports() -> None:
     assert report.table(("a", "b"), [(1, "x")]) == ["| a | b |", "|---|---|", "| 1 | x |", ""]
 
 
+def test_the_committed_stop_rules_compare_fits_on_the_same_crops() -> None:
+    # Each gap is a held-out run's choice read off the fit on every pixel: both must be the same crop.
+    res = _committed("quality.json")
+    assert res["autostop"]["crop"] == res["stoprules"]["crop"]
+
+
 def test_replay_refuses_fits_of_another_crop(tmp_path: Path) -> None:
     (tmp_path / "quality.json").write_text(
         json.dumps({"autostop": {"crop": 128, "runs": []}, "stoprules": {"crop": 96, "runs": []}})
