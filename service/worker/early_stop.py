@@ -26,8 +26,10 @@ through it would cost every run (S >= 3.4c).
 
 Which iteration to return: the refit runs to `refit_scale` = 1.2 x the held-out minimum. The error at
 pixels the network never sees turns up before the fit of the pixels it sees stops improving: on the 14
-bench runs the PSNR of the fit on every pixel peaks at a median 1.2x the held-out minimum (0.9-1.8x;
-baboon at σ=25, 961 against 527, is 0.75 dB short at 1x and 0.44 at 1.2x). Numbers per run:
+bench runs (96², both halves recorded 2 Dec) the PSNR of the fit on every pixel peaks at a median 1.2x
+the held-out minimum (0.9-2.3x; baboon at σ=25, 925 against 448, is 0.85 dB short at 1x and 0.53 at
+1.2x). `refit_mean_from` returns a mean over a window instead, which hedges the spread of the peak
+(13 of 14 within 0.5 dB over [c, 1.5c], at more work: docs/dip.md §3.1). Numbers per run:
 bench/results/dip/quality.md.
 
 Running variance (Wang, Li, Zhuang, Chen, Liang, Sun, "Early Stopping for Deep Image Prior",
