@@ -18,8 +18,9 @@ The stopper only reads the run, so where a policy stops the held-out run and whi
 is judged from these arrays: work S + c, gap max(all_psnr) - all_psnr[c - 1]. Also saved: `noise_floor`
 (the clipped-noise variance, σ given), `sigma_hat` (in 1/255) and the CPU seconds per iteration of each run.
 
-One .npz per run under --cache, named <image stem>_s<σ>_c<crop>_n<cap>.npz; runs already there are
-skipped, so an interrupted invocation resumes. Images come from the command line (files or folders;
+One .npz per run under --cache (default: bench/results/dip/traces, committed), named
+<image stem>_s<σ>_c<crop>_n<cap>.npz; runs already there are skipped, so an interrupted invocation
+resumes. Images come from the command line (files or folders;
 the repository ships none of the test sets):
 
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python -m bench.dip.traces IMAGE_OR_DIR ... --sigmas 25,50
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from bench.dip.common import Image_, noisy_pair
+from bench.dip.common import OUT, Image_, noisy_pair
 from service.bus.request import AutoStop, DenoiseTask, FixedIterations, Stopping
 from service.bus.result import Progress
 from service.color.quality import psnr
@@ -49,7 +50,8 @@ from service.worker.early_stop import EarlyStopper, estimate_noise_sigma, noise_
 from service.worker.engine import restore
 from service.worker.recipes import recipe_for
 
-CACHE = Path(".cache/dip-traces")
+# Committed (about 22 KB a run), so that a fresh checkout can replay and report without recording again.
+CACHE = OUT / "traces"
 CPU = torch.device("cpu")
 # Recording policy: the default's rule with a 5x larger rise, so the default and any quicker setting
 # (smaller rise, patience or wait) stop within the recorded curve, and so do rules that wait through a
