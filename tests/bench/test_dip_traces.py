@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bench.dip.traces import WindowMeans, fit_traced, outcome, replay
+from bench.dip.traces import WINDOWS, WindowMeans, fit_traced, outcome, replay
 from service.bus.request import AutoStop, DenoiseTask, FixedIterations
 
 
@@ -69,3 +69,24 @@ def test_a_mean_policy_is_judged_by_its_recorded_window() -> None:
         outcome(trace, replace(policy, refit_scale=2.0), 3000)
     with pytest.raises(ValueError, match="around iteration 500"):
         outcome(trace | {"window_c": 499}, policy, 3000)
+
+
+def test_windows_recorded_around_two_minima_are_told_apart() -> None:
+    policy = AutoStop(
+        warmup=10, holdout_patience=200, holdout_rise=0.0101, refit_scale=1.5, refit_mean_from=1.0
+    )
+    trace = {
+        "holdout_mse": _curve(2000),
+        "holdout_psnr": np.zeros(2000),
+        "all_psnr": np.linspace(20.0, 30.0, 1000),
+        "holdout_s_per_iter": 0.1,
+        "all_s_per_iter": 0.1,
+        # the candidate's earlier minimum first, then the default's (the policy above picks 500)
+        "windows": np.array([[1.0, 1.5], [1.0, 1.5]]),
+        "window_c": np.array([450, 500]),
+        "window_psnr": np.array([27.0, 29.5]),
+    }
+    assert outcome(trace, policy, 3000)["psnr"] == 29.5
+    with pytest.raises(ValueError, match="around iteration 500"):
+        outcome(trace | {"window_c": np.array([450, 499])}, policy, 3000)
+    assert WindowMeans.around(10, 20).windows[len(WINDOWS)] == (20, 24)  # the second minimum's [1, 1.2]
