@@ -237,10 +237,11 @@ def _window_psnr(trace: Mapping[str, Any], chosen: int, lo: float, hi: float) ->
     raise ValueError(f"the mean over [{lo:g}, {hi:g}] x the minimum was not recorded")
 
 
-def report(cache: Path, crop: int, skip: set[str], policy: AutoStop) -> dict[str, Any]:
-    """`policy` on every cached run at `crop` whose image stem is not in `skip`, and the spread."""
+def report(caches: list[Path], crop: int, skip: set[str], policy: AutoStop) -> dict[str, Any]:
+    """`policy` on every run at `crop` cached in `caches` whose image stem is not in `skip`, and the
+    spread."""
     runs: list[dict[str, Any]] = []
-    for f in sorted(cache.glob(f"*_c{crop}_n*.npz")):
+    for f in sorted(f for cache in caches for f in cache.glob(f"*_c{crop}_n*.npz")):
         stem, sigma = f.stem.rsplit("_s", 1)[0], int(f.stem.rsplit("_s", 1)[1].split("_")[0])
         if stem in skip or f.name.endswith(".tmp.npz"):
             continue
@@ -279,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cap", type=int, default=1500, help="least iterations of the fit on every pixel")
     p.add_argument("--limit", type=int, default=0, help="at most this many images per folder/list (0: all)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument(
+        "--cache", type=Path, nargs="+", default=[CACHE], help="where runs go (one); --report reads all given"
+    )
     p.add_argument("--summary", action="store_true", help="print what the cache holds and exit")
     p.add_argument(
         "--report",
@@ -302,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.summary:
-        summary(args.cache)
+        for cache in args.cache:
+            summary(cache)
         return 0
     if args.report is not None:
         policy = AutoStop(
@@ -314,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         args.report.write_text(json.dumps(res, indent=1))
         print(f"wrote {args.report}: {len(res['runs'])} runs")
         return 0
+    if len(args.cache) != 1:
+        raise SystemExit(f"recording writes to one --cache, got {len(args.cache)}")
     torch.set_num_threads(args.threads)
     images = images_in(args.images)
     if args.limit:
@@ -321,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     sigmas = [int(s) for s in args.sigmas.split(",")]
     for sigma255 in sigmas:
         for image in images:
-            out = trace_path(args.cache, image, sigma255, args.crop, args.cap)
+            out = trace_path(args.cache[0], image, sigma255, args.crop, args.cap)
             if out.exists():
                 continue
             t = time.monotonic()

@@ -171,7 +171,8 @@ def restore(
     )
     if refit and isinstance(stopping, AutoStop):
         # The held-out run only chose the iteration; the paper's fit on every pixel, same seed, for
-        # `refit_scale` times as many iterations is what gets returned (it peaks later: AutoStop).
+        # `refit_scale` times as many iterations (it peaks later), averaged over its last stretch
+        # (`refit_mean_from`: where it peaks varies), is what gets returned (AutoStop).
         target = refit_iterations(stopping, iteration, budget)
         mean_from = refit_mean_start(stopping, iteration, target)
         full = make_problem(img, task, recipe.net, dev, bool(options.channels_last))

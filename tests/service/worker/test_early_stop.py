@@ -277,7 +277,10 @@ class TestHoldout:
 class TestRefitIterations:
     @pytest.mark.parametrize(("chosen", "budget", "want"), [(500, 3000, 600), (2800, 3000, 3000), (1, 10, 1)])
     def test_scaled_within_the_budget(self, chosen: int, budget: int, want: int) -> None:
-        assert refit_iterations(AutoStop(), chosen, budget) == want  # refit_scale 1.2
+        assert refit_iterations(AutoStop(refit_scale=1.2), chosen, budget) == want
+
+    def test_the_default_refits_to_one_and_a_half_times_the_choice(self) -> None:
+        assert refit_iterations(AutoStop(), 500, 3000) == 750
 
     def test_scale_one_is_the_held_out_choice(self) -> None:
         assert refit_iterations(AutoStop(refit_scale=1.0), 437, 3000) == 437
@@ -289,8 +292,11 @@ class TestRefitIterations:
 
 
 class TestRefitMeanStart:
-    def test_off_by_default(self) -> None:
-        assert refit_mean_start(AutoStop(), 500, 600) is None
+    def test_the_default_averages_from_the_choice_on(self) -> None:
+        assert refit_mean_start(AutoStop(), 500, 750) == 500
+
+    def test_off_returns_the_last_iterate(self) -> None:
+        assert refit_mean_start(AutoStop(refit_mean_from=None), 500, 600) is None
 
     @pytest.mark.parametrize(("chosen", "target", "want"), [(500, 750, 500), (2800, 3000, 2800), (1, 2, 1)])
     def test_a_multiple_of_the_choice_within_the_refit(self, chosen: int, target: int, want: int) -> None:

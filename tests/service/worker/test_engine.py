@@ -199,7 +199,8 @@ class TestEarlyStopping:
 
     def test_refit_is_the_plain_fit_to_the_chosen_iteration(self) -> None:
         noisy = _image(40, 40)
-        policy = AutoStop(warmup=2, max_iterations=12)  # the cap ends the held-out run; its best is kept
+        # The cap ends the held-out run; its best is kept. The refit's last iterate, not a mean.
+        policy = AutoStop(warmup=2, max_iterations=12, refit_scale=1.2, refit_mean_from=None)
         held_out = restore(noisy, DenoiseTask(), stopping=dataclasses.replace(policy, refit=False))
         refit = restore(noisy, DenoiseTask(), stopping=policy)
         assert held_out.stop_reason is StopReason.MAX_ITERATIONS and 2 < held_out.iteration <= 12
