@@ -128,6 +128,32 @@ REGISTRY: dict[str, Checkpoint] = {
             },
         ),
         Checkpoint(
+            name="siggraph17-w0.25-l0.75-loc2-b120",
+            arch="siggraph17",
+            width=0.25,
+            trained=True,
+            description="trained by colorizers.train on the colorizers.data photos (hints, mask offset 0.5): "
+            "siggraph17-w0.25-l0.75-loc2, then 110 min in bf16 with the hint-locality term at weight 2 (1 core)",
+            sha256="f31137ddcdf2473adc9565250ead037ac2f20ef92ba6699badf30571f7aff292",
+            filename="siggraph17-w0.25-l0.75-loc2-b120.pth",
+            suggest_soften=2.0,  # colorizers.evaluate_suggest: 61 % hits, 98 % distinct (MODEL_CARD.md)
+            meta={
+                "mask_offset": "0.5",
+                "classification_fraction": "0",
+                "lambda": "0.75",
+                "locality_weight": "2",
+                "init_from": "siggraph17-w0.25-l0.75-loc2",
+                "crop": "96",
+                "batch": "16",
+                "steps": "10185",
+                "minutes": "110.0",
+                "lr": "0.0001",
+                "seed": "0",
+                "precision": "bf16",
+                "data_manifest_sha256": "f14a1bf53c8d1b64978d828fc72257dcdbaf3bb3afc7c73d86e4e91db8889fc0",
+            },
+        ),
+        Checkpoint(
             name="siggraph17-w0.25-l0.75-loc2",
             arch="siggraph17",
             width=0.25,
@@ -293,7 +319,7 @@ REGISTRY: dict[str, Checkpoint] = {
 
 DEFAULT = {
     "eccv16": "eccv16-w0.25-l0.75-c150",
-    "siggraph17": "siggraph17-w0.25-l0.75-loc2",
+    "siggraph17": "siggraph17-w0.25-l0.75-loc2-b120",
     "larsson16": "larsson16-w0.125",
 }
 
