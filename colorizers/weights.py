@@ -133,7 +133,8 @@ REGISTRY: dict[str, Checkpoint] = {
             width=0.25,
             trained=True,
             description="trained by colorizers.train on the colorizers.data photos (hints, mask offset 0.5): "
-            "siggraph17-w0.25-l0.75-loc2, then 110 min in bf16 with the hint-locality term at weight 2 (1 core)",
+            "siggraph17-w0.25-l0.75-loc2, then 110 min in bf16 with the hint-locality term at weight 2 "
+            "(1 core)",
             sha256="f31137ddcdf2473adc9565250ead037ac2f20ef92ba6699badf30571f7aff292",
             filename="siggraph17-w0.25-l0.75-loc2-b120.pth",
             suggest_soften=2.0,  # colorizers.evaluate_suggest: 61 % hits, 98 % distinct (MODEL_CARD.md)
