@@ -48,45 +48,44 @@ def test_window_means_are_the_mean_of_the_returned_iterates() -> None:
     assert np.isnan(window_psnr[2])  # the run ended before the window did
 
 
-def test_a_mean_policy_is_judged_by_its_recorded_window() -> None:
-    policy = AutoStop(
-        warmup=10, holdout_patience=200, holdout_rise=0.0101, refit_scale=1.5, refit_mean_from=1.0
-    )
-    trace = {
+# Stops at 700 on `_curve`, its minimum at 500: the refit to 750, averaged from 500.
+MEAN_POLICY = AutoStop(
+    warmup=10, holdout_patience=200, holdout_rise=0.0101, refit_scale=1.5, refit_mean_from=1.0
+)
+
+
+def _recorded(**windows: object) -> dict[str, object]:
+    """A recorded run on `_curve` with the given window fields."""
+    return {
         "holdout_mse": _curve(2000),
         "holdout_psnr": np.zeros(2000),
         "all_psnr": np.linspace(20.0, 30.0, 1000),
         "holdout_s_per_iter": 0.1,
         "all_s_per_iter": 0.1,
-        "windows": np.array([[1.0, 1.2], [1.0, 1.5]]),
-        "window_c": 500,
-        "window_psnr": np.array([28.0, 29.5]),
-    }
-    got = outcome(trace, policy, 3000)  # stops at 700, minimum 500: the refit to 750, averaged from 500
+    } | windows
+
+
+def test_a_mean_policy_is_judged_by_its_recorded_window() -> None:
+    trace = _recorded(
+        windows=np.array([[1.0, 1.2], [1.0, 1.5]]), window_c=500, window_psnr=np.array([28.0, 29.5])
+    )
+    got = outcome(trace, MEAN_POLICY, 3000)
     assert (got["stopped_at"], got["iteration"], got["total_iterations"]) == (700, 750, 1450)
     assert got["psnr"] == 29.5 and got["gap_db"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match=r"\[1, 2\] x the minimum was not recorded"):
-        outcome(trace, replace(policy, refit_scale=2.0), 3000)
+        outcome(trace, replace(MEAN_POLICY, refit_scale=2.0), 3000)
     with pytest.raises(ValueError, match="around iteration 500"):
-        outcome(trace | {"window_c": 499}, policy, 3000)
+        outcome(trace | {"window_c": 499}, MEAN_POLICY, 3000)
 
 
 def test_windows_recorded_around_two_minima_are_told_apart() -> None:
-    policy = AutoStop(
-        warmup=10, holdout_patience=200, holdout_rise=0.0101, refit_scale=1.5, refit_mean_from=1.0
+    # the candidate's earlier minimum first, then the default's (the policy picks 500)
+    trace = _recorded(
+        windows=np.array([[1.0, 1.5], [1.0, 1.5]]),
+        window_c=np.array([450, 500]),
+        window_psnr=np.array([27.0, 29.5]),
     )
-    trace = {
-        "holdout_mse": _curve(2000),
-        "holdout_psnr": np.zeros(2000),
-        "all_psnr": np.linspace(20.0, 30.0, 1000),
-        "holdout_s_per_iter": 0.1,
-        "all_s_per_iter": 0.1,
-        # the candidate's earlier minimum first, then the default's (the policy above picks 500)
-        "windows": np.array([[1.0, 1.5], [1.0, 1.5]]),
-        "window_c": np.array([450, 500]),
-        "window_psnr": np.array([27.0, 29.5]),
-    }
-    assert outcome(trace, policy, 3000)["psnr"] == 29.5
+    assert outcome(trace, MEAN_POLICY, 3000)["psnr"] == 29.5
     with pytest.raises(ValueError, match="around iteration 500"):
-        outcome(trace | {"window_c": np.array([450, 499])}, policy, 3000)
+        outcome(trace | {"window_c": np.array([450, 499])}, MEAN_POLICY, 3000)
     assert WindowMeans.around(10, 20).windows[len(WINDOWS)] == (20, 24)  # the second minimum's [1, 1.2]
