@@ -18,21 +18,33 @@ records (`colorizers.data` builds both); another cache is refused.
 
     python -m colorizers.calibrate --checkpoint eccv16-w0.25-l0.75-c150 --alpha 0.4 \\
         --name eccv16-w0.25-l0.75-c150-a0.4      # writes colorizers/checkpoints/<name>.pth, prints the entry
+    python -m colorizers.calibrate --checkpoint eccv16-w0.25-l0.75-c150 --sweep \\
+        --alphas 0 0.3 0.4 0.5 1 --temperatures 0.38 0.45 0.6 1    # the trade on the validation split
+
+`--sweep` scores every (α, T) on the validation crops as `colorizers.evaluate` does (its `Scores`) and
+writes `colorizers/results/<checkpoint>_calibrate.{json,md}`: colourfulness ÷ truth, AuC rebal over
+gray, mean PSNR and the share of photos at PSNR ≥ gray (issue #15's three automatic-colour bars).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numpy.typing import NDArray
 
-from colorizers import harness, quantize, weights
-from colorizers.dataset import DEFAULT_CACHE, manifest_sha256
+from colorizers import evaluate, harness, quantize, weights
+from colorizers.dataset import DEFAULT_CACHE, LabImages, manifest_sha256
 from colorizers.eccv16 import ECCVGenerator
 from colorizers.run_state import save_shipped
+
+log = logging.getLogger(__name__)
 
 
 def logit_shift(prior: NDArray[np.floating], lam: float, alpha: float) -> NDArray[np.float64]:
@@ -52,12 +64,11 @@ def shifted(model: ECCVGenerator, shift: NDArray[np.floating]) -> ECCVGenerator:
     return model
 
 
-def calibrate(base: str, alpha: float, name: str, cache: Path, out: Path) -> tuple[Path, str]:
-    """Write `<out>/<name>.pth` (the base with its logits shifted); returns (path, registry entry)."""
+def _load_base(base: str, cache: Path) -> tuple[weights.Checkpoint, ECCVGenerator]:
+    """The registry entry and network of `base`, refused unless a trained ECCV16 trained on `cache`'s data."""
     entry = weights.REGISTRY.get(base)
     if entry is None or entry.arch != "eccv16" or not entry.trained:
         raise ValueError(f"--checkpoint must name a trained ECCV16 checkpoint in the registry, got {base!r}")
-    lam = float(entry.meta["lambda"])
     expected, found = entry.meta.get("data_manifest_sha256"), manifest_sha256(cache)
     if expected != found:
         raise ValueError(
@@ -67,7 +78,13 @@ def calibrate(base: str, alpha: float, name: str, cache: Path, out: Path) -> tup
     model = weights.load(entry)
     if not isinstance(model, ECCVGenerator):
         raise ValueError(f"{base} did not load as ECCV16")
-    shifted(model, logit_shift(np.load(cache / "prior.npy"), lam, alpha))
+    return entry, model
+
+
+def calibrate(base: str, alpha: float, name: str, cache: Path, out: Path) -> tuple[Path, str]:
+    """Write `<out>/<name>.pth` (the base with its logits shifted); returns (path, registry entry)."""
+    entry, model = _load_base(base, cache)
+    shifted(model, logit_shift(np.load(cache / "prior.npy"), float(entry.meta["lambda"]), alpha))
     filename = f"{name}.pth"
     path = out / filename
     digest = save_shipped(model, path)
@@ -84,14 +101,95 @@ def calibrate(base: str, alpha: float, name: str, cache: Path, out: Path) -> tup
     return path, source
 
 
+def sweep(
+    base: str, alphas: list[float], temperatures: list[float], cache: Path, size: int = 256, limit: int = 0
+) -> dict[str, Any]:
+    """Issue #15's automatic-colour numbers of `base` with each α of the rebalancing undone, at each T."""
+    entry, model = _load_base(base, cache)
+    prior, lam = np.load(cache / "prior.npy"), float(entry.meta["lambda"])
+    shifts = {a: torch.from_numpy(logit_shift(prior, lam, a)).float().view(1, -1, 1, 1) for a in alphas}
+    images = LabImages(cache, "val")
+    count = len(images) if limit <= 0 else min(limit, len(images))
+    centres = torch.from_numpy(quantize.bin_centres())
+    gray, truth = evaluate.Scores(), []
+    scores = {(a, t): evaluate.Scores() for a in alphas for t in temperatures}
+    with torch.no_grad():
+        for i in range(count):
+            lab = images.centre_crop(i, size)
+            lab = lab[:, : lab.shape[1] // 8 * 8, : lab.shape[2] // 8 * 8]
+            true_rgb = evaluate.lab_to_rgb8(lab[0], lab[1:])
+            bins = quantize.nearest_bin(torch.from_numpy(lab[None, 1:]), centres)[0].numpy()
+            gray.add(np.hypot(lab[1], lab[2]), bins, evaluate.lab_to_rgb8(lab[0], 0 * lab[1:]), true_rgb)
+            truth.append(evaluate.colourfulness(true_rgb))
+            logits = model.logits(torch.from_numpy(lab[None, :1])).float()
+            for (a, t), score in scores.items():
+                ab = quantize.annealed_mean(logits + shifts[a], centres, t)
+                ab_np = F.interpolate(ab, size=lab.shape[1:], mode="bilinear")[0].numpy()
+                score.add(
+                    evaluate.ab_error(ab_np, lab[1:]), bins, evaluate.lab_to_rgb8(lab[0], ab_np), true_rgb
+                )
+            if (i + 1) % 50 == 0:
+                log.info("swept %d / %d images", i + 1, count)
+    g, gray_psnrs, colour = gray.summary(), np.asarray(gray.psnrs), float(np.mean(truth))
+    rows = [
+        {"alpha": a, "temperature": t, **s.summary(), "colour_ratio": s.summary()["colourfulness"] / colour,
+         "auc_rebal_over_gray": s.summary()["auc_rebal"] - g["auc_rebal"],
+         "share_psnr_at_least_gray": float(np.mean(np.asarray(s.psnrs) >= gray_psnrs))}
+        for (a, t), s in scores.items()
+    ]  # fmt: skip
+    return {"checkpoint": base, "images": count, "size": size, "gray": g, "truth_colourfulness": colour,
+            "data_manifest_sha256": manifest_sha256(cache), "rows": rows}  # fmt: skip
+
+
+def sweep_markdown(result: dict[str, Any]) -> str:
+    """α down, T across; each cell colourfulness ÷ truth · AuC rebal − gray · photos at PSNR ≥ gray."""
+    alphas = sorted({r["alpha"] for r in result["rows"]})
+    temperatures = sorted({r["temperature"] for r in result["rows"]})
+    cell = {(r["alpha"], r["temperature"]): r for r in result["rows"]}
+    lines = [
+        f"`{result['checkpoint']}` with α of its class rebalancing undone (`colorizers.calibrate --sweep`), "
+        f"{result['images']} validation photos, centre {result['size']}² crops, manifest "
+        f"`{result['data_manifest_sha256'][:16]}…`; gray: PSNR {result['gray']['psnr']:.2f} dB. Each cell: "
+        "colourfulness ÷ truth · AuC rebal − gray · photos with PSNR ≥ gray · mean PSNR.",
+        "",
+        "| α \\ T | " + " | ".join(f"{t:g}" for t in temperatures) + " |",
+        "|---|" + "---|" * len(temperatures),
+    ]
+    for a in alphas:
+        cells = [cell[(a, t)] for t in temperatures]
+        lines.append(f"| {a:g} | " + " | ".join(
+            f"{c['colour_ratio']:.2f}× · {c['auc_rebal_over_gray']:+.3f} · "
+            f"{c['share_psnr_at_least_gray']:.0%} · {c['psnr']:.2f}" for c in cells) + " |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="registered ECCV16 checkpoint to derive from")
-    parser.add_argument("--alpha", type=float, required=True, help="share of the rebalancing to undo, 0..1")
-    parser.add_argument("--name", required=True, help="the derived checkpoint's name")
+    parser.add_argument("--alpha", type=float, help="share of the rebalancing to undo, 0..1")
+    parser.add_argument("--name", help="the derived checkpoint's name")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="the data cache (its prior.npy)")
     parser.add_argument("--out", type=Path, default=weights.CHECKPOINTS_DIR)
+    parser.add_argument(
+        "--sweep", action="store_true", help="score the trade instead of writing a checkpoint"
+    )
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.3, 0.35, 0.4, 0.45, 0.5, 1.0])
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.38, 0.45, 0.6, 0.8, 1.0])
+    parser.add_argument("--limit", type=int, default=0, help="validation photos to sweep; 0: all")
+    parser.add_argument("--size", type=int, default=256, help="centre crop size")
+    parser.add_argument("--results", type=Path, default=evaluate.RESULTS_DIR)
     args = parser.parse_args(argv)
+    if args.sweep:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        result = sweep(args.checkpoint, args.alphas, args.temperatures, args.cache, args.size, args.limit)
+        args.results.mkdir(parents=True, exist_ok=True)
+        stem = f"{args.checkpoint}_calibrate"  # not Path.with_suffix: the name has dots of its own
+        (args.results / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (args.results / f"{stem}.md").write_text(sweep_markdown(result))
+        print(sweep_markdown(result))
+        return 0
+    if args.alpha is None or args.name is None:
+        parser.error("--alpha and --name are needed to write a checkpoint (or --sweep)")
     path, source = calibrate(args.checkpoint, args.alpha, args.name, args.cache, args.out)
     print(f"wrote {path} sha256 {weights.sha256_of(path)}")
     print("registry entry for colorizers/weights.py:")

@@ -327,20 +327,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="", help="grid file names (default: the checkpoint's name)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--as-shipped",
+        action="store_true",
+        help="bars and grids at the registry entry's temperature (chosen by its own rule), not the picker's",
+    )
     args = parser.parse_args(argv)
+    shipped = None
+    if args.as_shipped:
+        entry = weights.REGISTRY.get(args.checkpoint)
+        if entry is None or "temperature" not in entry.meta:
+            raise SystemExit(f"--as-shipped: {args.checkpoint!r} is no registered checkpoint with a T")
+        shipped = float(entry.meta["temperature"])
+        args.temperatures = sorted({*args.temperatures, shipped})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
 
     model, label = load_model(args.checkpoint)
-    out = args.out or DEFAULT_CACHE.parent / "colorize-eval" / Path(args.checkpoint).stem
+    # a registry name is the name ("…-a0.4" has no suffix to strip); a file, its stem
+    stem = args.checkpoint if args.checkpoint in weights.REGISTRY else Path(args.checkpoint).stem
+    out = args.out or DEFAULT_CACHE.parent / "colorize-eval" / stem
     out.mkdir(parents=True, exist_ok=True)
     # Grids are committed, so they show only the validation photos that may be redistributed.
     shareable = [i for i, _, _ in redistributable(args.cache, "val")]
     metrics, rows = evaluate(model, LabImages(args.cache, "val"), size=args.size,
                              temperatures=tuple(args.temperatures), max_images=args.max_images,
                              samples=shareable, device=args.device)  # fmt: skip
+    if shipped is not None:
+        metrics["picked_temperature"] = metrics["default_temperature"]
+        metrics["default_temperature"] = shipped
     default = f"{metrics['default_temperature']:g}"
-    prefix = args.prefix or Path(args.checkpoint).stem  # each evaluated checkpoint keeps its own grids
+    prefix = args.prefix or stem  # each evaluated checkpoint keeps its own grids
     triplets = [g + m + t for g, m, t in zip(rows["gray"], rows[default], rows["truth"], strict=True)]
     sweep = [[g[0], *(rows[f"{t:g}"][i][0] for t in args.temperatures), rows["truth"][i][0]]
              for i, g in enumerate(rows["gray"])]  # fmt: skip

@@ -216,6 +216,25 @@ REGISTRY: dict[str, Checkpoint] = {
             seed=0,
         ),
         Checkpoint(
+            name="eccv16-w0.25-l0.75-c150-a0.4",
+            arch="eccv16",
+            width=0.25,
+            trained=True,
+            description=(
+                "eccv16-w0.25-l0.75-c150 with its logits shifted by -0.4 log w: 40 % of the class "
+                "rebalancing undone (colorizers.calibrate), for PSNR at less colour"
+            ),
+            sha256="06ca38fde2af3bbd1e1d9ce025a3eeedc7864558d44cd61c1f0ed0ba6ae4c74e",
+            filename="eccv16-w0.25-l0.75-c150-a0.4.pth",
+            meta={
+                "lambda": "0.75",
+                "temperature": "0.45",
+                "init_from": "eccv16-w0.25-l0.75-c150",
+                "rebalancing_undone": "0.4",
+                "data_manifest_sha256": "f14a1bf53c8d1b64978d828fc72257dcdbaf3bb3afc7c73d86e4e91db8889fc0",
+            },
+        ),
+        Checkpoint(
             name="eccv16-w0.25-l0.75-c150",
             arch="eccv16",
             width=0.25,
@@ -319,7 +338,7 @@ REGISTRY: dict[str, Checkpoint] = {
 }
 
 DEFAULT = {
-    "eccv16": "eccv16-w0.25-l0.75-c150",
+    "eccv16": "eccv16-w0.25-l0.75-c150-a0.4",
     "siggraph17": "siggraph17-w0.25-l0.75-loc2-b120",
     "larsson16": "larsson16-w0.125",
 }

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from colorizers import evaluate
+from colorizers import evaluate, weights
 from colorizers.dataset import LabImages
 from colorizers.eccv16 import ECCVGenerator
 
@@ -120,3 +122,21 @@ def test_evaluate_end_to_end_on_the_tiny_cache(tiny_cache: Path) -> None:
 def test_unknown_checkpoint_is_refused() -> None:
     with pytest.raises(FileNotFoundError, match="neither a registered checkpoint nor a file"):
         evaluate.load_model("no-such-checkpoint")
+
+
+def test_as_shipped_scores_the_bars_at_the_registered_temperature(tiny_cache: Path, tmp_path: Path) -> None:
+    name = "eccv16-w0.25-l0.75-c150-a0.4"  # shipped at T = 0.45, which the picker's list lacks
+    argv = ["--checkpoint", name, "--cache", str(tiny_cache), "--out", str(tmp_path),
+            "--results", str(tmp_path), "--size", "64", "--threads", "1", "--temperatures", "0.38", "1",
+            "--as-shipped"]  # fmt: skip
+    assert evaluate.main(argv) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["default_temperature"] == float(weights.REGISTRY[name].meta["temperature"]) == 0.45
+    assert set(metrics["temperatures"]) == {"0.38", "0.45", "1"}
+    assert metrics["picked_temperature"] in (0.38, 0.45, 1.0)
+    assert "T = 0.45 (default)" in (tmp_path / "model_card.md").read_text()
+
+
+def test_as_shipped_needs_a_registered_temperature(tiny_cache: Path) -> None:
+    with pytest.raises(SystemExit, match=re.escape("'eccv16-w0.25-random' is no registered")):
+        evaluate.main(["--checkpoint", "eccv16-w0.25-random", "--cache", str(tiny_cache), "--as-shipped"])
