@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from colorizers import evaluate, harness, quantize, weights
@@ -104,40 +103,26 @@ def calibrate(base: str, alpha: float, name: str, cache: Path, out: Path) -> tup
 def sweep(
     base: str, alphas: list[float], temperatures: list[float], cache: Path, size: int = 256, limit: int = 0
 ) -> dict[str, Any]:
-    """Issue #15's automatic-colour numbers of `base` with each α of the rebalancing undone, at each T."""
+    """Issue #15's automatic-colour numbers of `base` with each α of the rebalancing undone, at each T
+    (`colorizers.evaluate.evaluate` once per α, its logits shifted)."""
     entry, model = _load_base(base, cache)
     prior, lam = np.load(cache / "prior.npy"), float(entry.meta["lambda"])
-    shifts = {a: torch.from_numpy(logit_shift(prior, lam, a)).float().view(1, -1, 1, 1) for a in alphas}
     images = LabImages(cache, "val")
-    count = len(images) if limit <= 0 else min(limit, len(images))
-    centres = torch.from_numpy(quantize.bin_centres())
-    gray, truth = evaluate.Scores(), []
-    scores = {(a, t): evaluate.Scores() for a in alphas for t in temperatures}
-    with torch.no_grad():
-        for i in range(count):
-            lab = images.centre_crop(i, size)
-            lab = lab[:, : lab.shape[1] // 8 * 8, : lab.shape[2] // 8 * 8]
-            true_rgb = evaluate.lab_to_rgb8(lab[0], lab[1:])
-            bins = quantize.nearest_bin(torch.from_numpy(lab[None, 1:]), centres)[0].numpy()
-            gray.add(np.hypot(lab[1], lab[2]), bins, evaluate.lab_to_rgb8(lab[0], 0 * lab[1:]), true_rgb)
-            truth.append(evaluate.colourfulness(true_rgb))
-            logits = model.logits(torch.from_numpy(lab[None, :1])).float()
-            for (a, t), score in scores.items():
-                ab = quantize.annealed_mean(logits + shifts[a], centres, t)
-                ab_np = F.interpolate(ab, size=lab.shape[1:], mode="bilinear")[0].numpy()
-                score.add(
-                    evaluate.ab_error(ab_np, lab[1:]), bins, evaluate.lab_to_rgb8(lab[0], ab_np), true_rgb
-                )
-            if (i + 1) % 50 == 0:
-                log.info("swept %d / %d images", i + 1, count)
-    g, gray_psnrs, colour = gray.summary(), np.asarray(gray.psnrs), float(np.mean(truth))
-    rows = [
-        {"alpha": a, "temperature": t, **s.summary(), "colour_ratio": s.summary()["colourfulness"] / colour,
-         "auc_rebal_over_gray": s.summary()["auc_rebal"] - g["auc_rebal"],
-         "share_psnr_at_least_gray": float(np.mean(np.asarray(s.psnrs) >= gray_psnrs))}
-        for (a, t), s in scores.items()
-    ]  # fmt: skip
-    return {"checkpoint": base, "images": count, "size": size, "gray": g, "truth_colourfulness": colour,
+    rows: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {}
+    for a in alphas:
+        shift = torch.from_numpy(logit_shift(prior, lam, a)).float()
+        metrics, _ = evaluate.evaluate(
+            model, images, size=size, temperatures=tuple(temperatures), max_images=limit, logit_shift=shift
+        )
+        gray, colour = metrics["gray"], metrics["truth"]["colourfulness"]
+        for t, m in metrics["temperatures"].items():
+            ratios = {"colour_ratio": m["colourfulness"] / colour,
+                      "auc_rebal_over_gray": m["auc_rebal"] - gray["auc_rebal"]}  # fmt: skip
+            rows.append({"alpha": a, "temperature": float(t), **m, **ratios})
+        log.info("swept α = %g", a)
+    return {"checkpoint": base, "images": metrics["images"], "size": size, "gray": metrics["gray"],
+            "truth_colourfulness": metrics["truth"]["colourfulness"],
             "data_manifest_sha256": manifest_sha256(cache), "rows": rows}  # fmt: skip
 
 

@@ -189,8 +189,11 @@ def evaluate(
     max_images: int = 0,
     samples: Sequence[int] = (),
     device: str = "cpu",
+    logit_shift: torch.Tensor | None = None,
 ) -> tuple[dict, dict[str, list[list[NDArray[np.uint8]]]]]:
-    """Score gray, truth and the model at each T; returns (metrics, rows per T for the `samples` images)."""
+    """Score gray, truth and the model at each T; returns (metrics, rows per T for the `samples` images).
+
+    `logit_shift` (Q,): added to every pixel's logits before the decode (`colorizers.calibrate`)."""
     model = model.to(device).eval()
     centres_np = quantize.bin_centres()
     centres = torch.from_numpy(centres_np).to(device)
@@ -211,6 +214,8 @@ def evaluate(
         gray.add(np.hypot(lab[1], lab[2]), true_bins, gray_rgb, true_rgb)
         truth_colour.append(colourfulness(true_rgb))
         logits = model.logits(torch.from_numpy(lab[None, :1]).to(device))
+        if logit_shift is not None:
+            logits = logits + logit_shift.to(device).view(1, -1, 1, 1)
         if i in sample_ids:
             rows["gray"].append([gray_rgb])
             rows["truth"].append([true_rgb])
