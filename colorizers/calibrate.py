@@ -21,7 +21,7 @@ records (`colorizers.data` builds both); another cache is refused.
     python -m colorizers.calibrate --checkpoint eccv16-w0.25-l0.75-c150 --sweep \\
         --alphas 0 0.3 0.4 0.5 1 --temperatures 0.38 0.45 0.6 1    # the trade on the validation split
 
-`--sweep` scores every (α, T) on the validation crops as `colorizers.evaluate` does (its `Scores`) and
+`--sweep` scores every (α, T) on the validation crops through `colorizers.evaluate.evaluate` and
 writes `colorizers/results/<checkpoint>_calibrate.{json,md}`: colourfulness ÷ truth, AuC rebal over
 gray, mean PSNR and the share of photos at PSNR ≥ gray (issue #15's three automatic-colour bars).
 """
