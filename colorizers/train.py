@@ -347,7 +347,7 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--init-from",
         default="",
-        help="start a fresh run from these weights: a registry name (e.g. siggraph17-w0.25) or a .pth",
+        help="start a fresh run from these weights: a registry name (e.g. eccv16-w0.25-l1) or a .pth",
     )
     p.add_argument(
         "--ship-only", action="store_true", help="write the fp16 checkpoint of <run-dir>/last.pt and stop"

@@ -42,6 +42,10 @@ class Checkpoint:
     # sampling (`service.color.suggest`). 0.2 is ideepcolor's, right for the authors' peaked network; ours
     # is calibrated on validation data by `colorizers.evaluate_suggest` (see MODEL_CARD.md).
     suggest_soften: float = SUGGEST_SOFTEN
+    # A superseded checkpoint leaves the working tree (each is ~4 MB, and the tree must stay small enough to
+    # travel, e.g. to a lent GPU machine: MODEL_CARD.md "Which checkpoints the tree holds"); its entry stays,
+    # naming the commit whose tree still holds the file, so every earlier result can be reproduced.
+    retired: str = ""
 
     def build(self) -> nn.Module:
         """The network this checkpoint belongs to, at the right width (weights not loaded)."""
@@ -87,6 +91,7 @@ REGISTRY: dict[str, Checkpoint] = {
             description="trained by colorizers.train on the colorizers.data photos (hints, mask offset 0.5)",
             sha256="4f356aafad1b08ef720e3b64417428dbeae007ccc7525ea928c740e85a687248",
             filename="siggraph17-w0.25.pth",
+            retired="28b0b18accbd",
             # colorizers.evaluate_suggest, 387-photo validation split: 3 puts one of 5 suggestions
             # within 15 ab units at 60 % of saturated pixels (0.2: 4 %), but mostly from the colour
             # marginal (pixel-blind suggestions: 56 %); see MODEL_CARD.md.
@@ -112,6 +117,7 @@ REGISTRY: dict[str, Checkpoint] = {
             "siggraph17-w0.25, then 30 min at λ=0.5 and 55 min at λ=0.75 on 4,416 photos (1 core)",
             sha256="66919de96c0558dc5e751b88c15f67f527eee5561cd432ab29885ea530b1e2d3",
             filename="siggraph17-w0.25-l0.75.pth",
+            retired="28b0b18accbd",
             suggest_soften=3.0,  # colorizers.evaluate_suggest: 63 % hits, 94 % distinct (MODEL_CARD.md)
             meta={
                 "mask_offset": "0.5",
@@ -163,6 +169,7 @@ REGISTRY: dict[str, Checkpoint] = {
             "siggraph17-w0.25-l0.75, then 60 min with the hint-locality term at weight 2 (1 core)",
             sha256="456f6bc086dabc2e3d89c8e4d14c926c5bf7c1b4f2f5aaef6f754168b475957c",
             filename="siggraph17-w0.25-l0.75-loc2.pth",
+            retired="28b0b18accbd",
             suggest_soften=2.0,  # colorizers.evaluate_suggest: 61 % hits, 98 % distinct (MODEL_CARD.md)
             meta={
                 "mask_offset": "0.5",
@@ -270,6 +277,7 @@ REGISTRY: dict[str, Checkpoint] = {
             ),
             sha256="0990f034306ea96a182f2dc6ec450dd7a5e68a53d7733985a842177b92d21077",
             filename="eccv16-w0.25-l0.75-c55.pth",
+            retired="28b0b18accbd",
             meta={
                 "lambda": "0.75",
                 "temperature": "0.6",
@@ -293,6 +301,7 @@ REGISTRY: dict[str, Checkpoint] = {
             ),
             sha256="ae689b41aaef0d5a9527bbf80c1147b9ffcdd356797d0669d47c8a83e4bf7887",
             filename="eccv16-w0.25-l0.75.pth",
+            retired="28b0b18accbd",
             meta={
                 "lambda": "0.75",
                 "temperature": "1",
@@ -373,6 +382,11 @@ def load(checkpoint: Checkpoint, path: Path | None = None) -> nn.Module:
         if checkpoint.filename is None:
             raise ValueError(f"checkpoint {checkpoint.name!r} is user-supplied: pass its file")
         path = CHECKPOINTS_DIR / checkpoint.filename
+        if checkpoint.retired and not path.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {checkpoint.name!r} was retired from the tree; restore it with "
+                f"`git show {checkpoint.retired}:colorizers/checkpoints/{checkpoint.filename} > {path}`"
+            )
     digest = sha256_of(path)
     if digest != checkpoint.sha256:
         raise ValueError(f"{path} has sha256 {digest}, expected {checkpoint.sha256} for {checkpoint.name!r}")

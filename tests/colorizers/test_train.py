@@ -249,17 +249,20 @@ def test_siggraph_defaults_to_no_rebalancing_and_names_a_rebalanced_run() -> Non
     assert args.name == "siggraph17-w0.25-l0.5"
 
 
+START = "siggraph17-w0.25-l0.75-loc2-b120"  # a shipped SIGGRAPH17 checkpoint in the tree
+
+
 def test_run_starts_from_a_shipped_checkpoint_resumes_and_ships_only(
     tiny_cache: Path, tmp_path: Path
 ) -> None:
     common = ["--model", "siggraph17", "--width", "0.25", "--crop", "32", "--batch", "2", "--minutes",
               "100000", "--cache", str(tiny_cache), "--run-dir", str(tmp_path / "run"), "--out",
               str(tmp_path / "out"), "--threads", "1", "--val-images", "2", "--classification-fraction", "0",
-              "--lambda-rebal", "0.5", "--init-from", "siggraph17-w0.25", "--lr", "1e-12"]  # fmt: skip
+              "--lambda-rebal", "0.5", "--init-from", START, "--lr", "1e-12"]  # fmt: skip
     train.train(train.parse_args([*common, "--max-steps", "2"]))
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "starting from the weights of siggraph17-w0.25" in log and '"init_from"' in log
-    shipped = weights.load(weights.REGISTRY["siggraph17-w0.25"]).state_dict()
+    assert f"starting from the weights of {START}" in log and '"init_from"' in log
+    shipped = weights.load(weights.REGISTRY[START]).state_dict()
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert state["step"] == 2
     key = "model1.0.weight"
@@ -273,7 +276,7 @@ def test_run_starts_from_a_shipped_checkpoint_resumes_and_ships_only(
     path = train.train(train.parse_args([*common, "--ship-only"]))
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 3
     entry = (tmp_path / "run" / "registry_entry.txt").read_text()
-    assert "'lambda': '0.5'" in entry and "'init_from': 'siggraph17-w0.25'" in entry
+    assert "'lambda': '0.5'" in entry and f"'init_from': '{START}'" in entry
     assert "'steps': '3'" in entry
     assert path.is_file()
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,33 @@ def test_tampered_file_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="expected 0000"):
         weights.load(entry, path)
+
+
+def test_retired_checkpoint_names_the_commit_that_restores_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    retired = [c for c in weights.REGISTRY.values() if c.retired]
+    assert retired, "the registry keeps entries for checkpoints retired from the tree"
+    for checkpoint in retired:
+        assert checkpoint.filename is not None and checkpoint.sha256 is not None
+        assert not (weights.CHECKPOINTS_DIR / checkpoint.filename).exists()
+    checkpoint = retired[0]
+    with pytest.raises(FileNotFoundError, match=f"git show {checkpoint.retired}:colorizers/checkpoints/"):
+        weights.load(checkpoint)
+    # Restored under its name (or passed as a file), it loads as before: the sha256 still guards it.
+    monkeypatch.setattr(weights, "CHECKPOINTS_DIR", tmp_path)
+    stand_in = tmp_path / str(checkpoint.filename)
+    stand_in.write_bytes(b"not the checkpoint")
+    with pytest.raises(ValueError, match="expected " + str(checkpoint.sha256)):
+        weights.load(checkpoint)
+
+
+@pytest.mark.parametrize("name", sorted(c.name for c in weights.REGISTRY.values() if c.retired))
+def test_retired_checkpoint_is_in_the_named_commit(name: str) -> None:
+    checkpoint = weights.REGISTRY[name]
+    repo = weights.CHECKPOINTS_DIR.parents[1]
+    spec = f"{checkpoint.retired}:colorizers/checkpoints/{checkpoint.filename}"
+    if subprocess.run(["git", "-C", str(repo), "cat-file", "-e", spec], capture_output=True).returncode:
+        pytest.skip(f"{spec} is not in this checkout's history (a shallow clone or no git)")
+    blob = subprocess.run(["git", "-C", str(repo), "show", spec], capture_output=True, check=True).stdout
+    assert hashlib.sha256(blob).hexdigest() == checkpoint.sha256
