@@ -1,0 +1,235 @@
+"""Take the training data to a lent GPU machine (issue #15 ask 4): `pack` here, `unpack` there.
+
+Why. The device tool sends the working tree and the ignored paths named in its `carry`, 64 MiB in all,
+and nothing beside the checkout; the Lab cache `colorizers.data` builds is 2.4 GB. `pack` writes the
+training split of a cache as lossy WebP at a short side of 96 (≈17 MB for the 4,416 photos), the first
+validation photos (the run's curve) likewise, and the cache's manifest and prior unchanged. `unpack`,
+on the machine, decodes them into a cache of the format `colorizers.dataset` reads. The split, the prior
+and the manifest are this cache's, so a checkpoint trained there names the same data manifest as one
+trained here, its rebalancing weights are the same, and no validation photo becomes a training one; what
+differs is the pixels: 96 px on the short side instead of 256, and WebP's loss (4:2:0 chroma; ECCV16's
+targets are at a quarter of the crop, where that loss is mostly averaged away).
+
+    python -m colorizers.lease pack                      # here: .cache/colorize-data -> .cache/lease
+    python3 -m colorizers.lease train --out "$OUT"       # there: unpack, train ECCV16 and SIGGRAPH17
+    python -m colorizers.lease join DIR                  # here: the files that came back -> checkpoints
+
+`train` runs `colorizers.train` for each model on the unpacked cache (width 1/2 on CUDA by default)
+and writes to `--out` each fp16 checkpoint cut into parts of at most 15 MiB (a file comes back from
+the machine only if it is at most 16 MiB; a width-1/2 SIGGRAPH17 is 17 MB) beside a text with its
+registry entry and its training log. `join` puts the parts together and checks them against the
+entry's SHA-256. The device call is in the model card ("Training on a lent GPU").
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+from skimage.color import lab2rgb, rgb2lab
+
+from colorizers import train as training
+from colorizers.data import downscale
+from colorizers.dataset import DEFAULT_CACHE, SPLITS, LabImages, manifest_sha256
+from colorizers.weights import sha256_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PACK = DEFAULT_CACHE.parent / "lease"
+CARRIED = ("manifest.tsv", "prior.npy", "prior_counts.npy", "summary.json")  # copied as they are
+SHORT_SIDE = 96  # crops of 96² (the CPU runs' size) fit; 112 would cost ≈ 22 MB, 128 ≈ 27 MB
+QUALITY = 85
+VAL_IMAGES = 64  # what `colorizers.train --val-images` scores by default
+PART_BYTES = 15 << 20  # the device tool returns files of at most 16 MiB
+# What `train` passes to `colorizers.train` besides the model, budget and paths: the CPU runs' recipe
+# (λ 0.75, crops of 96², cosine from 3e-4 for a fresh start) at width 1/2 and four times the batch.
+RECIPE = (
+    "--width", "0.5", "--crop", "96", "--batch", "64", "--lambda-rebal", "0.75", "--lr", "3e-4",
+    "--val-every", "1", "--save-every", "1000",
+)  # fmt: skip
+
+
+def _encode(lab: NDArray[np.float32], short_side: int, quality: int) -> bytes:
+    """(3, H, W) Lab -> WebP bytes of the sRGB image resized to `short_side`."""
+    rgb = np.clip(lab2rgb(lab.transpose(1, 2, 0)) * 255 + 0.5, 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(downscale(Image.fromarray(rgb), short_side)).save(out, "WEBP", quality=quality)
+    return out.getvalue()
+
+
+def pack(
+    cache: Path,
+    out: Path,
+    *,
+    short_side: int = SHORT_SIDE,
+    quality: int = QUALITY,
+    val_images: int = VAL_IMAGES,
+) -> dict:
+    """Write `out`/{split}.webp (the images' bytes, back to back) and {split}.offsets.npy, the files of
+    `CARRIED`, and pack.json (what was done, the sizes). Returns pack.json's content."""
+    if short_side < 32 or not 1 <= quality <= 100 or val_images < 1:
+        raise ValueError(
+            "short side must be at least 32, quality in 1..100 and validation images at least 1, "
+            f"got {short_side}, {quality}, {val_images}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split in SPLITS:
+        images = LabImages(cache, split)
+        count = len(images) if split == "train" else min(val_images, len(images))
+        offsets = np.zeros(count + 1, dtype=np.int64)
+        with open(out / f"{split}.webp", "wb") as blob:
+            for i in range(count):
+                offsets[i + 1] = offsets[i] + blob.write(_encode(images.image(i), short_side, quality))
+        np.save(out / f"{split}.offsets.npy", offsets)
+        counts[split] = {"images": count, "of": len(images), "bytes": int(offsets[-1])}
+        log.info("%s: %d images, %.1f MB", split, count, offsets[-1] / 1e6)
+    for name in CARRIED:
+        shutil.copy2(cache / name, out / name)
+    meta = {
+        "short_side": short_side,
+        "format": f"WebP quality {quality}",
+        "data_manifest_sha256": manifest_sha256(cache),
+        "splits": counts,
+    }
+    (out / "pack.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def unpack(packed: Path, cache: Path) -> dict:
+    """Decode a pack into a cache at `cache` (train/val Lab arrays and indexes, the `CARRIED` files)."""
+    meta = json.loads((packed / "pack.json").read_text())
+    cache.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        blob = (packed / f"{split}.webp").read_bytes()
+        offsets = np.load(packed / f"{split}.offsets.npy")
+        if int(offsets[-1]) != len(blob):
+            raise ValueError(f"{packed / split}.webp has {len(blob)} bytes, its offsets say {offsets[-1]}")
+        labs = []
+        for start, end in itertools.pairwise(offsets):
+            with Image.open(io.BytesIO(blob[start:end])) as image:
+                labs.append(rgb2lab(np.asarray(image.convert("RGB"))).astype(np.float16))
+        heights = np.array([lab.shape[0] for lab in labs], dtype=np.int64)
+        widths = np.array([lab.shape[1] for lab in labs], dtype=np.int64)
+        sizes = heights * widths
+        # colorizers.dataset's layout: (pixels, 3) float16, and (offset, height, width) per image.
+        np.save(cache / f"{split}.lab.npy", np.concatenate([lab.reshape(-1, 3) for lab in labs]))
+        np.save(cache / f"{split}.index.npy", np.column_stack([np.cumsum(sizes) - sizes, heights, widths]))
+    for name in CARRIED:
+        shutil.copy2(packed / name, cache / name)
+    if manifest_sha256(cache) != meta["data_manifest_sha256"]:
+        raise ValueError(f"{packed / 'manifest.tsv'} is not the manifest the pack was made from")
+    return meta
+
+
+def train(
+    packed: Path,
+    out: Path,
+    *,
+    work: Path,
+    minutes: float,
+    models: tuple[str, ...] = ("eccv16", "siggraph17"),
+    device: str = "cuda",
+    options: tuple[str, ...] = RECIPE,
+) -> list[Path]:
+    """Unpack into `work`/cache, train each model for `minutes` there, and write to `out` its checkpoint
+    in parts (<name>.pth.part<k>) and <name>.txt (registry entry, then the run's log). Returns the parts."""
+    cache = work / "cache"
+    unpack(packed, cache)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for model in models:
+        name = f"{model}-w{options[options.index('--width') + 1]}-lease"
+        run_dir = work / name
+        extra = ("--classification-fraction", "0") if model == "siggraph17" else ()
+        argv = [*options, *extra, "--model", model, "--minutes", str(minutes), "--device", device,
+                "--precision", "bf16" if device.startswith("cuda") else "fp32", "--cache", str(cache),
+                "--name", name, "--run-dir", str(run_dir), "--out", str(work)]  # fmt: skip
+        shipped = training.train(training.parse_args(argv))
+        data = shipped.read_bytes()
+        for k, start in enumerate(range(0, len(data), PART_BYTES)):
+            parts.append(out / f"{name}.pth.part{k}")
+            parts[-1].write_bytes(data[start : start + PART_BYTES])
+        (out / f"{name}.txt").write_text(
+            (run_dir / "registry_entry.txt").read_text() + "\n" + (run_dir / "train.log").read_text()
+        )
+    return parts
+
+
+def join(folder: Path) -> list[Path]:
+    """For each <name>.txt in `folder` (what `train` wrote), <name>.pth from its parts, checked against
+    the SHA-256 of the registry entry at the top of the text. Returns the checkpoints."""
+    joined = []
+    for text in sorted(folder.glob("*.txt")):
+        name = text.stem
+        parts = sorted(folder.glob(f"{name}.pth.part*"), key=lambda p: int(p.name.rpartition("part")[2]))
+        if not parts:
+            raise FileNotFoundError(f"no {name}.pth.part0 beside {text}")
+        path = folder / f"{name}.pth"
+        path.write_bytes(b"".join(part.read_bytes() for part in parts))
+        found = re.search(r"sha256=['\"]([0-9a-f]{64})", text.read_text())
+        expected = found.group(1) if found else "(no sha256 in the registry entry)"
+        digest = sha256_of(path)
+        if digest != expected:
+            path.unlink()
+            raise ValueError(f"{name}: its {len(parts)} parts join to sha256 {digest}, not {expected}")
+        joined.append(path)
+    return joined
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m colorizers.lease", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser("pack", help="a cache -> a pack small enough to carry")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--out", type=Path, default=DEFAULT_PACK)
+    p.add_argument("--short-side", type=int, default=SHORT_SIDE)
+    p.add_argument("--quality", type=int, default=QUALITY, help="WebP quality, 1..100")
+    p.add_argument("--val-images", type=int, default=VAL_IMAGES, help="validation images to take along")
+    u = verbs.add_parser("unpack", help="a pack -> a cache that colorizers.train reads (--cache)")
+    u.add_argument("--pack", type=Path, default=DEFAULT_PACK)
+    u.add_argument("--cache", type=Path, required=True)
+    t = verbs.add_parser("train", help="on the lent machine: unpack, train, write the checkpoints in parts")
+    t.add_argument("--pack", type=Path, default=DEFAULT_PACK)
+    t.add_argument("--out", type=Path, required=True, help="the device tool's $OUT")
+    t.add_argument("--work", type=Path, default=Path("/tmp/priorlab-lease"))
+    t.add_argument("--minutes", type=float, default=3.5, help="per model")
+    t.add_argument("--models", nargs="+", default=["eccv16", "siggraph17"], choices=["eccv16", "siggraph17"])
+    t.add_argument("--device", default="cuda")
+    j = verbs.add_parser("join", help="here: the parts that came back -> checked checkpoints")
+    j.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.verb == "pack":
+        result: object = pack(
+            args.cache, args.out, short_side=args.short_side, quality=args.quality, val_images=args.val_images
+        )
+    elif args.verb == "unpack":
+        result = unpack(args.pack, args.cache)
+    elif args.verb == "train":
+        paths = train(
+            args.pack,
+            args.out,
+            work=args.work,
+            minutes=args.minutes,
+            models=tuple(args.models),
+            device=args.device,
+        )
+        result = [str(p) for p in paths]
+    else:
+        result = [str(p) for p in join(args.folder)]
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.color import lab2rgb, rgb2lab
+
+from colorizers import lease, train
+from colorizers.data import downscale
+from colorizers.dataset import LabImages, manifest_sha256
+
+
+@pytest.fixture(scope="module")
+def unpacked(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("lease")
+    lease.pack(tiny_cache, root / "pack", short_side=40, quality=90, val_images=2)
+    lease.unpack(root / "pack", root / "cache")
+    return root / "pack", root / "cache"
+
+
+def test_unpacked_cache_is_the_packed_one_downscaled(tiny_cache: Path, unpacked: tuple[Path, Path]) -> None:
+    packed, cache = unpacked
+    original, copy = LabImages(tiny_cache, "train"), LabImages(cache, "train")
+    assert len(copy) == len(original)
+    ab_errors = []
+    for i in range(len(original)):
+        image = copy.image(i)
+        assert min(image.shape[1:]) == 40
+        # The oracle: the same image through sRGB and PIL's resize, without the lossy codec.
+        rgb = (np.clip(lab2rgb(original.image(i).transpose(1, 2, 0)), 0, 1) * 255 + 0.5).astype(np.uint8)
+        expected = rgb2lab(downscale(Image.fromarray(rgb), 40)).transpose(2, 0, 1)
+        assert expected.shape == image.shape
+        assert np.abs(image[0] - expected[0]).mean() < 1.5
+        ab_errors.append(np.abs(image[1:] - expected[1:]).mean())
+    assert np.mean(ab_errors) < 3.0  # WebP's 4:2:0 chroma on smooth colour fields
+    # The split, prior and manifest travel unchanged: the data a checkpoint names is the same.
+    assert len(LabImages(cache, "val")) == 2
+    assert manifest_sha256(cache) == manifest_sha256(tiny_cache)
+    assert np.array_equal(np.load(cache / "prior.npy"), np.load(tiny_cache / "prior.npy"))
+    meta = json.loads((packed / "pack.json").read_text())
+    assert meta["splits"]["train"]["images"] == len(original) and meta["short_side"] == 40
+
+
+def test_training_runs_on_an_unpacked_cache(unpacked: tuple[Path, Path], tmp_path: Path) -> None:
+    _, cache = unpacked
+    args = train.parse_args(
+        ["--width", "0.125", "--crop", "32", "--batch", "2", "--max-steps", "2", "--minutes", "100000",
+         "--cache", str(cache), "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out"),
+         "--threads", "1", "--val-images", "2", "--name", "leased"]
+    )  # fmt: skip
+    assert train.train(args).is_file()
+    assert manifest_sha256(cache) in (tmp_path / "run" / "registry_entry.txt").read_text()
+
+
+def test_a_damaged_pack_is_refused(unpacked: tuple[Path, Path], tmp_path: Path) -> None:
+    packed, _ = unpacked
+    damaged = tmp_path / "pack"
+    damaged.mkdir()
+    for path in packed.iterdir():
+        damaged.joinpath(path.name).write_bytes(path.read_bytes())
+    blob = damaged / "train.webp"
+    blob.write_bytes(blob.read_bytes()[:-10])  # a truncated copy
+    with pytest.raises(ValueError, match=r"train\.webp has"):
+        lease.unpack(damaged, tmp_path / "cache")
+    with pytest.raises(ValueError, match="short side must be at least 32"):
+        lease.pack(packed, tmp_path / "x", short_side=16)
+
+
+def test_train_writes_parts_that_join_to_the_checked_checkpoints(
+    unpacked: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packed, _ = unpacked
+    monkeypatch.setattr(lease, "PART_BYTES", 200_000)  # a width-1/8 net is ≈ 1 MB: several parts each
+    tiny = ("--width", "0.125", "--crop", "32", "--batch", "2", "--max-steps", "2", "--threads", "1",
+            "--val-images", "2", "--lambda-rebal", "0.75")  # fmt: skip
+    out = tmp_path / "OUT"
+    parts = lease.train(packed, out, work=tmp_path / "work", minutes=1e5, device="cpu", options=tiny)
+    names = {p.name.partition(".pth")[0] for p in parts}
+    assert names == {"eccv16-w0.125-lease", "siggraph17-w0.125-lease"}
+    assert all(p.stat().st_size <= 200_000 for p in parts) and len(parts) > 2 * 2
+    # What the device tool brings back: only the files under OUT.
+    for name in names:
+        text = (out / f"{name}.txt").read_text()
+        assert "sha256=" in text and '"step": 2' in text  # the registry entry, then the run's log
+    joined = lease.join(out)
+    assert sorted(p.name for p in joined) == sorted(f"{n}.pth" for n in names)
+    for path in joined:
+        assert path.read_bytes() == (tmp_path / "work" / path.name).read_bytes()
+    # A part lost or damaged on the way is refused, not joined into a broken checkpoint.
+    first = out / "eccv16-w0.125-lease.pth.part1"
+    first.write_bytes(first.read_bytes()[:-1])
+    with pytest.raises(ValueError, match="parts join to sha256"):
+        lease.join(out)
+    assert not (out / "eccv16-w0.125-lease.pth").exists()
