@@ -95,3 +95,10 @@ def test_train_writes_parts_that_join_to_the_checked_checkpoints(
     with pytest.raises(ValueError, match="parts join to sha256"):
         lease.join(out)
     assert not (out / "eccv16-w0.125-lease.pth").exists()
+
+
+@pytest.mark.parametrize("model", ["eccv16", "siggraph17"])
+def test_the_device_recipe_is_one_colorizers_train_accepts(model: str) -> None:
+    args = train.parse_args([*lease.RECIPE, "--model", model, "--device", "cuda", "--precision", "bf16"])
+    assert (args.width, args.crop, args.batch, args.lambda_rebal) == (0.5, 96, 64, 0.75)
+    assert args.crop <= lease.SHORT_SIDE  # every packed photo yields a crop
