@@ -14,22 +14,25 @@ targets are at a quarter of the crop, where that loss is mostly averaged away).
     python3 -m colorizers.lease train --out "$OUT"       # there: unpack, train ECCV16 and SIGGRAPH17
     python -m colorizers.lease join DIR                  # here: the files that came back -> checkpoints
 
-`train` runs `colorizers.train` for each model on the unpacked cache (width 1/2 on CUDA by default)
-and writes to `--out` each fp16 checkpoint cut into parts of at most 15 MiB (a file comes back from
-the machine only if it is at most 16 MiB; a width-1/2 SIGGRAPH17 is 17 MB) beside a text with its
-registry entry and its training log. `join` puts the parts together and checks them against the
-entry's SHA-256. The device call is in the model card ("Training on a lent GPU").
+`train` runs `colorizers.train` for each model on the unpacked cache (`plan`: width 1/2 from scratch,
+and/or the shipped defaults continued, on CUDA) and writes to `--out` each fp16 checkpoint cut into
+parts of at most 15 MiB (a file comes back from the machine only if it is at most 16 MiB, and at most
+eight of them; a width-1/2 SIGGRAPH17 is 17 MB) and one text (`RUNS_FILE`) with each run's SHA-256,
+registry entry and training log. `join` puts the parts together and checks them against the SHA-256.
+The device call is in the model card ("Training on a lent GPU").
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import itertools
 import json
 import logging
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,7 @@ from PIL import Image
 from skimage.color import lab2rgb, rgb2lab
 
 from colorizers import train as training
+from colorizers import weights
 from colorizers.data import downscale
 from colorizers.dataset import DEFAULT_CACHE, SPLITS, LabImages, manifest_sha256
 from colorizers.weights import sha256_of
@@ -49,7 +53,9 @@ CARRIED = ("manifest.tsv", "prior.npy", "prior_counts.npy", "summary.json")  # c
 SHORT_SIDE = 96  # crops of 96² (the CPU runs' size) fit; 112 would cost ≈ 22 MB, 128 ≈ 27 MB
 QUALITY = 85
 VAL_IMAGES = 64  # what `colorizers.train --val-images` scores by default
-PART_BYTES = 15 << 20  # the device tool returns files of at most 16 MiB
+PART_BYTES = 15 << 20  # the device tool returns files of at most 16 MiB, and at most 8 of them
+RUNS_FILE = "lease.txt"
+RUN_LINE = re.compile(r"^run (\S+) sha256 ([0-9a-f]{64}) parts (\d+)$", re.MULTILINE)
 # What `train` passes to `colorizers.train` besides the model, budget and paths: the CPU runs' recipe
 # (λ 0.75, crops of 96², cosine from 3e-4 for a fresh start) at width 1/2 and four times the batch.
 RECIPE = (
@@ -131,57 +137,73 @@ def unpack(packed: Path, cache: Path) -> dict:
     return meta
 
 
+def plan(model: str, mode: str) -> tuple[str, tuple[str, ...]]:
+    """(run name, `colorizers.train` options) for `model` in `mode`: "wide", `RECIPE` from scratch at width
+    1/2 (issue #15 ask 4); or "continue", the shipped default's trained checkpoint (the base of one that
+    `colorizers.calibrate` derived) continued with its own width, λ and locality term at lr 1e-4 and
+    four times the CPU runs' batch: the hedge, since minutes of a wider net from scratch may not beat it."""
+    if mode == "wide":
+        return f"{model}-w{RECIPE[RECIPE.index('--width') + 1]}-lease", RECIPE
+    if mode != "continue":
+        raise ValueError(f"mode must be 'wide' or 'continue', got {mode!r}")
+    entry = weights.REGISTRY[weights.DEFAULT[model]]
+    if "rebalancing_undone" in entry.meta:
+        entry = weights.REGISTRY[entry.meta["init_from"]]
+    options = [*RECIPE, "--width", f"{entry.width:g}", "--lambda-rebal", entry.meta["lambda"], "--lr", "1e-4",
+               "--init-from", entry.name]  # fmt: skip
+    if "locality_weight" in entry.meta:
+        options += ["--locality-weight", entry.meta["locality_weight"]]
+    return f"{entry.name}-lease", tuple(options)  # argparse keeps the last of a repeated option
+
+
 def train(
     packed: Path,
     out: Path,
     *,
     work: Path,
     minutes: float,
-    models: tuple[str, ...] = ("eccv16", "siggraph17"),
+    runs: Sequence[tuple[str, str, tuple[str, ...]]],
     device: str = "cuda",
-    options: tuple[str, ...] = RECIPE,
 ) -> list[Path]:
-    """Unpack into `work`/cache, train each model for `minutes` there, and write to `out` its checkpoint
-    in parts (<name>.pth.part<k>) and <name>.txt (registry entry, then the run's log). Returns the parts."""
+    """Unpack into `work`/cache and train each (model, name, options) of `runs` for `minutes`; write to
+    `out` each checkpoint in parts (<name>.pth.part<k>) and, for all runs, `RUNS_FILE`: per run a line
+    `run NAME sha256 HEX parts K`, its registry entry and its log. Returns the parts."""
     cache = work / "cache"
     unpack(packed, cache)
     out.mkdir(parents=True, exist_ok=True)
-    parts = []
-    for model in models:
-        name = f"{model}-w{options[options.index('--width') + 1]}-lease"
+    parts, record = [], []
+    for model, name, options in runs:
         run_dir = work / name
         extra = ("--classification-fraction", "0") if model == "siggraph17" else ()
         argv = [*options, *extra, "--model", model, "--minutes", str(minutes), "--device", device,
                 "--precision", "bf16" if device.startswith("cuda") else "fp32", "--cache", str(cache),
                 "--name", name, "--run-dir", str(run_dir), "--out", str(work)]  # fmt: skip
-        shipped = training.train(training.parse_args(argv))
-        data = shipped.read_bytes()
-        for k, start in enumerate(range(0, len(data), PART_BYTES)):
-            parts.append(out / f"{name}.pth.part{k}")
+        data = training.train(training.parse_args(argv)).read_bytes()
+        count = 0
+        for count, start in enumerate(range(0, len(data), PART_BYTES), 1):
+            parts.append(out / f"{name}.pth.part{count - 1}")
             parts[-1].write_bytes(data[start : start + PART_BYTES])
-        (out / f"{name}.txt").write_text(
-            (run_dir / "registry_entry.txt").read_text() + "\n" + (run_dir / "train.log").read_text()
-        )
+        header = f"run {name} sha256 {hashlib.sha256(data).hexdigest()} parts {count}"
+        record += [header, (run_dir / "registry_entry.txt").read_text(), (run_dir / "train.log").read_text()]
+        (out / RUNS_FILE).write_text("\n".join(record) + "\n")  # after each run: a late failure keeps these
     return parts
 
 
 def join(folder: Path) -> list[Path]:
-    """For each <name>.txt in `folder` (what `train` wrote), <name>.pth from its parts, checked against
-    the SHA-256 of the registry entry at the top of the text. Returns the checkpoints."""
+    """Each checkpoint `RUNS_FILE` in `folder` lists, put together from its parts as <name>.pth and
+    checked against the SHA-256 recorded there. Returns the checkpoints."""
     joined = []
-    for text in sorted(folder.glob("*.txt")):
-        name = text.stem
-        parts = sorted(folder.glob(f"{name}.pth.part*"), key=lambda p: int(p.name.rpartition("part")[2]))
-        if not parts:
-            raise FileNotFoundError(f"no {name}.pth.part0 beside {text}")
+    for name, expected, count in RUN_LINE.findall((folder / RUNS_FILE).read_text()):
+        parts = [folder / f"{name}.pth.part{k}" for k in range(int(count))]
+        missing = [p.name for p in parts if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{name}: missing {', '.join(missing)} in {folder}")
         path = folder / f"{name}.pth"
         path.write_bytes(b"".join(part.read_bytes() for part in parts))
-        found = re.search(r"sha256=['\"]([0-9a-f]{64})", text.read_text())
-        expected = found.group(1) if found else "(no sha256 in the registry entry)"
         digest = sha256_of(path)
         if digest != expected:
             path.unlink()
-            raise ValueError(f"{name}: its {len(parts)} parts join to sha256 {digest}, not {expected}")
+            raise ValueError(f"{name}: its {count} parts join to sha256 {digest}, not {expected}")
         joined.append(path)
     return joined
 
@@ -202,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--pack", type=Path, default=DEFAULT_PACK)
     t.add_argument("--out", type=Path, required=True, help="the device tool's $OUT")
     t.add_argument("--work", type=Path, default=Path("/tmp/priorlab-lease"))
-    t.add_argument("--minutes", type=float, default=3.5, help="per model")
+    t.add_argument("--minutes", type=float, default=3.5, help="per run")
     t.add_argument("--models", nargs="+", default=["eccv16", "siggraph17"], choices=["eccv16", "siggraph17"])
+    t.add_argument("--modes", nargs="+", default=["wide"], choices=["wide", "continue"], help="see plan()")
     t.add_argument("--device", default="cuda")
     j = verbs.add_parser("join", help="here: the parts that came back -> checked checkpoints")
     j.add_argument("folder", type=Path)
@@ -216,13 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.verb == "unpack":
         result = unpack(args.pack, args.cache)
     elif args.verb == "train":
+        runs = [(model, *plan(model, mode)) for mode in args.modes for model in args.models]
         paths = train(
-            args.pack,
-            args.out,
-            work=args.work,
-            minutes=args.minutes,
-            models=tuple(args.models),
-            device=args.device,
+            args.pack, args.out, work=args.work, minutes=args.minutes, runs=runs, device=args.device
         )
         result = [str(p) for p in paths]
     else:

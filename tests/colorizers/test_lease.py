@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from skimage.color import lab2rgb, rgb2lab
 
-from colorizers import lease, train
+from colorizers import lease, train, weights
 from colorizers.data import downscale
 from colorizers.dataset import LabImages, manifest_sha256
 
@@ -77,28 +77,45 @@ def test_train_writes_parts_that_join_to_the_checked_checkpoints(
     tiny = ("--width", "0.125", "--crop", "32", "--batch", "2", "--max-steps", "2", "--threads", "1",
             "--val-images", "2", "--lambda-rebal", "0.75")  # fmt: skip
     out = tmp_path / "OUT"
-    parts = lease.train(packed, out, work=tmp_path / "work", minutes=1e5, device="cpu", options=tiny)
+    runs = [("eccv16", "eccv16-tiny", tiny), ("siggraph17", "siggraph17-tiny", tiny)]
+    parts = lease.train(packed, out, work=tmp_path / "work", minutes=1e5, runs=runs, device="cpu")
     names = {p.name.partition(".pth")[0] for p in parts}
-    assert names == {"eccv16-w0.125-lease", "siggraph17-w0.125-lease"}
+    assert names == {"eccv16-tiny", "siggraph17-tiny"}
     assert all(p.stat().st_size <= 200_000 for p in parts) and len(parts) > 2 * 2
-    # What the device tool brings back: only the files under OUT.
-    for name in names:
-        text = (out / f"{name}.txt").read_text()
-        assert "sha256=" in text and '"step": 2' in text  # the registry entry, then the run's log
+    # What the device tool brings back: only the files under OUT, the parts and one text.
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(p.name for p in parts), lease.RUNS_FILE])
+    text = (out / lease.RUNS_FILE).read_text()
+    assert len(lease.RUN_LINE.findall(text)) == 2 and text.count('"step": 2') == 2  # entries and logs
     joined = lease.join(out)
     assert sorted(p.name for p in joined) == sorted(f"{n}.pth" for n in names)
     for path in joined:
         assert path.read_bytes() == (tmp_path / "work" / path.name).read_bytes()
     # A part lost or damaged on the way is refused, not joined into a broken checkpoint.
-    first = out / "eccv16-w0.125-lease.pth.part1"
+    first = out / "eccv16-tiny.pth.part1"
     first.write_bytes(first.read_bytes()[:-1])
     with pytest.raises(ValueError, match="parts join to sha256"):
         lease.join(out)
-    assert not (out / "eccv16-w0.125-lease.pth").exists()
+    assert not (out / "eccv16-tiny.pth").exists()
+    first.unlink()
+    with pytest.raises(FileNotFoundError, match=r"eccv16-tiny: missing eccv16-tiny\.pth\.part1"):
+        lease.join(out)
 
 
 @pytest.mark.parametrize("model", ["eccv16", "siggraph17"])
-def test_the_device_recipe_is_one_colorizers_train_accepts(model: str) -> None:
-    args = train.parse_args([*lease.RECIPE, "--model", model, "--device", "cuda", "--precision", "bf16"])
+def test_the_device_plans_are_ones_colorizers_train_accepts(model: str) -> None:
+    name, options = lease.plan(model, "wide")
+    args = train.parse_args([*options, "--model", model, "--device", "cuda", "--precision", "bf16"])
+    assert name == f"{model}-w0.5-lease" and not args.init_from
     assert (args.width, args.crop, args.batch, args.lambda_rebal) == (0.5, 96, 64, 0.75)
     assert args.crop <= lease.SHORT_SIDE  # every packed photo yields a crop
+    # "continue": the default's trained checkpoint (not one calibrate derived from it), its own recipe.
+    name, options = lease.plan(model, "continue")
+    args = train.parse_args([*options, "--model", model])
+    base = weights.REGISTRY[args.init_from]
+    assert name == f"{base.name}-lease" and "rebalancing_undone" not in base.meta
+    default = weights.REGISTRY[weights.DEFAULT[model]]
+    assert base.name in (default.name, default.meta.get("init_from"))
+    assert (args.width, args.lr, args.lambda_rebal) == (base.width, 1e-4, float(base.meta["lambda"]))
+    assert args.locality_weight == float(base.meta.get("locality_weight", 0))
+    with pytest.raises(ValueError, match="mode must be"):
+        lease.plan(model, "deep")
