@@ -361,8 +361,21 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _restore_hint(checkpoint: Checkpoint, path: Path) -> str:
+    return (
+        f"checkpoint {checkpoint.name!r} was retired from the tree; restore it with "
+        f"`git show {checkpoint.retired}:colorizers/checkpoints/{checkpoint.filename} > {path}`"
+    )
+
+
 def identify(path: Path) -> Checkpoint:
-    """The registered checkpoint whose SHA-256 equals this file's; refuses unknown files."""
+    """The registered checkpoint whose SHA-256 equals this file's; refuses unknown and missing files
+    (naming the `git show` that restores a retired checkpoint's file)."""
+    if not path.is_file():
+        retired = [c for c in REGISTRY.values() if c.retired and c.filename == path.name]
+        raise FileNotFoundError(
+            f"no checkpoint file {path}" + (f": {_restore_hint(retired[0], path)}" if retired else "")
+        )
     digest = sha256_of(path)
     for checkpoint in REGISTRY.values():
         if checkpoint.sha256 == digest:
@@ -383,10 +396,7 @@ def load(checkpoint: Checkpoint, path: Path | None = None) -> nn.Module:
             raise ValueError(f"checkpoint {checkpoint.name!r} is user-supplied: pass its file")
         path = CHECKPOINTS_DIR / checkpoint.filename
         if checkpoint.retired and not path.is_file():
-            raise FileNotFoundError(
-                f"checkpoint {checkpoint.name!r} was retired from the tree; restore it with "
-                f"`git show {checkpoint.retired}:colorizers/checkpoints/{checkpoint.filename} > {path}`"
-            )
+            raise FileNotFoundError(_restore_hint(checkpoint, path))
     digest = sha256_of(path)
     if digest != checkpoint.sha256:
         raise ValueError(f"{path} has sha256 {digest}, expected {checkpoint.sha256} for {checkpoint.name!r}")

@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--weights belongs to one architecture: name its --model(s)")
     if args.weights is not None and args.weights_from != "project":
         parser.error("--weights and --weights-from authors name different checkpoints: give one")
+    if args.weights is not None:
+        try:  # before anything is written: a wrong file leaves the repository as it was
+            weights.identify(args.weights)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--weights: {exc}")
     files = {arch: args.weights for arch in {ARCHITECTURE[m] for m in models}}
     if args.weights_from == "authors":
         # Every file is fetched and verified before anything is written: a failure leaves the

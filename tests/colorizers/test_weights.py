@@ -109,3 +109,12 @@ def test_retired_checkpoint_is_in_the_named_commit(name: str) -> None:
         pytest.skip(f"{spec} is not in this checkout's history (a shallow clone or no git)")
     blob = subprocess.run(["git", "-C", str(repo), "show", spec], capture_output=True, check=True).stdout
     assert hashlib.sha256(blob).hexdigest() == checkpoint.sha256
+
+
+def test_identify_names_a_missing_file_and_how_to_restore_a_retired_one(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no checkpoint file") as missing:
+        weights.identify(tmp_path / "nothing.pth")
+    assert "git show" not in str(missing.value)
+    retired = next(c for c in weights.REGISTRY.values() if c.retired)
+    with pytest.raises(FileNotFoundError, match=f"git show {retired.retired}:colorizers/checkpoints/"):
+        weights.identify(tmp_path / str(retired.filename))

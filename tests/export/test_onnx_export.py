@@ -12,6 +12,7 @@ from colorizers import weights
 from colorizers.eccv16 import ECCVGenerator
 from contract import ECCV16, MODELS
 from export.__main__ import export_to_repository
+from export.__main__ import main as export_main
 from export.onnx_export import check_parity, export_model, graph_module, to_onnx_fp32
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -189,3 +190,16 @@ def test_tritons_queue_policy_matches_the_gateways_admission() -> None:
             f"default_queue_policy {{ max_queue_size: {MAX_QUEUE_SIZE} timeout_action: REJECT "
             f"default_timeout_microseconds: {QUEUE_TIMEOUT_US} allow_timeout_override: true }}"
         ) in config
+
+
+def test_export_refuses_a_missing_weights_file_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    retired = next(c for c in weights.REGISTRY.values() if c.retired and c.arch == "siggraph17")
+    repository = tmp_path / "repo"
+    missing = tmp_path / str(retired.filename)
+    with pytest.raises(SystemExit) as stop:
+        export_main(["--repository", str(repository), "--model", "siggraph17", "--weights", str(missing)])
+    assert stop.value.code == 2 and not repository.exists()
+    err = capsys.readouterr().err
+    assert f"--weights: no checkpoint file {missing}" in err and f"git show {retired.retired}:" in err
