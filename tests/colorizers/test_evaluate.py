@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -124,8 +125,14 @@ def test_unknown_checkpoint_is_refused() -> None:
         evaluate.load_model("no-such-checkpoint")
 
 
-def test_as_shipped_scores_the_bars_at_the_registered_temperature(tiny_cache: Path, tmp_path: Path) -> None:
-    name = "eccv16-w0.25-l0.75-c150-a0.4"  # shipped at T = 0.45, which the picker's list lacks
+def test_as_shipped_scores_the_bars_at_the_registered_temperature(
+    tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shipped ECCV16 registered at T = 0.45, which the picker's list lacks.
+    shipped = weights.REGISTRY[weights.DEFAULT["eccv16"]]
+    name = "eccv16-at-0.45"
+    entry = dataclasses.replace(shipped, name=name, meta={**shipped.meta, "temperature": "0.45"})
+    monkeypatch.setitem(weights.REGISTRY, name, entry)
     argv = ["--checkpoint", name, "--cache", str(tiny_cache), "--out", str(tmp_path),
             "--results", str(tmp_path), "--size", "64", "--threads", "1", "--temperatures", "0.38", "1",
             "--as-shipped"]  # fmt: skip
