@@ -11,8 +11,8 @@ computes the same thing and is tested against them and against skimage / PIL / t
 - `resize_l`: PIL's antialiased bicubic (the same coefficients, `Resample.c` `precompute_coeffs`),
   vertical pass first on whole rows, then horizontal; float32 sums (PIL sums in double: <= 1e-4 L).
 - `annealed_mean`: the per-pixel softmax at 1/T and expectation over the bins, float16 logits read as
-  their bits, the weights as powers of two (2^r by a degree-5 Chebyshev polynomial, relative error
-  ~1e-7), eight bins a pass over whole rows.
+  their bits, the weights as powers of two (2^r by a degree-4 Chebyshev polynomial, relative error
+  4e-6: within 3e-5 ab of degree 5's float32-exact weights, 6 % faster), eight bins a pass over whole rows.
 - `lab_to_srgb8_upsampled`: bilinear ab upsample (PyTorch's `align_corners=False` rule: `resize_ab`'s
   taps), Lab -> XYZ -> linear RGB and the exact uint8 rounding of `lab.lab_planes_to_srgb_uint8` (the
   same bucket and threshold tables), writing the interleaved RGB the encoder takes.
@@ -90,7 +90,7 @@ _L_TABLE = _l_table()
 _L_CHUNK = 1024  # pixels per pass of `_srgb8_chunk_to_l`: its two scratch rows stay in L1
 
 
-@kernel()
+@kernel(inline=True)
 def _srgb8_chunk_to_l(pixels, out, frac, index):
     """L of (n, 3) uint8 sRGB pixels into `out` (n), through the float32 and uint32 scratch `frac` and
     `index` (>= n). Three loops, not one: the luminance lookups, the table position (arithmetic only:
@@ -307,26 +307,25 @@ def resize_l(l: NDArray[Any], size: tuple[int, int]) -> NDArray[np.float32]:  # 
 _LOG2E = np.float32(1.4426950408889634)
 
 
-def _exp2_coefficients(degree: int = 5) -> tuple[float, ...]:
+def _exp2_coefficients(degree: int = 4) -> tuple[float, ...]:
     """2^r on [-1/2, 1/2]: the power-series coefficients (constant first) of the Chebyshev interpolant
-    of that degree, near-minimax: relative error 1e-7 at degree 5 (float32's own rounding)."""
+    of that degree, near-minimax: relative error 4e-6 at degree 4, 1e-7 (float32's own rounding) at 5."""
     chebyshev = np.polynomial.chebyshev.Chebyshev.interpolate(
         lambda r: np.exp2(r), degree, domain=[-0.5, 0.5]
     )
     return tuple(float(c) for c in chebyshev.convert(kind=np.polynomial.Polynomial).coef)
 
 
-_E0, _E1, _E2, _E3, _E4, _E5 = _exp2_coefficients()
+_E0, _E1, _E2, _E3, _E4 = _exp2_coefficients()
 
 
 @kernel()
 def _exp2_nonpositive(t):
     """2^t for float32 t in [-116, 0]: 2^n 2^r with n = round(t), r = t - n in [-1/2, 1/2] (exact), 2^r
-    by a degree-5 polynomial (`_exp2_coefficients`), 2^n by building the float's exponent bits."""
+    by a degree-4 polynomial (`_exp2_coefficients`), 2^n by building the float's exponent bits."""
     n = np.int32(t - np.float32(0.5))  # t <= 0: truncation rounds to the nearest
     r = t - np.float32(n)
-    p = np.float32(_E5)
-    p = p * r + np.float32(_E4)
+    p = np.float32(_E4)
     p = p * r + np.float32(_E3)
     p = p * r + np.float32(_E2)
     p = p * r + np.float32(_E1)
@@ -389,7 +388,15 @@ def _anneal_kernel(logits, centre_a, centre_b, scale, out_a, out_b):
     total = np.zeros(pixels, np.float32)
     for p in range(pixels):
         top[p] = _value(logits[0, p])
-    for k in range(1, bins):
+    rest = 1 + (bins - 1) // 8 * 8
+    for k in range(1, rest, 8):  # eight bins a pass here too: 0.48 -> 0.45 ms at 64x64
+        for p in range(pixels):
+            m01 = max(_value(logits[k, p]), _value(logits[k + 1, p]))
+            m23 = max(_value(logits[k + 2, p]), _value(logits[k + 3, p]))
+            m45 = max(_value(logits[k + 4, p]), _value(logits[k + 5, p]))
+            m67 = max(_value(logits[k + 6, p]), _value(logits[k + 7, p]))
+            top[p] = max(top[p], max(max(m01, m23), max(m45, m67)))
+    for k in range(rest, bins):
         for p in range(pixels):
             top[p] = max(top[p], _value(logits[k, p]))
     for p in range(pixels):
@@ -566,7 +573,7 @@ def _f_inverse(f):
     return f * f * f if f > np.float32(_KNEE) else line
 
 
-@kernel()
+@kernel(inline=True)
 def _lab_row_to_srgb8(row, a_lo, a_hi, b_lo, b_hi, f, scratch, r8, g8, b8):
     """One output row: vertical bilinear of the widened ab rows (weight `f` on the upper one), Lab ->
     linear RGB, exact uint8 rounding, into three planes (interleaved stores kept LLVM from vectorising
@@ -635,7 +642,7 @@ _Y_ROUND = 1 << 15
 _C_ROUND = (128 << 16) + (1 << 15) - 1
 
 
-@kernel()
+@kernel(inline=True)
 def _ycc_row(r8, g8, b8, luma, cb, cr):
     """libjpeg's fixed-point Y'CbCr of one row of uint8 sRGB: Y' into `luma`, Cb and Cr (full
     resolution, for the 2x2 sums) into int32 rows. In float32, exactly: every product and partial
