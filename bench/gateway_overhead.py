@@ -43,6 +43,7 @@ from bench.config import RESULTS
 from bench.figures import Figure, format_value, goal_text, verdict
 from bench.inputs import jpeg_bytes, load_rgb, photo_paths
 from bench.report import table
+from bench.stages import Laps
 from contract import WORKING_SIZE_DEFAULT, ModelSpec
 from service import codec as service_codec
 from service.color import ab_decode, lab
@@ -268,23 +269,6 @@ def _pil_encode(rgb: NDArray[np.uint8]) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="JPEG", quality=QUALITY)
     return buffer.getvalue()
-
-
-class Laps:
-    """The `lap` hook of colorize.prepare/postprocess: ms per stage since the previous lap."""
-
-    def __init__(self, clock: Clock = time.thread_time) -> None:
-        self.ms: dict[str, float] = {}
-        self._clock = clock
-        self._last = clock()
-
-    def __call__(self, stage: str) -> None:
-        now = self._clock()
-        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._last) * 1e3
-        self._last = now
-
-    def restart(self) -> None:
-        self._last = self._clock()
 
 
 def served_by_default(kind: str) -> ModelSpec:

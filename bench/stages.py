@@ -1,8 +1,10 @@
 """The gateway's stages timed in this process, with the gateway's own functions on the same inputs.
 
 The gateway reports three server-side times per response (decode, Triton, postprocess); running
-each stage here splits them further: decode -> {image decode, sRGB -> L + resize}, postprocess ->
-{annealed mean, ab upsample + Lab -> sRGB, encode}. Same steps as `service.gateway.colorize.prepare/finish`.
+`service.gateway.colorize.prepare` and `postprocess` here with their `lap` hook splits them further:
+decode -> {image decode, sRGB -> L + resize}, postprocess -> {annealed mean, ab upsample + Lab -> sRGB,
+encode}. (Until 3 December this module timed the numpy specifications of those steps instead of the
+gateway's numba kernels, which overstated the colour stages about fivefold.)
 """
 
 from __future__ import annotations
@@ -10,55 +12,73 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
 from numpy.typing import NDArray
 
-from contract import ANNEALED_T_DEFAULT
-from service import codec
-from service.color import ab_decode, lab
+from contract import ECCV16
+from service.gateway import colorize
 
-T = TypeVar("T")
 _LIMITS: dict[str, Any] = {"max_pixels": 50_000_000, "max_bytes": 64 << 20}
 DECODE_STAGES = ("image decode", "sRGB→L + resize")
 POST_STAGES = ("annealed mean", "ab upsample + Lab→sRGB", "encode")
+# colorize's lap names -> these stages (large images lap sRGB→L and the resize as one)
+_STAGE_OF = {
+    "decode": "image decode",
+    "sRGB→L": "sRGB→L + resize",
+    "resize L": "sRGB→L + resize",
+    "sRGB→L + resize L": "sRGB→L + resize",
+    "annealed mean": "annealed mean",
+    "ab upsample + Lab→sRGB": "ab upsample + Lab→sRGB",
+    "encode": "encode",
+}
 
 
-def _timed(samples: list[float], fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    start = time.perf_counter()
-    value = fn(*args, **kwargs)
-    samples.append((time.perf_counter() - start) * 1e3)
-    return value
+class Laps:
+    """The `lap` hook of colorize.prepare/postprocess: ms per stage since the previous lap."""
 
+    def __init__(self, clock: Callable[[], float] = time.thread_time) -> None:
+        self.ms: dict[str, float] = {}
+        self._clock = clock
+        self._last = clock()
 
-def _to_l(decoded: codec.DecodedImage, size: int) -> NDArray[Any]:
-    lightness = lab.gray_to_l(decoded.pixels) if decoded.is_gray else lab.srgb_to_l(decoded.pixels)
-    ab_decode.resize_l(lightness, (size, size))
-    return lightness
+    def __call__(self, stage: str) -> None:
+        now = self._clock()
+        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._last) * 1e3
+        self._last = now
 
-
-def _to_rgb(lightness: NDArray[Any], ab: NDArray[Any]) -> NDArray[np.uint8]:
-    height, width = lightness.shape
-    a, b = ab_decode.upsample_ab(ab, (height, width))
-    return lab.lab_planes_to_srgb_uint8(lightness, a, b)
+    def restart(self) -> None:
+        self._last = self._clock()
 
 
 def time_stages(
     images: Sequence[bytes], logits: NDArray[Any], *, working_size: int, output_format: str, reps: int
 ) -> dict[str, float]:
-    """Median ms per stage over `reps` passes over `images` (one logits tensor stands for all)."""
+    """Median ms per stage over `reps` passes over `images`, through the gateway's eccv16 path with its
+    default temperature (one logits tensor stands for all); wall clock, as the responses' timings."""
     other = "JPEG" if output_format == "PNG" else "PNG"
     context = f"encode as {other} (context)"
     samples: dict[str, list[float]] = {name: [] for name in (*DECODE_STAGES, *POST_STAGES, context)}
     for _ in range(reps):
         for image in images:
-            decoded = _timed(samples["image decode"], codec.decode, image, **_LIMITS)
-            lightness = _timed(samples["sRGB→L + resize"], _to_l, decoded, working_size)
-            ab = _timed(samples["annealed mean"], ab_decode.annealed_mean, logits, ANNEALED_T_DEFAULT)
-            rgb = _timed(samples["ab upsample + Lab→sRGB"], _to_rgb, lightness, ab[0])
-            _timed(samples["encode"], codec.encode, rgb, None, output_format)
-            _timed(samples[context], codec.encode, rgb, None, other)
+            for fmt, encode_stage in ((output_format, "encode"), (other, context)):
+                options = colorize.ColorizeOptions(
+                    model=ECCV16.name, temperature=None, working_size=working_size, output_format=fmt,
+                    quality=90,
+                )  # fmt: skip
+                laps = Laps(time.perf_counter)
+                prepared = colorize.prepare(image, ECCV16, options, **_LIMITS, lap=laps)
+                laps.restart()
+                colorize.postprocess(prepared, {"logits": logits}, options, lap=laps)
+                stages: dict[str, float] = {}
+                for lap, ms in laps.ms.items():
+                    stage = _STAGE_OF[lap]
+                    stage = encode_stage if stage == "encode" else stage
+                    stages[stage] = stages.get(stage, 0.0) + ms
+                if fmt != output_format:  # the other format's run only adds its encode
+                    stages = {context: stages[context]}
+                for stage, ms in stages.items():
+                    samples[stage].append(ms)
     return {name: statistics.median(values) for name, values in samples.items() if values}
 
 
