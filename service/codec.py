@@ -19,6 +19,9 @@ over the limit) is opened by Pillow as before, and a JPEG that simplejpeg will n
 stream) is decoded by Pillow, so errors and odd modes behave as they always did. Where simplejpeg is not
 installed (the worker's image), Pillow does all of it.
 
+PNG is written by OpenCV's libpng with zlib's run-length strategy (`_encode_png`: 4.7x faster than
+Pillow's writer for files 1-2 % larger), where OpenCV is installed (the gateway); Pillow otherwise.
+
 A JPEG without alpha can also be written from its own samples, Y'CbCr 4:2:0 (`YCbCr420`, made by
 `ycbcr420` from sRGB as libjpeg would, or by the gateway's Lab kernel straight from L and ab): the
 encoder then skips libjpeg's colour conversion and chroma downsampling, 24 % of the encode
@@ -45,6 +48,11 @@ try:
     import simplejpeg
 except ImportError:  # pragma: no cover - exercised only in the worker's image
     simplejpeg = None
+# OpenCV writes PNG (the gateway's image has it; the worker's does not, and encodes its own PNGs).
+try:
+    import cv2
+except ImportError:  # pragma: no cover - exercised only in the worker's image
+    cv2 = None  # type: ignore[assignment]  # checked before use, as simplejpeg is
 
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
 OUTPUT_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -462,6 +470,8 @@ def encode(
         except ValueError as exc:  # e.g. wider than JPEG's 65535 pixels
             height, width = rgb.shape[:2]
             raise InvalidArgument(f"cannot encode a {width}x{height} image as {name}: {exc}") from None
+    if name == "PNG" and cv2 is not None:
+        return _encode_png(rgb, alpha8)
     if alpha8 is None:
         image = Image.fromarray(np.ascontiguousarray(rgb))
     elif name == "JPEG":
@@ -477,6 +487,25 @@ def encode(
         height, width = rgb.shape[:2]
         raise InvalidArgument(f"cannot encode a {width}x{height} image as {name}: {exc}") from None
     return buffer.getvalue()
+
+
+def _encode_png(rgb: NDArray[np.uint8], alpha8: NDArray[np.uint8] | None) -> bytes:
+    """PNG through OpenCV's libpng with zlib's run-length strategy: PNG is the API's default output, and
+    Pillow's writer (zlib level 6) took 60 ms of a 512² request, 62 % of its time at c=1. libpng's
+    per-row filter choice plus Z_RLE measured 4.7x faster (512²: 60 -> 12.7 ms; 2048²: 787 -> 169 ms)
+    for files 1-2 % larger (5 photos; Pillow at level 1: 18 ms and 9 % larger). Lossless either way."""
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
+    image = bgr if alpha8 is None else np.dstack([bgr, alpha8])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    try:
+        ok, encoded = cv2.imencode(".png", image, params)
+    except cv2.error as exc:
+        height, width = rgb.shape[:2]
+        raise InvalidArgument(f"cannot encode a {width}x{height} image as PNG: {exc}") from None
+    if not ok:
+        height, width = rgb.shape[:2]
+        raise InvalidArgument(f"cannot encode a {width}x{height} image as PNG")
+    return encoded.tobytes()
 
 
 def _output_format(fmt: str) -> str:

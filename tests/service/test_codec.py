@@ -315,6 +315,17 @@ class TestEncode:
         assert decoded.alpha is not None
         np.testing.assert_array_equal(decoded.alpha, alpha)  # WebP keeps alpha lossless by default
 
+    @pytest.mark.parametrize("with_alpha", [False, True])
+    def test_png_is_lossless_with_its_channels_in_order(self, with_alpha: bool) -> None:
+        """Read back by Pillow (an independent decoder): every sample, RGB(A) order, on noise."""
+        rng = np.random.default_rng(3)
+        rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+        alpha = rng.integers(0, 256, (37, 53), dtype=np.uint8) if with_alpha else None
+        with Image.open(io.BytesIO(codec.encode(rgb, alpha, "PNG"))) as image:
+            assert image.format == "PNG" and image.mode == ("RGBA" if with_alpha else "RGB")
+            samples = np.asarray(image)
+        np.testing.assert_array_equal(samples, rgb if alpha is None else np.dstack([rgb, alpha]))
+
     def test_16_bit_alpha_is_scaled(self) -> None:
         alpha = np.array([[0, 255, 511], [65535, 128, 32896]], np.uint16)  # 255 -> 1, 511 -> 2: rounded
         decoded = codec.decode(codec.encode(np.zeros((2, 3, 3), np.uint8), alpha, "PNG"), **LIMITS)
