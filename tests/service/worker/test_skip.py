@@ -89,3 +89,63 @@ class TestSkip:
     def test_rejects_unknown_upsample_mode(self) -> None:
         with pytest.raises(ValueError, match="bicubic"):
             SkipConfig(upsample_mode="bicubic")  # type: ignore[arg-type]
+
+
+class TestThinBatchNorm:
+    """skip.BatchNorm2d: a thin NHWC input goes through the NCHW kernel, with nn.BatchNorm2d's results."""
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+    @pytest.mark.parametrize(("channels", "side"), [(8, 128), (4, 32), (16, 64)])
+    def test_matches_torch_batchnorm(self, dtype: torch.dtype, channels: int, side: int) -> None:
+        from service.worker.skip import BatchNorm2d
+
+        gen = torch.Generator().manual_seed(channels * side)
+        x = torch.randn(1, channels, side, side, generator=gen).mul(3).add(1).to(dtype)
+        grad = torch.randn(x.shape, generator=gen).to(dtype)
+        ours, oracle = BatchNorm2d(channels), torch.nn.BatchNorm2d(channels)
+        with torch.no_grad():
+            ours.weight.uniform_(0.5, 1.5, generator=gen)
+            ours.bias.uniform_(-1, 1, generator=gen)
+        oracle.load_state_dict(ours.state_dict())
+        x_ours = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        x_oracle = x.clone().requires_grad_(True)  # NCHW: the oracle never takes our path
+        y_ours, y_oracle = ours(x_ours), oracle(x_oracle)
+        y_ours.backward(grad.contiguous(memory_format=torch.channels_last))
+        y_oracle.backward(grad)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        sums = 1e-3 if dtype == torch.float32 else 5e-3  # parameter grads: sums of 16 k terms, any order
+        assert y_ours.is_contiguous(memory_format=torch.channels_last)  # the layout the next conv expects
+        torch.testing.assert_close(y_ours.float(), y_oracle.float(), atol=tol, rtol=tol)
+        torch.testing.assert_close(x_ours.grad.float(), x_oracle.grad.float(), atol=tol, rtol=tol)
+        torch.testing.assert_close(ours.weight.grad, oracle.weight.grad, atol=sums, rtol=sums)
+        torch.testing.assert_close(ours.bias.grad, oracle.bias.grad, atol=sums, rtol=sums)
+        torch.testing.assert_close(ours.running_var, oracle.running_var)
+
+    @pytest.mark.parametrize(
+        ("channels", "dtype", "nchw_kernel"),
+        [
+            (8, torch.float32, True),
+            (8, torch.bfloat16, True),
+            (4, torch.float32, True),
+            (4, torch.bfloat16, False),  # the one thin case where the NHWC kernel keeps up
+            (16, torch.float32, False),
+            (128, torch.bfloat16, False),
+        ],
+    )
+    def test_only_thin_layers_change_layout(
+        self, monkeypatch: pytest.MonkeyPatch, channels: int, dtype: torch.dtype, nchw_kernel: bool
+    ) -> None:
+        from service.worker.skip import BatchNorm2d
+
+        seen: list[bool] = []
+        parent = torch.nn.BatchNorm2d.forward
+
+        def spy(self: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.is_contiguous())
+            return parent(self, x)
+
+        monkeypatch.setattr(torch.nn.BatchNorm2d, "forward", spy)
+        x = torch.randn(1, channels, 32, 32, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        BatchNorm2d(channels)(x)
+        BatchNorm2d(channels)(x.contiguous())  # an NCHW input is passed through as it is
+        assert seen == [nchw_kernel, True]
