@@ -103,6 +103,15 @@ def test_the_autostop_part_judges_the_recorded_runs(tmp_path: Path) -> None:
     assert within["met"] is (rules["within_0_5_db"] / rules["rerun"] >= 13 / 14)
 
 
+def test_a_fast_config_is_timed_for_at_least_min_timed_s() -> None:
+    quick = speed.run_one("jpeg", "reference_loop", 32, warmup=1, timed=2)
+    assert quick["timed_iterations"] == 2  # without a floor: exactly `timed`
+    row = speed.run_one("jpeg", "reference_loop", 32, warmup=1, timed=2, min_timed_s=0.5)
+    assert row["timed_iterations"] > 2
+    # the timed iterations' wall times add up to the floor (the median of them is one of them)
+    assert row["timed_iterations"] * row["s_per_iter_p90"] >= 0.5
+
+
 def test_noisy_pairs_are_seeded_crops(tmp_path: Path) -> None:
     from PIL import Image
 
