@@ -1,6 +1,6 @@
 """DIP engine speed: s/iteration, peak RSS and achieved GFLOP/s vs sgemm, per task and speed variant.
 
-    .venv/bin/python -m bench.dip.speed          # full: 256², 5 warm-up + 20 timed iterations (>= 3 s) per config
+    .venv/bin/python -m bench.dip.speed          # full: 256², 5 warm-up + 20 (>= 3 s) timed iterations
     .venv/bin/python -m bench.dip.speed --quick  # smoke test: 64², 1 + 3 iterations, 2 tasks x 2 variants
     bash .cache/quiet.sh .venv/bin/python -m bench.dip.speed --warmup 2 --timed 5   # a quiet ~5-min window
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python -m bench.dip.speed --name speed_avx2
