@@ -116,7 +116,9 @@ class TestThinBatchNorm:
         sums = 1e-3 if dtype == torch.float32 else 5e-3  # parameter grads: sums of 16 k terms, any order
         assert y_ours.is_contiguous(memory_format=torch.channels_last)  # the layout the next conv expects
         torch.testing.assert_close(y_ours.float(), y_oracle.float(), atol=tol, rtol=tol)
-        torch.testing.assert_close(x_ours.grad.float(), x_oracle.grad.float(), atol=tol, rtol=tol)
+        dx_ours, dx_oracle = x_ours.grad, x_oracle.grad
+        assert dx_ours is not None and dx_oracle is not None
+        torch.testing.assert_close(dx_ours.float(), dx_oracle.float(), atol=tol, rtol=tol)
         torch.testing.assert_close(ours.weight.grad, oracle.weight.grad, atol=sums, rtol=sums)
         torch.testing.assert_close(ours.bias.grad, oracle.bias.grad, atol=sums, rtol=sums)
         torch.testing.assert_close(ours.running_var, oracle.running_var)
