@@ -46,7 +46,7 @@ from torch import nn
 from colorizers.dataset import AUGMENTATIONS, DEFAULT_CACHE, LabImages, manifest_sha256
 from colorizers.run_state import PauseFilter, Progress, Resumable, RunState, save_shipped
 from colorizers.weights import CHECKPOINTS_DIR
-from service.worker.isa import native_bf16
+from service.restore.isa import native_bf16
 
 log = logging.getLogger(__name__)
 

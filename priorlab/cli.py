@@ -27,7 +27,7 @@ COMMANDS: dict[str, Command] = {
         "service.launch.stack", "Triton + Redis + a worker + the gateway on 127.0.0.1 (`make run`)"
     ),
     "serve": Command("service.gateway.__main__", "the gateway alone, configured by PRIORLAB_* variables"),
-    "worker": Command("service.worker.runner", "a Restore worker on a Redis job bus"),
+    "worker": Command("service.restore.runner", "a Restore worker on a Redis job bus"),
     # the client
     "colorize": Command(_CLIENT, "colorize an image (with hints: SIGGRAPH17)", ("colorize",)),
     "suggest": Command(_CLIENT, "colours SIGGRAPH17 suggests at one pixel", ("suggest",)),
@@ -40,7 +40,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command("colorizers.train", "train ECCV16 or SIGGRAPH17 (resumable)"),
     "train-larsson": Command("colorizers.train_larsson", "train Larsson16 (resumable)"),
     "evaluate": Command("colorizers.evaluate", "evaluate a colorizer checkpoint on the validation split"),
-    "restore-local": Command("service.worker.cli", "one Deep Image Prior restore in-process, no service"),
+    "restore-local": Command("service.restore.cli", "one Deep Image Prior restore in-process, no service"),
     "bench": Command("bench.__main__", "the benchmarks: JSON + markdown + PNG under bench/results/"),
     "chaos": Command("bench.chaos", "kill and hang the stack's processes; detect/recover times, jobs lost"),
 }

@@ -47,7 +47,7 @@ _JOB_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 144
 
 @dataclass
 class WorkerMetrics:
-    """A Restore worker's Prometheus objects (`python -m service.worker --metrics-port P`)."""
+    """A Restore worker's Prometheus objects (`python -m service.restore --metrics-port P`)."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 

@@ -38,8 +38,8 @@ from bench.dip.common import OUT, noisy_pair, out_dir, sync
 from bench.report import table
 from service.bus.request import DenoiseTask, EngineOptions, FixedIterations
 from service.color.quality import psnr
-from service.worker.batched import BatchJob, restore_batch
-from service.worker.engine import restore
+from service.restore.batched import BatchJob, restore_batch
+from service.restore.engine import restore
 
 SAMPLES = ROOT / "samples"
 IMAGE = "aitzgorri.jpg"  # in SAMPLES, 900 x 599
@@ -158,7 +158,7 @@ def _markdown(rows: list[dict[str, Any]], modes: list[str], meta: dict[str, Any]
         "",
         *tabled(quality),
         "Every mode computes the same fits (float64: stacked and single networks agree to 1e-12, "
-        "tests/service/worker/test_batched.py); in float32 the convolution algorithms differ, and Adam's "
+        "tests/service/restore/test_batched.py); in float32 the convolution algorithms differ, and Adam's "
         "sign-like first steps amplify the rounding, so trajectories part while the quality stays.",
         "",
     ]

@@ -69,9 +69,9 @@ from service.bus.request import (
 )
 from service.bus.result import Progress, RestoreResult
 from service.color.quality import psnr, psnr_y
-from service.worker.early_stop import estimate_noise_sigma, noise_floor
-from service.worker.engine import restore
-from service.worker.recipes import recipe_for
+from service.restore.early_stop import estimate_noise_sigma, noise_floor
+from service.restore.engine import restore
+from service.restore.recipes import recipe_for
 
 F16 = "dip/denoising/F16_GT.png"
 KATE, KATE_MASK = "dip/inpainting/kate.png", "dip/inpainting/kate_mask.png"
@@ -269,7 +269,7 @@ def _held_out_outcomes(
 def _replayed(row: dict[str, Any], run: dict[str, Any], default: AutoStop, budget: int) -> dict[str, Any]:
     """The default's outcome on a recorded held-out run: its stop replayed on the held-out error (the
     stopper only reads the run, so this is where the default stops), the refit read off the autostop
-    run's trace (same seed, every pixel: tests/service/worker/test_engine.py checks it bit for bit). Time:
+    run's trace (same seed, every pixel: tests/service/restore/test_engine.py checks it bit for bit). Time:
     the recorded CPU seconds per iteration x (held-out iterations + refit iterations)."""
     trace: dict[str, Any] = {
         "holdout_mse": np.asarray(row["holdout_trace"]),

@@ -64,12 +64,12 @@ from service.bus.request import (
     Task,
 )
 from service.color.quality import psnr
-from service.worker.engine import resolve_device, restore
-from service.worker.isa import native_bf16
-from service.worker.problem import make_problem
-from service.worker.recipes import recipe_for
-from service.worker.skip import skip
-from service.worker.tuning import resolve
+from service.restore.engine import resolve_device, restore
+from service.restore.isa import native_bf16
+from service.restore.problem import make_problem
+from service.restore.recipes import recipe_for
+from service.restore.skip import skip
+from service.restore.tuning import resolve
 
 REFERENCE_S_PER_ITER = 0.88  # dip.md §5, reference code, 256², 2 threads
 GOAL_RATIO = 0.7  # issue #19: the service's s/iteration <= 0.7x reference_loop's, same host and run

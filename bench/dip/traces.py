@@ -14,7 +14,7 @@ For each (image, σ): a 96² centre crop (`--crop`), Gaussian noise seeded by σ
 
 The stopper only reads the run, so where a policy stops the held-out run and which iteration it picks is
 `replay`ed exactly from `holdout_mse`; the refit is the fit on every pixel cut at that iteration
-(bit-exact, tested in tests/service/worker/test_engine.py). So any policy at least as quick as `RECORD`
+(bit-exact, tested in tests/service/restore/test_engine.py). So any policy at least as quick as `RECORD`
 is judged from these arrays: work S + c, gap max(all_psnr) - all_psnr[c - 1]. Also saved: `noise_floor`
 (the clipped-noise variance, σ given), `sigma_hat` (in 1/255) and the CPU seconds per iteration of each run.
 
@@ -46,9 +46,9 @@ from bench.dip.common import OUT, Image_, noisy_pair
 from service.bus.request import AutoStop, DenoiseTask, FixedIterations, Stopping
 from service.bus.result import Progress
 from service.color.quality import psnr
-from service.worker.early_stop import EarlyStopper, estimate_noise_sigma, noise_floor, refit_iterations
-from service.worker.engine import restore
-from service.worker.recipes import recipe_for
+from service.restore.early_stop import EarlyStopper, estimate_noise_sigma, noise_floor, refit_iterations
+from service.restore.engine import restore
+from service.restore.recipes import recipe_for
 
 # Committed (about 22 KB a run), so that a fresh checkout can replay and report without recording again.
 CACHE = OUT / "traces"

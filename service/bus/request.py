@@ -99,7 +99,7 @@ class AutoStop:
     soon as that error has risen `holdout_rise` times its descent (from the first tracked iteration to
     the minimum) above it, or once no new minimum came for `holdout_wait` times as long as the minimum
     took to come: DIP fits in stages and can stall between them, and a stall stays flat where the turn
-    to fitting the noise rises (service/worker/early_stop.py). With `refit` (default) the paper's fit on
+    to fitting the noise rises (service/restore/early_stop.py). With `refit` (default) the paper's fit on
     every pixel then runs again from the same seed to `refit_scale` times that iteration: the error at
     pixels the network never sees turns up before the fit of the pixels it sees stops improving, and
     that fit's peak lies anywhere from 0.9x to 2.3x the held-out minimum. So the refit returns the mean
@@ -190,7 +190,7 @@ class EngineOptions:
 
     They change speed, not the algorithm (results agree up to float rounding; bf16 rounds more, and its
     expected PSNR trace is within ±0.1 dB of fp32's: docs/dip.md §5.1). None: the worker decides for its
-    device (service/worker/tuning.py).
+    device (service/restore/tuning.py).
     """
 
     # NHWC activations for the oneDNN/cuDNN convolutions. None: on a CPU with bf16 or at AVX512 (faster

@@ -33,7 +33,7 @@ from service.pb.priorlab.v1 import restore_pb2
 
 TASKS = ("denoise", "inpaint", "super_resolve", "jpeg")
 # Blind denoising estimates σ from the finest diagonal Haar band, which needs a 2x2 block
-# (`service.worker.early_stop.estimate_noise_sigma`); tests/service/bus/test_wire.py runs the engine's
+# (`service.restore.early_stop.estimate_noise_sigma`); tests/service/bus/test_wire.py runs the engine's
 # estimate on every small size to hold the two together.
 BLIND_DENOISE_MIN_SIDE = 2
 DEFAULT_PROGRESS_EVERY = 50

@@ -1,6 +1,6 @@
 """The `priorlab.v1.Restorer` servicer: validate a RestoreRequest, queue it on the job bus, stream it back.
 
-Torch-free: the DIP runs in worker processes (`python -m service.worker`) behind the Redis job bus
+Torch-free: the DIP runs in worker processes (`python -m service.restore`) behind the Redis job bus
 (`service.bus.jobs`). Restore and RestoreStream own their job: when the caller's deadline passes or it
 cancels the RPC, the job is cancelled too. SubmitRestore's job lives on its own; WatchRestore only
 watches. Errors are `service.errors` exceptions, mapped to status codes by the server's interceptor.

@@ -1,4 +1,4 @@
-"""Start a Restore worker process (`python -m service.worker`) and wait until it has joined.
+"""Start a Restore worker process (`python -m service.restore`) and wait until it has joined.
 
 A worker has joined once its first heartbeat is on the bus (`restore:workers`, see `service.bus.jobs`):
 torch is imported and its consumer groups exist. Until then a job would wait in the queue with no
@@ -53,7 +53,7 @@ def spawn_worker(
 
     The bus URL goes in the environment, not on the command line: it holds make run's Redis password,
     and any local user can read another's command line (`ps`), not its environment."""
-    command = [sys.executable, "-m", "service.worker", "--name", name, *args]
+    command = [sys.executable, "-m", "service.restore", "--name", name, *args]
     environ = {**(os.environ if env is None else env), "PRIORLAB_REDIS_URL": redis_url}
     environ.update(openmp_waits(environ))
     return ManagedProcess.spawn(

@@ -53,11 +53,11 @@ TORCH_FREE = ("service.gateway", "service.bus", "service.color", "service.launch
 
 def test_the_gateway_and_what_it_shares_never_load_torch_training_or_export() -> None:
     loaded = _loaded_by(_modules(*TORCH_FREE))
-    assert _roots(loaded, "torch", "colorizers", "export", "service.worker") == []
+    assert _roots(loaded, "torch", "colorizers", "export", "service.restore") == []
 
 
 def test_the_worker_never_loads_the_gateway() -> None:
-    loaded = _loaded_by(_modules("service.worker"))
+    loaded = _loaded_by(_modules("service.restore"))
     assert "torch" in loaded, "the probe did import the worker"
     assert _roots(loaded, "service.gateway", "service.launch", "service.client") == []
 
@@ -67,14 +67,14 @@ def test_training_uses_only_the_colour_maths_of_the_service() -> None:
     service = _roots(loaded, "service")
     # The colour maths raises the service's InvalidArgument (stdlib-only) for a bad hint or pixel;
     # `--precision auto` asks the worker's CPU probe (torch only), never its job types or engine.
-    allowed = ("service", "service.errors", "service.color", "service.worker", "service.worker.isa")
+    allowed = ("service", "service.errors", "service.color", "service.restore", "service.restore.isa")
     assert service and all(m in allowed or m.startswith("service.color.") for m in service), service
 
 
 @pytest.mark.parametrize("room", ["service.color", "service.bus"])
 def test_shared_rooms_do_not_reach_into_a_process(room: str) -> None:
     loaded = _loaded_by(_modules(room))
-    assert _roots(loaded, "service.gateway", "service.worker", "service.launch") == []
+    assert _roots(loaded, "service.gateway", "service.restore", "service.launch") == []
 
 
 def test_contract_is_stdlib_only() -> None:

@@ -1,4 +1,4 @@
-"""Tests for service.bus.request validation and service.worker.recipes values."""
+"""Tests for service.bus.request validation and service.restore.recipes values."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from service.bus.request import (
     JpegTask,
     SuperResolveTask,
 )
-from service.worker.recipes import recipe_for
+from service.restore.recipes import recipe_for
 
 
 class TestValidation:

@@ -118,7 +118,7 @@ def test_blind_denoise_is_refused_exactly_where_the_engine_cannot_estimate_sigma
     """Issue #16: a 16x1 blind denoise was accepted, then failed in the worker. The gateway's check and the
     engine's estimate must refuse the same sizes (the engine's code is run here, so they cannot drift)."""
     from service.errors import InvalidArgument
-    from service.worker.early_stop import estimate_noise_sigma  # torch: the worker's own code
+    from service.restore.early_stop import estimate_noise_sigma  # torch: the worker's own code
 
     pixels = np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8)
     try:

@@ -16,7 +16,7 @@ NOWHERE = "redis://127.0.0.1:1/0"  # the worker is only looked at, never joins
 def _environment(pid: int, timeout_s: float = 10.0) -> dict[str, str]:
     """The process's environment once it runs the worker (before its exec, /proc shows ours)."""
     deadline = time.monotonic() + timeout_s
-    while b"service.worker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+    while b"service.restore" not in Path(f"/proc/{pid}/cmdline").read_bytes():
         assert time.monotonic() < deadline, "the worker did not start"
         time.sleep(0.01)
     pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")

@@ -1,4 +1,4 @@
-"""Tests for service.worker.cli: one tiny file per task, two iterations."""
+"""Tests for service.restore.cli: one tiny file per task, two iterations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from service.worker.cli import main
+from service.restore.cli import main
 
 
 def _write(path: Path, arr: np.ndarray) -> str:

@@ -1,9 +1,9 @@
 """Restore one image file from the command line.
 
-    python -m service.worker.cli denoise in.png out.png --sigma 25
-    python -m service.worker.cli inpaint in.png out.png --mask mask.png [--style text]
-    python -m service.worker.cli sr in.png out.png --factor 4
-    python -m service.worker.cli jpeg in.jpg out.png [--iterations 1200]
+    python -m service.restore.cli denoise in.png out.png --sigma 25
+    python -m service.restore.cli inpaint in.png out.png --mask mask.png [--style text]
+    python -m service.restore.cli sr in.png out.png --factor 4
+    python -m service.restore.cli jpeg in.jpg out.png [--iterations 1200]
 
 8- and 16-bit PNGs keep their bit depth; an alpha channel is carried through (resized for SR). The mask
 file is white where pixels are known (the reference notebooks' convention) unless --mask-missing-white.
@@ -34,11 +34,11 @@ from service.bus.request import (
 )
 from service.bus.result import Progress
 
-logger = logging.getLogger("service.worker.cli")
+logger = logging.getLogger("service.restore.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m service.worker.cli", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m service.restore.cli", description=__doc__.splitlines()[0])
     p.add_argument("task", choices=["denoise", "inpaint", "sr", "jpeg"])
     p.add_argument("input")
     p.add_argument("output")
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import torch  # after logging is set up: importing torch is the slow part
 
-    from service.worker.engine import restore
+    from service.restore.engine import restore
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -30,7 +30,7 @@ from service.bus.request import (
     SuperResolveTask,
     Task,
 )
-from service.worker.skip import SkipConfig
+from service.restore.skip import SkipConfig
 
 NOISE_SCALE = 0.1  # z ~ U(0, 0.1): reference get_noise(noise_type='u', var=1/10)
 

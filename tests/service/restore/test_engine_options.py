@@ -1,4 +1,4 @@
-"""EngineOptions' automatic switches (service/worker/tuning.py) and the bf16 path through the engine."""
+"""EngineOptions' automatic switches (service/restore/tuning.py) and the bf16 path through the engine."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from service.bus.request import DenoiseTask, EngineOptions, FixedIterations
-from service.worker import tuning
-from service.worker.engine import restore
-from service.worker.isa import native_bf16
-from service.worker.tuning import resolve
+from service.restore import tuning
+from service.restore.engine import restore
+from service.restore.isa import native_bf16
+from service.restore.tuning import resolve
 
 CPU = torch.device("cpu")
 

@@ -2,7 +2,7 @@
 
 Usage (numpy in, numpy out; float32 in [0, 1], (H, W) or (H, W, C) with C in {1, 3}, or uint8/uint16)::
 
-    from service.worker.engine import restore
+    from service.restore.engine import restore
     from service.bus.request import AutoStop, DenoiseTask
 
     result = restore(noisy, DenoiseTask(sigma=25 / 255), stopping=AutoStop(), seed=0)
@@ -34,7 +34,7 @@ from torch import nn
 
 from service.bus.request import AutoStop, DenoiseTask, EngineOptions, FixedIterations, Stopping, Task
 from service.bus.result import Progress, RestoreResult, StopReason
-from service.worker.early_stop import (
+from service.restore.early_stop import (
     EarlyStopper,
     estimate_noise_sigma,
     holdout_mask,
@@ -42,12 +42,12 @@ from service.worker.early_stop import (
     refit_iterations,
     refit_mean_start,
 )
-from service.worker.padding import as_float_image
-from service.worker.problem import Problem, make_problem
-from service.worker.recipes import NOISE_SCALE, Recipe, recipe_for
-from service.worker.skip import skip
-from service.worker.step import TrainStep
-from service.worker.tuning import resolve
+from service.restore.padding import as_float_image
+from service.restore.problem import Problem, make_problem
+from service.restore.recipes import NOISE_SCALE, Recipe, recipe_for
+from service.restore.skip import skip
+from service.restore.step import TrainStep
+from service.restore.tuning import resolve
 
 logger = logging.getLogger(__name__)
 

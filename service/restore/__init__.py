@@ -1,6 +1,6 @@
 """The Restore worker process (torch): claims Deep Image Prior jobs from the job bus and runs them.
 
-`python -m service.worker --redis URL` starts one (`runner`). The job's types and wire format are the
+`python -m service.restore --redis URL` starts one (`runner`). The job's types and wire format are the
 bus's (`service.bus`); this package is the only torch user under `service/`, and nothing in the
 gateway imports it (`tests/service/test_imports.py`).
 
@@ -16,5 +16,5 @@ gateway imports it (`tests/service/test_imports.py`).
 * `tuning`     the automatic speed switches (bf16, channels_last) decided per device
 * `isa`        whether the CPU runs bf16 natively (also read by training's `--precision auto`)
 * `padding`    input normalisation and reflection padding (numpy only)
-* `cli`        `python -m service.worker.cli denoise in.png out.png --sigma 25`: one job, no bus
+* `cli`        `python -m service.restore.cli denoise in.png out.png --sigma 25`: one job, no bus
 """

@@ -1,4 +1,4 @@
-"""Tests for service.worker.lanczos, against an independent float64 evaluation of the docs/dip.md formula."""
+"""Tests for service.restore.lanczos, against an independent float64 evaluation of the docs/dip.md formula."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.worker.lanczos import Lanczos2Downsampler, lanczos2_kernel
+from service.restore.lanczos import Lanczos2Downsampler, lanczos2_kernel
 
 
 def _oracle_kernel(factor: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests for service.worker.engine: tiny images and a few iterations each (the CPU budget is small)."""
+"""Tests for service.restore.engine: tiny images and a few iterations each (the CPU budget is small)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from service.bus.request import (
     Task,
 )
 from service.bus.result import Progress, StopReason
-from service.worker.early_stop import estimate_noise_sigma, holdout_mask, noise_floor
-from service.worker.engine import resolve_device, restore
+from service.restore.early_stop import estimate_noise_sigma, holdout_mask, noise_floor
+from service.restore.engine import resolve_device, restore
 
 
 def _image(h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
@@ -326,7 +326,7 @@ class TestHooks:
 
     def test_options_do_not_change_the_algorithm(self) -> None:
         img = _image(20, 20)
-        # fp32 both (bf16 rounds more: tests/service/worker/test_engine_options.py checks it)
+        # fp32 both (bf16 rounds more: tests/service/restore/test_engine_options.py checks it)
         nhwc = EngineOptions(channels_last=True, bf16=False)
         loop = EngineOptions(fused_updates=False, channels_last=False, bf16=False)
         fast = restore(img, DenoiseTask(), stopping=FixedIterations(3), options=nhwc)
@@ -362,6 +362,6 @@ class TestDevice:
 
 def test_package_import_is_torch_free() -> None:
     # The worker-pool layer imports the request/result types without paying for torch.
-    code = "import sys, service.worker; print('torch' in sys.modules)"
+    code = "import sys, service.restore; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

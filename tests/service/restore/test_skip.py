@@ -1,4 +1,4 @@
-"""Tests for service.worker.skip."""
+"""Tests for service.restore.skip."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from service.bus.request import DenoiseTask, InpaintStyle, InpaintTask, JpegTask, SuperResolveTask
-from service.worker.recipes import recipe_for
-from service.worker.skip import SkipConfig, skip
+from service.restore.recipes import recipe_for
+from service.restore.skip import SkipConfig, skip
 
 
 def _count(cfg: SkipConfig) -> int:
@@ -97,7 +97,7 @@ class TestThinBatchNorm:
     @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
     @pytest.mark.parametrize(("channels", "side"), [(8, 128), (4, 32), (16, 64)])
     def test_matches_torch_batchnorm(self, dtype: torch.dtype, channels: int, side: int) -> None:
-        from service.worker.skip import BatchNorm2d
+        from service.restore.skip import BatchNorm2d
 
         gen = torch.Generator().manual_seed(channels * side)
         x = torch.randn(1, channels, side, side, generator=gen).mul(3).add(1).to(dtype)
@@ -137,7 +137,7 @@ class TestThinBatchNorm:
     def test_only_thin_layers_change_layout(
         self, monkeypatch: pytest.MonkeyPatch, channels: int, dtype: torch.dtype, nchw_kernel: bool
     ) -> None:
-        from service.worker.skip import BatchNorm2d
+        from service.restore.skip import BatchNorm2d
 
         seen: list[bool] = []
         parent = torch.nn.BatchNorm2d.forward

@@ -1,11 +1,11 @@
-"""Tests for service.worker.padding."""
+"""Tests for service.restore.padding."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from service.worker.padding import Padding, as_float_image, padding_for
+from service.restore.padding import Padding, as_float_image, padding_for
 
 
 class TestPaddingFor:

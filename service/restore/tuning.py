@@ -18,7 +18,7 @@ import logging
 import torch
 
 from service.bus.request import EngineOptions
-from service.worker.isa import native_bf16
+from service.restore.isa import native_bf16
 
 logger = logging.getLogger(__name__)
 

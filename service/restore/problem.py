@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from service.bus.request import DenoiseTask, InpaintTask, SuperResolveTask, Task
-from service.worker.lanczos import Lanczos2Downsampler
-from service.worker.padding import Padding, padding_for
-from service.worker.skip import SkipConfig
+from service.restore.lanczos import Lanczos2Downsampler
+from service.restore.padding import Padding, padding_for
+from service.restore.skip import SkipConfig
 
 
 @dataclass(frozen=True, eq=False)

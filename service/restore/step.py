@@ -11,7 +11,7 @@ from the run's own generator into `net_in`), the output EMA and the stop rule.
 With `bf16` (CPU), the forward runs under bfloat16 autocast: oneDNN's native bf16 (AMX/avx512_bf16)
 convolutions, 0.38x the s/iteration of fp32 NCHW at 256², 2 threads (bench/results/dip/speed.md). The
 convolutions compute in bf16 (activations, a per-step bf16 copy of the weights, their gradients); the
-output layer stays fp32 (service/worker/skip.py), and so do the loss, the parameters and Adam's state.
+output layer stays fp32 (service/restore/skip.py), and so do the loss, the parameters and Adam's state.
 """
 
 from __future__ import annotations

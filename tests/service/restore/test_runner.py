@@ -20,7 +20,7 @@ from service.launch.process import free_port
 from service.launch.redis import RedisServer
 from service.metrics import WorkerMetrics
 from service.pb.priorlab.v1 import restore_pb2
-from service.worker.runner import Worker
+from service.restore.runner import Worker
 
 
 @pytest.fixture(scope="module")

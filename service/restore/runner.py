@@ -1,6 +1,6 @@
 """A Restore worker process: claims DIP jobs from the Redis job bus and runs one per slot.
 
-    python -m service.worker --redis redis://HOST:PORT/0 [--slots N] [--metrics-port P]
+    python -m service.restore --redis redis://HOST:PORT/0 [--slots N] [--metrics-port P]
 
 Any number of workers on any number of machines point at the same Redis; each takes a job only when one of
 its slots is free, so the load balances itself. Slots default to one per GPU (slot i runs on cuda:i), else
@@ -52,8 +52,8 @@ from service.bus.timing import DEFAULT_VISIBILITY_TIMEOUT_S, BusTiming
 from service.errors import Aborted, DeadlineExceeded, Internal, InvalidArgument, PriorlabError, error_for
 from service.metrics import WorkerMetrics
 from service.pb.priorlab.v1 import restore_pb2
-from service.worker.engine import restore
-from service.worker.recipes import recipe_for
+from service.restore.engine import restore
+from service.restore.recipes import recipe_for
 
 log = logging.getLogger("priorlab.worker")
 
@@ -494,7 +494,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m service.worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m service.restore", description=__doc__)
     parser.add_argument(
         "--redis",
         default=os.environ.get("PRIORLAB_REDIS_URL"),

@@ -4,7 +4,7 @@ One DIP iteration of a 256² image keeps an H200 busy for a few milliseconds in 
 fill it; stacking K jobs' parameters turns each convolution into one grouped convolution over all K
 (vmap's batching rule), so K jobs cost about one launch sequence. Usage::
 
-    from service.worker.batched import BatchJob, restore_batch
+    from service.restore.batched import BatchJob, restore_batch
 
     jobs = [BatchJob(noisy, DenoiseTask(sigma=25 / 255), iterations=1800, seed=s) for noisy, s in ...]
     results = restore_batch(jobs, device="cuda")  # one RestoreResult per job, in order
@@ -37,12 +37,12 @@ from torch.func import functional_call, replace_all_batch_norm_modules_, stack_m
 
 from service.bus.request import DenoiseTask, EngineOptions, Task
 from service.bus.result import RestoreResult, StopReason
-from service.worker.early_stop import estimate_noise_sigma
-from service.worker.engine import network_input, resolve_device, seeded_network, to_numpy
-from service.worker.padding import as_float_image
-from service.worker.problem import Problem, make_problem
-from service.worker.recipes import Recipe, recipe_for
-from service.worker.step import TrainStep
+from service.restore.early_stop import estimate_noise_sigma
+from service.restore.engine import network_input, resolve_device, seeded_network, to_numpy
+from service.restore.padding import as_float_image
+from service.restore.problem import Problem, make_problem
+from service.restore.recipes import Recipe, recipe_for
+from service.restore.step import TrainStep
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,9 +18,9 @@ from service.bus.request import (
     SuperResolveTask,
 )
 from service.bus.result import StopReason
-from service.worker.batched import BatchJob, _stacked_networks, restore_batch
-from service.worker.engine import restore, seeded_network
-from service.worker.recipes import recipe_for
+from service.restore.batched import BatchJob, _stacked_networks, restore_batch
+from service.restore.engine import restore, seeded_network
+from service.restore.recipes import recipe_for
 
 CPU = torch.device("cpu")
 

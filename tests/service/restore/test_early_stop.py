@@ -1,4 +1,4 @@
-"""Tests for service.worker.early_stop on synthetic output sequences with known answers."""
+"""Tests for service.restore.early_stop on synthetic output sequences with known answers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from service.bus.request import AutoStop
 from service.bus.result import StopReason
-from service.worker.early_stop import (
+from service.restore.early_stop import (
     MIN_HOLDOUT_PIXELS,
     EarlyStopper,
     clipped_noise_variance,

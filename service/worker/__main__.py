@@ -1,5 +1,0 @@
-"""`python -m service.worker`: a Restore worker process (see `service.worker.runner`)."""
-
-from service.worker.runner import main
-
-main()
