@@ -153,10 +153,22 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _raw_image(kind: str) -> bool:
+    """A body that is the image itself: `curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg'`."""
+    return kind.startswith("image/") or kind == "application/octet-stream"
+
+
 async def read_request(request: Request, limit: int) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """A JSON object, or multipart/form-data fields (strings) and files (bytes); the body capped first."""
+    """A JSON object, multipart/form-data fields (strings) and files (bytes), or a raw image body with
+    its fields in the query string (the form's fields, as strings: `hint` repeatable); the body capped
+    first. The codec reads the format from the bytes, so the declared image type is not trusted."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await read_body(request, limit)
+    if _raw_image(kind):
+        query = request.query_params.multi_items()
+        if any(key == "image" for key, _ in query):
+            raise InvalidArgument("with an image body the image is the body, not a query field")
+        return _fields(query), {"image": body}
     if kind == "application/json":
         try:
             data = json.loads(body or b"null")
@@ -167,22 +179,32 @@ async def read_request(request: Request, limit: int) -> tuple[dict[str, Any], di
         return data, {}
     if kind == "multipart/form-data":
         form = await _multipart(request, body, limit)
-        fields: dict[str, Any] = {}
         files: dict[str, bytes] = {}
+        strings: list[tuple[str, str]] = []
         try:
             for key, value in form.multi_items():
                 if isinstance(value, UploadFile):
                     files[key] = await value.read()
-                elif key == "hint":  # repeatable
-                    fields.setdefault("hint", []).append(value)
                 else:
-                    fields[key] = value
+                    strings.append((key, value))
         finally:
             await form.close()
-        return fields, files
+        return _fields(strings), files
     raise InvalidArgument(
-        f"Content-Type must be application/json or multipart/form-data, got {echo(kind or 'none')}"
+        "Content-Type must be application/json, multipart/form-data, or image/* "
+        f"(or application/octet-stream) with the image as the body, got {echo(kind or 'none')}"
     )
+
+
+def _fields(items: list[tuple[str, str]]) -> dict[str, Any]:
+    """Form or query fields as a dict: the last value of each, but every `hint` (repeatable)."""
+    fields: dict[str, Any] = {}
+    for key, value in items:
+        if key == "hint":
+            fields.setdefault("hint", []).append(value)
+        else:
+            fields[key] = value
+    return fields
 
 
 async def _multipart(request: Request, body: bytes, limit: int) -> FormData:

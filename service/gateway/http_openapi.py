@@ -17,17 +17,24 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(code): _ERROR for code in codes}
 
 
+_FILE = {"type": "string", "format": "binary"}
+
+
 def _body(ref: str, *, multipart: dict[str, Any]) -> dict[str, Any]:
+    raw = {"schema": _FILE}  # the image itself; the multipart fields go in the query string
     return {
         "required": True,
+        "description": "proto3 JSON; or multipart/form-data; or the image itself as the body (image/* or "
+        "application/octet-stream) with the multipart form's other fields in the query string",
         "content": {
             "application/json": {"schema": {"$ref": ref}},
             "multipart/form-data": {"schema": {"type": "object", "properties": multipart}},
+            "image/*": raw,
+            "application/octet-stream": raw,
         },
     }
 
 
-_FILE = {"type": "string", "format": "binary"}
 _HINT_FIELD = {
     "type": "string",
     "description": "repeatable: x,y,#rrggbb[,patch_size] (as the command line's --hint), "

@@ -171,6 +171,56 @@ def test_hints_from_the_form_and_from_json_colour_their_point() -> None:
         assert np.abs(far - TARGET_AB).max() < 5
 
 
+def test_an_image_body_takes_the_form_fields_from_the_query_string() -> None:
+    """`curl --data-binary @photo -H 'Content-Type: image/...'`: the same request as the form's."""
+
+    async def body(session: aiohttp.ClientSession, base: str) -> list[tuple[int, Any, bytes]]:
+        replies = []
+        for kind, query in (
+            ("image/png", "?output_format=png&temperature=0.5&working_size=128"),
+            ("application/octet-stream", "?hint=45,30,%2330a040,9&hint=5,5,%2330a040,3&output_format=png"),
+            ("image/jpeg", ""),  # the declared type is not trusted: the codec reads the PNG signature
+        ):
+            async with session.post(
+                f"{base}/v1/colorize{query}", data=IMAGE, headers={"Content-Type": kind}
+            ) as r:
+                replies.append((r.status, r.headers.copy(), await r.read()))
+        return replies
+
+    (status, headers, data), (hinted_status, hinted_headers, hinted), (as_jpeg, _, _) = run_http(
+        FakeBackend(), body
+    )
+    assert status == 200 and headers["Content-Type"] == "image/png", data
+    assert headers["X-Priorlab-Temperature"] == "0.5" and headers["X-Priorlab-Working-Size"] == "128"
+    np.testing.assert_allclose(median_ab(decode(data)), TARGET_AB, atol=2.0)
+    assert hinted_status == 200 and hinted_headers["X-Priorlab-Model"] == "siggraph17", hinted
+    out = decode(hinted)
+    for y, x in ((30, 45), (5, 5)):  # both repeated hints reached the model
+        at = color.rgb2lab(out[y - 1 : y + 2, x - 1 : x + 2])[..., 1:].mean(axis=(0, 1))
+        assert at[0] < -10 and at[1] > 5, (y, x, at)
+    assert as_jpeg == 200
+
+
+@pytest.mark.parametrize(
+    ("kind", "query", "needle"),
+    [
+        ("image/png", "?bogus=1", 'no field named "bogus"'),
+        ("image/png", "?temperature=1.5", "temperature must be in (0, 1], got 1.5"),
+        ("image/png", "?image=abc", "the image is the body, not a query field"),
+        ("text/plain", "", "got 'text/plain'"),
+    ],
+)
+def test_a_bad_image_body_request_names_the_value(kind: str, query: str, needle: str) -> None:
+    async def body(session: aiohttp.ClientSession, base: str) -> tuple[int, Any]:
+        async with session.post(
+            f"{base}/v1/colorize{query}", data=IMAGE, headers={"Content-Type": kind}
+        ) as r:
+            return r.status, await r.json()
+
+    status, reply = run_http(FakeBackend(), body)
+    assert status == 400 and needle in reply["error"]["message"], reply
+
+
 @pytest.mark.parametrize(
     ("fields", "status", "code", "needle"),
     [
@@ -644,6 +694,20 @@ def test_restore_validation_is_the_grpc_one(redis_url: str, fields: dict[str, st
 
     status, reply = run_restore(redis_url, body)
     assert status == 400 and needle in reply["error"]["message"], reply
+
+
+def test_an_image_body_submits_a_restore_job_with_its_fields_from_the_query(redis_url: str) -> None:
+    async def body(session: aiohttp.ClientSession, base: str, bus: JobBus) -> Any:
+        query = "?task=denoise&sigma=25&iterations=10&seed=3"
+        async with session.post(
+            f"{base}/v1/restore{query}", data=SMALL, headers={"Content-Type": "image/png"}
+        ) as r:
+            assert r.status == 202, await r.text()
+        return await play_worker(bus, None)
+
+    job = run_restore(redis_url, body)
+    assert job.request.image == SMALL and job.request.denoise.sigma == 25
+    assert job.request.fixed_iterations == 10 and job.request.seed == 3
 
 
 def test_the_client_quota_is_429_with_retry_after(redis_url: str) -> None:
