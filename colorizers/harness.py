@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from colorizers import weights
 from colorizers.dataset import AUGMENTATIONS, DEFAULT_CACHE, LabImages, manifest_sha256
 from colorizers.run_state import PauseFilter, Progress, Resumable, RunState, save_shipped
 from colorizers.weights import CHECKPOINTS_DIR
@@ -104,6 +105,11 @@ def add_common_arguments(
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time only)")
     p.add_argument("--crop", type=int, default=128, help=crop_help)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument(
+        "--init-from", default="",
+        help="start a fresh run from these weights: a registry name of the same architecture (e.g. "
+        "eccv16-w0.25-l1) or a .pth; a run that resumes from <run-dir>/last.pt ignores it",
+    )  # fmt: skip
     model_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -168,6 +174,7 @@ class Recipe:
     `optimizer`, then calls `prepare`, `summary`, `begin`, and per step `step`, `progress` (and
     `record` + `validate` at each validation), and at the end `registry_entry`."""
 
+    arch: str  # the registry's architecture name (`--init-from` loads only its own)
     model: nn.Module
     optimizer: torch.optim.Optimizer
 
@@ -255,6 +262,10 @@ def _run(args: argparse.Namespace, build: Build, ship_only: bool) -> Path:
     if ship_only and not checkpoint.path.is_file():
         raise FileNotFoundError(f"--ship-only: no {checkpoint.path}")
     state = checkpoint.load(device, fresh=args.fresh)
+    start_from = args.init_from if state.step == 0 and not ship_only else ""
+    if start_from:
+        init_weights(recipe.model, start_from, recipe.arch)
+        log.info("starting from the weights of %s", start_from)
     val_count = min(args.val_images, len(val_images))
     val_crop = args.val_crop or args.crop
     val_lab = torch.from_numpy(np.stack([val_images.centre_crop(i, val_crop) for i in range(val_count)]))
@@ -265,6 +276,9 @@ def _run(args: argparse.Namespace, build: Build, ship_only: bool) -> Path:
         "bf16 autocast" if args.bf16 else "fp32",
     )  # fmt: skip
     recipe.begin(state, training=not ship_only)
+    if start_from:  # where the curve starts: the validation of the weights it continues
+        state.history.append({"step": 0, "minutes": 0.0, "init_from": start_from, **recipe.validate()})
+        log.info("%s", json.dumps(state.history[-1]))
     budget = state.elapsed if ship_only else args.minutes * 60  # ship-only: no step
     progress = Progress()
     pauses = PauseFilter()
@@ -332,6 +346,7 @@ def _ship(args: argparse.Namespace, recipe: Recipe, state: RunState) -> Path:
         "lr": f"{args.lr:g}",
         "seed": str(args.seed),
         "data_manifest_sha256": manifest_sha256(args.cache),
+        **({"init_from": args.init_from} if args.init_from else {}),
     }
     entry = recipe.registry_entry(digest, filename, common)
     (args.run_dir / "registry_entry.txt").write_text(entry)
@@ -339,6 +354,20 @@ def _ship(args: argparse.Namespace, recipe: Recipe, state: RunState) -> Path:
     print("registry entry for colorizers/weights.py:")
     print(entry)
     return path
+
+
+def init_weights(model: nn.Module, source: str, arch: str) -> None:
+    """Load the weights of a registered checkpoint (by name) or of a .pth file into `model`."""
+    if source in weights.REGISTRY:
+        entry = weights.REGISTRY[source]
+        if entry.arch != arch:
+            raise ValueError(f"--init-from {source} is a {entry.arch} checkpoint, not {arch}")
+        state = weights.load(entry).state_dict()
+    else:
+        state = torch.load(Path(source), map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+    reference = model.state_dict()
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()}, strict=True)
 
 
 def main(

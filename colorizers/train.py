@@ -51,7 +51,6 @@ printed with the file's SHA-256; `--ship-only` does that for `last.pt` as it sta
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from colorizers import harness, hint_sim, quantize, weights
+from colorizers import harness, hint_sim, quantize
 from colorizers.eccv16 import ECCVGenerator
 from colorizers.harness import DEFAULT_RUNS
 from colorizers.run_state import RunState
@@ -323,31 +322,12 @@ def registry_entry(
     )
 
 
-def init_weights(model: torch.nn.Module, source: str, arch: str) -> None:
-    """Load the weights of a registered checkpoint (by name) or of a .pth file into `model`."""
-    if source in weights.REGISTRY:
-        entry = weights.REGISTRY[source]
-        if entry.arch != arch:
-            raise ValueError(f"--init-from {source} is a {entry.arch} checkpoint, not {arch}")
-        state = weights.load(entry).state_dict()
-    else:
-        state = torch.load(Path(source), map_location="cpu", weights_only=True)
-        state = state.get("model", state)
-    reference = model.state_dict()
-    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()}, strict=True)
-
-
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lambda-rebal",
         type=float,
         default=None,
         help="rebalancing λ: 1 = none, 0 = full 1/p (default: eccv16 0.5 as the paper, siggraph17 1)",
-    )
-    p.add_argument(
-        "--init-from",
-        default="",
-        help="start a fresh run from these weights: a registry name (e.g. eccv16-w0.25-l1) or a .pth",
     )
     p.add_argument(
         "--ship-only", action="store_true", help="write the fp16 checkpoint of <run-dir>/last.pt and stop"
@@ -420,6 +400,7 @@ class _Colorizer(harness.Recipe):
         model: ECCVGenerator | SIGGRAPHGenerator,
     ) -> None:
         self.args, self.device, self.rng = args, device, rng
+        self.arch = args.model
         self.centres = torch.from_numpy(quantize.bin_centres()).to(device)
         self.bin_weights = make_bin_weights(args.cache, args.lambda_rebal, device)
         self.model = model.to(device)
@@ -431,9 +412,6 @@ class _Colorizer(harness.Recipe):
         )
 
     def prepare(self, run: RunState, val_lab: torch.Tensor) -> None:
-        if run.step == 0 and self.args.init_from:
-            init_weights(self.model, self.args.init_from, self.args.model)
-            log.info("starting from the weights of %s", self.args.init_from)
         self.prepare_validation(val_lab)
 
     def prepare_validation(self, val_lab: torch.Tensor) -> None:
@@ -442,13 +420,6 @@ class _Colorizer(harness.Recipe):
     def summary(self) -> str:
         a = self.args
         return f"width {a.width:g}, crop {a.crop}, batch {a.batch}, λ {a.lambda_rebal:g}"
-
-    def begin(self, run: RunState, training: bool) -> None:
-        if training and run.step == 0 and self.args.init_from:
-            run.history.append(
-                {"step": 0, "minutes": 0.0, "init_from": self.args.init_from, **self.validate()}
-            )
-            log.info("%s", json.dumps(run.history[-1]))
 
     def progress(self, running: np.ndarray) -> str:
         lr = self.optimizer.param_groups[0]["lr"]
@@ -469,8 +440,6 @@ class _Colorizer(harness.Recipe):
                 **({"locality_weight": f"{a.locality_weight:g}"} if a.locality_weight > 0 else {}),
             }
         )
-        if a.init_from:
-            recipe["init_from"] = a.init_from
         return registry_entry(a.name, a.width, sha256, filename, {**recipe, **common}, a.model)
 
 
@@ -529,7 +498,6 @@ class SiggraphRecipe(_Colorizer):
     def begin(self, run: RunState, training: bool) -> None:
         log.info("siggraph17: classification (no hints) for the first %g of the budget, then hints",
                  self.args.classification_fraction)  # fmt: skip
-        super().begin(run, training)
 
     def step(self, crops: torch.Tensor, run: RunState, fraction: float) -> tuple[float, float] | None:
         classification = fraction < self.args.classification_fraction

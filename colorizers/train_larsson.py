@@ -15,7 +15,8 @@ Recipe of docs/colorization.md §4, scaled to a CPU budget:
   on a cosine from `--lr` to `--lr`/10 over the `--minutes` budget, random crops mirrored half the time.
 
 `<run-dir>/last.pt` holds everything needed to resume (model, optimiser, step, time, RNG states);
-the same command resumes it, `--fresh` starts over. At the end the weights are written as an fp16
+the same command resumes it, `--fresh` starts over; `--init-from` (a registry name or a .pth) starts a
+new run from trained weights instead of a random initialisation. At the end the weights are written as an fp16
 state_dict to `colorizers/checkpoints/<name>.pth` and the registry entry for `colorizers/weights.py`
 is printed with the file's SHA-256.
 """
@@ -189,6 +190,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class LarssonRecipe(harness.Recipe):
     """Larsson16's part of the shared loop: hue/chroma targets made from each crop's sRGB, Adam."""
 
+    arch = "larsson16"
     model: LarssonColorizer
 
     def __init__(self, args: argparse.Namespace, device: torch.device, rng: np.random.Generator) -> None:
@@ -236,8 +238,9 @@ class LarssonRecipe(harness.Recipe):
 
 
 def train(args: argparse.Namespace) -> Path:
-    """Run (or resume) training as configured; returns the shipped checkpoint's path."""
-    return harness.run(args, LarssonRecipe)
+    """Run (or resume) training as configured; returns the shipped checkpoint's path. Progress also
+    goes to `<run-dir>/train.log`, as `colorizers.train`'s does."""
+    return harness.run(args, LarssonRecipe, log_file=args.run_dir / "train.log")
 
 
 def main(argv: list[str] | None = None) -> int:

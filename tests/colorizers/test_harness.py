@@ -64,8 +64,8 @@ def test_both_trainers_keep_their_flags_and_defaults() -> None:
     }  # fmt: skip
     larsson = {k: v for k, v in vars(train_larsson.parse_args([])).items() if k not in paths}
     assert larsson == {
-        "width": 0.125, "minutes": 90.0, "max_steps": 0, "crop": 128, "batch": 16, "lr": 0.0001,
-        "weight_decay": 0.0, "dropout": 0.5, "seed": 0, "threads": 2, "device": "cpu",
+        "width": 0.125, "minutes": 90.0, "max_steps": 0, "crop": 128, "batch": 16, "init_from": "",
+        "lr": 0.0001, "weight_decay": 0.0, "dropout": 0.5, "seed": 0, "threads": 2, "device": "cpu",
         "precision": "auto", "name": "larsson16-w0.125",
         "val_images": 64, "val_every": 5.0, "save_every": 5.0, "fresh": False,
         "val_steps": 0, "val_crop": 0, "first_crop": 0, "first_crop_fraction": 0.5, "augment": "flip",
@@ -77,7 +77,7 @@ def test_both_trainers_keep_their_flags_and_defaults() -> None:
         "max_steps",
         "crop",
         "batch",
-        "lr",
+        "init_from",
     ]
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -138,6 +139,58 @@ def test_training_run_writes_a_loadable_fp16_checkpoint_and_resumes(
     argv[argv.index("--max-steps") + 1] = "3"
     assert train_larsson.main(argv) == 0
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_a_run_continues_the_weights_it_is_given_and_records_them(tiny_cache: Path, tmp_path: Path) -> None:
+    common = [
+        "--cache",
+        str(tiny_cache),
+        "--width",
+        "0.125",
+        "--crop",
+        "32",
+        "--batch",
+        "2",
+        "--threads",
+        "1",
+    ]
+    common += ["--val-images", "2", "--out", str(tmp_path), "--dropout", "0"]
+    first = train_larsson.train(
+        train_larsson.parse_args(
+            [*common, "--max-steps", "2", "--run-dir", str(tmp_path / "a"), "--name", "a"]
+        )
+    )
+    before = json.loads((tmp_path / "a" / "history.json").read_text())[-1]
+    argv = [
+        *common,
+        "--max-steps",
+        "1",
+        "--run-dir",
+        str(tmp_path / "b"),
+        "--name",
+        "b",
+        "--init-from",
+        str(first),
+    ]
+    train_larsson.train(train_larsson.parse_args([*argv, "--lr", "1e-12"]))
+    log = (tmp_path / "b" / "train.log").read_text()
+    assert f"starting from the weights of {first}" in log
+    start = json.loads((tmp_path / "b" / "history.json").read_text())[0]
+    # The curve starts at the given weights: their validation (fp16 rounding apart), not a random net's.
+    assert start["step"] == 0 and start["init_from"] == str(first)
+    assert start["val_loss"] == pytest.approx(before["val_loss"], rel=1e-3)
+    assert f"'init_from': '{first}'" in (tmp_path / "b" / "registry_entry.txt").read_text()
+    shipped = torch.load(first, weights_only=True)
+    continued = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    for key, value in shipped.items():  # lr ~ 0: one step leaves the given weights as they were
+        torch.testing.assert_close(continued[key], value.to(continued[key].dtype), atol=1e-3, rtol=0)
+
+
+def test_init_from_refuses_another_architecture(tiny_cache: Path, tmp_path: Path) -> None:
+    argv = ["--cache", str(tiny_cache), "--crop", "32", "--batch", "2", "--threads", "1", "--max-steps", "1"]
+    argv += ["--val-images", "2", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path)]
+    with pytest.raises(ValueError, match="is a eccv16 checkpoint, not larsson16"):
+        train_larsson.train(train_larsson.parse_args([*argv, "--init-from", "eccv16-w0.25-l1"]))
 
 
 def test_crop_must_be_a_multiple_of_32() -> None:
