@@ -48,6 +48,7 @@ its cost. Larsson16 is decoded in every hue x chroma method of `service.color.hu
 SIGGRAPH17 (no hints) at their shipped settings (`colorizers.compare.shipped`) are the references.
 
     python -m colorizers.evaluate_bleed --model larsson16   # writes colorizers/results/bleed.*
+    python -m colorizers.evaluate_bleed --checkpoint NAME   # a registered candidate: results/NAME_bleed.*
 """
 
 from __future__ import annotations
@@ -262,19 +263,24 @@ class BleedCounts:
         }
 
 
-def larsson16_decodings(model: LarssonColorizer) -> Predictor:
-    """One forward pass, decoded in every hue x chroma method, each upsampled as the gateway does."""
+def larsson16_decodings(model: LarssonColorizer, default_only_as: str = "") -> Predictor:
+    """One forward pass, decoded in every hue x chroma method, each upsampled as the gateway does; with
+    `default_only_as`, only the default decoding, under that label."""
+    methods = (
+        [(hue_chroma.HUE_DEFAULT, hue_chroma.CHROMA_DEFAULT)]
+        if default_only_as
+        else [(h, c) for h in hue_chroma.HUE_METHODS for c in hue_chroma.CHROMA_METHODS]
+    )
 
     @torch.no_grad()
     def predict(lightness: Lab) -> dict[str, Lab]:
         hue, chroma = (t[0].numpy() for t in model(torch.from_numpy(lightness)[None, None]))
         out = {}
-        for hue_method in hue_chroma.HUE_METHODS:
-            for chroma_method in hue_chroma.CHROMA_METHODS:
-                small = hue_chroma.decode_ab(hue, chroma, lightness, hue_method=hue_method,
-                                             chroma_method=chroma_method)  # fmt: skip
-                label = f"Larsson16, {hue_method} / {chroma_method}"
-                out[label] = ab_decode.resize_ab(small, (lightness.shape[0], lightness.shape[1]))
+        for hue_method, chroma_method in methods:
+            small = hue_chroma.decode_ab(hue, chroma, lightness, hue_method=hue_method,
+                                         chroma_method=chroma_method)  # fmt: skip
+            label = default_only_as or f"Larsson16, {hue_method} / {chroma_method}"
+            out[label] = ab_decode.resize_ab(small, (lightness.shape[0], lightness.shape[1]))
         return out
 
     return predict
@@ -294,18 +300,35 @@ def _single(entry: compare.Entry) -> Predictor:
     return lambda lightness: {entry.label: entry.colorize(lightness)}
 
 
-def predictors(model: str) -> tuple[dict[str, str], list[Predictor]]:
-    """({label: checkpoint}, predictors): `model`'s decodings plus the other shipped models as references."""
+def _larsson(name: str) -> LarssonColorizer:
+    if name not in weights.REGISTRY:
+        raise ValueError(f"checkpoint {name!r} is not in colorizers/weights.py's registry")
+    model = weights.load(weights.REGISTRY[name])
+    if not isinstance(model, LarssonColorizer):
+        raise ValueError(f"{name} is not a Larsson16 checkpoint")
+    return model
+
+
+def shipped_label(name: str) -> str:
+    """The reference row of the shipped checkpoint when another one is evaluated."""
+    return f"shipped {name}, {hue_chroma.HUE_DEFAULT} / {hue_chroma.CHROMA_DEFAULT}"
+
+
+def predictors(model: str, checkpoint: str = "") -> tuple[dict[str, str], list[Predictor]]:
+    """({label: checkpoint}, predictors): `model`'s decodings (of `checkpoint`, default: the shipped one)
+    plus the other shipped models as references; for a `checkpoint` that is not the shipped one, also
+    the shipped one's default decoding, on the same crops (a candidate's comparison)."""
     if model != "larsson16":
         raise ValueError(f"only larsson16 has decodings to compare, got {model!r}")
-    name = weights.DEFAULT["larsson16"]
-    larsson = weights.load(weights.REGISTRY[name])
-    if not isinstance(larsson, LarssonColorizer):
-        raise ValueError(f"{name} is not a Larsson16 checkpoint")
+    shipped = weights.DEFAULT["larsson16"]
+    name = checkpoint or shipped
     labels = {
         f"Larsson16, {h} / {c}": name for h in hue_chroma.HUE_METHODS for c in hue_chroma.CHROMA_METHODS
     }
-    found: list[Predictor] = [larsson16_decodings(larsson)]
+    found: list[Predictor] = [larsson16_decodings(_larsson(name))]
+    if name != shipped:
+        labels[shipped_label(shipped)] = shipped
+        found.append(larsson16_decodings(_larsson(shipped), default_only_as=shipped_label(shipped)))
     # The references exactly as the model card's comparison runs them (shipped temperature, no hints).
     for entry in compare.shipped():
         if weights.REGISTRY[entry.checkpoint].arch == "larsson16":
@@ -535,6 +558,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m colorizers.evaluate_bleed", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--model", default="larsson16", help="the model whose decodings are compared")
+    parser.add_argument(
+        "--checkpoint", default="",
+        help="a registered candidate to evaluate instead of the shipped one, beside the shipped default "
+        "decoding; writes <checkpoint>_bleed.* instead of bleed.*",
+    )  # fmt: skip
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="data cache (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="default: %(default)s")
     parser.add_argument("--size", type=int, default=256, help="centre crop size")
@@ -547,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
 
-    labels, found = predictors(args.model)
+    labels, found = predictors(args.model, args.checkpoint)
     # Figures are committed, so they show only the validation photos that may be redistributed.
     shareable = {i: f"`{member}` ({licence})" for i, member, licence in redistributable(args.cache, "val")}
     metrics, samples = evaluate(labels, found, LabImages(args.cache, "val"), size=args.size,
@@ -561,13 +589,14 @@ def main(argv: list[str] | None = None) -> int:
     # The crops where the default bleeds most: the failure, and what the other decoding does there.
     worst = sorted(samples, key=lambda s: -int(s.bleed[LARSSON_DEFAULT].sum()))[: args.figure_rows]
     args.out.mkdir(parents=True, exist_ok=True)
-    figure_name = "bleed.png"
+    stem = f"{args.checkpoint}_bleed" if args.checkpoint else "bleed"
+    figure_name = f"{stem}.png"
     if worst:
         figure(worst, [LARSSON_DEFAULT, shown]).save(args.out / figure_name, optimize=True)
-    (args.out / "bleed.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     card = markdown(metrics, metrics["data_manifest_sha256"], recommended, shown, figure_name,
                     [shareable[s.index] for s in worst])  # fmt: skip
-    (args.out / "bleed.md").write_text(card)
+    (args.out / f"{stem}.md").write_text(card)
     print(card)
     return 0
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from colorizers import evaluate_bleed as eb
+from colorizers import weights
 
 RED = (50.0, 40.0)  # ab
 BLUE = (10.0, -45.0)
@@ -151,3 +152,27 @@ def test_recommend_needs_clearly_less_bleed_at_no_cost() -> None:
     assert eb.best_alternative(fewer) == "Larsson16, c / d"
     models["Larsson16, g / h"] = model_row(0.3, psnr=21.95)
     assert eb.recommend(models) == "Larsson16, g / h"
+
+
+def test_a_candidate_is_scored_beside_the_shipped_default_decoding() -> None:
+    candidate = "larsson16-w0.125-random"
+    labels, found = eb.predictors("larsson16", candidate)
+    shipped = weights.DEFAULT["larsson16"]
+    reference = eb.shipped_label(shipped)
+    assert labels[eb.LARSSON_DEFAULT] == candidate and labels[reference] == shipped
+    lightness = np.linspace(0, 100, 64 * 64, dtype=np.float32).reshape(64, 64)
+    out = {k: v for predict in found for k, v in predict(lightness).items()}
+    assert set(labels) == set(out)
+    # The reference row is exactly the shipped checkpoint's default decoding, as a plain run scores it.
+    _, plain = eb.predictors("larsson16")
+    np.testing.assert_array_equal(out[reference], plain[0](lightness)[eb.LARSSON_DEFAULT])
+    assert not np.array_equal(out[eb.LARSSON_DEFAULT], out[reference])
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [("eccv16-w0.25-l1", "is not a Larsson16 checkpoint"), ("nope", "not in colorizers/weights.py")],
+)
+def test_a_candidate_must_be_a_registered_larsson16(name: str, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        eb.predictors("larsson16", name)
