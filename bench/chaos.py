@@ -163,7 +163,7 @@ FAULTS = (
     ("Triton hung (SIGSTOP)", r"bin/tritonserver", signal.SIGSTOP, "colorize"),
     ("model stub killed (larsson16)", r"larsson16/1/model\.py", signal.SIGKILL, "larsson16"),
     ("model stub hung (larsson16, SIGSTOP)", r"larsson16/1/model\.py", signal.SIGSTOP, "larsson16"),
-    ("Restore worker killed mid-job", r"-m service\.worker", signal.SIGKILL, "restore"),
+    ("Restore worker killed mid-job", r"-m service\.restore", signal.SIGKILL, "restore"),
     ("Redis killed with a job in flight", r"redis-server", signal.SIGKILL, "restore"),
 )
 

@@ -1,7 +1,7 @@
 """priorlab's running service. Each sub-package is one process, or what processes share:
 
 * `gateway/`  the gateway process (torch-free): gRPC Colorize and Restore front ends, Triton client
-* `worker/`   a Restore worker process (torch): Deep Image Prior jobs from the bus
+* `restore/`  a Restore worker process (torch): Deep Image Prior jobs from the bus
 * `bus/`      the Restore job bus shared by gateway and workers: Redis keys and scripts, wire format
 * `color/`    numpy colour maths shared by the gateway, training and benchmarks
 * `launch/`   starting and stopping local processes: `make run`'s stack, benchmarks, tests

@@ -154,7 +154,7 @@ def test_a_hung_model_stub_is_reloaded_after_two_timed_out_probes(running: Runni
 
 
 def test_a_killed_worker_is_started_again(running: Running) -> None:
-    os.kill(running.pid_of(r"-m service\.worker"), signal.SIGKILL)
+    os.kill(running.pid_of(r"-m service\.restore"), signal.SIGKILL)
     running.stack.wait_for(r"supervisor: Restore worker exited with status -9: restarting", 30)
     result = running.restore()
     assert result.iterations_run == 3
