@@ -112,6 +112,9 @@ def probe_arrays(spec: ModelSpec, size: int = PROBE_SIZE) -> dict[str, NDArray[A
 
 
 SHM_DIR = "/dev/shm"
+# Triton holds a region "in use" until it has released the request that used it, a moment after the
+# response reached us; an unregister in that moment is refused (`_unregister` waits it out).
+IN_USE_WAIT_S = 2.0
 
 
 def _owner_only(key: str, shm_dir: str = SHM_DIR) -> None:
@@ -274,8 +277,22 @@ class TritonBackend:
         except InferenceServerException as e:
             if "already in manager" not in str(e.message()):
                 raise
-            await self._client.unregister_system_shared_memory(name)
+            await self._unregister(name)
             await self._client.register_system_shared_memory(name, f"/{name}", size)
+
+    async def _unregister(self, name: str) -> None:
+        """Unregisters a region, retrying while Triton still holds it for a request it has answered
+        (refused as "currently in use"; seen right after a call, 1 in 40 times, when a forgotten slot
+        is registered again at once), for at most `IN_USE_WAIT_S`."""
+        deadline = time.monotonic() + IN_USE_WAIT_S
+        while True:
+            try:
+                await self._client.unregister_system_shared_memory(name)
+                return
+            except InferenceServerException as e:
+                if "currently in use" not in str(e.message()) or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.005)
 
     def _forget(self, slot: _Slot) -> None:
         """Drops the slot's regions here only (the Triton that had them registered is gone)."""
@@ -290,7 +307,7 @@ class TritonBackend:
         if handle is None:
             return
         try:
-            await self._client.unregister_system_shared_memory(f"{slot.key}_{side}")
+            await self._unregister(f"{slot.key}_{side}")
         except InferenceServerException:
             log.warning("could not unregister %s_%s (Triton gone?)", slot.key, side)
         shm.destroy_shared_memory_region(handle)
