@@ -2,10 +2,8 @@
 
 Colour is predicted on a working-size square of L and recombined with the input's own
 full-resolution L (DeOldify#17, InstColorization#4: the output keeps the input's resolution and
-detail). The CPU-heavy stages of a large image run in worker threads (the kernels release the GIL),
-so the event loop keeps serving other requests while one is being decoded or encoded; an image of at
-most `Settings.inline_pixels` is worked on the loop itself, where a thread's two hops would cost more
-than its few milliseconds of work (`ColorizePipeline._run`).
+detail). The CPU-heavy numpy stages run in worker threads (numpy releases the GIL), so the event
+loop keeps serving other requests while one is being decoded or encoded.
 
 Models: eccv16 (313 logits, annealed mean here or, deployed as eccv16_ab, in the graph),
 siggraph17 (colour hints; regression ab, plus 529 logits for colour suggestions) and larsson16
@@ -20,7 +18,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,8 +31,6 @@ from service.gateway.admission import TRIM_PIXELS, Admission, PixelBudget, WorkC
 from service.gateway.settings import Settings
 from service.gateway.triton import InferenceBackend, ModelInfo
 from service.metrics import Metrics
-
-R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -261,9 +257,8 @@ class ColorizePipeline:
     @contextlib.asynccontextmanager
     async def _admitted(
         self, image: bytes, model: str, working_size: int, timeout_s: float
-    ) -> AsyncIterator[int]:
-        """Admission, then the pixel reservation and a slot; the ticket's cost sample when it ends.
-        Yields the image's pixel count from its header."""
+    ) -> AsyncIterator[None]:
+        """Admission, then the pixel reservation and a slot; the ticket's cost sample when it ends."""
         header = codec.probe(
             image, max_pixels=self._settings.max_pixels, max_bytes=self._settings.max_message_bytes
         )
@@ -277,7 +272,7 @@ class ColorizePipeline:
                     ticket.start()  # DeadlineExceeded if it waited past its deadline: not computed
                     self._large_in_flight += large
                     try:
-                        yield header.pixels
+                        yield
                     finally:
                         self._large_in_flight -= large
                 completed = True
@@ -289,23 +284,9 @@ class ColorizePipeline:
                 # The last large image is done: hand glibc's freed arenas back (a few ms).
                 await asyncio.to_thread(trim_heap)
 
-    def _inline(self, pixels: int, options: ColorizeOptions) -> bool:
-        """Whether a call's colour work is short enough for the event loop (module docstring): a small
-        image without hints (spreading a hint costs ~1.5 ms, and a call may carry up to 1024)."""
-        return pixels <= self._settings.inline_pixels and not options.hints
-
-    @staticmethod
-    async def _run(inline: bool, work: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-        """`work(*args, **kwargs)` on the event loop if `inline`, else in a worker thread."""
-        if inline:
-            return work(*args, **kwargs)
-        return await asyncio.to_thread(work, *args, **kwargs)
-
-    async def _prepare(
-        self, inline: bool, image: bytes, spec: ModelSpec, options: ColorizeOptions
-    ) -> _Prepared:
-        return await self._run(
-            inline, prepare, image, spec, options,
+    async def _prepare(self, image: bytes, spec: ModelSpec, options: ColorizeOptions) -> _Prepared:
+        return await asyncio.to_thread(
+            prepare, image, spec, options,
             max_pixels=self._settings.max_pixels, max_bytes=self._settings.max_message_bytes,
         )  # fmt: skip
 
@@ -313,7 +294,7 @@ class ColorizePipeline:
         spec = served_model(options.model, self._settings)
         arrived = time.perf_counter()
         work = work_name(spec.name, len(options.hints), spread=self._settings.hint_spread)
-        async with self._admitted(image, work, options.working_size, timeout_s) as pixels:
+        async with self._admitted(image, work, options.working_size, timeout_s):
             self._metrics.in_flight.inc()
             try:
                 start = time.perf_counter()
@@ -322,14 +303,13 @@ class ColorizePipeline:
                     options = dataclasses.replace(options, temperature=info.default_temperature)
                 if options.hints and not self._settings.hint_spread:
                     options = dataclasses.replace(options, hint_spread=False)
-                inline = self._inline(pixels, options)
-                prepared = await self._prepare(inline, image, spec, options)
+                prepared = await self._prepare(image, spec, options)
                 decoded_at = time.perf_counter()
                 outputs = await self._backend.infer(
                     spec, prepared.inputs, timeout_s=max(0.001, timeout_s - (decoded_at - arrived))
                 )
                 inferred_at = time.perf_counter()
-                encoded, fmt = await self._run(inline, postprocess, prepared, outputs, options)
+                encoded, fmt = await asyncio.to_thread(postprocess, prepared, outputs, options)
                 done = time.perf_counter()
             finally:
                 self._metrics.in_flight.dec()
@@ -353,12 +333,12 @@ class ColorizePipeline:
     ) -> tuple[list[SuggestedColor], ModelInfo]:
         spec = MODELS[HINT_MODEL]
         arrived = time.perf_counter()
-        async with self._admitted(image, f"{spec.name}:suggest", options.working_size, timeout_s) as pixels:
-            prepared = await self._prepare(self._inline(pixels, options), image, spec, options)
+        async with self._admitted(image, f"{spec.name}:suggest", options.working_size, timeout_s):
+            prepared = await self._prepare(image, spec, options)
             info = await self._backend.model_info(spec)
             remaining = max(0.001, timeout_s - (time.perf_counter() - arrived))
             outputs = await self._backend.infer(spec, prepared.inputs, timeout_s=remaining)
-            found = await asyncio.to_thread(  # k-means over thousands of samples: off the loop
+            found = await asyncio.to_thread(
                 suggestions_at,
                 prepared, outputs["logits"][0], x, y, options.working_size, k, seed, info.suggest_soften,
             )  # fmt: skip

@@ -33,10 +33,6 @@ class Settings:
     # Overload and memory (service/gateway/admission.py; README "Overload and memory").
     max_queued_colorize: int = 32  # admitted calls waiting for a slot or pixels; full -> RESOURCE_EXHAUSTED
     max_pixels_in_flight: int = 100_000_000  # decoded pixels of all calls in flight (~22 B each at peak)
-    # Images up to this many pixels are decoded and encoded on the event loop: their colour work
-    # (~3 ms at 512²) costs less than the two thread hops it would take (~0.6 ms at c=1); larger ones
-    # go to worker threads, so the loop keeps serving while they run (service/gateway/colorize.py).
-    inline_pixels: int = 1 << 19
     triton_timeout_s: float = 30.0  # a call's deadline when the client sent none (else the client's)
     health_poll_s: float = 1.0  # with 1 s probe timeouts: a dead or hung model is seen within 2 s
     metrics_port: int = 0  # 0 = no Prometheus endpoint

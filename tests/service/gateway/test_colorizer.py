@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import colorsys
 import io
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,6 @@ from skimage import color
 
 from contract import ECCV16, ModelSpec, asset_path
 from service.errors import DeadlineExceeded, PriorlabError, ResourceExhausted, Unavailable
-from service.gateway import colorize as colorize_module
 from service.gateway.colorize import work_name
 from service.gateway.server import create_server
 from service.gateway.settings import Settings
@@ -311,36 +309,6 @@ def _colorize_with_settings(
         return await colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=10)
 
     return run_gateway(backend, body, **settings)
-
-
-@pytest.mark.parametrize(
-    ("inline_pixels", "hinted", "on_the_loop"),
-    [(60 * 90, False, True), (60 * 90 - 1, False, False), (60 * 90, True, False)],
-)
-def test_small_images_are_worked_on_the_loop_large_or_hinted_ones_in_threads(
-    monkeypatch: pytest.MonkeyPatch, inline_pixels: int, hinted: bool, on_the_loop: bool
-) -> None:
-    """A small image's colour work costs less than two thread hops, so it runs on the event loop; a
-    larger one, or one with hints to spread, in a worker thread so the loop keeps serving."""
-    threads: dict[str, int] = {}
-    for name in ("prepare", "postprocess"):
-        work = getattr(colorize_module, name)
-
-        def spy(*args: Any, _work: Any = work, _name: str = name, **kwargs: Any) -> Any:
-            threads[_name] = threading.get_ident()
-            return _work(*args, **kwargs)
-
-        monkeypatch.setattr(colorize_module, name, spy)
-    hints = [colorize_pb2.ColorHint(x=10, y=10, color=colorize_pb2.Rgb(r=200, g=40, b=40))] if hinted else []
-    request = colorize_pb2.ColorizeRequest(image=png(gray_gradient()), hints=hints)
-
-    async def body(channel: grpc.aio.Channel) -> int:
-        await colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=10)
-        return threading.get_ident()  # the test's event loop is the gateway's
-
-    loop_thread = run_gateway(FakeBackend(), body, inline_pixels=inline_pixels)
-    assert set(threads) == {"prepare", "postprocess"}
-    assert all((ident == loop_thread) == on_the_loop for ident in threads.values()), threads
 
 
 @pytest.mark.parametrize("spread", [True, False])
