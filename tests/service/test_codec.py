@@ -34,6 +34,11 @@ def _save(image: Image.Image, fmt: str, **options: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _png_writer(png: bytes) -> str:
+    """Which writer made a PNG: fpng marks its files with a private `fdEC` chunk right after IHDR."""
+    return "fpng" if png[33:41] == b"\x00\x00\x00\x05fdEC" else "libpng"
+
+
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
@@ -315,16 +320,42 @@ class TestEncode:
         assert decoded.alpha is not None
         np.testing.assert_array_equal(decoded.alpha, alpha)  # WebP keeps alpha lossless by default
 
+    @pytest.mark.parametrize("writer", ["fpng", "libpng"])
     @pytest.mark.parametrize("with_alpha", [False, True])
-    def test_png_is_lossless_with_its_channels_in_order(self, with_alpha: bool) -> None:
-        """Read back by Pillow (an independent decoder): every sample, RGB(A) order, on noise."""
+    def test_png_is_lossless_with_its_channels_in_order(
+        self, with_alpha: bool, writer: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Read back by Pillow (an independent decoder): every sample, RGB(A) order, on noise, from
+        either writer (a bound of 0 pixels sends every image to libpng)."""
+        if writer == "libpng":
+            monkeypatch.setattr(codec, "FPNG_MAX_PIXELS", 0)
         rng = np.random.default_rng(3)
         rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
         alpha = rng.integers(0, 256, (37, 53), dtype=np.uint8) if with_alpha else None
-        with Image.open(io.BytesIO(codec.encode(rgb, alpha, "PNG"))) as image:
+        encoded = codec.encode(rgb, alpha, "PNG")
+        assert _png_writer(encoded) == writer
+        with Image.open(io.BytesIO(encoded)) as image:
             assert image.format == "PNG" and image.mode == ("RGBA" if with_alpha else "RGB")
             samples = np.asarray(image)
         np.testing.assert_array_equal(samples, rgb if alpha is None else np.dstack([rgb, alpha]))
+
+    def test_png_over_fpngs_pixel_bound_goes_to_libpng(self) -> None:
+        """fpng holds the GIL (codec.FPNG_MAX_PIXELS): one pixel over its bound, libpng writes."""
+        width = 2048
+        at = np.zeros((codec.FPNG_MAX_PIXELS // width, width, 3), np.uint8)
+        assert _png_writer(codec.encode(at, None, "PNG")) == "fpng"
+        over = np.zeros((codec.FPNG_MAX_PIXELS // width + 1, width, 3), np.uint8)
+        assert _png_writer(codec.encode(over, None, "PNG")) == "libpng"
+
+    @pytest.mark.parametrize("shape", [(2, 65536, 3), (65536, 2, 3)])
+    def test_png_with_a_side_over_16_bits_is_whole(self, shape: tuple[int, int, int]) -> None:
+        """fpng writes a side of 65536 as 0 into the header (a file no decoder reads): such an image,
+        though far under the pixel bound, is written by libpng and reads back whole."""
+        rgb = np.random.default_rng(4).integers(0, 256, shape, dtype=np.uint8)
+        encoded = codec.encode(rgb, None, "PNG")
+        assert _png_writer(encoded) == "libpng"
+        with Image.open(io.BytesIO(encoded)) as image:
+            np.testing.assert_array_equal(np.asarray(image), rgb)
 
     def test_16_bit_alpha_is_scaled(self) -> None:
         alpha = np.array([[0, 255, 511], [65535, 128, 32896]], np.uint16)  # 255 -> 1, 511 -> 2: rounded
