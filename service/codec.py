@@ -514,9 +514,9 @@ def _encode_png(rgb: NDArray[np.uint8], alpha8: NDArray[np.uint8] | None) -> byt
     2048² 201 -> 22 ms; files 15 %, 18 % and 28 % larger) but holds the GIL. Lossless either way."""
     height, width = rgb.shape[:2]
     if fpng is not None and height * width <= FPNG_MAX_PIXELS and max(height, width) <= FPNG_MAX_SIDE:
-        image = rgb if alpha8 is None else np.dstack([rgb, alpha8])
-        encoded: bytes = fpng.from_ndarray(np.ascontiguousarray(image))
-        return encoded
+        samples = rgb if alpha8 is None else np.dstack([rgb, alpha8])
+        fast: bytes = fpng.from_ndarray(np.ascontiguousarray(samples))
+        return fast
     bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
     image = bgr if alpha8 is None else np.dstack([bgr, alpha8])
     params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
