@@ -2,8 +2,11 @@
 
 Colour is predicted on a working-size square of L and recombined with the input's own
 full-resolution L (DeOldify#17, InstColorization#4: the output keeps the input's resolution and
-detail). The CPU-heavy numpy stages run in worker threads (numpy releases the GIL), so the event
-loop keeps serving other requests while one is being decoded or encoded.
+detail). The CPU-heavy stages of a large image run in worker threads (the kernels release the GIL),
+so the event loop keeps serving other requests while one is being decoded or encoded; an image of at
+most `Settings.inline_pixels`, a JPEG answered as JPEG or PNG without hints, is worked on the loop
+itself, where a thread's two hops would cost more than its ~3 ms of work (`ColorizePipeline._inline`;
+docs/serving.md §8.3).
 
 Models: eccv16 (313 logits, annealed mean here or, deployed as eccv16_ab, in the graph),
 siggraph17 (colour hints; regression ab, plus 529 logits for colour suggestions) and larsson16
@@ -18,7 +21,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,6 +34,11 @@ from service.gateway.admission import TRIM_PIXELS, Admission, PixelBudget, WorkC
 from service.gateway.settings import Settings
 from service.gateway.triton import InferenceBackend, ModelInfo
 from service.metrics import Metrics
+
+R = TypeVar("R")
+
+# Output formats whose encode of a small image is ~1 ms (simplejpeg; fpng for PNG, docs/serving.md §8.4).
+INLINE_OUTPUTS = frozenset({"JPEG", "JPG", "PNG"})
 
 
 @dataclass(frozen=True)
@@ -257,8 +265,9 @@ class ColorizePipeline:
     @contextlib.asynccontextmanager
     async def _admitted(
         self, image: bytes, model: str, working_size: int, timeout_s: float
-    ) -> AsyncIterator[None]:
-        """Admission, then the pixel reservation and a slot; the ticket's cost sample when it ends."""
+    ) -> AsyncIterator[codec.ImageHeader]:
+        """Admission, then the pixel reservation and a slot; the ticket's cost sample when it ends.
+        Yields the image's header."""
         header = codec.probe(
             image, max_pixels=self._settings.max_pixels, max_bytes=self._settings.max_message_bytes
         )
@@ -272,7 +281,7 @@ class ColorizePipeline:
                     ticket.start()  # DeadlineExceeded if it waited past its deadline: not computed
                     self._large_in_flight += large
                     try:
-                        yield
+                        yield header
                     finally:
                         self._large_in_flight -= large
                 completed = True
@@ -284,9 +293,31 @@ class ColorizePipeline:
                 # The last large image is done: hand glibc's freed arenas back (a few ms).
                 await asyncio.to_thread(trim_heap)
 
-    async def _prepare(self, image: bytes, spec: ModelSpec, options: ColorizeOptions) -> _Prepared:
-        return await asyncio.to_thread(
-            prepare, image, spec, options,
+    def _inline(self, header: codec.ImageHeader, options: ColorizeOptions) -> bool:
+        """Whether a call's colour work is short enough for the event loop (module docstring): a small
+        JPEG without hints, answered as JPEG or PNG. Spreading a hint costs ~1.5 ms (a call may carry
+        up to 1024); decoding a 512² PNG or WebP 3-6 ms and encoding a WebP ~20 ms, which the loop
+        would spend waiting; a JPEG decodes in ~1 ms and encodes, as JPEG or PNG, in ~1 ms."""
+        answered_as = (options.output_format or header.format).upper()
+        return (
+            header.pixels <= self._settings.inline_pixels
+            and not options.hints
+            and header.format == "JPEG"
+            and answered_as in INLINE_OUTPUTS
+        )
+
+    @staticmethod
+    async def _run(inline: bool, work: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """`work(*args, **kwargs)` on the event loop if `inline`, else in a worker thread."""
+        if inline:
+            return work(*args, **kwargs)
+        return await asyncio.to_thread(work, *args, **kwargs)
+
+    async def _prepare(
+        self, inline: bool, image: bytes, spec: ModelSpec, options: ColorizeOptions
+    ) -> _Prepared:
+        return await self._run(
+            inline, prepare, image, spec, options,
             max_pixels=self._settings.max_pixels, max_bytes=self._settings.max_message_bytes,
         )  # fmt: skip
 
@@ -294,7 +325,7 @@ class ColorizePipeline:
         spec = served_model(options.model, self._settings)
         arrived = time.perf_counter()
         work = work_name(spec.name, len(options.hints), spread=self._settings.hint_spread)
-        async with self._admitted(image, work, options.working_size, timeout_s):
+        async with self._admitted(image, work, options.working_size, timeout_s) as header:
             self._metrics.in_flight.inc()
             try:
                 start = time.perf_counter()
@@ -303,13 +334,14 @@ class ColorizePipeline:
                     options = dataclasses.replace(options, temperature=info.default_temperature)
                 if options.hints and not self._settings.hint_spread:
                     options = dataclasses.replace(options, hint_spread=False)
-                prepared = await self._prepare(image, spec, options)
+                inline = self._inline(header, options)
+                prepared = await self._prepare(inline, image, spec, options)
                 decoded_at = time.perf_counter()
                 outputs = await self._backend.infer(
                     spec, prepared.inputs, timeout_s=max(0.001, timeout_s - (decoded_at - arrived))
                 )
                 inferred_at = time.perf_counter()
-                encoded, fmt = await asyncio.to_thread(postprocess, prepared, outputs, options)
+                encoded, fmt = await self._run(inline, postprocess, prepared, outputs, options)
                 done = time.perf_counter()
             finally:
                 self._metrics.in_flight.dec()
@@ -333,12 +365,12 @@ class ColorizePipeline:
     ) -> tuple[list[SuggestedColor], ModelInfo]:
         spec = MODELS[HINT_MODEL]
         arrived = time.perf_counter()
-        async with self._admitted(image, f"{spec.name}:suggest", options.working_size, timeout_s):
-            prepared = await self._prepare(image, spec, options)
+        async with self._admitted(image, f"{spec.name}:suggest", options.working_size, timeout_s) as header:
+            prepared = await self._prepare(self._inline(header, options), image, spec, options)
             info = await self._backend.model_info(spec)
             remaining = max(0.001, timeout_s - (time.perf_counter() - arrived))
             outputs = await self._backend.infer(spec, prepared.inputs, timeout_s=remaining)
-            found = await asyncio.to_thread(
+            found = await asyncio.to_thread(  # k-means over thousands of samples: off the loop
                 suggestions_at,
                 prepared, outputs["logits"][0], x, y, options.working_size, k, seed, info.suggest_soften,
             )  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import colorsys
 import io
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from skimage import color
 
 from contract import ECCV16, ModelSpec, asset_path
 from service.errors import DeadlineExceeded, PriorlabError, ResourceExhausted, Unavailable
+from service.gateway import colorize as colorize_module
 from service.gateway.colorize import work_name
 from service.gateway.server import create_server
 from service.gateway.settings import Settings
@@ -309,6 +311,54 @@ def _colorize_with_settings(
         return await colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=10)
 
     return run_gateway(backend, body, **settings)
+
+
+@pytest.mark.parametrize(
+    ("inline_pixels", "image_format", "output_format", "hinted", "on_the_loop"),
+    [
+        (60 * 90, "JPEG", "", False, True),
+        (60 * 90, "JPEG", "png", False, True),
+        (60 * 90 - 1, "JPEG", "", False, False),  # one pixel over the bound
+        (60 * 90, "JPEG", "", True, False),  # hints to spread
+        (60 * 90, "PNG", "", False, False),  # a PNG decodes in several ms
+        (60 * 90, "JPEG", "WEBP", False, False),  # a WebP encodes in ~20 ms
+    ],
+)
+def test_small_jpegs_are_worked_on_the_loop_the_rest_in_threads(
+    monkeypatch: pytest.MonkeyPatch,
+    inline_pixels: int,
+    image_format: str,
+    output_format: str,
+    hinted: bool,
+    on_the_loop: bool,
+) -> None:
+    """A small JPEG answered as JPEG or PNG costs less colour work than two thread hops, so it runs on
+    the event loop; a larger image, one with hints to spread, a PNG to decode or a WebP to encode, in
+    a worker thread so the loop keeps serving."""
+    threads: dict[str, int] = {}
+    for name in ("prepare", "postprocess"):
+        work = getattr(colorize_module, name)
+
+        def spy(*args: Any, _work: Any = work, _name: str = name, **kwargs: Any) -> Any:
+            threads[_name] = threading.get_ident()
+            return _work(*args, **kwargs)
+
+        monkeypatch.setattr(colorize_module, name, spy)
+    hints = [colorize_pb2.ColorHint(x=10, y=10, color=colorize_pb2.Rgb(r=200, g=40, b=40))] if hinted else []
+    buffer = io.BytesIO()
+    Image.fromarray(gray_gradient()).save(buffer, format=image_format)
+    wanted = colorize_pb2.ImageFormat.Value(f"IMAGE_FORMAT_{output_format.upper() or 'UNSPECIFIED'}")
+    request = colorize_pb2.ColorizeRequest(image=buffer.getvalue(), hints=hints, output_format=wanted)
+
+    async def body(channel: grpc.aio.Channel) -> int:
+        reply = await colorize_pb2_grpc.ColorizerStub(channel).Colorize(request, timeout=10)
+        expected = (output_format or image_format).upper()
+        assert Image.open(io.BytesIO(reply.image)).format == expected
+        return threading.get_ident()  # the test's event loop is the gateway's
+
+    loop_thread = run_gateway(FakeBackend(), body, inline_pixels=inline_pixels)
+    assert set(threads) == {"prepare", "postprocess"}
+    assert all((ident == loop_thread) == on_the_loop for ident in threads.values()), threads
 
 
 @pytest.mark.parametrize("spread", [True, False])
