@@ -3,10 +3,10 @@
 Colour is predicted on a working-size square of L and recombined with the input's own
 full-resolution L (DeOldify#17, InstColorization#4: the output keeps the input's resolution and
 detail). The CPU-heavy stages of a large image run in worker threads (the kernels release the GIL),
-so the event loop keeps serving other requests while one is being decoded or encoded; an image of at
-most `Settings.inline_pixels`, a JPEG answered as JPEG or PNG without hints, is worked on the loop
-itself, where a thread's two hops would cost more than its ~3 ms of work (`ColorizePipeline._inline`;
-docs/serving.md §8.3).
+so the event loop keeps serving other requests while one is being decoded or encoded. A call alone in
+the gateway with a small JPEG (at most `Settings.inline_pixels`, answered as JPEG or PNG, no hints) is
+worked on the loop itself, where a thread's two hops would cost more latency than its ~2 ms of work
+(`ColorizePipeline._inline`; docs/serving.md §8.3).
 
 Models: eccv16 (313 logits, annealed mean here or, deployed as eccv16_ab, in the graph),
 siggraph17 (colour hints; regression ab, plus 529 logits for colour suggestions) and larsson16
@@ -261,6 +261,7 @@ class ColorizePipeline:
         self.admission = admission or Admission(max_queued=settings.max_queued_colorize)
         self.pixels = PixelBudget(settings.max_pixels_in_flight)
         self._large_in_flight = 0
+        self._in_flight = 0  # calls holding a slot (`_admitted`): 1 = this call alone
 
     @contextlib.asynccontextmanager
     async def _admitted(
@@ -280,10 +281,12 @@ class ColorizePipeline:
                 async with self._limit:
                     ticket.start()  # DeadlineExceeded if it waited past its deadline: not computed
                     self._large_in_flight += large
+                    self._in_flight += 1
                     try:
                         yield header
                     finally:
                         self._large_in_flight -= large
+                        self._in_flight -= 1
                 completed = True
             finally:
                 self.pixels.release(weight)
@@ -294,13 +297,18 @@ class ColorizePipeline:
                 await asyncio.to_thread(trim_heap)
 
     def _inline(self, header: codec.ImageHeader, options: ColorizeOptions) -> bool:
-        """Whether a call's colour work is short enough for the event loop (module docstring): a small
-        JPEG without hints, answered as JPEG or PNG. Spreading a hint costs ~1.5 ms (a call may carry
-        up to 1024); decoding a 512² PNG or WebP 3-6 ms and encoding a WebP ~20 ms, which the loop
-        would spend waiting; a JPEG decodes in ~1 ms and encodes, as JPEG or PNG, in ~1 ms."""
+        """Whether a call's next stage of colour work runs on the event loop (module docstring): only
+        while the call is alone, and only a small JPEG without hints, answered as JPEG or PNG.
+
+        Alone: the two thread hops cost a lone call ~2 ms of latency, but under load the loop must
+        stay free to answer and refuse others (on the loop, the slowest overload refusal went from
+        28-31 ms to 22-68 ms, docs/serving.md §8.3). Small JPEG: it decodes in ~1 ms and encodes,
+        as JPEG or PNG, in ~1 ms; a 512² PNG or WebP takes 3-6 ms to decode, a WebP ~20 ms to
+        encode, and spreading hints ~1.5 ms each (a call may carry up to 1024)."""
         answered_as = (options.output_format or header.format).upper()
         return (
-            header.pixels <= self._settings.inline_pixels
+            self._in_flight == 1
+            and header.pixels <= self._settings.inline_pixels
             and not options.hints
             and header.format == "JPEG"
             and answered_as in INLINE_OUTPUTS
@@ -334,13 +342,13 @@ class ColorizePipeline:
                     options = dataclasses.replace(options, temperature=info.default_temperature)
                 if options.hints and not self._settings.hint_spread:
                     options = dataclasses.replace(options, hint_spread=False)
-                inline = self._inline(header, options)
-                prepared = await self._prepare(inline, image, spec, options)
+                prepared = await self._prepare(self._inline(header, options), image, spec, options)
                 decoded_at = time.perf_counter()
                 outputs = await self._backend.infer(
                     spec, prepared.inputs, timeout_s=max(0.001, timeout_s - (decoded_at - arrived))
                 )
                 inferred_at = time.perf_counter()
+                inline = self._inline(header, options)  # asked again: others may have come in meanwhile
                 encoded, fmt = await self._run(inline, postprocess, prepared, outputs, options)
                 done = time.perf_counter()
             finally:

@@ -33,10 +33,10 @@ class Settings:
     # Overload and memory (service/gateway/admission.py; README "Overload and memory").
     max_queued_colorize: int = 32  # admitted calls waiting for a slot or pixels; full -> RESOURCE_EXHAUSTED
     max_pixels_in_flight: int = 100_000_000  # decoded pixels of all calls in flight (~22 B each at peak)
-    # JPEGs up to this many pixels, answered as JPEG or PNG without hints, are decoded and encoded on
-    # the event loop: their colour work (~3 ms at 512²) costs less than the two thread hops it would
-    # take; anything else goes to worker threads, so the loop keeps serving while it runs
-    # (ColorizePipeline._inline in service/gateway/colorize.py; docs/serving.md §8.3).
+    # A call alone in the gateway with a JPEG up to this many pixels, answered as JPEG or PNG without
+    # hints, is decoded and encoded on the event loop: its colour work (~2 ms at 512²) costs less
+    # latency than the two thread hops it would take; anything else, and any call beside others, goes
+    # to worker threads, so the loop keeps answering (ColorizePipeline._inline; docs/serving.md §8.3).
     inline_pixels: int = 1 << 19
     triton_timeout_s: float = 30.0  # a call's deadline when the client sent none (else the client's)
     health_poll_s: float = 1.0  # with 1 s probe timeouts: a dead or hung model is seen within 2 s

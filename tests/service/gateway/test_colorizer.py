@@ -361,6 +361,60 @@ def test_small_jpegs_are_worked_on_the_loop_the_rest_in_threads(
     assert all((ident == loop_thread) == on_the_loop for ident in threads.values()), threads
 
 
+@dataclass
+class HoldingBackend(FakeBackend):
+    """Holds the first call inside Triton until `release` is set."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def infer(
+        self, spec: ModelSpec, inputs: dict[str, np.ndarray], *, timeout_s: float
+    ) -> dict[str, np.ndarray]:
+        if not self.calls:
+            self.calls.append({})  # marks the first call as inside Triton
+            await self.release.wait()
+            return await super().infer(spec, inputs, timeout_s=timeout_s)
+        return await super().infer(spec, inputs, timeout_s=timeout_s)
+
+
+def test_a_call_beside_another_in_flight_is_worked_in_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under load the loop stays free to answer and refuse others: a small JPEG that would run on the
+    loop alone goes to worker threads while another call is in flight, and the first call, alone
+    again when its answer comes back, encodes on the loop."""
+    stages: list[tuple[str, bool]] = []
+    loop_thread: list[int] = []
+    for name in ("prepare", "postprocess"):
+        work = getattr(colorize_module, name)
+
+        def spy(*args: Any, _work: Any = work, _name: str = name, **kwargs: Any) -> Any:
+            stages.append((_name, threading.get_ident() == loop_thread[0]))
+            return _work(*args, **kwargs)
+
+        monkeypatch.setattr(colorize_module, name, spy)
+    buffer = io.BytesIO()
+    Image.fromarray(gray_gradient()).save(buffer, format="JPEG")
+    request = colorize_pb2.ColorizeRequest(image=buffer.getvalue())
+    backend = HoldingBackend()
+
+    async def body(channel: grpc.aio.Channel) -> None:
+        loop_thread.append(threading.get_ident())  # the test's event loop is the gateway's
+        stub = colorize_pb2_grpc.ColorizerStub(channel)
+        first = asyncio.ensure_future(stub.Colorize(request, timeout=10))
+        while not backend.calls:  # the first call is inside Triton
+            await asyncio.sleep(0.01)
+        await stub.Colorize(request, timeout=10)  # the second, beside it
+        backend.release.set()
+        await first
+
+    run_gateway(backend, body)
+    assert stages == [
+        ("prepare", True),  # the first call, alone
+        ("prepare", False),  # the second, beside the first
+        ("postprocess", False),
+        ("postprocess", True),  # the first, alone again
+    ]
+
+
 @pytest.mark.parametrize("spread", [True, False])
 def test_hints_are_spread_along_the_photo_unless_turned_off(spread: bool) -> None:
     # The fake network colours only the hinted pixels; the gateway carries the hint's colour on
