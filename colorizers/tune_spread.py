@@ -1,14 +1,16 @@
 """Choose the gateway's hint-spread settings (service/color/hint_spread.py) on training photos.
 
-For each setting (σ as a fraction of the working size, β, κ) and the network alone, on `--images`
-photos of `--split` (default: train, so the validation photos stay out of the choice), resized to 256²
-as `colorizers.evaluate_hints` does, with its 10 random 6x6 hints (same seeds):
+For each setting (the radius R and σ as fractions of the working size, β, κ) and the network alone,
+on `--images` photos of `--split` (default: train, so the validation photos stay out of the choice),
+resized to 256² as `colorizers.evaluate_hints` does, with its 10 random 6x6 hints (same seeds):
 
 - the PSNR gain at 10 hints over none (issue #15's hint bar), and
 - colour bleed across the true colour edges (`colorizers.evaluate_bleed`'s rule: the prediction beside
   an edge nearer the other side's hue), washed-out edges, the ab error beside edges and the predicted
   ÷ true contrast across them: PSNR alone rewards filling the whole radius with the hint's colour,
-  which is what a user sees as a hint leaking onto the neighbouring object.
+  which is what a user sees as a hint leaking onto the neighbouring object;
+- the halo: the mean ab change against the no-hint output beyond 64 px of every hint
+  (`evaluate_hints.hint_locality`'s measure), which a radius beyond S/4 lets the spread add to.
 
     python -m colorizers.tune_spread --checkpoint siggraph17-w0.25-l0.75 --images 80
 
@@ -27,27 +29,37 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from scipy.ndimage import distance_transform_edt
 
 from colorizers import hint_sim
 from colorizers.dataset import DEFAULT_CACHE, LabImages
 from colorizers.evaluate import lab_to_rgb8, psnr
 from colorizers.evaluate_bleed import BleedCounts, find_edges
-from colorizers.evaluate_hints import PATCH, Colorize, crop8, load_siggraph, resize_lab, served_patches
+from colorizers.evaluate_hints import (
+    HALO_DISTANCE_PX,
+    PATCH,
+    Colorize,
+    crop8,
+    load_siggraph,
+    resize_lab,
+    served_patches,
+)
 from service.color import hint_spread
 
 log = logging.getLogger(__name__)
 
-Setting = tuple[float, float, float]  # (σ ÷ working size, β at 256, κ)
+Setting = tuple[float, float, float, float]  # (R ÷ working size, σ ÷ working size, β at 256, κ)
 NETWORK = "network alone"
 
 
 def score(
     colorize: Colorize, images: Sequence[NDArray[np.float32]], settings: Sequence[Setting], *, seed: int = 0
 ) -> dict[str, dict[str, float]]:
-    """{label: {gain_db, bleed, washed_out, side_ab_error, contrast_ratio}} for the network and each setting;
-    image i's hints are `evaluate_hints.psnr_vs_hints`'s at 10 hints (seed (seed, i))."""
+    """{label: {gain_db, halo, bleed, washed_out, side_ab_error, contrast_ratio}} for the network and each
+    setting; image i's hints are `evaluate_hints.psnr_vs_hints`'s at 10 hints (seed (seed, i))."""
     labels = [NETWORK, *(str(s) for s in settings)]
     gains: dict[str, list[float]] = {label: [] for label in labels}
+    halos: dict[str, list[float]] = {label: [] for label in labels}
     bleed = {label: BleedCounts() for label in labels}
     for i, image in enumerate(images):
         lab = np.ascontiguousarray(crop8(image))
@@ -62,18 +74,23 @@ def score(
         base = psnr(lab_to_rgb8(lab[0], ab[0]), truth)
         served = served_patches(lab, patches)
         outputs = {NETWORK: ab[1]}
-        for sigma, beta, kappa in settings:
-            outputs[str((sigma, beta, kappa))] = hint_spread.spread(
-                lab[0], ab[1], served, beta=beta, kappa=kappa, sigma_fraction=sigma
+        for setting in settings:
+            radius, sigma, beta, kappa = setting
+            outputs[str(setting)] = hint_spread.spread(
+                lab[0], ab[1], served, beta=beta, kappa=kappa, sigma_fraction=sigma, radius_fraction=radius
             )
         edges = find_edges(lab)
+        far = distance_transform_edt(~(mask[1, 0].numpy() > 0)) > HALO_DISTANCE_PX
         for label, out in outputs.items():
             gains[label].append(psnr(lab_to_rgb8(lab[0], out), truth) - base)
+            if far.any():
+                halos[label].append(float(np.hypot(*(out - ab[0]))[far].mean()))
             if len(edges):
                 bleed[label].add(edges, out)
     return {
         label: {
             "gain_db": float(np.mean(gains[label])),
+            "halo": float(np.mean(halos[label])) if halos[label] else float("nan"),
             **{k: float(v) for k, v in bleed[label].summary().items()},
         }
         for label in labels
@@ -84,12 +101,14 @@ def markdown(rows: dict[str, dict[str, float]], images: int, split: str, checkpo
     lines = [
         f"{checkpoint}, {images} {split} photos at 256², 10 random 6x6 hints:",
         "",
-        "| setting (σ/S, β, κ) | gain at 10 hints dB | bleed | washed out | ab error by edges | contrast |",
-        "|---|---|---|---|---|---|",
+        "| setting (R/S, σ/S, β, κ) | gain at 10 hints dB | halo | bleed | washed out | ab error by edges "
+        "| contrast |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, m in sorted(rows.items(), key=lambda kv: -kv[1]["gain_db"]):
-        lines.append(f"| {label} | {m['gain_db']:+.2f} | {m['bleed']:.1%} | {m['washed_out']:.1%} | "
-                     f"{m['side_ab_error']:.2f} | {m['contrast_ratio']:.3f} |")  # fmt: skip
+        lines.append(f"| {label} | {m['gain_db']:+.2f} | {m['halo']:.2f} | {m['bleed']:.1%} | "
+                     f"{m['washed_out']:.1%} | {m['side_ab_error']:.2f} | "
+                     f"{m['contrast_ratio']:.3f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -101,7 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--split", default="train", choices=("train", "val"))
     parser.add_argument("--images", type=int, default=80, help="spread evenly over the split")
-    parser.add_argument("--sigma", type=float, nargs="+", default=[0.125, 0.25, 0.5], help="σ ÷ working size")
+    parser.add_argument(
+        "--radius", type=float, nargs="+", default=[hint_spread.RADIUS_FRACTION], help="R ÷ working size"
+    )
+    parser.add_argument(
+        "--sigma",
+        type=float,
+        nargs="+",
+        default=[0.125, 0.25, 0.5],
+        help="σ ÷ working size; settings with σ > R are skipped",
+    )
     parser.add_argument("--beta", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0, 16.0])
     parser.add_argument("--kappa", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.25])
     parser.add_argument("--out", type=Path, default=None, help="JSON of the table (default: none)")
@@ -119,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     def colorize(lightness: torch.Tensor, hint: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return model.forward_both(lightness, hint, mask)[0]
 
-    settings = list(itertools.product(args.sigma, args.beta, args.kappa))
+    settings = [s for s in itertools.product(args.radius, args.sigma, args.beta, args.kappa) if s[1] <= s[0]]
     log.info("%d settings on %d %s photos", len(settings), len(resized), args.split)
     rows = score(colorize, resized, settings)
     if args.out:
