@@ -1,12 +1,12 @@
-"""Hint spread: each colour hint carried along the photo's own lightness, up to a quarter of the image.
+"""Hint spread: each colour hint carried along the photo's own lightness, up to half the image.
 
 Why: SIGGRAPH17 as shipped (a quarter-width net trained for hours on one CPU core, colorizers/MODEL_CARD.md)
 honours a hint at its own pixels (3.8 ab units off on average) but carries it only a short way: ten
-hints gain +2.25 dB where the authors' network gains +4. The gateway therefore carries each hint's
-colour further after the network, the way optimisation-based colorization does (Levin, Lischinski and
-Weiss, "Colorization using Optimization", SIGGRAPH 2004, and the geodesic variants after it): along
-paths of similar lightness, held back by edges, and never farther than a quarter of the working size,
-so that a hint stays local (issue #15: no halo beyond 64 working pixels of every hint).
+hints gain +1.9 to +2.3 dB where the authors' network gains +4. The gateway therefore carries each
+hint's colour further after the network, the way optimisation-based colorization does (Levin,
+Lischinski and Weiss, "Colorization using Optimization", SIGGRAPH 2004, and the geodesic variants
+after it): along paths of similar lightness, held back by edges, and never farther than half the
+working size.
 
 For hint h (its patch P_h at the working size S, colour a_h), at every working pixel p:
 
@@ -14,8 +14,8 @@ For hint h (its patch P_h at the working size S, colour a_h), at every working p
             length (1 or √2) plus β·|ΔL|, with β = BETA·S/256 (an edge's jump in L does not grow with
             the resolution, its distance in pixels does); above S = 256 on L averaged down to 256²
             (`spread`)
-    e_h(p)  Euclidean distance from p to P_h; beyond R = S/4 the hint has no weight
-    w_h(p)  = exp(−d_h(p) / σ),   σ = R
+    e_h(p)  Euclidean distance from p to P_h; beyond R = S/2 the hint has no weight
+    w_h(p)  = exp(−d_h(p) / σ),   σ = S/4
     f_h(p)  fade: 1 up to R/2, then a half cosine down to 0 at R
     ab'(p)  = ab(p) + Σ_h f_h w_h (a_h − ab(p)) / (κ + Σ_h w_h)
 
@@ -25,13 +25,14 @@ outside the normalisation: inside it, w/(κ + w) stays near 1 until w is tiny, s
 a hard circle on a flat sky (1 Dec, seen through `make run`); outside, it fades over the outer half
 of the radius. Beyond R from every hint nothing changes.
 
-β, κ and σ were chosen on 80 training photos (`python -m colorizers.tune_spread`, docs/colorization.md
-§7): the largest PSNR gain at 10 hints among the settings with one length scale (σ = R) that keep the
-colour bleed across true edges at or below the network's own and the contrast across them at or
-above it. A weaker β gains 0.3 dB more by flooding the radius with the hint's colour, which bleeds
-onto neighbouring objects and flattens edges. (Chosen with the first version, whose fade sat inside
-the normalisation; with this one the setting keeps bleed under the network's and falls 0.005 short
-of its edge contrast, docs/colorization.md §7.)
+R, σ, β and κ were chosen on 200 training photos (`python -m colorizers.tune_spread`, docs/colorization.md
+§7, its rule written before the grid ran): the largest PSNR gain at 10 hints among the settings that
+keep the colour bleed across true edges at or below the network's own, the contrast across them at or
+above it, and the halo (the mean change beyond 64 px of every hint, issue #15's bar: under 5) at most
+4. Weaker edges (β) or a longer σ gain up to 0.9 dB more by flooding the radius with the hint's
+colour, which bleeds onto neighbouring objects, flattens edges and moves far pixels. Until 3 December
+R was S/4, so the spread added nothing beyond 64 px by construction; S/2 gains 0.4 dB more on the
+validation photos (+2.33 -> +2.72 dB) with the halo 2.60 -> 3.71.
 
 The distances are shortest paths on the 8-neighbour graph by chamfer sweeps, forward and backward,
 each within its hint's window of R around the patch; a step's cost is computed once per image, and a
@@ -39,8 +40,8 @@ row's steps from the row before run as one vectorised pass, leaving only the cha
 (0.94 -> 0.64 ms a hint at R = S/4, 2.8 -> 2.0 ms at S/2: aitzgorri.jpg at 256², one core). Run to
 convergence they are Dijkstra's (tested); on photos that takes 4 or more sweep pairs; `ROUNDS` = 3
 leaves them at most a median 1.3 % long and the weights on average within 0.013 of exact
-(samples/aitzgorri.jpg at 256², four hints; tested: two left one hint's distances 12 % long): under
-1 ms per hint on one core at every working size (1024 hints, `hints.MAX_HINTS`: 0.7 s).
+(samples/aitzgorri.jpg at 256², four hints; tested: two left one hint's distances 12 % long): about
+2 ms per hint on one core at every working size (1024 hints, `hints.MAX_HINTS`: 1.9 s).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ from service.color.jit import array, kernel, readonly_array
 
 BETA = 8.0  # per L unit, at a working size of 256
 KAPPA = 0.02  # how much weight the network's own colour keeps: w = κ halves the pull to the hint
-RADIUS_FRACTION = 0.25  # R: a hint reaches at most a quarter of the working size (64 px at 256)
-SIGMA_FRACTION = 0.25  # σ: the geodesic distance over which a hint's weight falls by e
+RADIUS_FRACTION = 0.5  # R: a hint reaches at most half the working size (128 px at 256)
+SIGMA_FRACTION = 0.25  # σ: the geodesic distance over which a hint's weight falls by e (64 px at 256)
 ROUNDS = 3  # sweep pairs of the distance (module docstring)
 GRID = 256  # the weights' resolution at most (`spread`)
 

@@ -202,7 +202,7 @@ def postprocess(
 
 def work_name(model: str, hints: int, *, spread: bool) -> str:
     """The admission's name for a Colorize call's kind of work. The hint spread costs the gateway about
-    1.5 ms a hint (up to ~2 s at the 1024-hint limit), so hinted calls are timed apart by their count,
+    2 ms a hint (up to ~2 s at the 1024-hint limit), so hinted calls are timed apart by their count,
     in powers of four: one many-hint call must not make every siggraph17 call look slow."""
     if hints == 0 or not spread:
         return model
@@ -304,7 +304,7 @@ class ColorizePipeline:
         stay free to answer and refuse others (on the loop, the slowest overload refusal went from
         28-31 ms to 22-68 ms, docs/serving.md §8.3). Small JPEG: it decodes in ~1 ms and encodes,
         as JPEG or PNG, in ~1 ms; a 512² PNG or WebP takes 3-6 ms to decode, a WebP ~20 ms to
-        encode, and spreading hints ~1.5 ms each (a call may carry up to 1024)."""
+        encode, and spreading hints ~2 ms each (a call may carry up to 1024)."""
         answered_as = (options.output_format or header.format).upper()
         return (
             self._in_flight == 1

@@ -23,8 +23,8 @@ class Settings:
     # Annealed mean in the Triton graph (returns 2 ab planes) instead of in the gateway (313 FP16
     # logits). Pays when Triton is remote; co-located with shared memory, the gateway decode wins.
     decode_in_triton: bool = False
-    # SIGGRAPH17 hints carried further along the photo's lightness after the network, within a quarter
-    # of the working size (service/color/hint_spread.py); off = the network's output as it is.
+    # SIGGRAPH17 hints carried further along the photo's lightness after the network, within half the
+    # working size (service/color/hint_spread.py); off = the network's output as it is.
     hint_spread: bool = True
     # Explicit request limits (documented in the README).
     max_message_bytes: int = 64 << 20

@@ -119,10 +119,13 @@ def test_a_hint_colours_its_flat_region_and_nothing_beyond_its_radius() -> None:
     # At the hint: w = 1 against κ, so 1/(1 + κ) of the way; near it in a flat region, most of the way.
     assert out[0, 102, 102] == pytest.approx(40.0 / (1 + hint_spread.KAPPA), rel=1e-4)
     assert out[0, 102, 130] > 0.7 * 40.0
-    # Beyond R = 64 px of the patch, untouched, exactly.
-    far = np.hypot(*np.mgrid[0:size, 0:size] - 102.5) > 64 + 4
-    assert np.all(out[:, far] == 0.0)
+    # Beyond R (128 px at 256) of the patch, untouched, exactly; and a long way before it, some colour.
+    radius = hint_spread.RADIUS_FRACTION * size
+    distance = np.hypot(*np.mgrid[0:size, 0:size] - 102.5)
+    assert np.any(distance > radius + 4)
+    assert np.all(out[:, distance > radius + 4] == 0.0)
     assert out[0, 102, 102 + 60] < out[0, 102, 102 + 30] < out[0, 102, 102 + 10]
+    assert out[0, 102 + 100, 102] > 0.1 * 40.0
 
 
 @pytest.mark.parametrize(("step", "at_most"), [(50.0, 0.75), (90.0, 0.25)])
@@ -145,7 +148,8 @@ def test_an_edge_holds_the_spread_back(step: float, at_most: float) -> None:
 
 
 def test_the_working_size_scales_the_reach() -> None:
-    # The same picture at twice the size: the hint reaches twice as far (R = S/4, β scaled with S).
+    # The same picture at twice the size: the hint reaches twice as far (R and σ fractions of S, β scaled
+    # with S).
     small, large = (np.full((s, s), 50.0, np.float32) for s in (128, 256))
     out_small = hint_spread.spread(
         small, np.zeros((2, 128, 128), np.float32), [Patch(60, 60, 62, 62, 30.0, 0)]
