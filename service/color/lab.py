@@ -310,13 +310,12 @@ def _decode(encoded: FloatArray) -> FloatArray:
 def _encode(linear: FloatArray) -> FloatArray:
     """In place, sRGB curve linear -> encoded: 1.055 x^(1/2.4) - 0.055 above the knee, 12.92 x below."""
     below = np.minimum(linear, _LINEAR_KNEE)
-    below -= _LINEAR_KNEE
-    below *= _SRGB_SLOPE
     np.maximum(linear, _LINEAR_KNEE, out=linear)
     _power(linear, 1.0 / _SRGB_GAMMA)
-    linear *= 1.0 + _SRGB_OFFSET
-    linear -= _SRGB_OFFSET
-    linear += below
+    # 1.055 p - 0.055 + 12.92 (min(x, knee) - knee): the two branches, mask-free, in one pass.
+    cv2.addWeighted(
+        linear, 1.0 + _SRGB_OFFSET, below, _SRGB_SLOPE, -_SRGB_OFFSET - _SRGB_SLOPE * _LINEAR_KNEE, dst=linear
+    )
     return linear
 
 
@@ -333,12 +332,11 @@ def _lab_f(t: FloatArray) -> None:
 def _lab_f_inverse(f: FloatArray) -> None:
     """In place: f^3 above 6/29, (f - 16/116) / 7.787 below."""
     below = np.minimum(f, _LAB_F_KNEE)
-    below -= _LAB_F_KNEE
-    below *= 1.0 / _LAB_KAPPA
     np.maximum(f, _LAB_F_KNEE, out=f)
-    square = f * f
-    f *= square
-    f += below
+    cube = f * f
+    cube *= f
+    # max(f, knee)^3 + (min(f, knee) - knee) / kappa: both branches, mask-free, in one pass.
+    cv2.addWeighted(cube, 1.0, below, 1.0 / _LAB_KAPPA, -_LAB_F_KNEE / _LAB_KAPPA, dst=f)
 
 
 def _power(x: FloatArray, exponent: float) -> None:
