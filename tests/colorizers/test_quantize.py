@@ -43,6 +43,46 @@ class TestSoftEncode:
             quantize.soft_encode(_ab(0, 0), centres, neighbours=0)
 
 
+class TestNearestCentres:
+    """The grid search against brute force in float64 (an independent oracle): the same centres at the
+    same distances, for points inside the gamut, next to its gaps, far outside it, and on grid points."""
+
+    @staticmethod
+    def _brute_force(
+        points: torch.Tensor, centres: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        d2 = ((points.double()[:, None, :] - centres.double()[None]) ** 2).sum(-1)
+        return d2.topk(k, dim=-1, largest=False)
+
+    @pytest.mark.parametrize("k", [1, 10, 40])
+    def test_matches_brute_force_on_the_bins(self, k: int) -> None:
+        centres = torch.from_numpy(quantize.bin_centres())
+        g = torch.Generator().manual_seed(k)
+        points = torch.cat([
+            torch.rand(20_000, 2, generator=g) * 300 - 150,  # in, around and outside the gamut
+            torch.tensor([[500.0, -500.0], [0.0, 0.0], [-110.0, 110.0], [-115.0, 115.0], [30.0, 40.0]]),
+        ])  # fmt: skip
+        d2, index = quantize.nearest_centres(points, centres, k)
+        expected_d2, _ = self._brute_force(points, centres, k)
+        assert d2.shape == index.shape == (len(points), k) and index.dtype == torch.int64
+        torch.testing.assert_close(d2.double(), expected_d2, rtol=1e-5, atol=1e-2)
+        # Each pick is at the distance the oracle gives for that rank (ties may swap equals).
+        picked = ((points.double()[:, None, :] - centres.double()[index]) ** 2).sum(-1)
+        torch.testing.assert_close(picked, expected_d2, rtol=1e-6, atol=1e-6)
+
+    def test_centres_off_the_grid_are_searched_in_full(self) -> None:
+        centres = torch.tensor([[0.5, 0.0], [3.0, 4.0], [-7.0, 1.0], [12.0, -5.0]])
+        points = torch.tensor([[0.0, 0.0], [10.0, -4.0], [-100.0, 100.0]])
+        d2, index = quantize.nearest_centres(points, centres, 2)
+        expected_d2, expected_index = self._brute_force(points, centres, 2)
+        torch.testing.assert_close(d2.double(), expected_d2)
+        assert torch.equal(index, expected_index)
+
+    def test_rejects_a_bad_k(self) -> None:
+        with pytest.raises(ValueError, match="k must be in"):
+            quantize.nearest_centres(torch.zeros(3, 2), torch.from_numpy(quantize.bin_centres()), 0)
+
+
 class TestRebalance:
     def test_hand_computed_weights(self) -> None:
         # λ = 1/2 over the 3 seen bins: mix = (5/12, 7/24, 7/24), 1/mix = (12/5, 24/7, 24/7),
