@@ -96,7 +96,8 @@ def make_batch(lab: torch.Tensor, centres: torch.Tensor, bin_weights: torch.Tens
     """(N,3,S,S) Lab crops -> Batch. ab is point-sampled at stride 4 like the Caffe data layer."""
     ab = lab[:, 1:, ::4, ::4]
     target = quantize.soft_encode(ab, centres)
-    weights = quantize.pixel_weights(target, bin_weights) * quantize.nongray_mask(ab)[:, None, None]
+    # The weight of each pixel's most likely bin: the nearest (the target's argmax, without a pass over Q).
+    weights = bin_weights[quantize.nearest_bin(ab, centres)] * quantize.nongray_mask(ab)[:, None, None]
     return Batch(lab[:, :1], target, weights)
 
 

@@ -109,13 +109,6 @@ class TestRebalance:
         with pytest.raises(ValueError, match="lambda"):
             quantize.rebalance_weights(np.ones(3), 1.5)
 
-    def test_pixel_weight_is_weight_of_argmax_bin(self) -> None:
-        target = torch.zeros(1, 3, 1, 2)
-        target[0, :, 0, 0] = torch.tensor([0.2, 0.7, 0.1])
-        target[0, :, 0, 1] = torch.tensor([0.6, 0.3, 0.1])
-        w = quantize.pixel_weights(target, torch.tensor([1.0, 5.0, 9.0]))
-        assert w.tolist() == [[[5.0, 1.0]]]
-
 
 class TestPrior:
     def test_histogram_counts_nearest_bins(self) -> None:

@@ -33,6 +33,9 @@ def test_batch_targets_are_at_quarter_resolution_and_gray_images_weigh_nothing()
     assert batch.lightness.shape == (3, 1, 32, 32) and batch.target.shape == (3, 313, 8, 8)
     assert batch.weights.shape == (3, 8, 8)
     assert torch.all(batch.weights[2] == 0) and torch.all(batch.weights[:2] > 0)
+    # A colour pixel weighs what its most likely bin (the soft target's argmax) weighs.
+    assert torch.equal(batch.weights[:2], bin_weights[batch.target[:2].argmax(1)])
+    assert batch.target.is_contiguous()
 
 
 @pytest.mark.parametrize("bf16", [False, True])
