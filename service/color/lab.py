@@ -12,7 +12,10 @@ Where the speed comes from:
 - powers are exp(p * log x): numpy's SIMD float32 exp and log are 2-4x faster than float32 pow or cbrt;
 - integer images skip the sRGB curve with a lookup table, and the uint8 output quantises linear values
   against precomputed thresholds instead of raising every pixel to 1/2.4;
-- work is planar (one contiguous array per channel), so the 3x3 colour matrices are nine scaled adds;
+- Lab -> sRGB floats work interleaved: Lab -> f and XYZ -> linear RGB are one `cv2.transform` pass
+  each, writing into the output (13.7 -> 10.8 ms at 1024², against nine scaled adds a matrix on planes
+  and a strided gather); the uint8 path takes separate planes, and there the 3x3 matrix is nine scaled
+  adds on contiguous planes;
 - uint8 sRGB -> L (the gateway's decode path) takes Y's three per-channel lookups in one `cv2.LUT` and
   their sum in one `cv2.transform`: 1.3x faster than three `np.take` and two adds (bench/results/
   gateway_overhead.md), the same float32 sums. The same fusion of Lab -> uint8 sRGB (cv2.merge,
@@ -176,13 +179,19 @@ def lab_to_srgb(lab: NDArray[Any], *, clip: bool = True) -> FloatArray:
     pixels = _pixels(lab, "lab")
     dtype = _work_dtype(lab.dtype)
     rgb = np.empty(pixels.shape, dtype)
+    f_from_lab, rgb_from_f = _f_from_lab(), np.array(_rgb_from_xyzn())
     for block in _blocks(len(pixels)):
-        planes = _linear_from_lab(pixels[block, 0], pixels[block, 1], pixels[block, 2], dtype)
-        for channel, linear in enumerate(planes):
-            encoded = _encode(linear)
-            if clip:
-                np.clip(encoded, 0.0, 1.0, out=encoded)
-            rgb[block, channel] = encoded
+        # Interleaved, so each 3x3 (affine) step is one cv2.transform pass and the result lands in place.
+        lab_block = np.ascontiguousarray(pixels[block], dtype).reshape(-1, 1, 3)
+        f = np.asarray(cv2.transform(lab_block, f_from_lab), dtype)  # no copy: already `dtype`
+        fz = f[:, 0, 2]
+        np.maximum(fz, 0.0, out=fz)  # skimage clamps f_z (only f_z) at 0 before inverting
+        _lab_f_inverse(f.reshape(-1))
+        linear = rgb[block].reshape(-1, 1, 3)
+        cv2.transform(f, rgb_from_f, dst=linear)
+        encoded = _encode(linear.reshape(-1))
+        if clip:
+            np.clip(encoded, 0.0, 1.0, out=encoded)
     return rgb.reshape(lab.shape)
 
 
@@ -391,6 +400,20 @@ def _linear_from_lab(
     for f in (fx, fy, fz):
         _lab_f_inverse(f)
     return _mix(_rgb_from_xyzn(), fx, fy, fz)
+
+
+@functools.cache
+def _f_from_lab() -> NDArray[np.float64]:
+    """(L, a, b) -> (f_x, f_y, f_z) as one affine map: f_y = (L + 16) / 116, f_x = f_y + a / 500,
+    f_z = f_y - b / 200 (a 3x4 matrix for cv2.transform)."""
+    offset = 16.0 / 116.0
+    return np.array(
+        [
+            [1.0 / 116.0, 1.0 / 500.0, 0.0, offset],
+            [1.0 / 116.0, 0.0, 0.0, offset],
+            [1.0 / 116.0, 0.0, -1.0 / 200.0, offset],
+        ]
+    )
 
 
 @functools.cache
