@@ -233,3 +233,24 @@ class TestNeutralGray:
         lightness = np.linspace(0.0, 100.0, 1001)
         neutral = np.stack([lightness, np.zeros_like(lightness), np.zeros_like(lightness)], axis=-1)
         np.testing.assert_allclose(lab.neutral_gray(lightness), _lab2rgb(neutral).mean(axis=-1), atol=TOL)
+
+
+class TestTinyInputs:
+    """cv2's binding reads a 1- or 4-element array beside a scalar as two scalars (a wrong max, nothing
+    written in place): every path, on 1 to 5 pixels and on a last block of that size, against skimage."""
+
+    @pytest.mark.parametrize("pixels", [1, 2, 3, 4, 5, (1 << 16) + 1, (1 << 16) + 4])
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_every_path_matches_skimage(self, pixels: int, dtype: Any) -> None:
+        rng = np.random.default_rng(pixels)
+        rgb = rng.random((pixels, 3)).astype(dtype)
+        rgb[0] = (0.01, 0.5, 0.002)  # both sides of the sRGB knee in the first pixel
+        np.testing.assert_allclose(lab.srgb_to_lab(rgb), _rgb2lab(rgb), atol=TOL)
+        np.testing.assert_allclose(lab.srgb_to_l(rgb), _rgb2lab(rgb)[:, 0], atol=TOL)
+        values = rng.uniform((0, -128, -128), (100, 128, 128), (pixels, 3)).astype(dtype)
+        values[0] = (1.0, 0.0, 120.0)  # f below its knee, and f_z below 0
+        np.testing.assert_allclose(lab.lab_to_srgb(values), _lab2rgb(values), atol=TOL)
+        codes = lab.lab_to_srgb_uint8(values).astype(np.int64)
+        assert np.abs(codes - np.round(_lab2rgb(values) * 255.0)).max() <= 1
+        neutral = np.stack([values[:, 0], np.zeros(pixels), np.zeros(pixels)], axis=-1)
+        np.testing.assert_allclose(lab.neutral_gray(values[:, 0]), _lab2rgb(neutral).mean(axis=-1), atol=TOL)
