@@ -515,6 +515,8 @@ def _profile_markdown(profiles: list[dict[str, Any]]) -> list[str]:
 def _check_markdown(check: dict[str, Any]) -> list[str]:
     traces, delta = check["traces"], check.get("delta_db", {})
     stats = check.get("seed_stats")
+    if "fused" not in traces:  # the replacement rule's seeds alone (`--first-seed 4`), as on a new host
+        return _replacement_only_markdown(check)
     others = [v for v in traces if v != "fused"]
     header = ["iteration", "fp32 `fused` dB", *(f"`{v}` - fp32" for v in others)]
     rows = [
@@ -548,6 +550,19 @@ def _check_markdown(check: dict[str, Any]) -> list[str]:
         *_replacement_markdown(check),
     ]  # fmt: skip
     return lines
+
+
+def _replacement_only_markdown(check: dict[str, Any]) -> list[str]:
+    """A check that ran only the replacement rule's seeds: no seed-0 `fused` trace to tabulate."""
+    return [
+        f"## bf16 check: denoise PSNR trace against fp32 NHWC (tolerance ±{check['tolerance_db']} dB)",
+        "",
+        f"F16 {check['size']}² centre crop, σ=25 with the reference noise (bench/dip/quality.py's denoise "
+        f"section), 500 iterations, EMA PSNR against the clean image, {check['threads']} thread(s) per "
+        f"trace, {check['cpu_capability']}. Only the replacement rule's seeds were traced on this host.",
+        "",
+        *_replacement_markdown(check),
+    ]
 
 
 def _replacement_markdown(check: dict[str, Any]) -> list[str]:

@@ -127,6 +127,30 @@ def test_the_replacement_rule_pairs_with_fp32_nhwc_on_its_own_seeds(
     assert done["replacement"]["pass"] == {"bf16_channels_last": True}  # mean of 0.1, 0.2, -0.2 = 0.033
 
 
+def test_the_replacement_rule_alone_on_a_new_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the replacement rule's seeds, no seed-0 `fused` trace (a host whose results file has none):
+    every partial save renders, and the table is the replacement rule's."""
+    monkeypatch.setattr(speed, "_trace_cmd", _fake_cmd)
+    monkeypatch.setattr(speed, "REPLACEMENT_SEEDS", (4, 5))
+    monkeypatch.setitem(FUSED, 4, 20.0)
+    monkeypatch.setitem(FUSED, 5, 21.0)
+    monkeypatch.setitem(OFFSET, "channels_last", {**OFFSET["channels_last"], 4: 0.3, 5: 0.1})
+    monkeypatch.setitem(OFFSET, "bf16_channels_last", {**OFFSET["bf16_channels_last"], 4: 0.32, 5: 0.12})
+    argv = ["--bf16-check", "--data", str(tmp_path), "--size", "128", "--threads", "1", "--jobs", "1",
+            "--check-variants", "channels_last,bf16_channels_last",
+            "--first-seed", "4", "--seeds", "2"]  # fmt: skip
+    rendered: list[str] = []
+    check = speed.bf16_check(
+        speed.parse(argv),
+        None,
+        lambda c: rendered.append("\n".join(speed._check_markdown(json.loads(json.dumps(c))))),
+    )
+    assert len(rendered) == 4 and check["traces"] == {}
+    r = check["replacement"]
+    assert r["complete"] and r["pass"] == {"bf16_channels_last": True}  # +0.02 at every iteration
+    assert "seeds 4-15" in rendered[-1] and speed.REPLACEMENT_RULE in rendered[-1]
+
+
 def test_the_t_table_matches_scipy() -> None:
     stats = pytest.importorskip("scipy.stats")
     for dof, t in speed.T975.items():
