@@ -199,7 +199,7 @@ def lab_to_srgb(lab: NDArray[Any], *, clip: bool = True) -> FloatArray:
         cv2.transform(f, rgb_from_f, dst=linear)
         encoded = _encode(linear.reshape(-1))
         if clip:
-            _clip01(encoded)
+            _clamp(encoded)
     return rgb.reshape(lab.shape)
 
 
@@ -226,7 +226,7 @@ def neutral_gray(l: NDArray[Any]) -> FloatArray:  # noqa: E741 (the channel's na
         total = np.zeros_like(y)
         for row_sum in row_sums:
             channel = _encode(y * row_sum)
-            _clip01(channel)
+            _clamp(channel)
             total += channel
         gray[block] = total / 3.0
     return gray.reshape(l.shape)
@@ -263,8 +263,7 @@ def lab_planes_to_srgb_uint8(
         for channel, linear in enumerate(planes):
             # Bucket index; the float clamp first, so out-of-gamut values cannot overflow the cast.
             scaled = linear * float(_QUANT_BUCKETS)
-            cv2.threshold(scaled, _QUANT_BUCKETS - 1.0, 0.0, cv2.THRESH_TRUNC, dst=scaled)
-            cv2.threshold(scaled, 0.0, 0.0, cv2.THRESH_TOZERO, dst=scaled)
+            _clamp(scaled, _QUANT_BUCKETS - 1.0)
             bucket = scaled.astype(np.intp)
             np.add(np.take(base, bucket), linear >= np.take(threshold, bucket), out=rgb[block, channel])
     return rgb.reshape((*l.shape, 3))
@@ -388,9 +387,9 @@ def _min(x: FloatArray, bound: float) -> FloatArray:
     return np.asarray(below, x.dtype).reshape(x.shape)
 
 
-def _clip01(x: FloatArray) -> None:
-    """In place, clamp a 1-D float array to [0, 1]: truncate at 1, then zero what is not above 0."""
-    cv2.threshold(x, 1.0, 0.0, cv2.THRESH_TRUNC, dst=x)
+def _clamp(x: FloatArray, upper: float = 1.0) -> None:
+    """In place, clamp a 1-D float array to [0, upper]: truncate at upper, then zero what is not above 0."""
+    cv2.threshold(x, upper, 0.0, cv2.THRESH_TRUNC, dst=x)
     cv2.threshold(x, 0.0, 0.0, cv2.THRESH_TOZERO, dst=x)
 
 
