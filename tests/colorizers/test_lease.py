@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,9 @@ def test_train_writes_parts_that_join_to_the_checked_checkpoints(
             "--val-images", "2", "--lambda-rebal", "0.75")  # fmt: skip
     out = tmp_path / "OUT"
     runs = [("eccv16", "eccv16-tiny", tiny), ("siggraph17", "siggraph17-tiny", tiny)]
-    parts = lease.train(packed, out, work=tmp_path / "work", minutes=1e5, runs=runs, device="cpu")
+    parts = lease.train(
+        packed, out, work=tmp_path / "work", minutes=1e5, runs=runs, device="cpu", parallel=True
+    )
     names = {p.name.partition(".pth")[0] for p in parts}
     assert names == {"eccv16-tiny", "siggraph17-tiny"}
     assert all(p.stat().st_size <= 200_000 for p in parts) and len(parts) > 2 * 2
@@ -101,6 +104,43 @@ def test_train_writes_parts_that_join_to_the_checked_checkpoints(
         lease.join(out)
 
 
+def test_a_failed_run_is_recorded_and_the_others_still_come_back(
+    unpacked: tuple[Path, Path], tmp_path: Path
+) -> None:
+    packed, _ = unpacked
+    tiny = ("--width", "0.125", "--crop", "32", "--batch", "2", "--max-steps", "1", "--val-images", "2")
+    runs = [
+        ("eccv16", "eccv16-good", tiny),
+        ("eccv16", "eccv16-bad", (*tiny, "--init-from", str(tmp_path / "no-such.pth"))),
+    ]
+    out = tmp_path / "OUT"
+    with pytest.raises(RuntimeError, match="eccv16-bad failed"):
+        lease.train(packed, out, work=tmp_path / "work", minutes=1e5, runs=runs, device="cpu")
+    text = (out / lease.RUNS_FILE).read_text()
+    assert "failed eccv16-bad exit 1" in text and "no-such.pth" in text  # the run's own error, for the note
+    assert [name for name, _, _ in lease.RUN_LINE.findall(text)] == ["eccv16-good"]
+    assert [p.name for p in lease.join(out)] == ["eccv16-good.pth"]
+
+
+def test_a_checkpoint_over_the_ship_limit_stays_behind_with_its_curve(
+    unpacked: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packed, _ = unpacked
+    monkeypatch.setattr(lease, "SHIP_LIMIT", 2_000_000)  # ECCV16 at width 1/8 is ≈ 1 MB, at 1/4 ≈ 4 MB
+    tiny = ("--crop", "32", "--batch", "2", "--max-steps", "1", "--val-images", "2")
+    runs = [("eccv16", "small", ("--width", "0.125", *tiny)), ("eccv16", "big", ("--width", "0.25", *tiny))]
+    out = tmp_path / "OUT"
+    parts = lease.train(
+        packed, out, work=tmp_path / "work", minutes=1e5, runs=runs, device="cpu", parallel=True
+    )
+    assert {p.name for p in parts} == {"small.pth.part0"}
+    text = (out / lease.RUNS_FILE).read_text()
+    kept = re.search(r"^kept big sha256 ([0-9a-f]{64}) bytes (\d+)$", text, re.MULTILINE)
+    assert kept and int(kept[2]) == (tmp_path / "work" / "big.pth").stat().st_size > 2_000_000
+    assert text.count('"step": 1') == 2  # both curves come back
+    assert [p.name for p in lease.join(out)] == ["small.pth"]
+
+
 @pytest.mark.parametrize("model", ["eccv16", "siggraph17"])
 def test_the_device_plans_are_ones_colorizers_train_accepts(model: str) -> None:
     name, options = lease.plan(model, "wide")
@@ -117,5 +157,8 @@ def test_the_device_plans_are_ones_colorizers_train_accepts(model: str) -> None:
     assert base.name in (default.name, default.meta.get("init_from"))
     assert (args.width, args.lr, args.lambda_rebal) == (base.width, 1e-4, float(base.meta["lambda"]))
     assert args.locality_weight == float(base.meta.get("locality_weight", 0))
+    name, options = lease.plan(model, "full")
+    args = train.parse_args([*options, "--model", model])
+    assert name == f"{model}-w1-lease" and args.width == 1 and args.crop == 96
     with pytest.raises(ValueError, match="mode must be"):
         lease.plan(model, "deep")
