@@ -261,7 +261,7 @@ def _run(args: argparse.Namespace, build: Build, ship_only: bool) -> Path:
     )
     if ship_only and not checkpoint.path.is_file():
         raise FileNotFoundError(f"--ship-only: no {checkpoint.path}")
-    state = checkpoint.load(device, fresh=args.fresh)
+    state = checkpoint.load(fresh=args.fresh)
     start_from = args.init_from if state.step == 0 and not ship_only else ""
     if start_from:
         init_weights(recipe.model, start_from, recipe.arch)

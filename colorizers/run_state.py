@@ -47,11 +47,15 @@ class Resumable:
     def path(self) -> Path:
         return self.run_dir / "last.pt"
 
-    def load(self, device: torch.device, fresh: bool = False) -> RunState:
-        """Restore model, optimiser and RNGs from `last.pt` (unless `fresh`); the state to continue from."""
+    def load(self, fresh: bool = False) -> RunState:
+        """Restore model, optimiser and RNGs from `last.pt` (unless `fresh`); the state to continue from.
+
+        Loaded onto the CPU whatever the run's device: the model and optimiser copy their tensors to
+        where their parameters live, and torch's RNG state must be a CPU tensor (loaded onto CUDA,
+        every resume on the lent GPU on 4 December failed with "RNG state must be a torch.ByteTensor")."""
         if fresh or not self.path.is_file():
             return RunState()
-        state = torch.load(self.path, map_location=device, weights_only=True)
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = json.loads(state["numpy_rng"])
