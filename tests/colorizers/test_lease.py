@@ -45,6 +45,27 @@ def test_unpacked_cache_is_the_packed_one_downscaled(tiny_cache: Path, unpacked:
     assert meta["splits"]["train"]["images"] == len(original) and meta["short_side"] == 40
 
 
+def test_a_native_crop_pack_keeps_the_photos_scale(tiny_cache: Path, tmp_path: Path) -> None:
+    meta = lease.pack(tiny_cache, tmp_path / "pack", native_crop=40, quality=90, val_images=2, seed=3)
+    lease.unpack(tmp_path / "pack", tmp_path / "cache")
+    assert meta["native_crop"] == 40 and "short_side" not in meta
+    for split in ("train", "val"):
+        original, copy = LabImages(tiny_cache, split), LabImages(tmp_path / "cache", split)
+        corners = np.load(tmp_path / "pack" / f"{split}.corners.npy")
+        assert len(copy) == len(corners) == (len(original) if split == "train" else 2)
+        for i, (y, x) in enumerate(corners):
+            # The oracle: the same square cut from the original photo, no resampling, only the codec.
+            expected = original.image(i)[:, y : y + 40, x : x + 40]
+            assert copy.image(i).shape == expected.shape == (3, 40, 40)
+            assert np.abs(copy.image(i)[0] - expected[0]).mean() < 1.5
+            if split == "val":  # the centre, as the evaluation crops
+                _, h, w = original.image(i).shape
+                assert (y, x) == ((h - 40) // 2, (w - 40) // 2)
+    assert len({tuple(c) for c in np.load(tmp_path / "pack" / "train.corners.npy")}) > 1  # not all one place
+    with pytest.raises(ValueError, match="smaller than 4000"):
+        lease.pack(tiny_cache, tmp_path / "x", native_crop=4000)
+
+
 def test_training_runs_on_an_unpacked_cache(unpacked: tuple[Path, Path], tmp_path: Path) -> None:
     _, cache = unpacked
     args = train.parse_args(
@@ -66,7 +87,7 @@ def test_a_damaged_pack_is_refused(unpacked: tuple[Path, Path], tmp_path: Path) 
     blob.write_bytes(blob.read_bytes()[:-10])  # a truncated copy
     with pytest.raises(ValueError, match=r"train\.webp has"):
         lease.unpack(damaged, tmp_path / "cache")
-    with pytest.raises(ValueError, match="short side must be at least 32"):
+    with pytest.raises(ValueError, match="short side and native crop must be at least 32"):
         lease.pack(packed, tmp_path / "x", short_side=16)
 
 
