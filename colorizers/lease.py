@@ -2,13 +2,15 @@
 
 Why. The device tool sends the working tree and the ignored paths named in its `carry`, 64 MiB in all,
 and nothing beside the checkout; the Lab cache `colorizers.data` builds is 2.4 GB. `pack` writes the
-training split of a cache as lossy WebP at a short side of 96 (≈17 MB for the 4,416 photos), the first
-validation photos (the run's curve) likewise, and the cache's manifest and prior unchanged. `unpack`,
+training split of a cache as lossy WebP, one 128² square of each photo at the cache's own scale
+(14.7 MB for the 4,416 photos; or, `--native-crop 0`, each whole photo at a short side of 96, which the
+first lease showed to be the wrong scale), the first validation photos (the run's curve) likewise,
+and the cache's manifest and prior unchanged. `unpack`,
 on the machine, decodes them into a cache of the format `colorizers.dataset` reads. The split, the prior
 and the manifest are this cache's, so a checkpoint trained there names the same data manifest as one
 trained here, its rebalancing weights are the same, and no validation photo becomes a training one; what
-differs is the pixels: 96 px on the short side instead of 256, and WebP's loss (4:2:0 chroma; ECCV16's
-targets are at a quarter of the crop, where that loss is mostly averaged away).
+differs is the pixels: a square of each photo (or the photo at 96 px), and WebP's loss (4:2:0 chroma;
+ECCV16's targets are at a quarter of the crop, where that loss is mostly averaged away).
 
     python -m colorizers.lease pack                      # here: .cache/colorize-data -> .cache/lease
     python3 -m colorizers.lease train --out "$OUT"       # there: unpack, train ECCV16 and SIGGRAPH17
@@ -53,8 +55,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PACK = DEFAULT_CACHE.parent / "lease"
 CARRIED = ("manifest.tsv", "prior.npy", "prior_counts.npy", "summary.json")  # copied as they are
-SHORT_SIDE = 96  # crops of 96² (the CPU runs' size) fit; 112 would cost ≈ 22 MB, 128 ≈ 27 MB
-QUALITY = 85
+NATIVE_CROP = 128  # the training crops (96², the CPU runs' size) are drawn from it; 14.7 MB at QUALITY
+SHORT_SIDE = 96  # with --native-crop 0: crops of 96² fit; 112 would cost ≈ 22 MB, 128 ≈ 27 MB
+QUALITY = 80  # the tree (48.8 MB) and the pack must fit the 67.1 MB (64 MiB) that travels
 VAL_IMAGES = 64  # what `colorizers.train --val-images` scores by default
 PART_BYTES = 15 << 20  # the device tool returns files of at most 16 MiB, and at most 8 of them
 SHIP_LIMIT = 25_000_000  # issue #15 ask 4: a checkpoint ships only if its fp16 file is at most 25 MB
@@ -85,7 +88,7 @@ def pack(
     short_side: int = SHORT_SIDE,
     quality: int = QUALITY,
     val_images: int = VAL_IMAGES,
-    native_crop: int = 0,
+    native_crop: int = NATIVE_CROP,
     seed: int = 0,
 ) -> dict:
     """Write `out`/{split}.webp (the images' bytes, back to back) and {split}.offsets.npy, the files of
@@ -171,21 +174,23 @@ def plan(model: str, mode: str) -> tuple[str, tuple[str, ...]]:
     and the tool's return, so only its curve comes back: the card's full-width results); or
     "continue", the shipped default's trained checkpoint (the base of one that `colorizers.calibrate`
     derived) continued with its own width, λ and locality term at lr 1e-4 and four times the CPU runs'
-    batch: the hedge, since minutes of a wider net from scratch may not beat it."""
-    if mode == "wide":
-        return f"{model}-w{RECIPE[RECIPE.index('--width') + 1]}-lease", RECIPE
-    if mode == "full":
-        return f"{model}-w1-lease", (*RECIPE, "--width", "1")
-    if mode != "continue":
+    batch: the hedge, since minutes of a wider net from scratch may not beat it.
+
+    Every mode takes the default's locality term where it has one: the second lease's width-1/2
+    SIGGRAPH17 without it was the first net here over +3 dB at 10 hints, with a halo of 7.5 (bar 5)."""
+    if mode not in ("wide", "full", "continue"):
         raise ValueError(f"mode must be 'wide', 'full' or 'continue', got {mode!r}")
     entry = weights.REGISTRY[weights.DEFAULT[model]]
     if "rebalancing_undone" in entry.meta:
         entry = weights.REGISTRY[entry.meta["init_from"]]
-    options = [*RECIPE, "--width", f"{entry.width:g}", "--lambda-rebal", entry.meta["lambda"], "--lr", "1e-4",
-               "--init-from", entry.name]  # fmt: skip
-    if "locality_weight" in entry.meta:
-        options += ["--locality-weight", entry.meta["locality_weight"]]
-    return f"{entry.name}-lease", tuple(options)  # argparse keeps the last of a repeated option
+    locality = ("--locality-weight", entry.meta["locality_weight"]) if "locality_weight" in entry.meta else ()
+    if mode == "wide":
+        return f"{model}-w{RECIPE[RECIPE.index('--width') + 1]}-lease", (*RECIPE, *locality)
+    if mode == "full":
+        return f"{model}-w1-lease", (*RECIPE, "--width", "1", *locality)
+    options = (*RECIPE, "--width", f"{entry.width:g}", "--lambda-rebal", entry.meta["lambda"], "--lr", "1e-4",
+               "--init-from", entry.name, *locality)  # fmt: skip
+    return f"{entry.name}-lease", options  # argparse keeps the last of a repeated option
 
 
 def train(
@@ -287,7 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short-side", type=int, default=SHORT_SIDE)
     p.add_argument("--quality", type=int, default=QUALITY, help="WebP quality, 1..100")
     p.add_argument("--val-images", type=int, default=VAL_IMAGES, help="validation images to take along")
-    p.add_argument("--native-crop", type=int, default=0, help="one square of this side a photo, not rescaled")
+    p.add_argument(
+        "--native-crop",
+        type=int,
+        default=NATIVE_CROP,
+        help="one square of this side a photo, not rescaled; 0: whole",
+    )
     u = verbs.add_parser("unpack", help="a pack -> a cache that colorizers.train reads (--cache)")
     u.add_argument("--pack", type=Path, default=DEFAULT_PACK)
     u.add_argument("--cache", type=Path, required=True)

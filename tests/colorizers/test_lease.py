@@ -17,7 +17,7 @@ from colorizers.dataset import LabImages, manifest_sha256
 @pytest.fixture(scope="module")
 def unpacked(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("lease")
-    lease.pack(tiny_cache, root / "pack", short_side=40, quality=90, val_images=2)
+    lease.pack(tiny_cache, root / "pack", short_side=40, quality=90, val_images=2, native_crop=0)
     lease.unpack(root / "pack", root / "cache")
     return root / "pack", root / "cache"
 
@@ -88,7 +88,7 @@ def test_a_damaged_pack_is_refused(unpacked: tuple[Path, Path], tmp_path: Path) 
     with pytest.raises(ValueError, match=r"train\.webp has"):
         lease.unpack(damaged, tmp_path / "cache")
     with pytest.raises(ValueError, match="short side and native crop must be at least 32"):
-        lease.pack(packed, tmp_path / "x", short_side=16)
+        lease.pack(packed, tmp_path / "x", short_side=16, native_crop=0)
 
 
 def test_train_writes_parts_that_join_to_the_checked_checkpoints(
@@ -168,7 +168,9 @@ def test_the_device_plans_are_ones_colorizers_train_accepts(model: str) -> None:
     args = train.parse_args([*options, "--model", model, "--device", "cuda", "--precision", "bf16"])
     assert name == f"{model}-w0.5-lease" and not args.init_from
     assert (args.width, args.crop, args.batch, args.lambda_rebal) == (0.5, 96, 64, 0.75)
-    assert args.crop <= lease.SHORT_SIDE  # every packed photo yields a crop
+    default = weights.REGISTRY[weights.DEFAULT[model]]
+    assert args.locality_weight == float(default.meta.get("locality_weight", 0))  # the halo bar's term
+    assert args.crop <= lease.NATIVE_CROP  # every packed square yields a crop
     # "continue": the default's trained checkpoint (not one calibrate derived from it), its own recipe.
     name, options = lease.plan(model, "continue")
     args = train.parse_args([*options, "--model", model])
